@@ -1,0 +1,183 @@
+//! The command line: `melo` alone opens the window; subcommands do the same work headless.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::display::{default_voi, preset_voi, Voi, WindowPreset};
+use crate::error::{Error, Result};
+use crate::image::{load_image, LoadOptions, Window};
+
+#[derive(Debug, Parser)]
+#[command(name = "melo", version, about = "MeLo Workstation: medical image viewer, LoRA diagnosis, diffusion privacy audit")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Files or folders to open in the window (default: the shipped samples).
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print what a file holds: modality, size, frames, transfer syntax, window, pixel range.
+    Info {
+        file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Also print patient name, ID and birth date (hidden by default).
+        #[arg(long)]
+        show_patient: bool,
+    },
+    /// Convert a DICOM/PNG/JPEG file: `.npy` = float32 values after the modality LUT (all
+    /// frames); `.png` = the windowed display image of one frame.
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+        /// Frame for `.png` output.
+        #[arg(long, default_value_t = 0)]
+        frame: usize,
+        /// Window as CENTER,WIDTH for `.png` output (default: from the header, else full range).
+        #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
+        window: Option<Window>,
+    },
+}
+
+fn parse_window(s: &str) -> std::result::Result<Window, String> {
+    let (c, w) = s.split_once(',').ok_or("expected CENTER,WIDTH")?;
+    let center: f64 = c.trim().parse().map_err(|_| format!("bad centre {c:?}"))?;
+    let width: f64 = w.trim().parse().map_err(|_| format!("bad width {w:?}"))?;
+    if !(width > 0.0 && width.is_finite() && center.is_finite()) {
+        return Err("width must be positive".into());
+    }
+    Ok(Window { center, width })
+}
+
+/// What `melo info` reports.
+#[derive(Debug, Serialize)]
+pub struct InfoReport {
+    pub file: String,
+    pub modality: String,
+    pub photometric: String,
+    pub rows: usize,
+    pub columns: usize,
+    pub frames: usize,
+    pub channels: usize,
+    pub transfer_syntax: String,
+    pub transfer_syntax_name: String,
+    pub bits_stored: u16,
+    pub window: Option<Window>,
+    pub units: String,
+    pub min: f32,
+    pub max: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<PatientInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PatientInfo {
+    pub name: String,
+    pub id: String,
+    pub birth_date: String,
+}
+
+pub fn info(file: &std::path::Path, show_patient: bool) -> Result<InfoReport> {
+    let image = load_image(file, &LoadOptions::default())?;
+    let (min, max) = image.value_range();
+    let m = &image.meta;
+    Ok(InfoReport {
+        file: file.display().to_string(),
+        modality: m.modality.clone(),
+        photometric: m.photometric.clone(),
+        rows: image.rows,
+        columns: image.cols,
+        frames: image.frames,
+        channels: image.channels,
+        transfer_syntax: m.transfer_syntax.clone(),
+        transfer_syntax_name: m.transfer_syntax_name.clone(),
+        bits_stored: m.bits_stored,
+        window: m.windows.first().copied(),
+        units: m.units.clone(),
+        min,
+        max,
+        patient: show_patient.then(|| PatientInfo {
+            name: m.patient_name.clone(),
+            id: m.patient_id.clone(),
+            birth_date: m.patient_birth_date.clone(),
+        }),
+    })
+}
+
+pub fn convert(input: &std::path::Path, output: &std::path::Path, frame: usize, window: Option<Window>) -> Result<()> {
+    let ext = output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    if ext.as_deref() != Some("npy") && ext.as_deref() != Some("png") {
+        return Err(Error::Invalid(format!("output must end in .npy or .png: {}", output.display())));
+    }
+    if output.exists() && same_file(input, output) {
+        return Err(Error::Invalid("output would overwrite the input".into()));
+    }
+    let image = load_image(input, &LoadOptions::default())?;
+    match ext.as_deref() {
+        Some("npy") => crate::export::write_npy(&image, output),
+        _ => {
+            let voi = match window {
+                Some(w) => Voi::Window(w),
+                None if image.meta.windows.is_empty() && image.meta.voi_luts.is_empty() => preset_voi(&image, frame, WindowPreset::FullRange),
+                None => default_voi(&image, frame),
+            };
+            crate::export::write_png(&image, frame, &voi, output)
+        }
+    }
+}
+
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Runs a subcommand; returns the process exit code.
+pub fn run(command: Command) -> i32 {
+    let result = match command {
+        Command::Info { file, json, show_patient } => info(&file, show_patient).map(|r| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print_info(&r);
+            }
+        }),
+        Command::Convert { input, output, frame, window } => convert(&input, &output, frame, window),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("melo: {}", one_line(&e.to_string()));
+            1
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn print_info(r: &InfoReport) {
+    println!("file            {}", r.file);
+    println!("modality        {}", r.modality);
+    println!("photometric     {}", r.photometric);
+    println!("size            {} × {} (cols × rows), {} channel(s)", r.columns, r.rows, r.channels);
+    println!("frames          {}", r.frames);
+    println!("transfer syntax {} ({})", r.transfer_syntax_name, r.transfer_syntax);
+    println!("bits stored     {}", r.bits_stored);
+    match r.window {
+        Some(w) => println!("window          centre {} width {}", w.center, w.width),
+        None => println!("window          none in header"),
+    }
+    println!("pixel range     {} .. {} {}", r.min, r.max, r.units);
+    if let Some(p) = &r.patient {
+        println!("patient         {} / {} / {}", p.name, p.id, p.birth_date);
+    }
+}

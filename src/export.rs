@@ -1,0 +1,49 @@
+//! Exports of decoded images: `.npy` float32 values after the modality LUT, and `.png` of the
+//! windowed display. Every write is atomic (see `atomic`).
+
+use std::path::Path;
+
+use crate::atomic::write_atomic;
+use crate::display::{render_rgba, Voi};
+use crate::error::{Error, Result};
+use crate::image::MedicalImage;
+
+/// Writes all frames as float32, shape (frames, rows, cols) or (frames, rows, cols, 3).
+pub fn write_npy(image: &MedicalImage, path: &Path) -> Result<()> {
+    let mut shape = vec![image.frames as u64, image.rows as u64, image.cols as u64];
+    if image.channels == 3 {
+        shape.push(3);
+    }
+    write_atomic(path, |w| {
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(w)
+            .begin_nd()?;
+        writer.extend(image.values.iter().copied())?;
+        writer.finish()
+    })
+}
+
+/// Writes the display image of one frame as 8-bit PNG (grey or RGB).
+pub fn write_png(image: &MedicalImage, frame: usize, voi: &Voi, path: &Path) -> Result<()> {
+    if frame >= image.frames {
+        return Err(Error::Invalid(format!("frame {frame} out of range (image has {})", image.frames)));
+    }
+    let rgba = render_rgba(image, frame, voi);
+    let (color, bytes): (image::ExtendedColorType, Vec<u8>) = if image.is_color() {
+        (image::ExtendedColorType::Rgb8, rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect())
+    } else {
+        (image::ExtendedColorType::L8, rgba.chunks_exact(4).map(|p| p[0]).collect())
+    };
+    let mut encoded = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut encoded),
+        &bytes,
+        image.cols as u32,
+        image.rows as u32,
+        color,
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::atomic::write_bytes_atomic(path, &encoded)
+}

@@ -1,0 +1,497 @@
+//! The workstation window: a thin eframe shell ([`MeloApp`]) over one view per tab.
+//!
+//! * The app owns all state; each view is a struct with a `ui` method.
+//! * Widgets never change app state directly: they push [`Command`]s, handled in one place
+//!   ([`MeloApp::handle_command`]) after the frame's UI ran.
+//! * Files and folders load on worker threads ([`loader`]) that report over a channel, so the
+//!   window keeps repainting; failures become dismissable messages, never a panic.
+//! * Patient details are hidden by default: the safe state for a screen others can see.
+//!
+//! Only the viewer exists so far; later tabs (diagnosis, privacy audit) slot into [`Tab`].
+
+mod loader;
+mod overlay;
+mod stack;
+mod tags;
+mod viewer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use egui::{Color32, RichText, TextureHandle, TextureOptions, Vec2};
+use serde::{Deserialize, Serialize};
+
+use crate::display::WindowPreset;
+use crate::series::Series;
+use loader::{short_name, Loader, LoaderEvent, THUMBNAIL_SIDE};
+
+pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
+pub use tags::{tag_matches, TagBrowser};
+pub use viewer::{Viewer, ViewerCommand, ViewerState};
+
+/// The window title (also the name eframe stores settings under).
+pub const APP_NAME: &str = "MeLo Workstation";
+
+/// Opens the window on `paths`; with none, on the shipped samples folder.
+pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
+    let paths = if paths.is_empty() { samples_dir().into_iter().collect() } else { paths };
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title(APP_NAME)
+            .with_app_id("melo-workstation")
+            .with_inner_size([1400.0, 900.0])
+            .with_min_inner_size([640.0, 400.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native(APP_NAME, options, Box::new(move |cc| Ok(Box::new(MeloApp::new(cc, paths)))))
+        .map_err(|e| e.to_string())
+}
+
+/// The shipped samples: next to the sources (a development checkout), then next to the
+/// executable (an installed copy), then under the current directory.
+pub fn samples_dir() -> Option<PathBuf> {
+    let relative = Path::new("assets").join("samples");
+    let mut candidates = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(&relative)];
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        candidates.push(exe_dir.join(&relative));
+        candidates.push(exe_dir.join("samples"));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        candidates.push(cwd.join(&relative));
+    }
+    candidates.into_iter().find(|dir| dir.is_dir())
+}
+
+/// The tabs of the window. Later issues add the diagnosis and privacy views here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Viewer,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 1] = [Tab::Viewer];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Tab::Viewer => "Viewer",
+        }
+    }
+}
+
+/// Everything the UI can ask the app to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Open files and/or folders (replaces the series list).
+    OpenPaths(Vec<PathBuf>),
+    /// Ask for a file (or files) with the system dialog.
+    PickFiles,
+    PickFolder,
+    /// Load and show the series at this index of the series list.
+    SelectSeries(usize),
+    DismissMessage(u64),
+    SetHidePatientDetails(bool),
+    SetTab(Tab),
+    Viewer(ViewerCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageLevel {
+    Error,
+    Warning,
+}
+
+/// A message shown at the top of the window until dismissed.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: u64,
+    pub level: MessageLevel,
+    pub text: String,
+    /// Further lines (e.g. every file that was skipped), shown on request.
+    pub details: Vec<String>,
+}
+
+/// At most this many messages are kept; older ones are dropped.
+const MAX_MESSAGES: usize = 6;
+/// At most this many detail lines are kept per message.
+const MAX_DETAILS: usize = 200;
+
+/// One entry of the series strip.
+pub struct SeriesEntry {
+    pub series: Series,
+    /// The middle slice, small; `None` until rendered (or if it cannot be).
+    pub thumbnail: Option<TextureHandle>,
+}
+
+/// What is kept between runs. Deliberately only these two: nothing about a patient.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Settings {
+    last_folder: Option<PathBuf>,
+    preset: Option<WindowPreset>,
+}
+
+const SETTINGS_KEY: &str = "melo_settings";
+
+/// The application: state of every view plus the machinery that feeds them.
+pub struct MeloApp {
+    pub tab: Tab,
+    /// Removes patient name, ID, birth date and every PHI tag row from all overlays and panels.
+    pub hide_patient_details: bool,
+    pub series: Vec<SeriesEntry>,
+    /// The series the user picked (it may still be loading).
+    pub selected_series: Option<usize>,
+    pub viewer: Viewer,
+    pub messages: Vec<Message>,
+    /// The last folder opened (or holding the last file), where file dialogs start.
+    pub last_folder: Option<PathBuf>,
+    /// Progress of the series being decoded: (files done, files in total).
+    pub progress: Option<(usize, usize)>,
+    /// Commands waiting for the end of the frame (or the first frame, for the initial paths).
+    commands: Vec<Command>,
+    loader: Loader,
+    /// Set while a file dialog is open, so a second click does not open another one.
+    dialog_open: Arc<AtomicBool>,
+    next_message_id: u64,
+}
+
+impl MeloApp {
+    /// The app as eframe starts it: settings restored from storage, `paths` opened.
+    pub fn new(cc: &eframe::CreationContext<'_>, paths: Vec<PathBuf>) -> Self {
+        let settings: Settings = cc.storage.and_then(|s| eframe::get_value(s, SETTINGS_KEY)).unwrap_or_default();
+        let mut app = Self::with_paths(paths);
+        app.last_folder = settings.last_folder;
+        if let Some(preset) = settings.preset {
+            app.viewer.preferred_preset = preset;
+        }
+        app
+    }
+
+    /// The app without eframe (tests, other hosts): default settings, `paths` opened on the
+    /// first frame. Drive it by calling [`MeloApp::show`] each frame.
+    pub fn with_paths(paths: Vec<PathBuf>) -> Self {
+        let mut app = Self {
+            tab: Tab::Viewer,
+            hide_patient_details: true,
+            series: Vec::new(),
+            selected_series: None,
+            viewer: Viewer::default(),
+            messages: Vec::new(),
+            last_folder: None,
+            progress: None,
+            commands: Vec::new(),
+            loader: Loader::default(),
+            dialog_open: Arc::new(AtomicBool::new(false)),
+            next_message_id: 1,
+        };
+        if !paths.is_empty() {
+            app.commands.push(Command::OpenPaths(paths));
+        }
+        app
+    }
+
+    /// Queues a command, as a widget would (handled at the end of the next frame).
+    pub fn send(&mut self, command: Command) {
+        self.commands.push(command);
+    }
+
+    /// True while files are being scanned or decoded (or a command is waiting to run).
+    pub fn is_busy(&self) -> bool {
+        !self.commands.is_empty() || self.loader.is_busy()
+    }
+
+    pub fn push_message(&mut self, level: MessageLevel, text: impl Into<String>, details: Vec<String>) {
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        let mut details = details;
+        details.truncate(MAX_DETAILS);
+        self.messages.push(Message { id, level, text: text.into(), details });
+        if self.messages.len() > MAX_MESSAGES {
+            self.messages.remove(0);
+        }
+    }
+
+    /// One frame of the whole window.
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        self.receive_loader_events(&ctx);
+        self.receive_dropped_files(&ctx);
+
+        let mut commands = std::mem::take(&mut self.commands);
+        egui::Panel::top("app_top_bar").show(ui, |ui| self.top_bar_ui(ui, &mut commands));
+        if !self.messages.is_empty() {
+            egui::Panel::top("app_messages").show(ui, |ui| self.messages_ui(ui, &mut commands));
+        }
+        if !self.series.is_empty() {
+            egui::Panel::left("app_series_strip")
+                .default_size(230.0)
+                .show(ui, |ui| self.series_strip_ui(ui, &mut commands));
+        }
+        egui::CentralPanel::no_frame().show(ui, |ui| match self.tab {
+            Tab::Viewer => self.viewer.ui(ui, self.hide_patient_details, &mut commands),
+        });
+        files_hovered_ui(&ctx);
+
+        if !commands.is_empty() {
+            for command in commands {
+                self.handle_command(command, &ctx);
+            }
+            // Show the effect of the commands without waiting for the next input event.
+            ctx.request_repaint();
+        }
+    }
+
+    /// The one place commands are carried out.
+    pub fn handle_command(&mut self, command: Command, ctx: &egui::Context) {
+        match command {
+            Command::OpenPaths(paths) => {
+                if !paths.is_empty() {
+                    self.loader.open(paths, ctx);
+                }
+            }
+            Command::PickFiles => self.pick_with_dialog(false, ctx),
+            Command::PickFolder => self.pick_with_dialog(true, ctx),
+            Command::SelectSeries(index) => {
+                if let Some(entry) = self.series.get(index) {
+                    self.selected_series = Some(index);
+                    self.progress = Some((0, entry.series.files.len()));
+                    self.loader.load_series(index, entry.series.clone(), ctx);
+                }
+            }
+            Command::DismissMessage(id) => self.messages.retain(|m| m.id != id),
+            Command::SetHidePatientDetails(hide) => self.hide_patient_details = hide,
+            Command::SetTab(tab) => self.tab = tab,
+            Command::Viewer(command) => self.viewer.apply(command),
+        }
+    }
+
+    fn receive_loader_events(&mut self, ctx: &egui::Context) {
+        for event in self.loader.poll() {
+            match event {
+                LoaderEvent::Scanned { job, series, folder, problems } if self.loader.is_current(job) => {
+                    self.on_scanned(series, folder, problems);
+                }
+                LoaderEvent::Thumbnail { job, series_index, image } if self.loader.is_current(job) => {
+                    if let Some(entry) = self.series.get_mut(series_index) {
+                        let name = format!("melo-thumbnail-{job}-{series_index}");
+                        entry.thumbnail = Some(ctx.load_texture(name, image, TextureOptions::LINEAR));
+                    }
+                }
+                LoaderEvent::Progress { job, done, total } if self.loader.is_current(job) => {
+                    self.progress = Some((done, total));
+                }
+                LoaderEvent::Loaded { job, series_index, stack, problems } if self.loader.is_current(job) => {
+                    self.progress = None;
+                    if let Some(entry) = self.series.get_mut(series_index) {
+                        // Single files are listed before they are read; now their modality is known.
+                        if entry.series.modality.is_empty() {
+                            if let Some((image, _)) = stack.slice(0) {
+                                entry.series.modality = image.meta.modality.clone();
+                            }
+                        }
+                    }
+                    self.viewer.set_stack(stack);
+                    if !problems.is_empty() {
+                        let text = format!("{} file(s) of this series could not be read", problems.len());
+                        self.push_message(MessageLevel::Warning, text, problems);
+                    }
+                }
+                LoaderEvent::Failed { job, message } if self.loader.is_current(job) => {
+                    self.progress = None;
+                    self.push_message(MessageLevel::Error, message, Vec::new());
+                }
+                LoaderEvent::Picked(paths) => self.commands.push(Command::OpenPaths(paths)),
+                // Finished is bookkeeping done by the loader; the rest are from superseded jobs.
+                _ => {}
+            }
+        }
+    }
+
+    fn on_scanned(&mut self, series: Vec<Series>, folder: Option<PathBuf>, problems: Vec<String>) {
+        self.viewer.clear();
+        self.selected_series = None;
+        self.progress = None;
+        if folder.is_some() {
+            self.last_folder = folder;
+        }
+        if !problems.is_empty() {
+            let text = if series.is_empty() {
+                "Nothing could be opened".to_string()
+            } else {
+                format!("{} path(s) or file(s) could not be read and were skipped", problems.len())
+            };
+            let level = if series.is_empty() { MessageLevel::Error } else { MessageLevel::Warning };
+            self.push_message(level, text, problems);
+        } else if series.is_empty() {
+            self.push_message(MessageLevel::Warning, "No images found", Vec::new());
+        }
+        self.series = series.into_iter().map(|series| SeriesEntry { series, thumbnail: None }).collect();
+        if !self.series.is_empty() {
+            self.commands.push(Command::SelectSeries(0));
+        }
+    }
+
+    fn receive_dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
+        if !dropped.is_empty() {
+            self.commands.push(Command::OpenPaths(dropped));
+        }
+    }
+
+    /// Runs the system file dialog off the UI thread (it blocks until the user answers) and
+    /// hands the answer to the loader's channel. macOS requires dialogs on the main thread.
+    fn pick_with_dialog(&mut self, folder: bool, ctx: &egui::Context) {
+        if self.dialog_open.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let start = self.last_folder.clone();
+        let sender = self.loader.sender();
+        let dialog_open = self.dialog_open.clone();
+        let ctx = ctx.clone();
+        let pick = move || {
+            let mut dialog = rfd::FileDialog::new();
+            if let Some(dir) = start.filter(|d| d.is_dir()) {
+                dialog = dialog.set_directory(dir);
+            }
+            let picked = if folder {
+                dialog.set_title("Open folder").pick_folder().map(|p| vec![p])
+            } else {
+                dialog.set_title("Open file").pick_files()
+            };
+            dialog_open.store(false, Ordering::SeqCst);
+            if let Some(paths) = picked {
+                let _ = sender.send(LoaderEvent::Picked(paths));
+            }
+            ctx.request_repaint();
+        };
+        if cfg!(target_os = "macos") {
+            pick();
+        } else if std::thread::Builder::new().name("melo-file-dialog".into()).spawn(pick).is_err() {
+            self.dialog_open.store(false, Ordering::SeqCst);
+            self.push_message(MessageLevel::Error, "Cannot open the file dialog", Vec::new());
+        }
+    }
+
+    fn top_bar_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        ui.horizontal_wrapped(|ui| {
+            ui.strong(APP_NAME);
+            ui.separator();
+            for tab in Tab::ALL {
+                if ui.selectable_label(self.tab == tab, tab.label()).clicked() {
+                    commands.push(Command::SetTab(tab));
+                }
+            }
+            ui.separator();
+            let dialog_free = !self.dialog_open.load(Ordering::SeqCst);
+            ui.add_enabled_ui(dialog_free, |ui| {
+                if ui.button("Open file…").clicked() {
+                    commands.push(Command::PickFiles);
+                }
+                if ui.button("Open folder…").clicked() {
+                    commands.push(Command::PickFolder);
+                }
+            });
+            ui.separator();
+            let mut hide = self.hide_patient_details;
+            if ui
+                .checkbox(&mut hide, "Hide patient details")
+                .on_hover_text("Hide patient name, ID, birth date and all identifying tags")
+                .changed()
+            {
+                commands.push(Command::SetHidePatientDetails(hide));
+            }
+            if self.loader.is_busy() {
+                ui.separator();
+                ui.spinner();
+                match self.progress {
+                    Some((done, total)) if total > 1 => ui.label(format!("Loading {done}/{total}…")),
+                    _ => ui.label("Loading…"),
+                };
+            }
+        });
+    }
+
+    fn messages_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        for message in &self.messages {
+            ui.horizontal(|ui| {
+                let (prefix, color) = match message.level {
+                    MessageLevel::Error => ("Error", Color32::from_rgb(235, 90, 80)),
+                    MessageLevel::Warning => ("Warning", Color32::from_rgb(230, 180, 60)),
+                };
+                if ui.button("Dismiss").clicked() {
+                    commands.push(Command::DismissMessage(message.id));
+                }
+                ui.label(RichText::new(format!("{prefix}: {}", message.text)).color(color));
+            });
+            if !message.details.is_empty() {
+                egui::CollapsingHeader::new(format!("Details ({})", message.details.len()))
+                    .id_salt(("message_details", message.id))
+                    .show(ui, |ui| {
+                        egui::ScrollArea::vertical().max_height(120.0).id_salt(("message_scroll", message.id)).show(ui, |ui| {
+                            for line in &message.details {
+                                ui.label(line);
+                            }
+                        });
+                    });
+            }
+        }
+    }
+
+    fn series_strip_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        ui.heading("Series");
+        egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
+            let side = THUMBNAIL_SIDE as f32 * 0.75;
+            for (index, entry) in self.series.iter().enumerate() {
+                let series = &entry.series;
+                let files = series.files.len();
+                let modality = if series.modality.is_empty() { "?" } else { series.modality.as_str() };
+                let text = format!("{}\n{modality} · {files} file{}", series.description, if files == 1 { "" } else { "s" });
+                let selected = self.selected_series == Some(index);
+                let button = match &entry.thumbnail {
+                    Some(texture) => {
+                        let image = egui::Image::from_texture(egui::load::SizedTexture::from_handle(texture))
+                            .fit_to_exact_size(Vec2::splat(side));
+                        egui::Button::selectable(selected, (image, text))
+                    }
+                    None => {
+                        let placeholder = egui::Atom::paint(Vec2::splat(side), |ui, args| {
+                            ui.painter().rect_filled(args.rect, 4.0, Color32::from_gray(40));
+                        });
+                        egui::Button::selectable(selected, (placeholder, text))
+                    }
+                };
+                if ui.add(button).on_hover_text(short_name(series.files.first().map_or(Path::new(""), |p| p.as_path()))).clicked() {
+                    commands.push(Command::SelectSeries(index));
+                }
+            }
+        });
+    }
+}
+
+/// While files are dragged over the window, say that dropping opens them.
+fn files_hovered_ui(ctx: &egui::Context) {
+    if ctx.input(|i| i.raw.hovered_files.is_empty()) {
+        return;
+    }
+    let screen = ctx.content_rect();
+    let painter = ctx.layer_painter(egui::LayerId::new(egui::Order::Foreground, egui::Id::new("melo_drop_target")));
+    painter.rect_filled(screen, 0.0, Color32::from_black_alpha(180));
+    painter.text(screen.center(), egui::Align2::CENTER_CENTER, "Drop to open", egui::FontId::proportional(28.0), Color32::WHITE);
+}
+
+impl eframe::App for MeloApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.show(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        let settings = Settings { last_folder: self.last_folder.clone(), preset: Some(self.viewer.preferred_preset) };
+        eframe::set_value(storage, SETTINGS_KEY, &settings);
+    }
+
+    /// egui's memory can hold text typed into widgets (the tag filter may be a patient's
+    /// name), so it is not persisted.
+    fn persist_egui_memory(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,123 @@
+//! The words shown over and under the image: corner overlays and the value under the cursor.
+//! Plain functions of the metadata, so what is (and is not) shown can be tested without a UI.
+
+use crate::image::{ImageMeta, MedicalImage, Window};
+
+/// Patient name, ID and birth date, one per line; only the non-empty ones.
+/// Callers show these only while patient details are not hidden.
+pub fn patient_lines(meta: &ImageMeta) -> Vec<String> {
+    [
+        (String::new(), &meta.patient_name),
+        ("ID ".to_string(), &meta.patient_id),
+        ("Born ".to_string(), &meta.patient_birth_date),
+    ]
+    .into_iter()
+    .filter(|(_, value)| !value.trim().is_empty())
+    .map(|(prefix, value)| format!("{prefix}{}", value.trim()))
+    .collect()
+}
+
+/// Modality, series and study description.
+pub fn study_lines(meta: &ImageMeta) -> Vec<String> {
+    let mut lines = Vec::new();
+    let modality = meta.modality.trim();
+    let body_part = meta.body_part.trim();
+    match (modality.is_empty(), body_part.is_empty()) {
+        (false, false) => lines.push(format!("{modality} {body_part}")),
+        (false, true) => lines.push(modality.to_string()),
+        (true, false) => lines.push(body_part.to_string()),
+        (true, true) => {}
+    }
+    for text in [&meta.series_description, &meta.study_description] {
+        if !text.trim().is_empty() {
+            lines.push(text.trim().to_string());
+        }
+    }
+    lines
+}
+
+/// "Slice 3/20", or "Frame" when the stack is the frames of one file.
+pub fn position_line(index: usize, count: usize, single_multiframe_file: bool) -> String {
+    let noun = if single_multiframe_file { "Frame" } else { "Slice" };
+    format!("{noun} {}/{}", index + 1, count)
+}
+
+pub fn window_line(window: Window) -> String {
+    format!("W {}  L {}", format_number(window.width), format_number(window.center))
+}
+
+/// Screen pixels per image pixel, as a percentage.
+pub fn zoom_line(zoom_points: f32, pixels_per_point: f32) -> String {
+    format!("Zoom {:.0}%", zoom_points * pixels_per_point * 100.0)
+}
+
+/// Integers without decimals, other values with at most two.
+pub fn format_number(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    if (value - value.round()).abs() < 1e-6 {
+        return format!("{value:.0}");
+    }
+    let text = format!("{value:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// "x 12  y 40  -1000 HU", or an RGB triplet for colour images; `None` outside the image.
+pub fn probe_text(image: &MedicalImage, frame: usize, col: usize, row: usize) -> Option<String> {
+    let values = image.value_at(frame, col, row)?;
+    let value = match values {
+        [grey] => {
+            let units = image.meta.units.trim();
+            let number = format_number(f64::from(*grey));
+            if units.is_empty() { number } else { format!("{number} {units}") }
+        }
+        [r, g, b] => format!(
+            "RGB ({}, {}, {})",
+            format_number(f64::from(*r)),
+            format_number(f64::from(*g)),
+            format_number(f64::from(*b))
+        ),
+        other => other.iter().map(|v| format_number(f64::from(*v))).collect::<Vec<_>>().join(", "),
+    };
+    Some(format!("x {col}  y {row}  {value}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_short() {
+        assert_eq!(format_number(400.0), "400");
+        assert_eq!(format_number(-1000.0), "-1000");
+        assert_eq!(format_number(0.5), "0.5");
+        assert_eq!(format_number(1.234_56), "1.23");
+    }
+
+    #[test]
+    fn empty_patient_fields_give_no_lines() {
+        let mut meta = ImageMeta { patient_name: "Doe^Jane".into(), ..ImageMeta::default() };
+        assert_eq!(patient_lines(&meta), vec!["Doe^Jane".to_string()]);
+        meta = meta.without_phi();
+        assert!(patient_lines(&meta).is_empty());
+    }
+
+    #[test]
+    fn probe_shows_units_and_rgb() {
+        let mut image = MedicalImage {
+            meta: ImageMeta { units: "HU".into(), ..ImageMeta::default() },
+            frames: 1,
+            rows: 1,
+            cols: 2,
+            channels: 1,
+            values: vec![-1000.0, 40.0],
+        };
+        assert_eq!(probe_text(&image, 0, 1, 0).as_deref(), Some("x 1  y 0  40 HU"));
+        assert!(probe_text(&image, 0, 2, 0).is_none());
+        image.channels = 3;
+        image.cols = 1;
+        image.values = vec![1.0, 2.0, 3.0];
+        assert_eq!(probe_text(&image, 0, 0, 0).as_deref(), Some("x 0  y 0  RGB (1, 2, 3)"));
+    }
+}

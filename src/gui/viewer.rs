@@ -1,0 +1,568 @@
+//! The image viewer: one slice of the current stack, with window/level, zoom, pan, slice
+//! navigation, corner overlays, the value under the cursor and the tag browser.
+//!
+//! Input becomes [`ViewerCommand`]s (sent to the app, which hands them back through
+//! [`Viewer::apply`]); the state they change is kept in plain fields ([`ViewerState`]) so tests
+//! and later views can read it.
+
+use egui::{
+    Align, Color32, Key, Layout, Modifiers, MouseWheelUnit, PointerButton, Pos2, Rect, RichText, Sense,
+    TextureHandle, TextureOptions, UiBuilder, Vec2,
+};
+
+use super::overlay;
+use super::stack::{render_color_image, SliceStack};
+use super::tags::TagBrowser;
+use super::Command;
+use crate::display::{orientation_labels, preset_voi, Voi, WindowPreset};
+use crate::image::{ImageMeta, MedicalImage, Window};
+
+/// Window/level change per point dragged, as a fraction of the current width: the same drag
+/// is a fine adjustment on a narrow brain window and a coarse one on a full 16-bit range.
+const WINDOW_SENSITIVITY: f64 = 0.005;
+/// Zoom factor per wheel line (one notch of a typical mouse wheel).
+const ZOOM_PER_LINE: f32 = 1.1;
+/// Points of pixel-precise (trackpad) scrolling that count as one wheel line.
+const POINTS_PER_LINE: f32 = 40.0;
+/// Zoom limits, in screen points per image pixel.
+const MIN_ZOOM: f32 = 0.01;
+const MAX_ZOOM: f32 = 64.0;
+/// How much of the image stays in view however far it is panned, in points.
+const MIN_VISIBLE: f32 = 32.0;
+
+/// What the viewer shows and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewerState {
+    /// Index into the stack's slices (every frame of every file, in series order).
+    pub slice: usize,
+    /// How grey values map to display: the header's window or LUT, a preset, or the user's
+    /// right-drag (always a plain window once dragged).
+    pub voi: Voi,
+    /// The preset `voi` came from (unchanged by dragging).
+    pub preset: WindowPreset,
+    /// Screen points per image pixel.
+    pub zoom: f32,
+    /// Offset of the image centre from the centre of the view, in points.
+    pub pan: Vec2,
+    /// The zoom follows the view's size ("Fit") until the user zooms, pans or picks 1:1.
+    pub fit: bool,
+    /// The value under the cursor for the status line ("x 12  y 40  -1000 HU"), if any.
+    pub probe: Option<String>,
+}
+
+impl Default for ViewerState {
+    fn default() -> Self {
+        Self {
+            slice: 0,
+            voi: Voi::Window(Window { center: 0.5, width: 1.0 }),
+            preset: WindowPreset::FromHeader,
+            zoom: 1.0,
+            pan: Vec2::ZERO,
+            fit: true,
+            probe: None,
+        }
+    }
+}
+
+impl ViewerState {
+    /// The current VOI as centre/width (a LUT reports its span).
+    pub fn window(&self) -> Window {
+        self.voi.as_window()
+    }
+}
+
+/// Everything the viewer's input can ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ViewerCommand {
+    GoToSlice(usize),
+    /// Move this many slices forward (negative: back), stopping at the ends.
+    StepSlice(i64),
+    ApplyPreset(WindowPreset),
+    /// A right-drag of this many points: horizontal changes the width (right = wider),
+    /// vertical the centre (down = higher centre, so a darker image).
+    AdjustWindow { dx: f32, dy: f32 },
+    /// Zoom by `factor`, keeping the image point under `anchor` (screen points) in place.
+    ZoomAt { factor: f32, anchor: Pos2 },
+    Pan(Vec2),
+    Fit,
+    /// One image pixel per screen pixel.
+    ActualSize,
+    ToggleTags,
+}
+
+/// What a cached texture was rendered from; a new render happens only when this changes.
+#[derive(Debug, Clone, PartialEq)]
+struct RenderKey {
+    stack_id: u64,
+    slice: usize,
+    /// `None` for colour images, which ignore the VOI.
+    voi: Option<Voi>,
+}
+
+/// The viewer view.
+pub struct Viewer {
+    pub state: ViewerState,
+    /// The series being shown, once loaded.
+    pub stack: Option<SliceStack>,
+    /// The preset the user last chose, applied to each newly opened series (and persisted).
+    pub preferred_preset: WindowPreset,
+    pub tags: TagBrowser,
+    pub show_tags: bool,
+    /// Where the image was drawn last frame (screen points); `None` before the first frame.
+    pub view_rect: Option<Rect>,
+    texture: Option<(RenderKey, TextureHandle)>,
+    /// The current file's metadata with patient details removed, for when they are hidden;
+    /// keyed by (stack id, file index) so `without_phi` runs once per file, not per frame.
+    phi_free_meta: Option<((u64, usize), ImageMeta)>,
+    /// Fractional slice steps from pixel-precise scrolling, carried between events.
+    pending_wheel_lines: f32,
+    pixels_per_point: f32,
+}
+
+impl Default for Viewer {
+    fn default() -> Self {
+        Self {
+            state: ViewerState::default(),
+            stack: None,
+            preferred_preset: WindowPreset::FromHeader,
+            tags: TagBrowser::default(),
+            show_tags: false,
+            view_rect: None,
+            texture: None,
+            phi_free_meta: None,
+            pending_wheel_lines: 0.0,
+            pixels_per_point: 1.0,
+        }
+    }
+}
+
+impl Viewer {
+    /// Shows a newly loaded series from its first slice, fitted, with the preferred preset
+    /// (a CT preset is not applied to other modalities: it would show nothing useful).
+    pub fn set_stack(&mut self, stack: SliceStack) {
+        self.state = ViewerState { preset: self.state.preset, ..ViewerState::default() };
+        self.texture = None;
+        self.phi_free_meta = None;
+        self.pending_wheel_lines = 0.0;
+        let preset = match stack.slice(0) {
+            Some((image, _)) if self.preferred_preset.fixed_window().is_some() && image.meta.modality != "CT" => {
+                WindowPreset::FromHeader
+            }
+            _ => self.preferred_preset,
+        };
+        self.stack = Some(stack);
+        self.use_preset(preset);
+    }
+
+    /// Forgets the shown series (e.g. when another folder is opened).
+    pub fn clear(&mut self) {
+        self.stack = None;
+        self.texture = None;
+        self.phi_free_meta = None;
+        self.state.probe = None;
+    }
+
+    pub fn slice_count(&self) -> usize {
+        self.stack.as_ref().map_or(0, SliceStack::len)
+    }
+
+    /// The decoded file and frame of the current slice.
+    pub fn current(&self) -> Option<(&MedicalImage, usize)> {
+        self.stack.as_ref()?.slice(self.state.slice)
+    }
+
+    pub fn apply(&mut self, command: ViewerCommand) {
+        let last = self.slice_count().saturating_sub(1);
+        match command {
+            ViewerCommand::GoToSlice(index) => self.state.slice = index.min(last),
+            ViewerCommand::StepSlice(delta) => {
+                let target = i64::try_from(self.state.slice).unwrap_or(i64::MAX).saturating_add(delta);
+                self.state.slice = usize::try_from(target.max(0)).unwrap_or(usize::MAX).min(last);
+            }
+            ViewerCommand::ApplyPreset(preset) => {
+                self.preferred_preset = preset;
+                self.use_preset(preset);
+            }
+            ViewerCommand::AdjustWindow { dx, dy } => {
+                let window = self.state.voi.as_window();
+                let step = window.width.max(1.0) * WINDOW_SENSITIVITY;
+                let adjusted = Window {
+                    center: window.center + f64::from(dy) * step,
+                    width: (window.width + f64::from(dx) * step).max(1.0),
+                };
+                if adjusted.center.is_finite() && adjusted.width.is_finite() {
+                    self.state.voi = Voi::Window(adjusted);
+                }
+            }
+            ViewerCommand::ZoomAt { factor, anchor } => {
+                let Some(view) = self.view_rect else { return };
+                if !factor.is_finite() || factor <= 0.0 {
+                    return;
+                }
+                let old = self.state.zoom.max(MIN_ZOOM);
+                let new = (old * factor).clamp(MIN_ZOOM, MAX_ZOOM);
+                // Image point under the anchor, relative to the image centre, in points:
+                // (anchor - centre - pan) scales with the zoom; solve for the new pan.
+                let from_center = anchor - view.center();
+                self.state.pan = from_center - (from_center - self.state.pan) * (new / old);
+                self.state.zoom = new;
+                self.state.fit = false;
+            }
+            ViewerCommand::Pan(delta) => {
+                self.state.pan += delta;
+                self.state.fit = false;
+            }
+            ViewerCommand::Fit => {
+                self.state.fit = true;
+                self.state.pan = Vec2::ZERO;
+            }
+            ViewerCommand::ActualSize => {
+                self.state.fit = false;
+                self.state.pan = Vec2::ZERO;
+                self.state.zoom = 1.0 / self.pixels_per_point.max(0.01);
+            }
+            ViewerCommand::ToggleTags => self.show_tags = !self.show_tags,
+        }
+    }
+
+    fn use_preset(&mut self, preset: WindowPreset) {
+        self.state.preset = preset;
+        if let Some((image, frame)) = self.current() {
+            self.state.voi = preset_voi(image, frame, preset);
+        }
+    }
+
+    fn shown_meta(&self, hide_patient_details: bool) -> Option<&ImageMeta> {
+        shown_meta(self.stack.as_ref(), self.phi_free_meta.as_ref(), self.state.slice, hide_patient_details)
+    }
+
+    fn meta_key(&self) -> Option<(u64, usize)> {
+        meta_key(self.stack.as_ref()?, self.state.slice)
+    }
+
+    fn refresh_phi_free_meta(&mut self, hide_patient_details: bool) {
+        if !hide_patient_details {
+            self.phi_free_meta = None;
+            return;
+        }
+        let Some(key) = self.meta_key() else {
+            self.phi_free_meta = None;
+            return;
+        };
+        if self.phi_free_meta.as_ref().is_some_and(|(cached, _)| *cached == key) {
+            return;
+        }
+        self.phi_free_meta = self.current().map(|(image, _)| (key, image.meta.without_phi()));
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, hide_patient_details: bool, commands: &mut Vec<Command>) {
+        self.pixels_per_point = ui.ctx().pixels_per_point();
+        let last = self.slice_count().saturating_sub(1);
+        self.state.slice = self.state.slice.min(last);
+        self.refresh_phi_free_meta(hide_patient_details);
+
+        egui::Panel::top("viewer_toolbar").show(ui, |ui| self.toolbar_ui(ui, commands));
+        egui::Panel::bottom("viewer_status").show(ui, |ui| self.status_ui(ui));
+        if self.show_tags {
+            egui::Panel::right("viewer_tags").default_size(420.0).show(ui, |ui| {
+                // Split borrows: the browser's filter changes while the metadata is read.
+                let Viewer { tags, stack, phi_free_meta, state, .. } = self;
+                let meta = shown_meta(stack.as_ref(), phi_free_meta.as_ref(), state.slice, hide_patient_details);
+                tags.ui(ui, meta);
+            });
+        }
+        egui::CentralPanel::no_frame().show(ui, |ui| self.image_ui(ui, hide_patient_details, commands));
+    }
+
+    fn toolbar_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        ui.horizontal_wrapped(|ui| {
+            let enabled = self.stack.is_some();
+            ui.add_enabled_ui(enabled, |ui| {
+                egui::ComboBox::from_label("Window preset").selected_text(self.state.preset.label()).show_ui(ui, |ui| {
+                    for preset in WindowPreset::ALL {
+                        if ui.selectable_label(self.state.preset == preset, preset.label()).clicked() {
+                            commands.push(Command::Viewer(ViewerCommand::ApplyPreset(preset)));
+                        }
+                    }
+                });
+                if ui.button("Fit").on_hover_text("Fit the image to the view (double-click the image)").clicked() {
+                    commands.push(Command::Viewer(ViewerCommand::Fit));
+                }
+                if ui.button("1:1").on_hover_text("One image pixel per screen pixel").clicked() {
+                    commands.push(Command::Viewer(ViewerCommand::ActualSize));
+                }
+            });
+            if ui.selectable_label(self.show_tags, "Tags").on_hover_text("Show the tag browser").clicked() {
+                commands.push(Command::Viewer(ViewerCommand::ToggleTags));
+            }
+            let count = self.slice_count();
+            if count > 1 {
+                ui.separator();
+                // Shown 1-based, as the overlays count slices.
+                let mut one_based = self.state.slice + 1;
+                let slider = egui::Slider::new(&mut one_based, 1..=count).text("Slice").clamping(egui::SliderClamping::Always);
+                if ui.add(slider).changed() {
+                    commands.push(Command::Viewer(ViewerCommand::GoToSlice(one_based.saturating_sub(1))));
+                }
+            }
+        });
+    }
+
+    fn status_ui(&self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            match self.current() {
+                Some((image, _)) => {
+                    // The file name only: folder names can carry patient names.
+                    if let Some(name) = image.meta.source.as_ref().and_then(|p| p.file_name()) {
+                        ui.label(name.to_string_lossy());
+                        ui.separator();
+                    }
+                    ui.label(format!("{} × {}", image.cols, image.rows));
+                    ui.separator();
+                    ui.label(self.state.probe.as_deref().unwrap_or("Move the cursor over the image for pixel values"));
+                }
+                None => {
+                    ui.label("No image");
+                }
+            }
+        });
+    }
+
+    fn image_ui(&mut self, ui: &mut egui::Ui, hide_patient_details: bool, commands: &mut Vec<Command>) {
+        let (rect, response) = ui.allocate_exact_size(ui.available_size(), Sense::click_and_drag());
+        response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, "Image view"));
+        self.view_rect = Some(rect);
+        ui.painter_at(rect).rect_filled(rect, 0.0, Color32::BLACK);
+        self.state.probe = None;
+
+        if self.stack.is_none() {
+            ui.put(
+                rect,
+                egui::Label::new(RichText::new("Open a file or folder, or drop one here").color(Color32::GRAY))
+                    .selectable(false),
+            );
+            return;
+        }
+        if rect.width() < 1.0 || rect.height() < 1.0 {
+            return;
+        }
+        self.handle_input(ui, rect, &response, commands);
+
+        let Some((cols, rows)) = self.current().map(|(image, _)| (image.cols as f32, image.rows as f32)) else {
+            return;
+        };
+        if self.state.fit {
+            self.state.zoom = (rect.width() / cols).min(rect.height() / rows).clamp(MIN_ZOOM, MAX_ZOOM);
+            self.state.pan = Vec2::ZERO;
+        }
+        let image_size = Vec2::new(cols, rows) * self.state.zoom;
+        // Keep some of the image in view however far it is dragged.
+        let limit = ((rect.size() + image_size) / 2.0 - Vec2::splat(MIN_VISIBLE)).max(Vec2::ZERO);
+        self.state.pan = self.state.pan.clamp(-limit, limit);
+        let image_rect = Rect::from_center_size(rect.center() + self.state.pan, image_size);
+
+        match self.texture_id(ui.ctx()) {
+            Some(texture) => {
+                let uv = Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
+                ui.painter_at(rect).image(texture, image_rect, uv, Color32::WHITE);
+            }
+            None => {
+                ui.put(rect, egui::Label::new("This slice cannot be displayed").selectable(false));
+            }
+        }
+
+        if let Some(pointer) = ui.input(|i| i.pointer.hover_pos()).filter(|p| ui.rect_contains_pointer(rect) && rect.contains(*p)) {
+            let at = (pointer - image_rect.min) / self.state.zoom;
+            if at.x >= 0.0 && at.y >= 0.0 {
+                self.state.probe = self
+                    .current()
+                    .and_then(|(image, frame)| overlay::probe_text(image, frame, at.x as usize, at.y as usize));
+            }
+        }
+        self.overlays_ui(ui, rect, hide_patient_details);
+    }
+
+    /// The texture of the current slice, re-rendered only when the slice or the VOI changed.
+    fn texture_id(&mut self, ctx: &egui::Context) -> Option<egui::TextureId> {
+        let stack = self.stack.as_ref()?;
+        let (image, frame) = stack.slice(self.state.slice)?;
+        let key = RenderKey {
+            stack_id: stack.id,
+            slice: self.state.slice,
+            voi: (!image.is_color()).then(|| self.state.voi.clone()),
+        };
+        if self.texture.as_ref().is_some_and(|(cached, _)| *cached == key) {
+            return self.texture.as_ref().map(|(_, texture)| texture.id());
+        }
+        let max_side = ctx.input(|i| i.max_texture_side).max(1);
+        let Some(pixels) = render_color_image(image, frame, &self.state.voi, max_side) else {
+            self.texture = None;
+            return None;
+        };
+        match &mut self.texture {
+            Some((cached, texture)) => {
+                texture.set(pixels, TextureOptions::LINEAR);
+                *cached = key;
+            }
+            None => self.texture = Some((key, ctx.load_texture("melo-slice", pixels, TextureOptions::LINEAR))),
+        }
+        self.texture.as_ref().map(|(_, texture)| texture.id())
+    }
+
+    /// Mouse and keyboard on the image become commands.
+    fn handle_input(&mut self, ui: &egui::Ui, rect: Rect, response: &egui::Response, commands: &mut Vec<Command>) {
+        let mut send = |command| commands.push(Command::Viewer(command));
+        let delta = response.drag_delta();
+        if delta != Vec2::ZERO {
+            if response.dragged_by(PointerButton::Secondary) {
+                send(ViewerCommand::AdjustWindow { dx: delta.x, dy: delta.y });
+            } else if response.dragged_by(PointerButton::Primary) || response.dragged_by(PointerButton::Middle) {
+                send(ViewerCommand::Pan(delta));
+            }
+        }
+        if response.double_clicked() {
+            send(ViewerCommand::Fit);
+        }
+
+        // Raw wheel events rather than egui's smoothed scroll: one notch is one slice, and
+        // egui would turn Ctrl+wheel into its own zoom.
+        let pointer = ui.input(|i| i.pointer.hover_pos());
+        if let Some(anchor) = pointer.filter(|p| rect.contains(*p) && ui.rect_contains_pointer(rect)) {
+            let wheels: Vec<(MouseWheelUnit, Vec2, Modifiers)> = ui.input(|i| {
+                i.events
+                    .iter()
+                    .filter_map(|event| match event {
+                        egui::Event::MouseWheel { unit, delta, modifiers, .. } => Some((*unit, *delta, *modifiers)),
+                        _ => None,
+                    })
+                    .collect()
+            });
+            for (unit, delta, modifiers) in wheels {
+                // Some platforms turn Shift+wheel into horizontal scrolling.
+                let amount = if delta.y != 0.0 { delta.y } else { delta.x };
+                let lines = match unit {
+                    MouseWheelUnit::Line => amount,
+                    MouseWheelUnit::Point => amount / POINTS_PER_LINE,
+                    MouseWheelUnit::Page => amount * 10.0,
+                };
+                if modifiers.ctrl || modifiers.command || modifiers.shift {
+                    // Wheel towards the user (negative) goes forward through the stack.
+                    self.pending_wheel_lines -= lines;
+                    let steps = self.pending_wheel_lines.trunc();
+                    if steps != 0.0 {
+                        self.pending_wheel_lines -= steps;
+                        send(ViewerCommand::StepSlice(steps as i64));
+                    }
+                } else if lines != 0.0 {
+                    send(ViewerCommand::ZoomAt { factor: ZOOM_PER_LINE.powf(lines), anchor });
+                }
+            }
+        }
+
+        // Arrow keys page through the stack unless a widget (a text box, the slider) has the
+        // keyboard: egui uses arrows there to move the cursor or the focus.
+        if ui.ctx().memory(|m| m.focused().is_none()) {
+            let steps = ui.input_mut(|i| {
+                let mut steps = 0i64;
+                for (key, step) in [(Key::ArrowDown, 1), (Key::ArrowRight, 1), (Key::ArrowUp, -1), (Key::ArrowLeft, -1), (Key::PageDown, 10), (Key::PageUp, -10)] {
+                    steps += step * i.count_and_consume_key(Modifiers::NONE, key) as i64;
+                }
+                steps
+            });
+            if steps != 0 {
+                send(ViewerCommand::StepSlice(steps));
+            }
+            if ui.input_mut(|i| i.consume_key(Modifiers::NONE, Key::Home)) {
+                send(ViewerCommand::GoToSlice(0));
+            }
+            if ui.input_mut(|i| i.consume_key(Modifiers::NONE, Key::End)) {
+                send(ViewerCommand::GoToSlice(usize::MAX));
+            }
+        }
+    }
+
+    /// Text in the four corners and orientation labels on the edges. Drawn as labels (not
+    /// painted text) so screen readers, and tests, can find them.
+    fn overlays_ui(&self, ui: &mut egui::Ui, rect: Rect, hide_patient_details: bool) {
+        let Some((image, _)) = self.current() else { return };
+        let Some(meta) = self.shown_meta(hide_patient_details) else { return };
+        let count = self.slice_count();
+
+        let top_left = if hide_patient_details { Vec::new() } else { overlay::patient_lines(meta) };
+        let top_right = overlay::study_lines(meta);
+        let single_file = self.stack.as_ref().is_some_and(|s| s.images.len() == 1);
+        let mut bottom_left = vec![overlay::position_line(self.state.slice, count, single_file && count > 1)];
+        if !image.is_color() {
+            bottom_left.push(overlay::window_line(self.state.window()));
+        }
+        let bottom_right = vec![overlay::zoom_line(self.state.zoom, self.pixels_per_point)];
+
+        let inner = rect.shrink(6.0);
+        corner(ui, inner, Layout::top_down(Align::Min), &top_left);
+        corner(ui, inner, Layout::top_down(Align::Max), &top_right);
+        corner(ui, inner, Layout::bottom_up(Align::Min), &bottom_left);
+        corner(ui, inner, Layout::bottom_up(Align::Max), &bottom_right);
+
+        if let Some(orientation) = &meta.image_orientation {
+            let [left, right, top, bottom] = orientation_labels(orientation);
+            let size = Vec2::new(40.0, 20.0);
+            let places = [
+                (Pos2::new(inner.left() + size.x / 2.0, inner.center().y), left),
+                (Pos2::new(inner.right() - size.x / 2.0, inner.center().y), right),
+                (Pos2::new(inner.center().x, inner.top() + size.y / 2.0), top),
+                (Pos2::new(inner.center().x, inner.bottom() - size.y / 2.0), bottom),
+            ];
+            for (center, text) in places {
+                if !text.is_empty() {
+                    ui.put(Rect::from_center_size(center, size), overlay_label(&text));
+                }
+            }
+        }
+    }
+}
+
+fn meta_key(stack: &SliceStack, slice: usize) -> Option<(u64, usize)> {
+    Some((stack.id, stack.slices.get(slice)?.image))
+}
+
+/// The metadata overlays and the tag browser may show: with patient details removed while
+/// they are hidden (from the cache kept by `refresh_phi_free_meta`). Never falls back to the
+/// full metadata when they are hidden.
+fn shown_meta<'a>(
+    stack: Option<&'a SliceStack>,
+    phi_free_meta: Option<&'a ((u64, usize), ImageMeta)>,
+    slice: usize,
+    hide_patient_details: bool,
+) -> Option<&'a ImageMeta> {
+    let stack = stack?;
+    if !hide_patient_details {
+        return stack.slice(slice).map(|(image, _)| &image.meta);
+    }
+    let key = meta_key(stack, slice)?;
+    phi_free_meta.filter(|(cached, _)| *cached == key).map(|(_, meta)| meta)
+}
+
+/// Lines of overlay text stacked from one corner of `rect`.
+fn corner(ui: &mut egui::Ui, rect: Rect, layout: Layout, lines: &[String]) {
+    if lines.is_empty() {
+        return;
+    }
+    let mut corner_ui = ui.new_child(UiBuilder::new().max_rect(rect).layout(layout));
+    // Bottom-up layouts stack upwards: add the last line first so the text reads downwards.
+    let bottom_up = layout.main_dir() == egui::Direction::BottomUp;
+    corner_ui.spacing_mut().item_spacing.y = 0.0;
+    let ordered: Vec<&String> = if bottom_up { lines.iter().rev().collect() } else { lines.iter().collect() };
+    for line in ordered {
+        corner_ui.add(overlay_label(line));
+    }
+}
+
+fn overlay_label(text: &str) -> egui::Label {
+    // A dark outline is not available for labels; a translucent backing keeps the text
+    // readable on bright images.
+    egui::Label::new(
+        RichText::new(text).color(Color32::from_rgb(235, 235, 200)).background_color(Color32::from_black_alpha(150)),
+    )
+    .selectable(false)
+    .wrap_mode(egui::TextWrapMode::Extend)
+}

@@ -1,0 +1,632 @@
+//! DICOM files: parsing (with or without preamble and file meta), pixel decoding for every
+//! transfer syntax the corpus holds, colour conversion and the modality LUT — matching what
+//! pydicom's `pixel_array` + `apply_modality_lut` / `apply_color_lut` give.
+
+use dicom_core::header::Header;
+use dicom_core::value::Value as DicomValue;
+use dicom_core::{DataDictionary, Tag, VR};
+use dicom_dictionary_std::{tags, StandardDataDictionary};
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions, ReadPreamble};
+use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::{entries, TransferSyntaxRegistry};
+use dicom_encoding::TransferSyntaxIndex;
+
+use super::meta::{is_phi_tag, ImageMeta, TagEntry, VoiLut, Window};
+use super::{jpeg_ls, LoadOptions, MedicalImage};
+use crate::error::{Error, Result};
+
+const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+const JPEG_LS_NEAR_LOSSLESS: &str = "1.2.840.10008.1.2.4.81";
+
+/// Opens and decodes a DICOM file (read-only).
+pub fn load_dicom(path: &std::path::Path, options: &LoadOptions) -> Result<MedicalImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut image = load_dicom_bytes(&bytes, options)?;
+    image.meta.source = Some(path.to_path_buf());
+    Ok(image)
+}
+
+/// Decodes a DICOM file held in memory.
+pub fn load_dicom_bytes(bytes: &[u8], options: &LoadOptions) -> Result<MedicalImage> {
+    let (obj, inferred) = parse(bytes)?;
+    // Decoders of third-party codecs may panic on hostile data: contain it to this file.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&obj, inferred, options)))
+        .map_err(|_| Error::Decode("decoder crashed on malformed pixel data".into()))?
+}
+
+/// Reads only the header (no pixel decoding): what folder scans and `melo info` need.
+pub fn parse_header(bytes: &[u8]) -> Result<ImageMeta> {
+    let (obj, inferred) = parse(bytes)?;
+    Ok(read_meta(&obj, inferred))
+}
+
+pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
+    let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        Some(&bytes[128..])
+    } else if bytes.starts_with(b"DICM") {
+        Some(bytes)
+    } else {
+        None
+    };
+    match body {
+        Some(body) => OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Never)
+            .from_reader(body)
+            .map(|obj| (obj, false))
+            .map_err(|e| Error::Parse(e.to_string())),
+        None => parse_without_meta(bytes).map(|obj| (obj, true)),
+    }
+}
+
+/// A data set with no file meta: infer its encoding the way pydicom does (explicit VR if the
+/// bytes after the first tag spell a VR; little endian if the first group reads small).
+fn parse_without_meta(bytes: &[u8]) -> Result<DefaultDicomObject> {
+    if bytes.len() < 8 {
+        return Err(Error::NotDicom("file too short".into()));
+    }
+    let explicit = bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase() && VR::from_binary([bytes[4], bytes[5]]).is_some();
+    let group_le = u16::from_le_bytes([bytes[0], bytes[1]]);
+    let group_be = u16::from_be_bytes([bytes[0], bytes[1]]);
+    let little = group_le <= group_be;
+    let first_group = if little { group_le } else { group_be };
+    if !(0x0002..=0x0028).contains(&first_group) || first_group % 2 != 0 {
+        return Err(Error::NotDicom("no DICM prefix and the data does not start with a DICOM tag".into()));
+    }
+    let ts = match (explicit, little) {
+        (false, _) => entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+        (true, true) => entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        (true, false) => entries::EXPLICIT_VR_BIG_ENDIAN.erased(),
+    };
+    let dataset = InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| Error::Parse(e.to_string()))?;
+    let sop_class = string_of(&dataset, tags::SOP_CLASS_UID).unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.7".into());
+    let sop_instance = string_of(&dataset, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "2.25.0".into());
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance)
+        .transfer_syntax(ts.uid())
+        .implementation_class_uid("2.25.1")
+        .build()
+        .map_err(|e| Error::Parse(e.to_string()))?;
+    Ok(dataset.with_exact_meta(meta))
+}
+
+fn string_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let elem = obj.element_opt(tag).ok()??;
+    let s = elem.value().to_str().ok()?;
+    let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn strings_of(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
+    let Some(elem) = obj.element_opt(tag).ok().flatten() else {
+        return Vec::new();
+    };
+    match elem.value().to_multi_str() {
+        Ok(values) => values.iter().map(|s| s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn f64s_of(obj: &InMemDicomObject, tag: Tag) -> Vec<f64> {
+    strings_of(obj, tag)
+        .iter()
+        .filter_map(|s| s.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .collect()
+}
+
+fn f64_of(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
+    let elem = obj.element_opt(tag).ok()??;
+    match elem.vr() {
+        VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD => elem.value().to_float64().ok(),
+        _ => f64s_of(obj, tag).first().copied(),
+    }
+}
+
+fn int_of(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    let elem = obj.element_opt(tag).ok()??;
+    match elem.vr() {
+        VR::US | VR::SS | VR::UL | VR::SL => elem.value().to_int::<i64>().ok(),
+        _ => {
+            let s = string_of(obj, tag)?;
+            s.parse::<i64>().ok().or_else(|| s.parse::<f64>().ok().filter(|v| v.fract() == 0.0 && v.is_finite()).map(|v| v as i64))
+        }
+    }
+}
+
+fn required_u16(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<u16> {
+    int_of(obj, tag)
+        .and_then(|v| u16::try_from(v).ok())
+        .ok_or(Error::MissingAttribute(name))
+}
+
+/// u16 words of a LUT Data element, whatever VR (OW, US, SS) it was stored as.
+fn lut_words(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<u16>> {
+    let elem = obj.element_opt(tag).ok()??;
+    match elem.value() {
+        DicomValue::Primitive(p) => {
+            if let Ok(words) = p.to_multi_int::<i64>() {
+                if elem.vr() != VR::OB && elem.vr() != VR::UN {
+                    return Some(words.into_iter().map(|w| w as u16).collect());
+                }
+            }
+            let raw = p.to_bytes();
+            Some(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+        }
+        _ => None,
+    }
+}
+
+/// A LUT Descriptor: (entries, first mapped value, bits per entry).
+fn lut_descriptor(obj: &InMemDicomObject, tag: Tag, signed_first: bool) -> Option<(usize, f64, u16)> {
+    let elem = obj.element_opt(tag).ok()??;
+    let values: Vec<i64> = match elem.value().to_multi_int::<i64>() {
+        Ok(v) => v,
+        Err(_) => strings_of(obj, tag).iter().filter_map(|s| s.parse().ok()).collect(),
+    };
+    if values.len() < 3 {
+        return None;
+    }
+    let entries = if values[0] == 0 { 65536 } else { (values[0] as u16) as usize };
+    let first = if signed_first { values[1] as u16 as i16 as f64 } else { values[1] as u16 as f64 };
+    Some((entries, first, values[2] as u16))
+}
+
+fn read_meta(obj: &DefaultDicomObject, inferred: bool) -> ImageMeta {
+    let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts_name = TransferSyntaxRegistry
+        .get(&ts_uid)
+        .map(|ts| ts.name().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let modality = string_of(obj, tags::MODALITY).unwrap_or_default();
+    let signed = int_of(obj, tags::PIXEL_REPRESENTATION) == Some(1);
+    let slope = f64_of(obj, tags::RESCALE_SLOPE).unwrap_or(1.0);
+    let intercept = f64_of(obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0);
+    let has_rescale = obj.element_opt(tags::RESCALE_SLOPE).ok().flatten().is_some();
+    let units = if modality == "CT" && has_rescale {
+        "HU".to_string()
+    } else {
+        string_of(obj, tags::RESCALE_TYPE).unwrap_or_default()
+    };
+    let centers = f64s_of(obj, tags::WINDOW_CENTER);
+    let widths = f64s_of(obj, tags::WINDOW_WIDTH);
+    let windows = centers
+        .iter()
+        .zip(&widths)
+        .filter(|(_, &w)| w > 0.0)
+        .map(|(&center, &width)| Window { center, width })
+        .collect();
+    let voi_luts = voi_luts(obj, signed);
+    let arr = |tag, n| {
+        let v = f64s_of(obj, tag);
+        (v.len() >= n).then_some(v)
+    };
+    ImageMeta {
+        source: None,
+        modality,
+        photometric: string_of(obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default(),
+        transfer_syntax: ts_uid,
+        transfer_syntax_name: ts_name,
+        inferred_encoding: inferred,
+        bits_allocated: int_of(obj, tags::BITS_ALLOCATED).unwrap_or(0) as u16,
+        bits_stored: int_of(obj, tags::BITS_STORED).unwrap_or(0) as u16,
+        signed,
+        rescale_slope: slope,
+        rescale_intercept: intercept,
+        units,
+        windows,
+        voi_luts,
+        pixel_spacing: arr(tags::PIXEL_SPACING, 2).map(|v| [v[0], v[1]]),
+        image_orientation: arr(tags::IMAGE_ORIENTATION_PATIENT, 6).map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]),
+        image_position: arr(tags::IMAGE_POSITION_PATIENT, 3).map(|v| [v[0], v[1], v[2]]),
+        slice_location: f64_of(obj, tags::SLICE_LOCATION),
+        instance_number: int_of(obj, tags::INSTANCE_NUMBER),
+        series_uid: string_of(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+        study_uid: string_of(obj, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+        series_description: string_of(obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
+        study_description: string_of(obj, tags::STUDY_DESCRIPTION).unwrap_or_default(),
+        series_number: int_of(obj, tags::SERIES_NUMBER),
+        body_part: string_of(obj, tags::BODY_PART_EXAMINED).unwrap_or_default(),
+        patient_name: string_of(obj, tags::PATIENT_NAME).unwrap_or_default().replace('^', " ").trim().to_string(),
+        patient_id: string_of(obj, tags::PATIENT_ID).unwrap_or_default(),
+        patient_birth_date: string_of(obj, tags::PATIENT_BIRTH_DATE).unwrap_or_default(),
+        patient_sex: string_of(obj, tags::PATIENT_SEX).unwrap_or_default(),
+        patient_age: string_of(obj, tags::PATIENT_AGE).unwrap_or_default(),
+        institution: string_of(obj, tags::INSTITUTION_NAME).unwrap_or_default(),
+        study_date: string_of(obj, tags::STUDY_DATE).unwrap_or_default(),
+        accession_number: string_of(obj, tags::ACCESSION_NUMBER).unwrap_or_default(),
+        tags: tag_entries(obj),
+    }
+}
+
+fn voi_luts(obj: &InMemDicomObject, signed: bool) -> Vec<VoiLut> {
+    let Some(elem) = obj.element_opt(tags::VOILUT_SEQUENCE).ok().flatten() else {
+        return Vec::new();
+    };
+    let Some(items) = elem.value().items() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let (entries, first, bits) = lut_descriptor(item, tags::LUT_DESCRIPTOR, signed)?;
+            let mut data = lut_words(item, tags::LUT_DATA)?;
+            if data.is_empty() {
+                return None;
+            }
+            data.truncate(entries);
+            Some(VoiLut {
+                first_mapped: first,
+                bits,
+                data,
+                explanation: string_of(item, tags::LUT_EXPLANATION).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+const MAX_TAG_ROWS: usize = 20_000;
+
+fn tag_entries(obj: &DefaultDicomObject) -> Vec<TagEntry> {
+    let mut rows = Vec::new();
+    for elem in obj.meta().to_element_iter() {
+        let tag = elem.tag();
+        rows.push(TagEntry {
+            group: tag.group(),
+            element: tag.element(),
+            name: tag_name(tag),
+            vr: elem.vr().to_string().to_string(),
+            value: elem.value().to_str().map(|s| clip(&s)).unwrap_or_default(),
+            depth: 0,
+            phi: false,
+        });
+    }
+    walk_tags(obj, 0, false, &mut rows);
+    rows
+}
+
+fn tag_name(tag: Tag) -> String {
+    StandardDataDictionary
+        .by_tag(tag)
+        .map(|e| e.alias.to_string())
+        .unwrap_or_else(|| if tag.group() % 2 == 1 { "Private".into() } else { "Unknown".into() })
+}
+
+fn clip(s: &str) -> String {
+    let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    if s.chars().count() > 160 {
+        format!("{}…", s.chars().take(160).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn walk_tags(obj: &InMemDicomObject, depth: usize, inherited_phi: bool, rows: &mut Vec<TagEntry>) {
+    for elem in obj {
+        if rows.len() >= MAX_TAG_ROWS {
+            return;
+        }
+        let tag = elem.tag();
+        let phi = inherited_phi || is_phi_tag(tag.group(), tag.element());
+        let value = match elem.value() {
+            DicomValue::Sequence(seq) => format!("{} item(s)", seq.items().len()),
+            DicomValue::PixelSequence(seq) => format!("{} fragment(s)", seq.fragments().len()),
+            DicomValue::Primitive(p) => match elem.vr() {
+                VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN => format!("<{} bytes>", p.calculate_byte_len()),
+                _ => clip(&p.to_str()),
+            },
+        };
+        rows.push(TagEntry {
+            group: tag.group(),
+            element: tag.element(),
+            name: tag_name(tag),
+            vr: elem.vr().to_string().to_string(),
+            value,
+            depth,
+            phi,
+        });
+        if let DicomValue::Sequence(seq) = elem.value() {
+            if depth < 8 {
+                for item in seq.items() {
+                    walk_tags(item, depth + 1, phi, rows);
+                }
+            }
+        }
+    }
+}
+
+/// Decoded samples before any LUT: one f64 per sample, interleaved.
+struct Samples {
+    values: Vec<f64>,
+    channels: usize,
+    /// Colour already converted to RGB by the codec (JPEG, JPEG 2000).
+    codec_converted_color: bool,
+}
+
+fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOptions) -> Result<MedicalImage> {
+    let meta = read_meta(obj, inferred);
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(Error::NoPixelData);
+    }
+    let rows = required_u16(obj, tags::ROWS, "Rows (0028,0010)")? as usize;
+    let cols = required_u16(obj, tags::COLUMNS, "Columns (0028,0011)")? as usize;
+    let spp = required_u16(obj, tags::SAMPLES_PER_PIXEL, "Samples per Pixel (0028,0002)").unwrap_or(1) as usize;
+    let bits_allocated = required_u16(obj, tags::BITS_ALLOCATED, "Bits Allocated (0028,0100)")?;
+    let bits_stored = int_of(obj, tags::BITS_STORED).map(|v| v as u16).unwrap_or(bits_allocated);
+    let frames = int_of(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as usize;
+    if rows == 0 || cols == 0 {
+        return Err(Error::Invalid("image has zero rows or columns".into()));
+    }
+    if !matches!(spp, 1 | 3) {
+        return Err(Error::Unsupported(format!("{spp} samples per pixel")));
+    }
+    if !matches!(bits_allocated, 1 | 8 | 16 | 32) || bits_stored == 0 || bits_stored > bits_allocated {
+        return Err(Error::Unsupported(format!("Bits Allocated {bits_allocated} / Bits Stored {bits_stored}")));
+    }
+    options.limits.check(rows as u64, cols as u64, frames as u64, spp as u64)?;
+    let photometric = meta.photometric.clone();
+    let samples = if matches!(meta.transfer_syntax.as_str(), JPEG_LS_LOSSLESS | JPEG_LS_NEAR_LOSSLESS) {
+        decode_jpeg_ls(obj, rows, cols, spp, frames, &meta)?
+    } else {
+        decode_with_dicom_rs(obj, rows, cols, spp, frames, bits_allocated, bits_stored, &meta)?
+    };
+    let mut values = samples.values;
+    let channels = samples.channels;
+    let is_ybr = photometric.starts_with("YBR_FULL");
+    if channels == 3 && is_ybr && !samples.codec_converted_color {
+        ybr_full_to_rgb(&mut values, bits_stored);
+    }
+    let (channels, values) = if photometric == "PALETTE COLOR" && channels == 1 {
+        (3, apply_palette(obj, &values, meta.signed)?)
+    } else if channels == 1 {
+        (1, apply_modality_lut(obj, &meta, values))
+    } else {
+        (channels, values.into_iter().map(|v| v as f32).collect())
+    };
+    Ok(MedicalImage { meta, frames, rows, cols, channels, values })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_with_dicom_rs(
+    obj: &DefaultDicomObject,
+    rows: usize,
+    cols: usize,
+    spp: usize,
+    frames: usize,
+    bits_allocated: u16,
+    bits_stored: u16,
+    meta: &ImageMeta,
+) -> Result<Samples> {
+    let encapsulated = matches!(
+        obj.element(tags::PIXEL_DATA).map(|e| e.value()),
+        Ok(DicomValue::PixelSequence(_))
+    );
+    let decoded = obj.decode_pixel_data().map_err(|e| decode_error(&e.to_string(), meta))?;
+    let data = decoded.data();
+    let pixels = rows * cols;
+    let ybr422 = meta.photometric == "YBR_FULL_422" && !encapsulated && bits_allocated == 8;
+    let bytes_per_sample = (bits_allocated as usize).div_ceil(8);
+    let expected = if bits_allocated == 1 {
+        pixels * spp * frames // dicom-rs expands 1-bit samples to one byte each
+    } else if ybr422 {
+        pixels * 2 * frames
+    } else {
+        pixels * spp * frames * bytes_per_sample
+    };
+    if data.len() < expected {
+        return Err(Error::Decode(format!(
+            "pixel data holds {} bytes, the header needs {expected} ({frames} frame(s) of {cols}×{rows}×{spp} at {bits_allocated} bits)",
+            data.len()
+        )));
+    }
+    let data = &data[..expected];
+    let signed = meta.signed;
+    let mut values: Vec<f64> = match bits_allocated {
+        1 => data.iter().map(|&b| f64::from(b != 0)).collect(),
+        8 => data.iter().map(|&b| sign_extend(u64::from(b), bits_stored, signed)).collect(),
+        16 => data
+            .chunks_exact(2)
+            .map(|c| sign_extend(u64::from(u16::from_le_bytes([c[0], c[1]])), bits_stored, signed))
+            .collect(),
+        _ => data
+            .chunks_exact(4)
+            .map(|c| sign_extend(u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])), bits_stored, signed))
+            .collect(),
+    };
+    let codec_converted_color = encapsulated && spp == 3 && !is_rle(&meta.transfer_syntax);
+    if ybr422 {
+        values = expand_ybr422(&values, rows, cols, frames)?;
+    } else if spp == 3 && decoded.planar_configuration() == dicom_pixeldata::PlanarConfiguration::PixelFirst {
+        values = interleave_planes(&values, pixels, frames);
+    }
+    Ok(Samples { values, channels: spp, codec_converted_color })
+}
+
+fn is_rle(ts: &str) -> bool {
+    ts == "1.2.840.10008.1.2.5"
+}
+
+fn decode_error(message: &str, meta: &ImageMeta) -> Error {
+    if meta.transfer_syntax == "1.2.840.10008.1.2.4.51" && meta.bits_stored > 8 {
+        Error::Unsupported(format!(
+            "12-bit JPEG Extended (process 2 & 4) is not decoded by the pure-Rust JPEG codec ({message})"
+        ))
+    } else if TransferSyntaxRegistry.get(&meta.transfer_syntax).is_none() {
+        Error::Unsupported(format!("unknown transfer syntax {}", meta.transfer_syntax))
+    } else {
+        Error::Decode(format!("{} ({}): {message}", meta.transfer_syntax_name, meta.transfer_syntax))
+    }
+}
+
+/// Samples wider than Bits Stored carry garbage in the high bits; for signed data the stored
+/// sign bit is extended (as pydicom does). Unsigned data keeps its bits untouched.
+fn sign_extend(raw: u64, bits_stored: u16, signed: bool) -> f64 {
+    if !signed {
+        return raw as f64;
+    }
+    let shift = 64 - u32::from(bits_stored);
+    (((raw << shift) as i64) >> shift) as f64
+}
+
+fn decode_jpeg_ls(obj: &DefaultDicomObject, rows: usize, cols: usize, spp: usize, frames: usize, meta: &ImageMeta) -> Result<Samples> {
+    let elem = obj.element(tags::PIXEL_DATA).map_err(|_| Error::NoPixelData)?;
+    let DicomValue::PixelSequence(seq) = elem.value() else {
+        return Err(Error::Decode("JPEG-LS pixel data is not encapsulated".into()));
+    };
+    let fragments = seq.fragments();
+    let frame_streams: Vec<Vec<u8>> = if fragments.len() == frames {
+        fragments.iter().map(|f| f.to_vec()).collect()
+    } else if frames == 1 {
+        vec![fragments.iter().flatten().copied().collect()]
+    } else {
+        let offsets = seq.offset_table();
+        if offsets.len() != frames {
+            return Err(Error::Decode(format!("{} fragments for {frames} frames and no usable offset table", fragments.len())));
+        }
+        split_by_offsets(fragments, offsets)?
+    };
+    let mut values = Vec::with_capacity(rows * cols * spp * frames);
+    for stream in &frame_streams {
+        let frame = jpeg_ls::decode_frame(stream, rows, cols, spp)?;
+        if frame.bits_per_sample > 8 {
+            values.extend(
+                frame.bytes.chunks_exact(2).map(|c| sign_extend(u64::from(u16::from_le_bytes([c[0], c[1]])), meta.bits_stored, meta.signed)),
+            );
+        } else {
+            values.extend(frame.bytes.iter().map(|&b| sign_extend(u64::from(b), meta.bits_stored, meta.signed)));
+        }
+    }
+    if values.len() != rows * cols * spp * frames {
+        return Err(Error::Decode("JPEG-LS data does not match the image size".into()));
+    }
+    Ok(Samples { values, channels: spp, codec_converted_color: false })
+}
+
+fn split_by_offsets(fragments: &[Vec<u8>], offsets: &[u32]) -> Result<Vec<Vec<u8>>> {
+    // Offsets count bytes from the first fragment's item tag: 8 bytes of item header each.
+    let mut starts = Vec::with_capacity(fragments.len());
+    let mut pos = 0u64;
+    for f in fragments {
+        starts.push(pos);
+        pos += 8 + f.len() as u64;
+    }
+    let mut frames = Vec::with_capacity(offsets.len());
+    for (i, &start) in offsets.iter().enumerate() {
+        let end = offsets.get(i + 1).map(|&e| u64::from(e)).unwrap_or(u64::MAX);
+        let stream: Vec<u8> = fragments
+            .iter()
+            .zip(&starts)
+            .filter(|(_, &s)| s >= u64::from(start) && s < end)
+            .flat_map(|(f, _)| f.iter().copied())
+            .collect();
+        if stream.is_empty() {
+            return Err(Error::Decode(format!("frame {i} has no fragments")));
+        }
+        frames.push(stream);
+    }
+    Ok(frames)
+}
+
+fn interleave_planes(values: &[f64], pixels: usize, frames: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(values.len());
+    for f in 0..frames {
+        let frame = &values[f * pixels * 3..(f + 1) * pixels * 3];
+        for p in 0..pixels {
+            out.extend([frame[p], frame[pixels + p], frame[2 * pixels + p]]);
+        }
+    }
+    out
+}
+
+/// YBR_FULL_422 stores Y1 Y2 Cb Cr per pair of pixels; expand to one Y Cb Cr per pixel.
+fn expand_ybr422(values: &[f64], rows: usize, cols: usize, frames: usize) -> Result<Vec<f64>> {
+    if cols % 2 != 0 {
+        return Err(Error::Unsupported("YBR_FULL_422 with an odd number of columns".into()));
+    }
+    let mut out = Vec::with_capacity(rows * cols * 3 * frames);
+    for quad in values.chunks_exact(4) {
+        let (y1, y2, cb, cr) = (quad[0], quad[1], quad[2], quad[3]);
+        out.extend([y1, cb, cr, y2, cb, cr]);
+    }
+    Ok(out)
+}
+
+/// YCbCr (full range) to RGB, pydicom's `convert_color_space` rounding.
+fn ybr_full_to_rgb(values: &mut [f64], bits_stored: u16) {
+    let max = ((1u64 << bits_stored.min(16)) - 1) as f64;
+    let offset = ((1u64 << (bits_stored.min(16) - 1)) as f64).max(1.0);
+    for px in values.chunks_exact_mut(3) {
+        let y = px[0];
+        let cb = px[1] - offset;
+        let cr = px[2] - offset;
+        let r = y + 1.402 * cr;
+        let g = y - (0.114 * 1.772 / 0.587) * cb - (0.299 * 1.402 / 0.587) * cr;
+        let b = y + 1.772 * cb;
+        for (dst, v) in px.iter_mut().zip([r, g, b]) {
+            *dst = (v + 0.5).floor().clamp(0.0, max);
+        }
+    }
+}
+
+fn apply_palette(obj: &DefaultDicomObject, values: &[f64], signed: bool) -> Result<Vec<f32>> {
+    let channel = |desc: Tag, data: Tag, name: &'static str| -> Result<(usize, f64, Vec<u16>)> {
+        let (entries, first, bits) = lut_descriptor(obj, desc, signed).ok_or(Error::MissingAttribute(name))?;
+        let mut words = lut_words(obj, data).ok_or_else(|| {
+            if obj.element_opt(Tag(data.group(), data.element() + 0x0020)).ok().flatten().is_some() {
+                Error::Unsupported("segmented palette colour LUTs".into())
+            } else {
+                Error::MissingAttribute(name)
+            }
+        })?;
+        if bits == 8 && words.len() * 2 == entries {
+            // 8-bit entries packed two per word.
+            words = words.iter().flat_map(|w| [w & 0xFF, w >> 8]).collect();
+        }
+        if words.len() < entries {
+            return Err(Error::Invalid(format!("{name}: {} entries, descriptor says {entries}", words.len())));
+        }
+        words.truncate(entries);
+        Ok((entries, first, words))
+    };
+    let red = channel(tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, "Red Palette LUT")?;
+    let green = channel(tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, "Green Palette LUT")?;
+    let blue = channel(tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, "Blue Palette LUT")?;
+    let lookup = |(entries, first, data): &(usize, f64, Vec<u16>), v: f64| -> f32 {
+        let index = (v - first).clamp(0.0, (*entries - 1) as f64) as usize;
+        f32::from(data[index])
+    };
+    Ok(values
+        .iter()
+        .flat_map(|&v| [lookup(&red, v), lookup(&green, v), lookup(&blue, v)])
+        .collect())
+}
+
+/// Rescale slope/intercept, or the Modality LUT Sequence when present (it takes precedence).
+fn apply_modality_lut(obj: &DefaultDicomObject, meta: &ImageMeta, values: Vec<f64>) -> Vec<f32> {
+    if let Some(lut) = modality_lut_sequence(obj, meta.signed) {
+        let (entries, first, data) = lut;
+        return values
+            .into_iter()
+            .map(|v| f32::from(data[(v - first).clamp(0.0, (entries - 1) as f64) as usize]))
+            .collect();
+    }
+    let (slope, intercept) = (meta.rescale_slope, meta.rescale_intercept);
+    if slope == 1.0 && intercept == 0.0 {
+        values.into_iter().map(|v| v as f32).collect()
+    } else {
+        values.into_iter().map(|v| (v * slope + intercept) as f32).collect()
+    }
+}
+
+fn modality_lut_sequence(obj: &DefaultDicomObject, signed: bool) -> Option<(usize, f64, Vec<u16>)> {
+    let elem = obj.element_opt(tags::MODALITY_LUT_SEQUENCE).ok()??;
+    let item = elem.value().items()?.first()?;
+    let (entries, first, _) = lut_descriptor(item, tags::LUT_DESCRIPTOR, signed)?;
+    let mut data = lut_words(item, tags::LUT_DATA)?;
+    if data.len() < entries || entries == 0 {
+        return None;
+    }
+    data.truncate(entries);
+    Some((entries, first, data))
+}

@@ -1,0 +1,145 @@
+//! Decoded images: pixel values after the modality LUT, plus the metadata a viewer needs.
+//!
+//! One `MedicalImage` is one file: DICOM (any frame count) or a PNG/JPEG raster. Values are
+//! `f32` in the modality's units (HU for CT), interleaved RGB for colour images.
+
+mod dicom;
+mod jpeg_ls;
+mod meta;
+mod raster;
+
+pub use dicom::{load_dicom, load_dicom_bytes, parse_header as parse_header_bytes};
+pub use meta::{ImageMeta, TagEntry, VoiLut, Window};
+pub use raster::load_raster;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Limits that protect the viewer from lying headers and decompression bombs.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadLimits {
+    /// Maximum rows × columns × frames × samples of one image.
+    pub max_samples: u64,
+    /// Maximum number of frames.
+    pub max_frames: u32,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        Self {
+            max_samples: 1 << 30,
+            max_frames: 10_000,
+        }
+    }
+}
+
+impl LoadLimits {
+    pub fn check(&self, rows: u64, cols: u64, frames: u64, samples: u64) -> Result<()> {
+        if frames > u64::from(self.max_frames) {
+            return Err(Error::TooLarge(format!(
+                "{frames} frames (limit {})",
+                self.max_frames
+            )));
+        }
+        let total = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(frames))
+            .and_then(|n| n.checked_mul(samples))
+            .unwrap_or(u64::MAX);
+        if total > self.max_samples {
+            return Err(Error::TooLarge(format!(
+                "{rows}×{cols}×{frames}×{samples} samples (limit {})",
+                self.max_samples
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Options for opening an image file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub limits: LoadLimits,
+}
+
+/// A decoded image with its metadata.
+#[derive(Debug, Clone)]
+pub struct MedicalImage {
+    pub meta: ImageMeta,
+    pub frames: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// 1 (grey) or 3 (RGB, interleaved).
+    pub channels: usize,
+    /// Values after the modality LUT, frame-major, row-major, channel-interleaved.
+    pub values: Vec<f32>,
+}
+
+impl MedicalImage {
+    pub fn frame_len(&self) -> usize {
+        self.rows * self.cols * self.channels
+    }
+
+    pub fn frame(&self, index: usize) -> &[f32] {
+        let n = self.frame_len();
+        &self.values[index * n..(index + 1) * n]
+    }
+
+    pub fn is_color(&self) -> bool {
+        self.channels == 3
+    }
+
+    /// The value(s) at column `x`, row `y` of a frame, or `None` outside the image.
+    pub fn value_at(&self, frame: usize, x: usize, y: usize) -> Option<&[f32]> {
+        if frame >= self.frames || x >= self.cols || y >= self.rows {
+            return None;
+        }
+        let start = frame * self.frame_len() + (y * self.cols + x) * self.channels;
+        Some(&self.values[start..start + self.channels])
+    }
+
+    /// Minimum and maximum value over every frame.
+    pub fn value_range(&self) -> (f32, f32) {
+        self.values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    }
+
+    /// Minimum and maximum of one frame.
+    pub fn frame_range(&self, frame: usize) -> (f32, f32) {
+        self.frame(frame)
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    }
+}
+
+/// The kinds of file the workstation opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Dicom,
+    Png,
+    Jpeg,
+}
+
+/// Guesses a file's kind from its first bytes (extensions lie, DICOM often has none).
+pub fn sniff(bytes: &[u8]) -> FileKind {
+    if bytes.starts_with(&[0x89, b'P', b'N', b'G']) {
+        FileKind::Png
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        FileKind::Jpeg
+    } else {
+        FileKind::Dicom
+    }
+}
+
+/// Opens any supported file: DICOM, PNG or JPEG. The file is only read.
+pub fn load_image(path: &Path, options: &LoadOptions) -> Result<MedicalImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut image = match sniff(&bytes) {
+        FileKind::Dicom => load_dicom_bytes(&bytes, options)?,
+        FileKind::Png | FileKind::Jpeg => raster::load_raster_bytes(&bytes, options)?,
+    };
+    image.meta.source = Some(path.to_path_buf());
+    Ok(image)
+}

@@ -1,0 +1,13 @@
+//! MeLo Workstation library: everything the `melo` binary does, free of any GUI toolkit
+//! except the `gui` module, which is the egui shell over the rest.
+
+pub mod atomic;
+pub mod cli;
+pub mod display;
+pub mod error;
+pub mod export;
+pub mod gui;
+pub mod image;
+pub mod series;
+
+pub use error::{Error, Result};

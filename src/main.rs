@@ -1,0 +1,19 @@
+//! `melo`: with no subcommand, opens the workstation window.
+
+use clap::Parser;
+use melo::cli::{Cli, run};
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Some(command) => run(command),
+        None => match melo::gui::run_native(cli.paths) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("melo: cannot open the window: {e}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}

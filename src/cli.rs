@@ -43,6 +43,12 @@ pub enum Command {
         #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
         window: Option<Window>,
     },
+    /// Diagnose an image with the LoRA task adapters: class probabilities per task.
+    Predict(crate::model::cli::PredictArgs),
+    /// List the registered diagnosis adapters with their metadata, or import MeLo/PEFT ones.
+    Adapters(crate::model::cli::AdaptersArgs),
+    /// Measure the diagnosis engine: ViT forward, adapter switch latency, resident memory.
+    Bench(crate::model::cli::BenchArgs),
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
@@ -150,6 +156,9 @@ pub fn run(command: Command) -> i32 {
             }
         }),
         Command::Convert { input, output, frame, window } => convert(&input, &output, frame, window),
+        Command::Predict(args) => crate::model::cli::predict(&args).map_err(Into::into),
+        Command::Adapters(args) => crate::model::cli::adapters(&args).map_err(Into::into),
+        Command::Bench(args) => crate::model::cli::bench(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => 0,

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use npyz::WriterBuilder;
+
 use crate::atomic::write_atomic;
 use crate::display::{render_rgba, Voi};
 use crate::error::{Error, Result};
@@ -15,7 +17,7 @@ pub fn write_npy(image: &MedicalImage, path: &Path) -> Result<()> {
         shape.push(3);
     }
     write_atomic(path, |w| {
-        let mut writer = npyz::WriteOptions::new()
+        let mut writer = npyz::WriteOptions::<f32>::new()
             .default_dtype()
             .shape(&shape)
             .writer(w)

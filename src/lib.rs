@@ -3,11 +3,13 @@
 
 pub mod atomic;
 pub mod cli;
+pub mod codec;
 pub mod display;
 pub mod error;
 pub mod export;
 pub mod gui;
 pub mod image;
+pub mod model;
 pub mod series;
 
 pub use error::{Error, Result};

@@ -35,16 +35,34 @@ pub enum LoaderEvent {
         /// One line per path or file that could not be read.
         problems: Vec<String>,
     },
-    Thumbnail { job: JobId, series_index: usize, image: ColorImage },
-    Progress { job: JobId, done: usize, total: usize },
+    Thumbnail {
+        job: JobId,
+        series_index: usize,
+        image: ColorImage,
+    },
+    Progress {
+        job: JobId,
+        done: usize,
+        total: usize,
+    },
     /// A series decoded; `problems` lists files of it that could not be read.
-    Loaded { job: JobId, series_index: usize, stack: SliceStack, problems: Vec<String> },
+    Loaded {
+        job: JobId,
+        series_index: usize,
+        stack: SliceStack,
+        problems: Vec<String>,
+    },
     /// A job failed as a whole: nothing to show.
-    Failed { job: JobId, message: String },
+    Failed {
+        job: JobId,
+        message: String,
+    },
     /// A file dialog (run off the UI thread) returned these paths.
     Picked(Vec<PathBuf>),
     /// Always the last event of a job, however it ended.
-    Finished { job: JobId },
+    Finished {
+        job: JobId,
+    },
 }
 
 /// Tells a worker whether a newer job of its kind has replaced it.
@@ -114,7 +132,10 @@ impl Loader {
         self.latest_open.store(job, Ordering::Relaxed);
         // A new set of series: whatever series was decoding belongs to the old set.
         self.latest_series.store(job, Ordering::Relaxed);
-        let superseded = Superseded { latest: self.latest_open.clone(), job };
+        let superseded = Superseded {
+            latest: self.latest_open.clone(),
+            job,
+        };
         self.spawn(job, ctx, move |send| open_job(job, &paths, &superseded, send));
         job
     }
@@ -123,8 +144,13 @@ impl Loader {
     pub fn load_series(&mut self, series_index: usize, series: Series, ctx: &egui::Context) -> JobId {
         let job = self.start();
         self.latest_series.store(job, Ordering::Relaxed);
-        let superseded = Superseded { latest: self.latest_series.clone(), job };
-        self.spawn(job, ctx, move |send| load_series_job(job, series_index, &series, &superseded, send));
+        let superseded = Superseded {
+            latest: self.latest_series.clone(),
+            job,
+        };
+        self.spawn(job, ctx, move |send| {
+            load_series_job(job, series_index, &series, &superseded, send)
+        });
         job
     }
 
@@ -145,19 +171,27 @@ impl Loader {
     fn spawn(&mut self, job: JobId, ctx: &egui::Context, work: impl FnOnce(&dyn Fn(LoaderEvent)) + Send + 'static) {
         let sender = self.sender.clone();
         let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new().name(format!("melo-loader-{job}")).spawn(move || {
-            let send = |event: LoaderEvent| {
-                // The receiver only goes away when the app closes; nothing to do then.
-                let _ = sender.send(event);
-                ctx.request_repaint();
-            };
-            if catch_unwind(AssertUnwindSafe(|| work(&send))).is_err() {
-                send(LoaderEvent::Failed { job, message: "internal error while loading (see the terminal)".into() });
-            }
-            send(LoaderEvent::Finished { job });
-        });
+        let spawned = std::thread::Builder::new()
+            .name(format!("melo-loader-{job}"))
+            .spawn(move || {
+                let send = |event: LoaderEvent| {
+                    // The receiver only goes away when the app closes; nothing to do then.
+                    let _ = sender.send(event);
+                    ctx.request_repaint();
+                };
+                if catch_unwind(AssertUnwindSafe(|| work(&send))).is_err() {
+                    send(LoaderEvent::Failed {
+                        job,
+                        message: "internal error while loading (see the terminal)".into(),
+                    });
+                }
+                send(LoaderEvent::Finished { job });
+            });
         if let Err(e) = spawned {
-            let _ = self.sender.send(LoaderEvent::Failed { job, message: format!("cannot start a loader thread: {e}") });
+            let _ = self.sender.send(LoaderEvent::Failed {
+                job,
+                message: format!("cannot start a loader thread: {e}"),
+            });
             let _ = self.sender.send(LoaderEvent::Finished { job });
         }
     }
@@ -166,7 +200,8 @@ impl Loader {
 /// A short name for a path in messages: the file name (full paths can carry patient names in
 /// folder names, and are long).
 pub fn short_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name()
+        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn open_job(job: JobId, paths: &[PathBuf], superseded: &Superseded, send: &dyn Fn(LoaderEvent)) {
@@ -177,9 +212,14 @@ fn open_job(job: JobId, paths: &[PathBuf], superseded: &Superseded, send: &dyn F
         if path.is_dir() {
             match scan_folder(path) {
                 Ok(scan) => {
-                    series.extend(scan.series);
+                    series.extend(scan.series.into_iter().map(with_description));
+                    // Folders hold READMEs and licences too: only files that could have been
+                    // images, but are broken, are worth a warning.
                     problems.extend(
-                        scan.skipped.iter().map(|s| format!("skipped {}: {}", short_name(&s.path), s.reason)),
+                        scan.skipped
+                            .iter()
+                            .filter(|s| !s.reason.starts_with(NOT_AN_IMAGE))
+                            .map(|s| format!("skipped {}: {}", short_name(&s.path), one_line(&s.reason))),
                     );
                     folder = Some(path.clone());
                 }
@@ -198,27 +238,60 @@ fn open_job(job: JobId, paths: &[PathBuf], superseded: &Superseded, send: &dyn F
         }
     }
     let for_thumbnails: Vec<Vec<PathBuf>> = series.iter().map(|s| s.files.clone()).collect();
-    send(LoaderEvent::Scanned { job, series, folder, problems });
+    send(LoaderEvent::Scanned {
+        job,
+        series,
+        folder,
+        problems,
+    });
     for (series_index, files) in for_thumbnails.iter().enumerate() {
         if superseded.yes() {
             return;
         }
         if let Some(image) = thumbnail(files) {
-            send(LoaderEvent::Thumbnail { job, series_index, image });
+            send(LoaderEvent::Thumbnail {
+                job,
+                series_index,
+                image,
+            });
         }
     }
+}
+
+/// How `Error::NotDicom` reads: the file is not an image at all (rasters are recognised first).
+const NOT_AN_IMAGE: &str = "not a DICOM file";
+
+/// A series without a description is named after its first file, so the strip never shows a
+/// blank entry.
+fn with_description(mut series: Series) -> Series {
+    if series.description.trim().is_empty() {
+        series.description = series
+            .files
+            .first()
+            .map(|p| short_name(p))
+            .unwrap_or_else(|| "Unnamed series".into());
+    }
+    series
 }
 
 /// The middle slice of a series, small. `None` if it cannot be read (the series load will
 /// say why when the user opens it).
 fn thumbnail(files: &[PathBuf]) -> Option<ColorImage> {
     let middle = files.get(files.len() / 2)?;
-    let image = catch_unwind(|| load_image(middle, &LoadOptions::default())).ok()?.ok()?;
+    let image = catch_unwind(|| load_image(middle, &LoadOptions::default()))
+        .ok()?
+        .ok()?;
     let frame = image.frames / 2;
     render_color_image(&image, frame, &default_voi(&image, frame), THUMBNAIL_SIDE)
 }
 
-fn load_series_job(job: JobId, series_index: usize, series: &Series, superseded: &Superseded, send: &dyn Fn(LoaderEvent)) {
+fn load_series_job(
+    job: JobId,
+    series_index: usize,
+    series: &Series,
+    superseded: &Superseded,
+    send: &dyn Fn(LoaderEvent),
+) {
     let total = series.files.len();
     let mut images = Vec::with_capacity(total);
     let mut problems = Vec::new();
@@ -229,7 +302,11 @@ fn load_series_job(job: JobId, series_index: usize, series: &Series, superseded:
         send(LoaderEvent::Progress { job, done, total });
         match catch_unwind(|| load_image(path, &LoadOptions::default())) {
             Ok(Ok(image)) => images.push(image),
-            Ok(Err(e)) => problems.push(format!("cannot open {}: {}", short_name(path), one_line(&e.to_string()))),
+            Ok(Err(e)) => problems.push(format!(
+                "cannot open {}: {}",
+                short_name(path),
+                one_line(&e.to_string())
+            )),
             Err(_) => problems.push(format!("cannot open {}: the decoder failed", short_name(path))),
         }
     }
@@ -242,7 +319,12 @@ fn load_series_job(job: JobId, series_index: usize, series: &Series, superseded:
         };
         send(LoaderEvent::Failed { job, message });
     } else {
-        send(LoaderEvent::Loaded { job, series_index, stack, problems });
+        send(LoaderEvent::Loaded {
+            job,
+            series_index,
+            stack,
+            problems,
+        });
     }
 }
 
@@ -253,5 +335,7 @@ pub fn one_line(text: &str) -> String {
 
 fn capitalise(text: &str) -> String {
     let mut chars = text.chars();
-    chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
+    chars
+        .next()
+        .map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
 }

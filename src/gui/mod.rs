@@ -35,7 +35,11 @@ pub const APP_NAME: &str = "MeLo Workstation";
 
 /// Opens the window on `paths`; with none, on the shipped samples folder.
 pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
-    let paths = if paths.is_empty() { samples_dir().into_iter().collect() } else { paths };
+    let paths = if paths.is_empty() {
+        samples_dir().into_iter().collect()
+    } else {
+        paths
+    };
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(APP_NAME)
@@ -45,8 +49,12 @@ pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
             .with_drag_and_drop(true),
         ..Default::default()
     };
-    eframe::run_native(APP_NAME, options, Box::new(move |cc| Ok(Box::new(MeloApp::new(cc, paths)))))
-        .map_err(|e| e.to_string())
+    eframe::run_native(
+        APP_NAME,
+        options,
+        Box::new(move |cc| Ok(Box::new(MeloApp::new(cc, paths)))),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The shipped samples: next to the sources (a development checkout), then next to the
@@ -54,7 +62,10 @@ pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
 pub fn samples_dir() -> Option<PathBuf> {
     let relative = Path::new("assets").join("samples");
     let mut candidates = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(&relative)];
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
         candidates.push(exe_dir.join(&relative));
         candidates.push(exe_dir.join("samples"));
     }
@@ -141,6 +152,8 @@ pub struct MeloApp {
     pub series: Vec<SeriesEntry>,
     /// The series the user picked (it may still be loading).
     pub selected_series: Option<usize>,
+    /// The series whose slices the viewer holds.
+    pub shown_series: Option<usize>,
     pub viewer: Viewer,
     pub messages: Vec<Message>,
     /// The last folder opened (or holding the last file), where file dialogs start.
@@ -158,7 +171,10 @@ pub struct MeloApp {
 impl MeloApp {
     /// The app as eframe starts it: settings restored from storage, `paths` opened.
     pub fn new(cc: &eframe::CreationContext<'_>, paths: Vec<PathBuf>) -> Self {
-        let settings: Settings = cc.storage.and_then(|s| eframe::get_value(s, SETTINGS_KEY)).unwrap_or_default();
+        let settings: Settings = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, SETTINGS_KEY))
+            .unwrap_or_default();
         let mut app = Self::with_paths(paths);
         app.last_folder = settings.last_folder;
         if let Some(preset) = settings.preset {
@@ -175,6 +191,7 @@ impl MeloApp {
             hide_patient_details: true,
             series: Vec::new(),
             selected_series: None,
+            shown_series: None,
             viewer: Viewer::default(),
             messages: Vec::new(),
             last_folder: None,
@@ -205,7 +222,12 @@ impl MeloApp {
         self.next_message_id += 1;
         let mut details = details;
         details.truncate(MAX_DETAILS);
-        self.messages.push(Message { id, level, text: text.into(), details });
+        self.messages.push(Message {
+            id,
+            level,
+            text: text.into(),
+            details,
+        });
         if self.messages.len() > MAX_MESSAGES {
             self.messages.remove(0);
         }
@@ -252,6 +274,10 @@ impl MeloApp {
             Command::PickFiles => self.pick_with_dialog(false, ctx),
             Command::PickFolder => self.pick_with_dialog(true, ctx),
             Command::SelectSeries(index) => {
+                // Clicking the series on screen again would only decode it again.
+                if self.shown_series == Some(index) && self.selected_series == Some(index) {
+                    return;
+                }
                 if let Some(entry) = self.series.get(index) {
                     self.selected_series = Some(index);
                     self.progress = Some((0, entry.series.files.len()));
@@ -268,10 +294,19 @@ impl MeloApp {
     fn receive_loader_events(&mut self, ctx: &egui::Context) {
         for event in self.loader.poll() {
             match event {
-                LoaderEvent::Scanned { job, series, folder, problems } if self.loader.is_current(job) => {
+                LoaderEvent::Scanned {
+                    job,
+                    series,
+                    folder,
+                    problems,
+                } if self.loader.is_current(job) => {
                     self.on_scanned(series, folder, problems);
                 }
-                LoaderEvent::Thumbnail { job, series_index, image } if self.loader.is_current(job) => {
+                LoaderEvent::Thumbnail {
+                    job,
+                    series_index,
+                    image,
+                } if self.loader.is_current(job) => {
                     if let Some(entry) = self.series.get_mut(series_index) {
                         let name = format!("melo-thumbnail-{job}-{series_index}");
                         entry.thumbnail = Some(ctx.load_texture(name, image, TextureOptions::LINEAR));
@@ -280,8 +315,14 @@ impl MeloApp {
                 LoaderEvent::Progress { job, done, total } if self.loader.is_current(job) => {
                     self.progress = Some((done, total));
                 }
-                LoaderEvent::Loaded { job, series_index, stack, problems } if self.loader.is_current(job) => {
+                LoaderEvent::Loaded {
+                    job,
+                    series_index,
+                    stack,
+                    problems,
+                } if self.loader.is_current(job) => {
                     self.progress = None;
+                    self.shown_series = Some(series_index);
                     if let Some(entry) = self.series.get_mut(series_index) {
                         // Single files are listed before they are read; now their modality is known.
                         if entry.series.modality.is_empty() {
@@ -298,6 +339,8 @@ impl MeloApp {
                 }
                 LoaderEvent::Failed { job, message } if self.loader.is_current(job) => {
                     self.progress = None;
+                    // The strip highlights what the viewer still shows, not the failed pick.
+                    self.selected_series = self.shown_series;
                     self.push_message(MessageLevel::Error, message, Vec::new());
                 }
                 LoaderEvent::Picked(paths) => self.commands.push(Command::OpenPaths(paths)),
@@ -310,6 +353,7 @@ impl MeloApp {
     fn on_scanned(&mut self, series: Vec<Series>, folder: Option<PathBuf>, problems: Vec<String>) {
         self.viewer.clear();
         self.selected_series = None;
+        self.shown_series = None;
         self.progress = None;
         if folder.is_some() {
             self.last_folder = folder;
@@ -318,14 +362,27 @@ impl MeloApp {
             let text = if series.is_empty() {
                 "Nothing could be opened".to_string()
             } else {
-                format!("{} path(s) or file(s) could not be read and were skipped", problems.len())
+                format!(
+                    "{} path(s) or file(s) could not be read and were skipped",
+                    problems.len()
+                )
             };
-            let level = if series.is_empty() { MessageLevel::Error } else { MessageLevel::Warning };
+            let level = if series.is_empty() {
+                MessageLevel::Error
+            } else {
+                MessageLevel::Warning
+            };
             self.push_message(level, text, problems);
         } else if series.is_empty() {
             self.push_message(MessageLevel::Warning, "No images found", Vec::new());
         }
-        self.series = series.into_iter().map(|series| SeriesEntry { series, thumbnail: None }).collect();
+        self.series = series
+            .into_iter()
+            .map(|series| SeriesEntry {
+                series,
+                thumbnail: None,
+            })
+            .collect();
         if !self.series.is_empty() {
             self.commands.push(Command::SelectSeries(0));
         }
@@ -353,11 +410,16 @@ impl MeloApp {
             if let Some(dir) = start.filter(|d| d.is_dir()) {
                 dialog = dialog.set_directory(dir);
             }
-            let picked = if folder {
-                dialog.set_title("Open folder").pick_folder().map(|p| vec![p])
-            } else {
-                dialog.set_title("Open file").pick_files()
-            };
+            // A dialog backend that panics must not leave the buttons disabled for good.
+            let picked = std::panic::catch_unwind(move || {
+                if folder {
+                    dialog.set_title("Open folder").pick_folder().map(|p| vec![p])
+                } else {
+                    dialog.set_title("Open file").pick_files()
+                }
+            })
+            .ok()
+            .flatten();
             dialog_open.store(false, Ordering::SeqCst);
             if let Some(paths) = picked {
                 let _ = sender.send(LoaderEvent::Picked(paths));
@@ -366,7 +428,11 @@ impl MeloApp {
         };
         if cfg!(target_os = "macos") {
             pick();
-        } else if std::thread::Builder::new().name("melo-file-dialog".into()).spawn(pick).is_err() {
+        } else if std::thread::Builder::new()
+            .name("melo-file-dialog".into())
+            .spawn(pick)
+            .is_err()
+        {
             self.dialog_open.store(false, Ordering::SeqCst);
             self.push_message(MessageLevel::Error, "Cannot open the file dialog", Vec::new());
         }
@@ -427,11 +493,14 @@ impl MeloApp {
                 egui::CollapsingHeader::new(format!("Details ({})", message.details.len()))
                     .id_salt(("message_details", message.id))
                     .show(ui, |ui| {
-                        egui::ScrollArea::vertical().max_height(120.0).id_salt(("message_scroll", message.id)).show(ui, |ui| {
-                            for line in &message.details {
-                                ui.label(line);
-                            }
-                        });
+                        egui::ScrollArea::vertical()
+                            .max_height(120.0)
+                            .id_salt(("message_scroll", message.id))
+                            .show(ui, |ui| {
+                                for line in &message.details {
+                                    ui.label(line);
+                                }
+                            });
                     });
             }
         }
@@ -444,8 +513,16 @@ impl MeloApp {
             for (index, entry) in self.series.iter().enumerate() {
                 let series = &entry.series;
                 let files = series.files.len();
-                let modality = if series.modality.is_empty() { "?" } else { series.modality.as_str() };
-                let text = format!("{}\n{modality} · {files} file{}", series.description, if files == 1 { "" } else { "s" });
+                let modality = if series.modality.is_empty() {
+                    "?"
+                } else {
+                    series.modality.as_str()
+                };
+                let text = format!(
+                    "{}\n{modality} · {files} file{}",
+                    series.description,
+                    if files == 1 { "" } else { "s" }
+                );
                 let selected = self.selected_series == Some(index);
                 let button = match &entry.thumbnail {
                     Some(texture) => {
@@ -460,7 +537,11 @@ impl MeloApp {
                         egui::Button::selectable(selected, (placeholder, text))
                     }
                 };
-                if ui.add(button).on_hover_text(short_name(series.files.first().map_or(Path::new(""), |p| p.as_path()))).clicked() {
+                if ui
+                    .add(button)
+                    .on_hover_text(short_name(series.files.first().map_or(Path::new(""), |p| p.as_path())))
+                    .clicked()
+                {
                     commands.push(Command::SelectSeries(index));
                 }
             }
@@ -474,9 +555,18 @@ fn files_hovered_ui(ctx: &egui::Context) {
         return;
     }
     let screen = ctx.content_rect();
-    let painter = ctx.layer_painter(egui::LayerId::new(egui::Order::Foreground, egui::Id::new("melo_drop_target")));
+    let painter = ctx.layer_painter(egui::LayerId::new(
+        egui::Order::Foreground,
+        egui::Id::unique("melo_drop_target"),
+    ));
     painter.rect_filled(screen, 0.0, Color32::from_black_alpha(180));
-    painter.text(screen.center(), egui::Align2::CENTER_CENTER, "Drop to open", egui::FontId::proportional(28.0), Color32::WHITE);
+    painter.text(
+        screen.center(),
+        egui::Align2::CENTER_CENTER,
+        "Drop to open",
+        egui::FontId::proportional(28.0),
+        Color32::WHITE,
+    );
 }
 
 impl eframe::App for MeloApp {
@@ -485,7 +575,10 @@ impl eframe::App for MeloApp {
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        let settings = Settings { last_folder: self.last_folder.clone(), preset: Some(self.viewer.preferred_preset) };
+        let settings = Settings {
+            last_folder: self.last_folder.clone(),
+            preset: Some(self.viewer.preferred_preset),
+        };
         eframe::set_value(storage, SETTINGS_KEY, &settings);
     }
 

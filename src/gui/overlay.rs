@@ -42,8 +42,17 @@ pub fn position_line(index: usize, count: usize, single_multiframe_file: bool) -
     format!("{noun} {}/{}", index + 1, count)
 }
 
+/// "W 400  L 40". Dragging gives fractional values; decimals only matter for narrow windows
+/// (e.g. on 0..1 data).
 pub fn window_line(window: Window) -> String {
-    format!("W {}  L {}", format_number(window.width), format_number(window.center))
+    let short = |value: f64| {
+        if value.abs() >= 10.0 {
+            format_number(value.round())
+        } else {
+            format_number(value)
+        }
+    };
+    format!("W {}  L {}", short(window.width), short(window.center))
 }
 
 /// Screen pixels per image pixel, as a percentage.
@@ -70,7 +79,11 @@ pub fn probe_text(image: &MedicalImage, frame: usize, col: usize, row: usize) ->
         [grey] => {
             let units = image.meta.units.trim();
             let number = format_number(f64::from(*grey));
-            if units.is_empty() { number } else { format!("{number} {units}") }
+            if units.is_empty() {
+                number
+            } else {
+                format!("{number} {units}")
+            }
         }
         [r, g, b] => format!(
             "RGB ({}, {}, {})",
@@ -78,7 +91,11 @@ pub fn probe_text(image: &MedicalImage, frame: usize, col: usize, row: usize) ->
             format_number(f64::from(*g)),
             format_number(f64::from(*b))
         ),
-        other => other.iter().map(|v| format_number(f64::from(*v))).collect::<Vec<_>>().join(", "),
+        other => other
+            .iter()
+            .map(|v| format_number(f64::from(*v)))
+            .collect::<Vec<_>>()
+            .join(", "),
     };
     Some(format!("x {col}  y {row}  {value}"))
 }
@@ -93,11 +110,28 @@ mod tests {
         assert_eq!(format_number(-1000.0), "-1000");
         assert_eq!(format_number(0.5), "0.5");
         assert_eq!(format_number(1.234_56), "1.23");
+        assert_eq!(
+            window_line(Window {
+                center: 914.82,
+                width: 3362.04
+            }),
+            "W 3362  L 915"
+        );
+        assert_eq!(
+            window_line(Window {
+                center: 0.25,
+                width: 0.5
+            }),
+            "W 0.5  L 0.25"
+        );
     }
 
     #[test]
     fn empty_patient_fields_give_no_lines() {
-        let mut meta = ImageMeta { patient_name: "Doe^Jane".into(), ..ImageMeta::default() };
+        let mut meta = ImageMeta {
+            patient_name: "Doe^Jane".into(),
+            ..ImageMeta::default()
+        };
         assert_eq!(patient_lines(&meta), vec!["Doe^Jane".to_string()]);
         meta = meta.without_phi();
         assert!(patient_lines(&meta).is_empty());
@@ -106,7 +140,10 @@ mod tests {
     #[test]
     fn probe_shows_units_and_rgb() {
         let mut image = MedicalImage {
-            meta: ImageMeta { units: "HU".into(), ..ImageMeta::default() },
+            meta: ImageMeta {
+                units: "HU".into(),
+                ..ImageMeta::default()
+            },
             frames: 1,
             rows: 1,
             cols: 2,

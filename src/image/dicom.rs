@@ -7,7 +7,8 @@ use dicom_core::value::Value as DicomValue;
 use dicom_core::{DataDictionary, Tag, VR};
 use dicom_dictionary_std::{tags, StandardDataDictionary};
 use dicom_object::meta::FileMetaTableBuilder;
-use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions, ReadPreamble};
+use dicom_object::file::ReadPreamble;
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::{entries, TransferSyntaxRegistry};
 use dicom_encoding::TransferSyntaxIndex;
@@ -50,13 +51,112 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
         None
     };
     match body {
-        Some(body) => OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Never)
-            .from_reader(body)
-            .map(|obj| (obj, false))
-            .map_err(|e| Error::Parse(e.to_string())),
+        Some(body) => match OpenFileOptions::new().read_preamble(ReadPreamble::Never).from_reader(body) {
+            Ok(obj) => Ok((obj, false)),
+            Err(first) => without_trailing_padding(body)
+                .and_then(|trimmed| OpenFileOptions::new().read_preamble(ReadPreamble::Never).from_reader(trimmed).ok())
+                .map(|obj| (obj, false))
+                .or_else(|| parse_with_other_encoding(body))
+                .ok_or_else(|| Error::Parse(first.to_string())),
+        },
         None => parse_without_meta(bytes).map(|obj| (obj, true)),
     }
+}
+
+/// Some writers pad the file with zero bytes after the Pixel Data element, which dicom-rs
+/// reads as a broken element; pydicom skips them. Cut the file right after Pixel Data when
+/// what follows is all zeros.
+fn without_trailing_padding(body: &[u8]) -> Option<&[u8]> {
+    let tag_le = [0xE0, 0x7F, 0x10, 0x00];
+    let pos = body.windows(4).rposition(|w| w == tag_le)?;
+    let header = body.get(pos..pos + 12)?;
+    let (value_start, len) = if &header[4..6] == b"OW" || &header[4..6] == b"OB" {
+        (pos + 12, u32::from_le_bytes([header[8], header[9], header[10], header[11]]))
+    } else {
+        (pos + 8, u32::from_le_bytes([header[4], header[5], header[6], header[7]]))
+    };
+    if len == u32::MAX {
+        return None;
+    }
+    let end = value_start.checked_add(len as usize)?;
+    let rest = body.get(end..)?;
+    (!rest.is_empty() && rest.iter().all(|&b| b == 0)).then(|| &body[..end])
+}
+
+/// A file meta group dicom-rs refuses (some writers encode it in implicit VR, or the data
+/// set in another VR than declared): read group 0002 leniently, then the data set with the
+/// declared transfer syntax, else the other little-endian one — as pydicom manages to.
+fn parse_with_other_encoding(body: &[u8]) -> Option<(DefaultDicomObject, bool)> {
+    let lenient = read_meta_leniently(body)?;
+    let rest = &body[lenient.dataset_offset..];
+    let declared = TransferSyntaxRegistry.get(&lenient.transfer_syntax);
+    let fallbacks = [entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(), entries::IMPLICIT_VR_LITTLE_ENDIAN.erased()];
+    for ts in declared.into_iter().chain(fallbacks.iter()) {
+        let Ok(dataset) = InMemDicomObject::read_dataset_with_ts(rest, ts) else { continue };
+        if dataset.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() && dataset.iter().count() < 2 {
+            continue;
+        }
+        // The pixel data keep the declared compression even when the data set is in another VR.
+        let pixel_ts = match declared {
+            Some(d) if d.is_codec_free() => ts.uid(),
+            Some(d) => d.uid(),
+            None => ts.uid(),
+        };
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(lenient.sop_class.clone())
+            .media_storage_sop_instance_uid(lenient.sop_instance.clone())
+            .transfer_syntax(pixel_ts)
+            .implementation_class_uid("2.25.1")
+            .build()
+            .ok()?;
+        return Some((dataset.with_exact_meta(meta), true));
+    }
+    None
+}
+
+struct LenientMeta {
+    transfer_syntax: String,
+    sop_class: String,
+    sop_instance: String,
+    dataset_offset: usize,
+}
+
+/// Walks the group 0002 elements after "DICM", each in explicit or implicit VR (little endian).
+fn read_meta_leniently(body: &[u8]) -> Option<LenientMeta> {
+    let mut pos = 4; // "DICM"
+    let mut meta = LenientMeta {
+        transfer_syntax: String::new(),
+        sop_class: "1.2.840.10008.5.1.4.1.1.7".into(),
+        sop_instance: "2.25.0".into(),
+        dataset_offset: 0,
+    };
+    while pos + 8 <= body.len() {
+        let group = u16::from_le_bytes([body[pos], body[pos + 1]]);
+        if group != 0x0002 {
+            break;
+        }
+        let element = u16::from_le_bytes([body[pos + 2], body[pos + 3]]);
+        let vr = [body[pos + 4], body[pos + 5]];
+        let (header, len) = match VR::from_binary(vr) {
+            Some(VR::OB | VR::OW | VR::OF | VR::SQ | VR::UT | VR::UN | VR::UC | VR::UR | VR::OD | VR::OL | VR::OV) => {
+                let b = body.get(pos + 8..pos + 12)?;
+                (12, u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            }
+            Some(_) => (8, usize::from(u16::from_le_bytes([body[pos + 6], body[pos + 7]]))),
+            None => (8, u32::from_le_bytes([body[pos + 4], body[pos + 5], body[pos + 6], body[pos + 7]]) as usize),
+        };
+        let value = body.get(pos + header..pos.checked_add(header)?.checked_add(len)?)?;
+        let text = || String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string();
+        match element {
+            0x0002 => meta.sop_class = text(),
+            0x0003 => meta.sop_instance = text(),
+            0x0010 => meta.transfer_syntax = text(),
+            _ => {}
+        }
+        pos += header + len;
+    }
+    meta.dataset_offset = pos;
+    (!meta.transfer_syntax.is_empty()).then_some(meta)
 }
 
 /// A data set with no file meta: infer its encoding the way pydicom does (explicit VR if the
@@ -366,8 +466,9 @@ fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOptions) -> Re
     }
     options.limits.check(rows as u64, cols as u64, frames as u64, spp as u64)?;
     let photometric = meta.photometric.clone();
-    let samples = if matches!(meta.transfer_syntax.as_str(), JPEG_LS_LOSSLESS | JPEG_LS_NEAR_LOSSLESS) {
-        decode_jpeg_ls(obj, rows, cols, spp, frames, &meta)?
+    let geometry = Geometry { rows, cols, spp, frames, bits_allocated, bits_stored };
+    let samples = if let Some(codec) = OwnCodec::for_transfer_syntax(&meta.transfer_syntax) {
+        decode_encapsulated(obj, codec, &geometry, &meta)?
     } else {
         decode_with_dicom_rs(obj, rows, cols, spp, frames, bits_allocated, bits_stored, &meta)?
     };
@@ -429,12 +530,19 @@ fn decode_with_dicom_rs(
             .chunks_exact(2)
             .map(|c| sign_extend(u64::from(u16::from_le_bytes([c[0], c[1]])), bits_stored, signed))
             .collect(),
+        // Explicit VR big endian: dicom-rs swaps bytes per 16-bit word (OW), so the two words of
+        // a 32-bit sample arrive in big-endian order.
+        _ if meta.transfer_syntax == entries::EXPLICIT_VR_BIG_ENDIAN.uid() => data
+            .chunks_exact(4)
+            .map(|c| sign_extend(u64::from(u32::from_le_bytes([c[2], c[3], c[0], c[1]])), bits_stored, signed))
+            .collect(),
         _ => data
             .chunks_exact(4)
             .map(|c| sign_extend(u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])), bits_stored, signed))
             .collect(),
     };
-    let codec_converted_color = encapsulated && spp == 3 && !is_rle(&meta.transfer_syntax);
+    // JPEG 2000 decoders undo the component transform (RCT/ICT) themselves.
+    let codec_converted_color = encapsulated && spp == 3;
     if ybr422 {
         values = expand_ybr422(&values, rows, cols, frames)?;
     } else if spp == 3 && decoded.planar_configuration() == dicom_pixeldata::PlanarConfiguration::PixelFirst {
@@ -443,16 +551,8 @@ fn decode_with_dicom_rs(
     Ok(Samples { values, channels: spp, codec_converted_color })
 }
 
-fn is_rle(ts: &str) -> bool {
-    ts == "1.2.840.10008.1.2.5"
-}
-
 fn decode_error(message: &str, meta: &ImageMeta) -> Error {
-    if meta.transfer_syntax == "1.2.840.10008.1.2.4.51" && meta.bits_stored > 8 {
-        Error::Unsupported(format!(
-            "12-bit JPEG Extended (process 2 & 4) is not decoded by the pure-Rust JPEG codec ({message})"
-        ))
-    } else if TransferSyntaxRegistry.get(&meta.transfer_syntax).is_none() {
+    if TransferSyntaxRegistry.get(&meta.transfer_syntax).is_none() {
         Error::Unsupported(format!("unknown transfer syntax {}", meta.transfer_syntax))
     } else {
         Error::Decode(format!("{} ({}): {message}", meta.transfer_syntax_name, meta.transfer_syntax))
@@ -469,38 +569,187 @@ fn sign_extend(raw: u64, bits_stored: u16, signed: bool) -> f64 {
     (((raw << shift) as i64) >> shift) as f64
 }
 
-fn decode_jpeg_ls(obj: &DefaultDicomObject, rows: usize, cols: usize, spp: usize, frames: usize, meta: &ImageMeta) -> Result<Samples> {
+/// Transfer syntaxes decoded here rather than by dicom-rs: JPEG-LS (no pure-Rust codec
+/// there), JPEG (dicom-rs converts colour in the codec, pydicom leaves it to the photometric
+/// interpretation) and RLE (dicom-rs refuses 32-bit samples).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OwnCodec {
+    JpegLs,
+    Jpeg,
+    Rle,
+}
+
+impl OwnCodec {
+    fn for_transfer_syntax(uid: &str) -> Option<OwnCodec> {
+        match uid {
+            JPEG_LS_LOSSLESS | JPEG_LS_NEAR_LOSSLESS => Some(OwnCodec::JpegLs),
+            "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => Some(OwnCodec::Jpeg),
+            "1.2.840.10008.1.2.5" => Some(OwnCodec::Rle),
+            _ => None,
+        }
+    }
+}
+
+struct Geometry {
+    rows: usize,
+    cols: usize,
+    spp: usize,
+    frames: usize,
+    bits_allocated: u16,
+    bits_stored: u16,
+}
+
+fn decode_encapsulated(obj: &DefaultDicomObject, codec: OwnCodec, g: &Geometry, meta: &ImageMeta) -> Result<Samples> {
     let elem = obj.element(tags::PIXEL_DATA).map_err(|_| Error::NoPixelData)?;
     let DicomValue::PixelSequence(seq) = elem.value() else {
-        return Err(Error::Decode("JPEG-LS pixel data is not encapsulated".into()));
+        return Err(Error::Decode(format!("{} pixel data is not encapsulated", meta.transfer_syntax_name)));
     };
     let fragments = seq.fragments();
-    let frame_streams: Vec<Vec<u8>> = if fragments.len() == frames {
+    let frame_streams: Vec<Vec<u8>> = if fragments.len() == g.frames {
         fragments.iter().map(|f| f.to_vec()).collect()
-    } else if frames == 1 {
+    } else if g.frames == 1 {
         vec![fragments.iter().flatten().copied().collect()]
     } else {
         let offsets = seq.offset_table();
-        if offsets.len() != frames {
-            return Err(Error::Decode(format!("{} fragments for {frames} frames and no usable offset table", fragments.len())));
+        if offsets.len() != g.frames {
+            return Err(Error::Decode(format!("{} fragments for {} frames and no usable offset table", fragments.len(), g.frames)));
         }
         split_by_offsets(fragments, offsets)?
     };
-    let mut values = Vec::with_capacity(rows * cols * spp * frames);
+    let per_frame = g.rows * g.cols * g.spp;
+    let mut values = Vec::with_capacity(per_frame * g.frames);
     for stream in &frame_streams {
-        let frame = jpeg_ls::decode_frame(stream, rows, cols, spp)?;
-        if frame.bits_per_sample > 8 {
-            values.extend(
-                frame.bytes.chunks_exact(2).map(|c| sign_extend(u64::from(u16::from_le_bytes([c[0], c[1]])), meta.bits_stored, meta.signed)),
-            );
-        } else {
-            values.extend(frame.bytes.iter().map(|&b| sign_extend(u64::from(b), meta.bits_stored, meta.signed)));
+        let frame: Vec<u32> = match codec {
+            OwnCodec::JpegLs => jpeg_ls::decode_frame(stream, g.rows, g.cols, g.spp)?,
+            OwnCodec::Jpeg => decode_jpeg_frame(stream, g, meta)?,
+            OwnCodec::Rle => decode_rle_frame(stream, g)?,
+        };
+        if frame.len() != per_frame {
+            return Err(Error::Decode(format!(
+                "a decoded frame holds {} samples, the header needs {per_frame} ({}×{}×{})",
+                frame.len(),
+                g.cols,
+                g.rows,
+                g.spp
+            )));
+        }
+        values.extend(frame.into_iter().map(|v| sign_extend(u64::from(v), g.bits_stored, meta.signed)));
+    }
+    // The JPEG codec converts YCbCr itself; RLE and JPEG-LS give the components as stored.
+    Ok(Samples { values, channels: g.spp, codec_converted_color: codec == OwnCodec::Jpeg })
+}
+
+/// JPEG baseline / extended / lossless. Colour: the codec's usual rules (JFIF and Adobe
+/// markers, component ids), except that a 3-component stream with neither marker whose header
+/// says RGB is taken as RGB — libjpeg, pydicom's codec, does the same.
+fn decode_jpeg_frame(stream: &[u8], g: &Geometry, meta: &ImageMeta) -> Result<Vec<u32>> {
+    let mut decoder = jpeg_decoder::Decoder::new(stream);
+    if meta.photometric == "RGB" && !has_colour_marker(stream) {
+        decoder.set_color_transform(jpeg_decoder::ColorTransform::None);
+    }
+    let pixels = match decoder.decode() {
+        Ok(p) => p,
+        Err(jpeg_decoder::Error::Unsupported(jpeg_decoder::UnsupportedFeature::SamplePrecision(12))) => {
+            return decode_jpeg12_frame(stream, g);
+        }
+        Err(e) => return Err(decode_error(&e.to_string(), meta)),
+    };
+    let info = decoder.info().ok_or_else(|| Error::Decode("JPEG stream without a frame header".into()))?;
+    if usize::from(info.width) != g.cols || usize::from(info.height) != g.rows {
+        return Err(Error::Decode(format!("JPEG frame is {}×{}, header says {}×{}", info.width, info.height, g.cols, g.rows)));
+    }
+    Ok(match info.pixel_format {
+        jpeg_decoder::PixelFormat::L16 => pixels.chunks_exact(2).map(|c| u32::from(u16::from_ne_bytes([c[0], c[1]]))).collect(),
+        jpeg_decoder::PixelFormat::CMYK32 => return Err(Error::Unsupported("4-component JPEG".into())),
+        _ => pixels.into_iter().map(u32::from).collect(),
+    })
+}
+
+/// 12-bit DCT JPEG (process 4) through the project's own decoder: components as coded.
+fn decode_jpeg12_frame(stream: &[u8], g: &Geometry) -> Result<Vec<u32>> {
+    let frame = crate::codec::decode_jpeg_extended(stream).map_err(|e| Error::Decode(format!("JPEG Extended: {e}")))?;
+    if frame.width as usize != g.cols || frame.height as usize != g.rows || usize::from(frame.components) != g.spp {
+        return Err(Error::Decode(format!(
+            "JPEG frame is {}×{}×{}, header says {}×{}×{}",
+            frame.width, frame.height, frame.components, g.cols, g.rows, g.spp
+        )));
+    }
+    if g.spp == 3 {
+        return Err(Error::Unsupported("12-bit colour JPEG".into()));
+    }
+    Ok(frame.samples.into_iter().map(u32::from).collect())
+}
+
+/// Whether the JPEG stream has a JFIF (APP0) or Adobe (APP14) marker before its first scan.
+fn has_colour_marker(stream: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= stream.len() && stream[i] == 0xFF {
+        let marker = stream[i + 1];
+        if marker == 0xDA {
+            break;
+        }
+        let len = usize::from(u16::from_be_bytes([stream[i + 2], stream[i + 3]]));
+        // A complete Adobe segment holds its transform flag at byte 11; a truncated one says nothing.
+        let payload = &stream[(i + 4).min(stream.len())..(i + 2 + len).min(stream.len())];
+        if (marker == 0xE0 && payload.starts_with(b"JFIF")) || (marker == 0xEE && payload.starts_with(b"Adobe") && payload.len() >= 12) {
+            return true;
+        }
+        i += 2 + len;
+    }
+    false
+}
+
+/// DICOM RLE (PS3.5 Annex G): up to 15 PackBits segments, one per byte plane, most
+/// significant byte first, planes of one sample after another.
+fn decode_rle_frame(stream: &[u8], g: &Geometry) -> Result<Vec<u32>> {
+    let bytes_per_sample = usize::from(g.bits_allocated).div_ceil(8);
+    let segments_needed = bytes_per_sample * g.spp;
+    if stream.len() < 64 {
+        return Err(Error::Decode("RLE header truncated".into()));
+    }
+    let word = |i: usize| u32::from_le_bytes([stream[4 * i], stream[4 * i + 1], stream[4 * i + 2], stream[4 * i + 3]]) as usize;
+    let segments = word(0);
+    if segments != segments_needed || segments > 15 {
+        return Err(Error::Decode(format!("RLE frame has {segments} segments, expected {segments_needed}")));
+    }
+    let pixels = g.rows * g.cols;
+    let mut out = vec![0u32; pixels * g.spp];
+    for s in 0..segments {
+        let start = word(1 + s);
+        let end = if s + 1 < segments { word(2 + s) } else { stream.len() };
+        if start < 64 || start > end || end > stream.len() {
+            return Err(Error::Decode(format!("RLE segment {s} offsets out of range")));
+        }
+        let plane = unpack_bits(&stream[start..end], pixels);
+        let sample = s / bytes_per_sample;
+        let shift = 8 * (bytes_per_sample - 1 - s % bytes_per_sample);
+        for (p, &b) in plane.iter().enumerate() {
+            out[p * g.spp + sample] |= u32::from(b) << shift;
         }
     }
-    if values.len() != rows * cols * spp * frames {
-        return Err(Error::Decode("JPEG-LS data does not match the image size".into()));
+    Ok(out)
+}
+
+/// PackBits into exactly `len` bytes (short segments are zero-padded, as decoders do).
+fn unpack_bits(src: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut i = 0;
+    while i < src.len() && out.len() < len {
+        let n = src[i] as i8;
+        i += 1;
+        if n >= 0 {
+            let count = (n as usize + 1).min(src.len() - i);
+            out.extend_from_slice(&src[i..i + count]);
+            i += count;
+        } else if n != -128 {
+            if let Some(&b) = src.get(i) {
+                out.extend(std::iter::repeat_n(b, 1 + (-(n as isize)) as usize));
+            }
+            i += 1;
+        }
     }
-    Ok(Samples { values, channels: spp, codec_converted_color: false })
+    out.resize(len, 0);
+    out
 }
 
 fn split_by_offsets(fragments: &[Vec<u8>], offsets: &[u32]) -> Result<Vec<Vec<u8>>> {

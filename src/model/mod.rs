@@ -1,0 +1,24 @@
+//! The diagnosis engine: one frozen Vision Transformer kept in memory, many small LoRA task
+//! adapters (MeLo, Zhu et al., ISBI 2024) switched by index.
+//!
+//! - [`vit`]: the ViT itself (DINOv2 ViT-S/14, timm ViT-B/16, any timm-named ViT), written for
+//!   candle so that attention can take a low-rank update without touching frozen weights;
+//! - [`lora`]: task adapters — file format, metadata, importers for MeLo and HF PEFT files;
+//! - [`engine`]: backbone + registered adapters, preprocessing, prediction, explanation;
+//! - [`cli`]: the `melo predict`, `melo adapters` and `melo bench` handlers.
+//!
+//! Nothing here depends on egui.
+
+pub mod bench;
+pub mod cli;
+pub mod engine;
+mod error;
+pub mod kernels;
+pub mod lora;
+mod safetensors_io;
+pub mod vit;
+
+pub use engine::{Engine, Heatmap, Prediction};
+pub use error::{Error, Result};
+pub use lora::{Adapter, AdapterMetadata};
+pub use vit::{Config, Pooling, VisionTransformer};

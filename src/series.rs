@@ -20,6 +20,8 @@ pub struct Series {
 pub struct Skipped {
     pub path: PathBuf,
     pub reason: String,
+    /// False for files that are not images at all (READMEs, licences): not worth a warning.
+    pub looks_like_image: bool,
 }
 
 /// The series found under a folder (recursively), and what was skipped.
@@ -57,13 +59,31 @@ struct Header {
 
 /// Scans a folder into series. Unreadable files are reported, not fatal.
 pub fn scan_folder(root: &Path) -> Result<FolderScan> {
+    Ok(group_files(walk(root)?))
+}
+
+/// Groups loose files (dropped on the window, given on the command line) and folders into
+/// series, exactly as a folder scan would.
+pub fn scan_paths(paths: &[PathBuf]) -> Result<FolderScan> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(walk(p)?);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(group_files(files))
+}
+
+fn group_files(paths: Vec<PathBuf>) -> FolderScan {
     let mut scan = FolderScan::default();
     let mut dicoms: Vec<Header> = Vec::new();
-    for path in walk(root)? {
+    for path in paths {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
-                scan.skipped.push(Skipped { path, reason: e.to_string() });
+                scan.skipped.push(Skipped { path, reason: e.to_string(), looks_like_image: true });
                 continue;
             }
         };
@@ -76,7 +96,10 @@ pub fn scan_folder(root: &Path) -> Result<FolderScan> {
             }),
             FileKind::Dicom => match crate::image::parse_header_bytes(&bytes) {
                 Ok(meta) => dicoms.push(Header { path, meta }),
-                Err(e) => scan.skipped.push(Skipped { path, reason: e.to_string() }),
+                Err(e) => {
+                    let looks_like_image = !matches!(e, Error::NotDicom(_));
+                    scan.skipped.push(Skipped { path, reason: e.to_string(), looks_like_image });
+                }
             },
         }
     }
@@ -98,7 +121,7 @@ pub fn scan_folder(root: &Path) -> Result<FolderScan> {
             files: members.into_iter().map(|h| h.path).collect(),
         });
     }
-    Ok(scan)
+    scan
 }
 
 /// Position along the slice normal when every slice has geometry, else instance number.

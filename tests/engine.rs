@@ -257,20 +257,25 @@ fn bad_adapter_files_are_clear_errors() {
     let err = Adapter::load(&wrong_rank).unwrap_err();
     assert!(err.to_string().contains("rank"), "{err}");
 
-    // Head with the wrong number of classes for its labels.
+    // Head with the wrong number of classes for its labels (weight and bias agree).
     let wrong_head = dir.path().join("wrong_head.safetensors");
     rewrite(&bytes, &wrong_head, |name, shape, values| {
         if name == "head.weight" {
             shape[0] = 2;
             values.truncate(2 * shape[1]);
+        } else if name == "head.bias" {
+            shape[0] = 2;
+            values.truncate(2);
         }
     });
-    assert!(Adapter::load(&wrong_head).unwrap_err().to_string().contains("labels"));
+    let err = Adapter::load(&wrong_head).unwrap_err();
+    assert!(err.to_string().contains("2 outputs but 3 labels"), "{err}");
 
     // A missing block is a gap, not a silently shallower adapter.
     let missing = dir.path().join("missing_block.safetensors");
     std::fs::write(&missing, safetensors_without(&bytes, "blocks.5.attn.q.lora_A")).unwrap();
-    assert!(Adapter::load(&missing).unwrap_err().to_string().contains("blocks.5"));
+    let err = Adapter::load(&missing).unwrap_err();
+    assert!(err.to_string().contains("block 5 are missing"), "{err}");
 
     // An adapter made for a 64-wide ViT with this backbone's hash: right hash, wrong shapes.
     let tiny = tiny_vit();

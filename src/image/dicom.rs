@@ -50,6 +50,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
     } else {
         None
     };
+    if let Some(inflated) = body.and_then(inflate_deflated_dataset) {
+        return inflated.map(|obj| (obj, false));
+    }
     match body {
         Some(body) => match OpenFileOptions::new().read_preamble(ReadPreamble::Never).from_reader(body) {
             Ok(obj) => Ok((obj, false)),
@@ -61,6 +64,39 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
         },
         None => parse_without_meta(bytes).map(|obj| (obj, true)),
     }
+}
+
+const DEFLATED_EXPLICIT_LE: &str = "1.2.840.10008.1.2.1.99";
+/// The inflated data set may not exceed this (a deflate bomb is refused, not expanded).
+const MAX_INFLATED_BYTES: u64 = 1 << 31;
+
+/// Deflated Explicit VR Little Endian, inflated here (bounded, and a truncated stream is an
+/// error) rather than by dicom-rs, which loops forever on some truncated streams.
+fn inflate_deflated_dataset(body: &[u8]) -> Option<Result<DefaultDicomObject>> {
+    use std::io::Read;
+    let mut cursor = std::io::Cursor::new(body);
+    let mut meta = dicom_object::meta::FileMetaTable::from_reader(&mut cursor).ok()?;
+    if meta.transfer_syntax() != DEFLATED_EXPLICIT_LE {
+        return None;
+    }
+    let compressed = &body[cursor.position() as usize..];
+    let mut inflated = Vec::new();
+    let read = flate2::read::DeflateDecoder::new(compressed)
+        .take(MAX_INFLATED_BYTES + 1)
+        .read_to_end(&mut inflated);
+    Some(match read {
+        Err(e) => Err(Error::Parse(format!("deflated data set: {e}"))),
+        Ok(_) if inflated.len() as u64 > MAX_INFLATED_BYTES => Err(Error::TooLarge("deflated data set inflates past 2 GiB".into())),
+        Ok(_) => {
+            let ts = entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+            InMemDicomObject::read_dataset_with_ts(&inflated[..], &ts)
+                .map_err(|e| Error::Parse(format!("deflated data set: {e}")))
+                .map(|dataset| {
+                    meta.set_transfer_syntax(&ts);
+                    dataset.with_exact_meta(meta)
+                })
+        }
+    })
 }
 
 /// Some writers pad the file with zero bytes after the Pixel Data element, which dicom-rs
@@ -90,8 +126,18 @@ fn parse_with_other_encoding(body: &[u8]) -> Option<(DefaultDicomObject, bool)> 
     let lenient = read_meta_leniently(body)?;
     let rest = &body[lenient.dataset_offset..];
     let declared = TransferSyntaxRegistry.get(&lenient.transfer_syntax);
-    let fallbacks = [entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(), entries::IMPLICIT_VR_LITTLE_ENDIAN.erased()];
-    for ts in declared.into_iter().chain(fallbacks.iter()) {
+    // Only the encoding the first element shows: reading explicit data as implicit (or the
+    // reverse) yields garbage lengths and gigabyte allocations.
+    let explicit = rest.len() >= 6 && VR::from_binary([rest[4], rest[5]]).is_some() && rest[4].is_ascii_uppercase();
+    let fallback = if explicit { entries::EXPLICIT_VR_LITTLE_ENDIAN.erased() } else { entries::IMPLICIT_VR_LITTLE_ENDIAN.erased() };
+    let declared_explicit = lenient.transfer_syntax != entries::IMPLICIT_VR_LITTLE_ENDIAN.uid();
+    let dicom_rs_read_meta = dicom_object::meta::FileMetaTable::from_reader(body).is_ok();
+    if dicom_rs_read_meta && explicit == declared_explicit {
+        // Meta and encoding agree: the first failure was genuine (a truncated or broken file).
+        return None;
+    }
+    let retry_declared = declared.filter(|_| explicit == declared_explicit);
+    for ts in retry_declared.into_iter().chain(std::iter::once(&fallback)) {
         let Ok(dataset) = InMemDicomObject::read_dataset_with_ts(rest, ts) else { continue };
         if dataset.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() && dataset.iter().count() < 2 {
             continue;

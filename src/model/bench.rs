@@ -19,10 +19,13 @@ pub struct Timing {
     pub median_ms: f64,
     pub mean_ms: f64,
     pub min_ms: f64,
+    /// Process CPU time (all threads) per run: separates our cost from waiting for cores
+    /// that other programs hold. Includes the thread pools' spin-waiting.
+    pub cpu_ms: f64,
 }
 
 impl Timing {
-    fn from_ms(mut samples: Vec<f64>) -> Self {
+    fn from_ms(mut samples: Vec<f64>, cpu_ms: f64) -> Self {
         samples.sort_by(f64::total_cmp);
         let n = samples.len().max(1);
         Self {
@@ -30,8 +33,31 @@ impl Timing {
             median_ms: percentile(&samples, 0.5),
             mean_ms: samples.iter().sum::<f64>() / n as f64,
             min_ms: samples.first().copied().unwrap_or(f64::NAN),
+            cpu_ms,
         }
     }
+}
+
+/// CPU time of this process so far (user + system, all threads), in ms; NaN off Linux.
+pub fn process_cpu_ms() -> f64 {
+    // /proc/self/stat fields 14 and 15 (utime, stime) in clock ticks of 10 ms.
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.get(s.rfind(')')? + 2..)?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks * 10.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The 1-minute load average (other programs competing for the cores skew wall times).
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +88,8 @@ pub struct Memory {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub threads: usize,
+    /// 1-minute load average at the start and the end of the run.
+    pub load_average: [f64; 2],
     pub backbone_sha256: String,
     pub input_size: usize,
     pub load_ms: f64,
@@ -75,10 +103,20 @@ pub struct BenchReport {
 
 impl BenchReport {
     pub fn print(&self) {
-        println!("melo bench — {} thread(s), backbone {}…, {} px", self.threads, &self.backbone_sha256[..12], self.input_size);
+        println!(
+            "melo bench — {} thread(s), backbone {}…, {} px, load average {:.2} → {:.2}",
+            self.threads,
+            self.backbone_sha256.get(..12).unwrap_or(""),
+            self.input_size,
+            self.load_average[0],
+            self.load_average[1]
+        );
         println!("backbone load (read, sha256, f16→f32)   {:>9.1} ms", self.load_ms);
         let t = |name: &str, t: &Timing| {
-            println!("{name:<40} {:>9.1} ms median ({:.1} mean, {:.1} min, {} runs)", t.median_ms, t.mean_ms, t.min_ms, t.runs)
+            println!(
+                "{name:<40} {:>9.1} ms median ({:.1} mean, {:.1} min, {} runs; {:.0} ms CPU per run)",
+                t.median_ms, t.mean_ms, t.min_ms, t.runs, t.cpu_ms
+            )
         };
         t("forward batch 1", &self.forward_batch1);
         t("forward batch 1, LoRA adapter active", &self.forward_batch1_with_adapter);
@@ -131,13 +169,15 @@ fn time_forward(engine: &Engine, pixels: &Tensor, adapter: Option<&Adapter>, run
         vit.forward(pixels, lora)?;
     }
     let mut samples = Vec::with_capacity(runs);
+    let cpu0 = process_cpu_ms();
     for _ in 0..runs {
         let t0 = Instant::now();
         let out = vit.forward(pixels, lora)?;
         std::hint::black_box(&out);
         samples.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Timing::from_ms(samples))
+    let cpu = (process_cpu_ms() - cpu0) / runs as f64;
+    Ok(Timing::from_ms(samples, cpu))
 }
 
 /// A fixed, image-like input: smooth gradients per channel (values in about −2..2).
@@ -158,6 +198,7 @@ fn test_input(batch: usize, size: usize) -> Result<Tensor> {
 pub fn run(backbone_dir: &Path, runs: usize, switches: usize, adapters: usize) -> Result<BenchReport> {
     let runs = runs.max(1);
     let adapters = adapters.max(4);
+    let load_start = load_average();
     let rss_start = proc_status_mib("VmRSS:");
     let t0 = Instant::now();
     let mut engine = Engine::open(backbone_dir)?;
@@ -206,6 +247,7 @@ pub fn run(backbone_dir: &Path, runs: usize, switches: usize, adapters: usize) -
 
     Ok(BenchReport {
         threads: candle_core::utils::get_num_threads(),
+        load_average: [load_start, load_average()],
         backbone_sha256: engine.backbone().sha256().to_string(),
         input_size: size,
         load_ms,

@@ -1,14 +1,25 @@
 //! CPU kernels candle lacks, for the hot spots of a ViT forward pass.
 //!
-//! `bias_gelu_erf`: the MLP's `gelu(x + b)` in one pass. candle's `gelu_erf` evaluates libm's
-//! `erff` one element at a time (≈ 14 ns each: 60 ms per ViT-S forward at batch 1, as much as
-//! a quarter of the whole pass), after a separate pass for the bias. Here erf is the rational
-//! approximation Eigen and XLA use for f32 — erf(x) ≈ x·P(x²)/Q(x²) on x clamped to [−4, 4],
-//! max abs error 4.2e-7 — which compiles to straight-line SIMD code (no calls, no branches),
-//! spread over the rayon pool in row chunks.
+//! - `bias_gelu_erf`: the MLP's `gelu(x + b)` in one pass. candle's `gelu_erf` calls libm's
+//!   `erff` per element (≈ 14 ns each: 60 ms of a ViT-S forward at batch 1), after a separate
+//!   pass for the bias. Here erf is the rational approximation Eigen and XLA use for f32 —
+//!   erf(x) ≈ x·P(x²)/Q(x²) on x clamped to [−4, 4], max abs error 4.2e-7.
+//! - `scaled_softmax_last_dim`: softmax(scale · x) over rows, the attention scale folded in
+//!   (no separate pass over q), exp by Cephes' range reduction and polynomial (rel. error
+//!   ~1e-7) instead of libm's `expf` per element.
+//!
+//! - in-place adds (bias, bias + residual, LoRA deltas into column ranges, position
+//!   embedding): candle's binary ops allocate a new tensor and run on candle's own spinning
+//!   thread pool, which then competes for the 2 cores with the rayon pool gemm uses; these
+//!   write into the fresh matmul output instead, on the rayon pool.
+//!
+//! The kernels are branch-free loops that compile to SIMD code; on x86-64 a copy compiled for
+//! AVX2 + FMA is chosen at run time (the default target only assumes SSE2), and rows are
+//! spread over the rayon pool in chunks. In-place kernels are only ever applied to tensors
+//! the caller has just created (matmul outputs), never to weights or shared tensors.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 
 use super::error::Result;
@@ -40,54 +51,365 @@ pub fn erf_f32(x: f32) -> f32 {
     x * p / q
 }
 
-/// Exact (erf) GELU: x · ½(1 + erf(x/√2)).
+/// Exact-form (erf) GELU: x · ½(1 + erf(x/√2)).
 #[inline(always)]
 pub fn gelu_erf_f32(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-struct BiasGeluErf;
+/// eˣ for f32 (Cephes `expf`: x = n·ln2 + r, |r| ≤ ½ln2, degree-6 polynomial, 2ⁿ from the
+/// exponent bits). x is clamped to [−87, 88], so the result is never 0, ∞ or subnormal.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 1.5·2²³: adding and subtracting it rounds to the nearest integer without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    // n sits in the low mantissa bits of `shifted`: 2ⁿ from integer ops only (vectorises).
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    y * f32::from_bits(n_bits.wrapping_add(127) << 23)
+}
 
-impl CustomOp2 for BiasGeluErf {
-    fn name(&self) -> &'static str {
-        "bias-gelu-erf"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(bias)) = (s1, s2) else {
-            candle_core::bail!("bias-gelu-erf: f32 only, got {:?} and {:?}", s1.dtype(), s2.dtype())
-        };
-        let (Some((x0, x1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("bias-gelu-erf: inputs must be contiguous")
-        };
-        let (x, bias) = (&x[x0..x1], &bias[b0..b1]);
-        let width = bias.len();
-        if width == 0 || x.len() % width != 0 {
-            candle_core::bail!("bias-gelu-erf: {} values do not split into rows of {width}", x.len())
+#[inline(always)]
+fn gelu_rows_generic(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v = gelu_erf_f32(*v + b);
         }
-        let mut out = vec![0f32; x.len()];
-        // Chunks of whole rows, ~16 k values: enough work per task to amortise scheduling.
-        let rows_per_chunk = (16_384 / width).max(1);
-        out.par_chunks_mut(rows_per_chunk * width)
-            .zip(x.par_chunks(rows_per_chunk * width))
-            .for_each(|(dst, src)| {
-                for (dst_row, src_row) in dst.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
-                    for ((d, &s), &b) in dst_row.iter_mut().zip(src_row).zip(bias) {
-                        *d = gelu_erf_f32(s + b);
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-/// gelu(x + bias) with exact-form GELU, bias broadcast along the last dimension.
-pub fn bias_gelu_erf(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+#[inline(always)]
+fn softmax_rows_generic(rows: &mut [f32], width: usize, scale: f32) {
+    const LANES: usize = 8;
+    for row in rows.chunks_exact_mut(width) {
+        // Max in 8 independent lanes (a select, so it vectorises; NaN-free input assumed).
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (m, &v) in lanes.iter_mut().zip(chunk) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let shift = scale * max;
+        let mut sums = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for (s, v) in sums.iter_mut().zip(chunk.iter_mut()) {
+                *v = exp_f32(scale * *v - shift);
+                *s += *v;
+            }
+        }
+        let mut sum: f32 = sums.iter().sum();
+        for v in chunks.into_remainder() {
+            *v = exp_f32(scale * *v - shift);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_rows(rows: &mut [f32], bias: &[f32]) {
+        super::gelu_rows_generic(rows, bias)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_rows(rows: &mut [f32], width: usize, scale: f32) {
+        super::softmax_rows_generic(rows, width, scale)
+    }
+
+    pub fn has_avx2_fma() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+}
+
+fn gelu_rows(rows: &mut [f32], bias: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2_fma() {
+        // SAFETY: the features were detected on this CPU just above.
+        unsafe { x86::gelu_rows(rows, bias) };
+        return;
+    }
+    gelu_rows_generic(rows, bias)
+}
+
+fn softmax_rows(rows: &mut [f32], width: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2_fma() {
+        // SAFETY: the features were detected on this CPU just above.
+        unsafe { x86::softmax_rows(rows, width, scale) };
+        return;
+    }
+    softmax_rows_generic(rows, width, scale)
+}
+
+/// Whole rows per parallel task: about 16 k values, enough work to amortise scheduling.
+fn rows_per_task(width: usize) -> usize {
+    (16_384 / width.max(1)).max(1)
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else {
+        candle_core::bail!("{op}: f32 only, got {:?}", storage.dtype())
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("{op}: operand must be contiguous"),
+    }
+}
+
+fn contiguous_f32_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a mut [f32]> {
+    let dtype = storage.dtype();
+    let CpuStorage::F32(values) = storage else {
+        candle_core::bail!("{op}: f32 only, got {dtype:?}")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut values[start..end]),
+        None => candle_core::bail!("{op}: destination must be contiguous"),
+    }
+}
+
+/// Parallel chunk length (≈ 16 k values) for element-wise work.
+const CHUNK: usize = 16_384;
+
+/// dst[j] += pattern[(offset + j) mod len] (+ residual[j]): `pattern` repeats along dst.
+#[inline(always)]
+fn add_cyclic(dst: &mut [f32], pattern: &[f32], offset: usize, residual: Option<&[f32]>) {
+    let mut pos = offset % pattern.len();
+    let mut done = 0;
+    while done < dst.len() {
+        let n = (pattern.len() - pos).min(dst.len() - done);
+        let out = &mut dst[done..done + n];
+        let pat = &pattern[pos..pos + n];
+        match residual {
+            Some(r) => {
+                // (y + b) + r: the same rounding as adding the bias, then the residual.
+                for ((o, &p), &r) in out.iter_mut().zip(pat).zip(&r[done..done + n]) {
+                    *o = (*o + p) + r;
+                }
+            }
+            None => {
+                for (o, &p) in out.iter_mut().zip(pat) {
+                    *o += p;
+                }
+            }
+        }
+        done += n;
+        pos = 0;
+    }
+}
+
+/// dst += pattern repeated along dst (a bias per row, a position embedding per image).
+struct AddRepeated;
+
+impl InplaceOp2 for AddRepeated {
+    fn name(&self) -> &'static str {
+        "add-repeated-inplace"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let pattern = contiguous_f32(s2, l2, self.name())?;
+        let dst = contiguous_f32_mut(s1, l1, self.name())?;
+        if pattern.is_empty() || dst.len() % pattern.len() != 0 {
+            candle_core::bail!("{}: {} values are not a whole number of {}", self.name(), dst.len(), pattern.len())
+        }
+        dst.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, chunk)| add_cyclic(chunk, pattern, i * CHUNK, None));
+        Ok(())
+    }
+}
+
+/// dst += bias (repeated per row) + residual.
+struct AddBiasResidual;
+
+impl InplaceOp3 for AddBiasResidual {
+    fn name(&self) -> &'static str {
+        "add-bias-residual-inplace"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let bias = contiguous_f32(s2, l2, self.name())?;
+        let residual = contiguous_f32(s3, l3, self.name())?;
+        let dst = contiguous_f32_mut(s1, l1, self.name())?;
+        if bias.is_empty() || dst.len() % bias.len() != 0 || residual.len() != dst.len() {
+            candle_core::bail!("{}: shapes do not agree", self.name())
+        }
+        dst.par_chunks_mut(CHUNK)
+            .zip(residual.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(i, (chunk, res))| add_cyclic(chunk, bias, i * CHUNK, Some(res)));
+        Ok(())
+    }
+}
+
+/// dst[:, offset..offset + w] += src for dst [M, W] and src [M, w].
+struct AddColumns {
+    offset: usize,
+    dst_width: usize,
+}
+
+impl InplaceOp2 for AddColumns {
+    fn name(&self) -> &'static str {
+        "add-columns-inplace"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let src = contiguous_f32(s2, l2, self.name())?;
+        let dst = contiguous_f32_mut(s1, l1, self.name())?;
+        let w = l2.dims().last().copied().unwrap_or(0);
+        let (width, offset) = (self.dst_width, self.offset);
+        if w == 0 || offset + w > width || dst.len() % width != 0 || src.len() != dst.len() / width * w {
+            candle_core::bail!("{}: shapes do not agree", self.name())
+        }
+        let rows = (CHUNK / width).max(1);
+        dst.par_chunks_mut(rows * width)
+            .zip(src.par_chunks(rows * w))
+            .for_each(|(d, s)| {
+                for (drow, srow) in d.chunks_exact_mut(width).zip(s.chunks_exact(w)) {
+                    for (o, &v) in drow[offset..offset + w].iter_mut().zip(srow) {
+                        *o += v;
+                    }
+                }
+            });
+        Ok(())
+    }
+}
+
+/// dst = gelu(dst + bias), bias repeated per row.
+struct BiasGeluErf;
+
+impl InplaceOp2 for BiasGeluErf {
+    fn name(&self) -> &'static str {
+        "bias-gelu-erf-inplace"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let bias = contiguous_f32(s2, l2, self.name())?;
+        let x = contiguous_f32_mut(s1, l1, self.name())?;
+        let width = bias.len();
+        if width == 0 || x.len() % width != 0 {
+            candle_core::bail!("{}: {} values do not split into rows of {width}", self.name(), x.len())
+        }
+        x.par_chunks_mut(rows_per_task(width) * width).for_each(|rows| gelu_rows(rows, bias));
+        Ok(())
+    }
+}
+
+/// dst = softmax(scale · dst) along rows of `width`.
+struct ScaledSoftmax {
+    scale: f32,
+    width: usize,
+}
+
+impl InplaceOp1 for ScaledSoftmax {
+    fn name(&self) -> &'static str {
+        "scaled-softmax-inplace"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout) -> candle_core::Result<()> {
+        let x = contiguous_f32_mut(s1, l1, self.name())?;
+        let (width, scale) = (self.width, self.scale);
+        if width == 0 || x.len() % width != 0 {
+            candle_core::bail!("{}: rows of {width} do not divide {} values", self.name(), x.len())
+        }
+        x.par_chunks_mut(rows_per_task(width) * width).for_each(|rows| softmax_rows(rows, width, scale));
+        Ok(())
+    }
+}
+
+fn fast_path(tensors: &[&Tensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous())
+}
+
+/// `y += pattern` in place, pattern repeated along y (y must be a tensor the caller owns
+/// alone: a fresh matmul output). Falls back to candle's add otherwise.
+pub(crate) fn add_repeated_(y: Tensor, pattern: &Tensor) -> Result<Tensor> {
+    if fast_path(&[&y, pattern]) && pattern.elem_count() > 0 && y.elem_count() % pattern.elem_count() == 0 {
+        y.inplace_op2(pattern, &AddRepeated)?;
+        Ok(y)
+    } else {
+        Ok(y.broadcast_add(pattern)?)
+    }
+}
+
+/// `y += bias + residual` in place (y fresh, bias [out], residual shaped like y).
+pub(crate) fn add_bias_residual_(y: Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    if fast_path(&[&y, bias, residual]) && residual.dims() == y.dims() && y.dims().last() == Some(&bias.elem_count()) {
+        y.inplace_op3(bias, residual, &AddBiasResidual)?;
+        Ok(y)
+    } else {
+        Ok((y.broadcast_add(bias)? + residual)?)
+    }
+}
+
+/// `y[:, offset..offset + w] += delta` in place for y [M, W] (fresh) and delta [M, w].
+pub(crate) fn add_columns_(y: Tensor, delta: &Tensor, offset: usize) -> Result<Tensor> {
+    let (m, width) = y.dims2()?;
+    let (md, w) = delta.dims2()?;
+    if m != md || offset + w > width {
+        return Err(super::error::Error::weights("LoRA", format!("delta {:?} does not fit columns {offset}.. of {:?}", delta.dims(), y.dims())));
+    }
+    let delta = delta.contiguous()?;
+    if fast_path(&[&y, &delta]) {
+        y.inplace_op2(&delta, &AddColumns { offset, dst_width: width })?;
+        Ok(y)
+    } else {
+        let parts = [y.narrow(1, 0, offset)?, (y.narrow(1, offset, w)? + delta)?, y.narrow(1, offset + w, width - offset - w)?];
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+}
+
+/// gelu(x + bias) with the exact-form GELU, bias broadcast along the last dimension; x is
+/// overwritten when it is a fresh contiguous f32 tensor.
+pub(crate) fn bias_gelu_erf(x: Tensor, bias: &Tensor) -> Result<Tensor> {
     let last = x.dims().last().copied().unwrap_or(0);
-    if x.dtype() == DType::F32 && bias.dtype() == DType::F32 && bias.dims() == [last] && x.device().is_cpu() {
-        Ok(x.contiguous()?.apply_op2_no_bwd(&bias.contiguous()?, &BiasGeluErf)?)
+    if fast_path(&[&x, bias]) && bias.dims() == [last] {
+        x.inplace_op2(bias, &BiasGeluErf)?;
+        Ok(x)
     } else {
         Ok(x.broadcast_add(bias)?.gelu_erf()?)
+    }
+}
+
+/// softmax(scale · x) along the last dimension (scale > 0), in place when x is a fresh
+/// contiguous f32 tensor.
+pub(crate) fn scaled_softmax_last_dim(x: Tensor, scale: f32) -> Result<Tensor> {
+    let width = x.dims().last().copied().unwrap_or(0);
+    if fast_path(&[&x]) && scale > 0.0 && scale.is_finite() && width > 0 {
+        x.inplace_op1(&ScaledSoftmax { scale, width })?;
+        Ok(x)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(&x.affine(f64::from(scale), 0.0)?)?)
     }
 }
 
@@ -97,7 +419,7 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn erf_matches_candle_libm_within_5e7() {
+    fn gelu_matches_candle_libm() {
         let xs: Vec<f32> = (-80_000..=80_000).map(|i| i as f32 * 1e-4).collect();
         let reference = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap().gelu_erf().unwrap().to_vec1::<f32>().unwrap();
         let worst = xs
@@ -109,12 +431,64 @@ mod tests {
     }
 
     #[test]
-    fn fused_op_equals_add_then_gelu() {
-        let x = Tensor::arange(0f32, 4096.0, &Device::Cpu).unwrap().affine(0.003, -6.0).unwrap().reshape((64, 64)).unwrap();
-        let b = Tensor::arange(0f32, 64.0, &Device::Cpu).unwrap().affine(0.05, -1.5).unwrap();
-        let fused = bias_gelu_erf(&x, &b).unwrap();
+    fn exp_is_accurate_over_the_softmax_range() {
+        // From −86.999: −87 000 × 1e-3 rounds below the clamp at −87.
+        let worst = (-86_999..=10_000)
+            .map(|i| i as f32 * 1e-3)
+            .map(|x| ((exp_f32(x) - x.exp()) / x.exp()).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 3e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn fused_bias_gelu_equals_add_then_gelu() {
+        // 64 × 67: rows not a multiple of the SIMD width.
+        let x = Tensor::arange(0f32, 64.0 * 67.0, &Device::Cpu).unwrap().affine(0.003, -6.0).unwrap().reshape((64, 67)).unwrap();
+        let b = Tensor::arange(0f32, 67.0, &Device::Cpu).unwrap().affine(0.05, -1.5).unwrap();
+        let fused = bias_gelu_erf(x.copy().unwrap(), &b).unwrap();
         let plain = x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
         let diff = (fused - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 5e-6, "{diff}");
+    }
+
+    #[test]
+    fn in_place_adds_equal_candle_adds() {
+        let y = Tensor::arange(0f32, 6.0 * 10.0, &Device::Cpu).unwrap().reshape((6, 10)).unwrap();
+        let b = Tensor::arange(0f32, 10.0, &Device::Cpu).unwrap().affine(-0.5, 1.0).unwrap();
+        let r = Tensor::arange(0f32, 60.0, &Device::Cpu).unwrap().cos().unwrap().reshape((6, 10)).unwrap();
+        let got = add_repeated_(y.copy().unwrap(), &b).unwrap();
+        assert_eq!(got.to_vec2::<f32>().unwrap(), y.broadcast_add(&b).unwrap().to_vec2::<f32>().unwrap());
+        let got = add_bias_residual_(y.copy().unwrap(), &b, &r).unwrap();
+        let want = (y.broadcast_add(&b).unwrap() + &r).unwrap();
+        assert_eq!(got.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
+        let d = Tensor::ones((6, 3), DType::F32, &Device::Cpu).unwrap();
+        let got = add_columns_(y.copy().unwrap(), &d, 7).unwrap().to_vec2::<f32>().unwrap();
+        let plain = y.to_vec2::<f32>().unwrap();
+        for (g, p) in got.iter().zip(&plain) {
+            assert_eq!(&g[..7], &p[..7]);
+            assert!(g[7..].iter().zip(&p[7..]).all(|(a, b)| *a == b + 1.0));
+        }
+        // The source tensor was not touched: each op wrote into its own copy.
+        assert_eq!(y.to_vec2::<f32>().unwrap(), plain);
+    }
+
+    #[test]
+    fn scaled_softmax_equals_candle() {
+        let x = Tensor::arange(0f32, 3.0 * 5.0 * 257.0, &Device::Cpu)
+            .unwrap()
+            .affine(0.37, 0.0)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .affine(30.0, 0.0)
+            .unwrap()
+            .reshape((3, 5, 257))
+            .unwrap();
+        let fused = scaled_softmax_last_dim(x.copy().unwrap(), 0.125).unwrap();
+        let plain = candle_nn::ops::softmax_last_dim(&(&x * 0.125).unwrap()).unwrap();
+        let diff = (&fused - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let sums = fused.sum(2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
     }
 }

@@ -330,7 +330,7 @@ impl Adapter {
     /// The head on a forward pass's tokens: logits [B, C].
     pub fn head_logits(&self, output: &VitOutput) -> Result<Tensor> {
         let features = output.pooled(self.metadata.pooling)?;
-        Ok(features.matmul(&self.head_weight.t()?)?.broadcast_add(&self.head_bias)?)
+        super::kernels::add_repeated_(features.matmul(&self.head_weight.t()?)?, &self.head_bias)
     }
 
     /// Logits [B, C] for normalised pixels [B, 3, S, S] through `vit` with this adapter.
@@ -427,6 +427,19 @@ impl Adapter {
                 _ => break,
             };
             blocks.push(block);
+        }
+        // A gap in the numbering would silently drop the blocks after it.
+        let last_block = file
+            .names()
+            .filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+            .max();
+        if let Some(last) = last_block {
+            if last >= blocks.len() {
+                return Err(fail(format!(
+                    "the LoRA tensors of block {} are missing or incomplete (the file has tensors up to block {last})",
+                    blocks.len()
+                )));
+            }
         }
         let head_weight = file.f32_any("head.weight")?;
         let head_bias = file.f32_any("head.bias")?;

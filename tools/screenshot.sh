@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Screenshot of the real window under Xvfb (needs the Debian packages xvfb, xdotool, x11-apps,
+# imagemagick). Usage: tools/screenshot.sh OUT.png [melo args...]
+set -euo pipefail
+out=$1; shift
+display=:77
+Xvfb $display -screen 0 1400x900x24 >/dev/null 2>&1 &
+xvfb=$!
+trap 'kill $xvfb 2>/dev/null || true' EXIT
+sleep 1
+DISPLAY=$display WINIT_UNIX_BACKEND=x11 ./target/release/melo "$@" &
+app=$!
+trap 'kill $app $xvfb 2>/dev/null || true' EXIT
+sleep "${MELO_SCREENSHOT_WAIT:-8}"
+DISPLAY=$display xwd -root -silent | convert xwd:- "$out"
+echo "wrote $out"

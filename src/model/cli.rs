@@ -261,15 +261,16 @@ pub fn adapters(args: &AdaptersArgs) -> Result<()> {
 }
 
 fn list_adapters(args: &AdaptersArgs) -> Result<()> {
-    let Some(dir) = adapters_dir(&args.adapters) else {
-        println!("No adapters folder found (pass --adapters DIR or set MELO_ADAPTERS).\n{NO_ADAPTERS_HINT}.");
-        return Ok(());
-    };
-    if adapter_files(&dir).is_empty() {
+    let dir = adapters_dir(&args.adapters);
+    if dir.as_deref().is_none_or(|d| adapter_files(d).is_empty()) {
         if args.json {
-            println!("{{\"folder\": {:?}, \"adapters\": [], \"rejected\": []}}", dir.display().to_string());
+            let folder = dir.as_ref().map(|d| d.display().to_string());
+            println!("{}", serde_json::json!({ "folder": folder, "adapters": [], "rejected": [] }));
         } else {
-            println!("No adapters in {}.\n{NO_ADAPTERS_HINT}.", dir.display());
+            match &dir {
+                Some(d) => println!("No adapters in {}.\n{NO_ADAPTERS_HINT}.", d.display()),
+                None => println!("No adapters folder found (pass --adapters DIR or set MELO_ADAPTERS).\n{NO_ADAPTERS_HINT}."),
+            }
         }
         return Ok(());
     }

@@ -109,12 +109,16 @@ impl Engine {
     /// entry naming the safetensors file) — the layout of `assets/backbone/`.
     pub fn open(backbone_dir: &Path) -> Result<Self> {
         let config_path = backbone_dir.join("config.json");
-        let config = Config::from_json_file(&config_path)?;
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let weights = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("weights").and_then(|w| w.as_str()).map(str::to_string))
-            .ok_or_else(|| Error::Config(format!("{}: no \"weights\" entry naming the safetensors file", config_path.display())))?;
+        let bad = |reason: String| Error::Config(format!("{}: {reason}", config_path.display()));
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let weights = json
+            .get("weights")
+            .and_then(|w| w.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| bad("no \"weights\" entry naming the safetensors file".into()))?;
+        let config: Config = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+        config.validate()?;
         let vit = VisionTransformer::load(&backbone_dir.join(weights), config)?;
         Ok(Self::new(vit))
     }
@@ -139,7 +143,7 @@ impl Engine {
         };
         self.vit.check_lora(adapter.lora()).map_err(|e| bad(e.to_string()))?;
         let patch = self.vit.config().patch_size;
-        if meta.input_size < patch || meta.input_size % patch != 0 {
+        if meta.input_size < patch || !meta.input_size.is_multiple_of(patch) {
             return Err(bad(format!("input size {} is not a multiple of the patch size {patch}", meta.input_size)));
         }
         if self.by_task.contains_key(&meta.task) {
@@ -319,8 +323,8 @@ fn preprocess_for(adapter: &Adapter, image: &MedicalImage, frame: usize) -> Resu
 /// One frame as the network input [1, 3, size, size] (see the module notes for the steps).
 pub fn preprocess(image: &MedicalImage, frame: usize, size: usize, mean: [f32; 3], std: [f32; 3]) -> Result<Tensor> {
     let unit = unit_rgb_or_grey(image, frame)?;
-    if size == 0 || size > 4096 {
-        return Err(Error::Config(format!("input size {size} is not in 1..=4096")));
+    if size == 0 || size > super::lora::MAX_INPUT_SIZE {
+        return Err(Error::Config(format!("input size {size} is not in 1..={}", super::lora::MAX_INPUT_SIZE)));
     }
     let (w, h, s) = (image.cols as u32, image.rows as u32, size as u32);
     let plane = size * size;

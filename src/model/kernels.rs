@@ -75,7 +75,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // n sits in the low mantissa bits of `shifted`: 2ⁿ from integer ops only (vectorises).
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
@@ -354,7 +354,7 @@ fn fast_path(tensors: &[&Tensor]) -> bool {
 /// `y += pattern` in place, pattern repeated along y (y must be a tensor the caller owns
 /// alone: a fresh matmul output). Falls back to candle's add otherwise.
 pub(crate) fn add_repeated_(y: Tensor, pattern: &Tensor) -> Result<Tensor> {
-    if fast_path(&[&y, pattern]) && pattern.elem_count() > 0 && y.elem_count() % pattern.elem_count() == 0 {
+    if fast_path(&[&y, pattern]) && pattern.elem_count() > 0 && y.elem_count().is_multiple_of(pattern.elem_count()) {
         y.inplace_op2(pattern, &AddRepeated)?;
         Ok(y)
     } else {

@@ -31,6 +31,9 @@ use super::error::{Error, Result};
 use super::kernels::{add_bias_residual_, add_columns_, add_repeated_, bias_gelu_erf, scaled_softmax_last_dim};
 use super::safetensors_io::TensorFile;
 
+/// Largest attention-score tensor one forward pass may allocate (bytes).
+const MAX_ATTENTION_BYTES: u128 = 4 << 30;
+
 /// Architecture of a ViT. Field names follow timm's constructor (with `img_size` accepted as
 /// an alias) and `assets/backbone/config.json`, so both deserialise directly into it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,7 +148,7 @@ impl Config {
         if self.patch_size == 0 || self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.in_chans == 0 {
             return fail("patch_size, embed_dim, depth, num_heads and in_chans must be positive".into());
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return fail(format!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads));
         }
         if self.image_size < self.patch_size {
@@ -652,6 +655,15 @@ impl VisionTransformer {
         let d = cfg.embed_dim;
         let n = gh * gw;
         let t = n + 1;
+        // Attention scores take B·H·T² floats: refuse inputs that could not be allocated
+        // rather than abort on allocation failure.
+        let score_bytes = (b as u128) * (cfg.num_heads as u128) * (t as u128) * (t as u128) * 4;
+        if score_bytes > MAX_ATTENTION_BYTES {
+            return Err(Error::weights(
+                "input",
+                format!("{b} image(s) of {h}×{w} px give {t} tokens; attention would need {} MiB", score_bytes >> 20),
+            ));
+        }
 
         // Patch embedding: [B,C,gh,p,gw,p] → [B·gh·gw, C·p·p] · Wᵀ.
         let x = pixels.to_dtype(DType::F32)?.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;

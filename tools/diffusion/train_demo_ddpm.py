@@ -16,7 +16,7 @@ Images: 28x28 uint8 zero-padded by 2 px on every side to 32x32 (no resampling), 
 [-1, 1] as x = u8 / 127.5 - 1 (the padding is therefore -1).
 
 Example (one CPU thread):
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nohup python tools/diffusion/train_demo_ddpm.py \
+  mkdir -p /tmp/demo_ddpm_run && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nohup python tools/diffusion/train_demo_ddpm.py \
       --steps 8000 > /tmp/demo_ddpm_run/train.log 2>&1 &
 Re-running the same command resumes from the last checkpoint. `--export-only` writes the
 model from the last checkpoint without training further.

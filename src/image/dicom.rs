@@ -516,7 +516,7 @@ fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOptions) -> Re
     let samples = if let Some(codec) = OwnCodec::for_transfer_syntax(&meta.transfer_syntax) {
         decode_encapsulated(obj, codec, &geometry, &meta)?
     } else {
-        decode_with_dicom_rs(obj, rows, cols, spp, frames, bits_allocated, bits_stored, &meta)?
+        decode_with_dicom_rs(obj, &geometry, &meta)?
     };
     let mut values = samples.values;
     let channels = samples.channels;
@@ -534,17 +534,8 @@ fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOptions) -> Re
     Ok(MedicalImage { meta, frames, rows, cols, channels, values })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn decode_with_dicom_rs(
-    obj: &DefaultDicomObject,
-    rows: usize,
-    cols: usize,
-    spp: usize,
-    frames: usize,
-    bits_allocated: u16,
-    bits_stored: u16,
-    meta: &ImageMeta,
-) -> Result<Samples> {
+fn decode_with_dicom_rs(obj: &DefaultDicomObject, g: &Geometry, meta: &ImageMeta) -> Result<Samples> {
+    let Geometry { rows, cols, spp, frames, bits_allocated, bits_stored } = *g;
     let encapsulated = matches!(
         obj.element(tags::PIXEL_DATA).map(|e| e.value()),
         Ok(DicomValue::PixelSequence(_))
@@ -636,6 +627,7 @@ impl OwnCodec {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Geometry {
     rows: usize,
     cols: usize,

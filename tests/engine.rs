@@ -132,6 +132,20 @@ fn predict_all_runs_every_task() {
 }
 
 #[test]
+fn colour_images_are_predicted() {
+    let mut engine = engine();
+    engine.register(synthetic(&engine, "t", 3, 11)).unwrap();
+    engine.switch("t").unwrap();
+    let us = load_image(&repo().join("assets/samples/ultrasound/US1_J2KR.dcm"), &LoadOptions::default()).unwrap();
+    assert_eq!(us.channels, 3);
+    assert_probabilities(&engine.predict(&us).unwrap());
+    // Colour values are scaled by the bit depth, not windowed: the input stays in 0..1.
+    let x = preprocess(&us, 0, 224, [0.0; 3], [1.0; 3]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(x.iter().any(|&v| v > 0.2), "image came out black");
+}
+
+#[test]
 fn multi_label_adapters_give_independent_probabilities() {
     let mut engine = engine();
     let mut meta = AdapterMetadata::for_backbone("chest14", labels(14), engine.backbone());

@@ -4,10 +4,15 @@
 //!   `erff` per element (≈ 14 ns each: 60 ms of a ViT-S forward at batch 1), after a separate
 //!   pass for the bias. Here erf is the rational approximation Eigen and XLA use for f32 —
 //!   erf(x) ≈ x·P(x²)/Q(x²) on x clamped to [−4, 4], max abs error 4.2e-7.
-//! - `scaled_softmax_last_dim`: softmax(scale · x) over rows, the attention scale folded in
-//!   (no separate pass over q), exp by Cephes' range reduction and polynomial (rel. error
-//!   ~1e-7) instead of libm's `expf` per element.
+//! - the attention softmax: softmax(scale · x) over rows, the 1/√hd scale folded in (no pass
+//!   over q), exp by Cephes' range reduction and polynomial (rel. error ~1e-7) instead of
+//!   libm's `expf` per element.
 //!
+//! - `attention`: the whole attention core per (image, head) on the fused qkv matrix —
+//!   S = q kᵀ, softmax, S v — reading q, k, v straight out of qkv with strides and writing
+//!   each head's output into its columns of the [tokens, dim] result. No permuted copies of
+//!   q/k/v or of the output, and one parallel loop over image × head (candle's batched
+//!   matmul parallelises inside each small 257×257 product instead, which scales poorly).
 //! - in-place adds (bias, bias + residual, LoRA deltas into column ranges, position
 //!   embedding): candle's binary ops allocate a new tensor and run on candle's own spinning
 //!   thread pool, which then competes for the 2 cores with the rayon pool gemm uses; these
@@ -19,7 +24,7 @@
 //! the caller has just created (matmul outputs), never to weights or shared tensors.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::error::Result;
@@ -325,26 +330,119 @@ impl InplaceOp2 for BiasGeluErf {
     }
 }
 
-/// dst = softmax(scale · dst) along rows of `width`.
-struct ScaledSoftmax {
-    scale: f32,
-    width: usize,
+/// A raw pointer that may cross threads; each task writes a disjoint block through it.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: tasks write disjoint (row, column) blocks of the buffer, checked by construction.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// Through a method, so closures capture the whole (Sync) wrapper, not the raw field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
 }
 
-impl InplaceOp1 for ScaledSoftmax {
+/// Multi-head attention on qkv [B·T, 3·D] → [B·T, D] (+ probabilities [B, H, T, T] after it,
+/// in the same buffer, when kept).
+struct Attention {
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    scale: f32,
+    keep_probabilities: bool,
+}
+
+impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
-        "scaled-softmax-inplace"
+        "fused-attention"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout) -> candle_core::Result<()> {
-        let x = contiguous_f32_mut(s1, l1, self.name())?;
-        let (width, scale) = (self.width, self.scale);
-        if width == 0 || x.len() % width != 0 {
-            candle_core::bail!("{}: rows of {width} do not divide {} values", self.name(), x.len())
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let (b, t, nh) = (self.batch, self.tokens, self.heads);
+        let three_d = layout.dims().last().copied().unwrap_or(0);
+        let d = three_d / 3;
+        if nh == 0 || d % nh != 0 || three_d != 3 * d || qkv.len() != b * t * three_d {
+            candle_core::bail!("{}: qkv {:?} does not fit {b}×{t} tokens, {nh} heads", self.name(), layout.dims())
         }
-        x.par_chunks_mut(rows_per_task(width) * width).for_each(|rows| softmax_rows(rows, width, scale));
-        Ok(())
+        let hd = d / nh;
+        let y_len = b * t * d;
+        let p_len = if self.keep_probabilities { b * nh * t * t } else { 0 };
+        let mut out = vec![0f32; y_len + p_len];
+        let base = SharedMut(out.as_mut_ptr());
+        let (rs, t_i) = (three_d as isize, t as isize);
+        (0..b * nh).into_par_iter().for_each_init(
+            || vec![0f32; t * t],
+            |scores, task| {
+                let (bi, h) = (task / nh, task % nh);
+                let q = qkv[bi * t * three_d + h * hd..].as_ptr();
+                let k = qkv[bi * t * three_d + d + h * hd..].as_ptr();
+                let v = qkv[bi * t * three_d + 2 * d + h * hd..].as_ptr();
+                // SAFETY: every pointer/stride pair below stays inside its buffer: q, k, v
+                // address rows bi·T..bi·T+T, columns h·hd..h·hd+hd of qkv (row stride 3·D);
+                // the output block is rows bi·T.., columns h·hd.. of y (row stride D), and the
+                // probability block is task's own T×T slice — disjoint across tasks.
+                unsafe {
+                    // scores = q kᵀ: kᵀ[i, j] = k[j, i] → row stride 1, column stride 3·D.
+                    gemm::gemm(
+                        t, t, hd, scores.as_mut_ptr(), 1, t_i, false, q, 1, rs, k, rs, 1, 0.0f32, 1.0f32, false, false, false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                softmax_rows(scores, t, self.scale);
+                if p_len > 0 {
+                    // SAFETY: task-private T×T block after the y part of `out`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(y_len + task * t * t), t * t) };
+                    dst.copy_from_slice(scores);
+                }
+                unsafe {
+                    // y[bi·T.., h·hd..] = scores v.
+                    gemm::gemm(
+                        t, hd, t, base.ptr().add(bi * t * d + h * hd), 1, d as isize, false, scores.as_ptr(), 1, t_i, v, 1, rs,
+                        0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from(y_len + p_len)))
     }
+}
+
+/// Attention core of a ViT block: qkv [B·T, 3·D] (q | k | v column blocks, head h at columns
+/// h·hd..) → y [B·T, D] with heads side by side, and, if asked, the attention probabilities
+/// [B, H, T, T]. softmax(scale · q kᵀ) v per head.
+pub(crate) fn attention(qkv: &Tensor, batch: usize, tokens: usize, heads: usize, scale: f32, keep_probabilities: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let (rows, three_d) = qkv.dims2()?;
+    let d = three_d / 3;
+    if rows != batch * tokens || three_d != 3 * d || heads == 0 || d % heads != 0 {
+        return Err(super::error::Error::weights("attention", format!("qkv {:?} for {batch}×{tokens} tokens, {heads} heads", qkv.dims())));
+    }
+    if !fast_path(&[qkv]) {
+        // Reference path (other devices or types): candle ops.
+        let hd = d / heads;
+        let qkv = qkv.reshape((batch, tokens, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let probs = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * f64::from(scale))?)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows, d))?;
+        return Ok((y, keep_probabilities.then_some(probs)));
+    }
+    let op = Attention {
+        batch,
+        tokens,
+        heads,
+        scale,
+        keep_probabilities,
+    };
+    let out = qkv.apply_op1_no_bwd(&op)?;
+    let y = out.narrow(0, 0, rows * d)?.reshape((rows, d))?;
+    let probs = if keep_probabilities {
+        Some(out.narrow(0, rows * d, batch * heads * tokens * tokens)?.reshape((batch, heads, tokens, tokens))?)
+    } else {
+        None
+    };
+    Ok((y, probs))
 }
 
 fn fast_path(tensors: &[&Tensor]) -> bool {
@@ -398,18 +496,6 @@ pub(crate) fn bias_gelu_erf(x: Tensor, bias: &Tensor) -> Result<Tensor> {
         Ok(x)
     } else {
         Ok(x.broadcast_add(bias)?.gelu_erf()?)
-    }
-}
-
-/// softmax(scale · x) along the last dimension (scale > 0), in place when x is a fresh
-/// contiguous f32 tensor.
-pub(crate) fn scaled_softmax_last_dim(x: Tensor, scale: f32) -> Result<Tensor> {
-    let width = x.dims().last().copied().unwrap_or(0);
-    if fast_path(&[&x]) && scale > 0.0 && scale.is_finite() && width > 0 {
-        x.inplace_op1(&ScaledSoftmax { scale, width })?;
-        Ok(x)
-    } else {
-        Ok(candle_nn::ops::softmax_last_dim(&x.affine(f64::from(scale), 0.0)?)?)
     }
 }
 
@@ -473,6 +559,31 @@ mod tests {
     }
 
     #[test]
+    fn fused_attention_equals_candle_ops() {
+        let (b, t, heads, hd) = (2, 19, 3, 8);
+        let d = heads * hd;
+        let qkv = Tensor::arange(0f32, (b * t * 3 * d) as f32, &Device::Cpu)
+            .unwrap()
+            .affine(0.013, 0.0)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape((b * t, 3 * d))
+            .unwrap();
+        let (y, probs) = attention(&qkv, b, t, heads, 0.35, true).unwrap();
+        let r = qkv.reshape((b, t, 3, heads, hd)).unwrap().permute((2, 0, 3, 1, 4)).unwrap().contiguous().unwrap();
+        let (q, k, v) = (r.get(0).unwrap(), r.get(1).unwrap(), r.get(2).unwrap());
+        let p = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t().unwrap()).unwrap() * 0.35).unwrap()).unwrap();
+        let want = p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b * t, d)).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(max_diff(&y, &want) < 1e-5, "{}", max_diff(&y, &want));
+        assert!(max_diff(probs.as_ref().unwrap(), &p) < 1e-6);
+        let (y2, none) = attention(&qkv, b, t, heads, 0.35, false).unwrap();
+        assert!(none.is_none());
+        assert_eq!(max_diff(&y, &y2), 0.0);
+    }
+
+    #[test]
     fn scaled_softmax_equals_candle() {
         let x = Tensor::arange(0f32, 3.0 * 5.0 * 257.0, &Device::Cpu)
             .unwrap()
@@ -484,7 +595,9 @@ mod tests {
             .unwrap()
             .reshape((3, 5, 257))
             .unwrap();
-        let fused = scaled_softmax_last_dim(x.copy().unwrap(), 0.125).unwrap();
+        let mut values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        softmax_rows(&mut values, 257, 0.125);
+        let fused = Tensor::from_vec(values, (3, 5, 257), &Device::Cpu).unwrap();
         let plain = candle_nn::ops::softmax_last_dim(&(&x * 0.125).unwrap()).unwrap();
         let diff = (&fused - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "{diff}");

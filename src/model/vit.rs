@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, Result};
-use super::kernels::{add_bias_residual_, add_columns_, add_repeated_, bias_gelu_erf, scaled_softmax_last_dim};
+use super::kernels::{add_bias_residual_, add_columns_, add_repeated_, attention, bias_gelu_erf};
 use super::safetensors_io::TensorFile;
 
 /// Largest attention-score tensor one forward pass may allocate (bytes).
@@ -716,17 +716,11 @@ impl VisionTransformer {
             }
             None => {}
         }
-        // [B, T, 3, H, hd] → [3, B, H, T, hd]: one copy, then q, k, v are contiguous slices.
-        let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let scores = q.matmul(&k.t()?)?; // [B, H, T, T]
-        // The 1/√hd scale is applied inside the softmax kernel rather than as a pass over q.
-        let probs = scaled_softmax_last_dim(scores, (hd as f32).powf(-0.5))?;
-        if let Some(out) = attention_out {
+        // softmax(q kᵀ / √hd) v for every image and head, straight from the qkv matrix.
+        let (y, probs) = attention(&qkv, b, t, nh, (hd as f32).powf(-0.5), attention_out.is_some())?;
+        if let (Some(out), Some(probs)) = (attention_out, probs) {
             out.push(probs.mean(1)?);
         }
-        let y = probs.matmul(&v)?; // [B, H, T, hd]
-        let y = y.transpose(1, 2)?.reshape((b * t, d))?;
         let x = block.proj.forward_residual(&y, x)?;
 
         let h = block.norm2.forward(&x)?;

@@ -12,23 +12,28 @@ use crate::image::MedicalImage;
 
 /// Writes all frames as float32, shape (frames, rows, cols) or (frames, rows, cols, 3).
 pub fn write_npy(image: &MedicalImage, path: &Path) -> Result<()> {
+    write_atomic(path, |w| encode_npy(image, w))
+}
+
+/// The `.npy` bytes of [`write_npy`], into any writer.
+pub fn encode_npy(image: &MedicalImage, w: &mut dyn std::io::Write) -> std::io::Result<()> {
     let mut shape = vec![image.frames as u64, image.rows as u64, image.cols as u64];
     if image.channels == 3 {
         shape.push(3);
     }
-    write_atomic(path, |w| {
-        let mut writer = npyz::WriteOptions::<f32>::new()
-            .default_dtype()
-            .shape(&shape)
-            .writer(w)
-            .begin_nd()?;
-        writer.extend(image.values.iter().copied())?;
-        writer.finish()
-    })
+    let mut writer = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(w).begin_nd()?;
+    writer.extend(image.values.iter().copied())?;
+    writer.finish()
 }
 
 /// Writes the display image of one frame as 8-bit PNG (grey or RGB).
 pub fn write_png(image: &MedicalImage, frame: usize, voi: &Voi, path: &Path) -> Result<()> {
+    let encoded = encode_png(image, frame, voi)?;
+    crate::atomic::write_bytes_atomic(path, &encoded)
+}
+
+/// The PNG bytes of [`write_png`].
+pub fn encode_png(image: &MedicalImage, frame: usize, voi: &Voi) -> Result<Vec<u8>> {
     if frame >= image.frames {
         return Err(Error::Invalid(format!("frame {frame} out of range (image has {})", image.frames)));
     }
@@ -47,5 +52,5 @@ pub fn write_png(image: &MedicalImage, frame: usize, voi: &Voi, path: &Path) -> 
         color,
     )
     .map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::atomic::write_bytes_atomic(path, &encoded)
+    Ok(encoded)
 }

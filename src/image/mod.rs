@@ -136,10 +136,15 @@ pub fn sniff(bytes: &[u8]) -> FileKind {
 /// Opens any supported file: DICOM, PNG or JPEG. The file is only read.
 pub fn load_image(path: &Path, options: &LoadOptions) -> Result<MedicalImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut image = match sniff(&bytes) {
-        FileKind::Dicom => load_dicom_bytes(&bytes, options)?,
-        FileKind::Png | FileKind::Jpeg => raster::load_raster_bytes(&bytes, options)?,
-    };
+    let mut image = load_image_bytes(&bytes, options)?;
     image.meta.source = Some(path.to_path_buf());
     Ok(image)
+}
+
+/// Decodes a whole file already in memory (DICOM, PNG or JPEG, told apart by its first bytes).
+pub fn load_image_bytes(bytes: &[u8], options: &LoadOptions) -> Result<MedicalImage> {
+    match sniff(bytes) {
+        FileKind::Dicom => load_dicom_bytes(bytes, options),
+        FileKind::Png | FileKind::Jpeg => raster::load_raster_bytes(bytes, options),
+    }
 }

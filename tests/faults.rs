@@ -79,3 +79,30 @@ fn convert_onto_full_disk_exits_nonzero_and_keeps_previous_output() {
     assert_eq!(entries(fs.path()), vec![out.clone()]);
     assert_eq!(std::fs::read(&input).unwrap(), before, "input untouched");
 }
+
+#[test]
+fn load_limits_come_from_the_environment_and_bad_values_are_refused() {
+    let ct = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/ct/693_J2KR.dcm");
+    // 512×512 = 262,144 samples: refused under a 100,000-sample limit, with the variable named.
+    let out = Command::new(env!("CARGO_BIN_EXE_melo"))
+        .args(["info"])
+        .arg(&ct)
+        .env("MELO_MAX_SAMPLES", "100000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limit 100000") && stderr.contains("MELO_MAX_SAMPLES"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_melo"))
+        .args(["info"])
+        .arg(&ct)
+        .env("MELO_MAX_FRAMES", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MELO_MAX_FRAMES"));
+
+    let ok = Command::new(env!("CARGO_BIN_EXE_melo")).args(["info"]).arg(&ct).env("MELO_MAX_SAMPLES", "1_000_000").output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}

@@ -25,20 +25,54 @@ pub struct LoadLimits {
     pub max_frames: u32,
 }
 
+/// Environment variable overriding [`LoadLimits::max_samples`].
+pub const MAX_SAMPLES_ENV: &str = "MELO_MAX_SAMPLES";
+/// Environment variable overriding [`LoadLimits::max_frames`].
+pub const MAX_FRAMES_ENV: &str = "MELO_MAX_FRAMES";
+
+/// The environment's limits when they are set and valid, else the built-in ones; front ends
+/// call [`LoadLimits::from_env`] once at start to report a malformed setting.
 impl Default for LoadLimits {
     fn default() -> Self {
-        Self {
-            max_samples: 1 << 30,
-            max_frames: 10_000,
-        }
+        Self::from_env().unwrap_or(Self::BUILT_IN)
     }
 }
 
 impl LoadLimits {
+    /// 2^30 samples (4 GiB of f32 values, e.g. a 2,048-slice 512² CT) and 10,000 frames.
+    pub const BUILT_IN: Self = Self {
+        max_samples: 1 << 30,
+        max_frames: 10_000,
+    };
+
+    /// The built-in limits with `MELO_MAX_SAMPLES` / `MELO_MAX_FRAMES` applied; a value that is
+    /// not a positive integer is an error naming the variable.
+    pub fn from_env() -> Result<Self> {
+        fn read(name: &str) -> Result<Option<u64>> {
+            match std::env::var(name) {
+                Ok(text) => match text.trim().replace('_', "").parse::<u64>() {
+                    Ok(v) if v > 0 => Ok(Some(v)),
+                    _ => Err(Error::Invalid(format!("{name}={text:?} is not a positive integer"))),
+                },
+                Err(std::env::VarError::NotPresent) => Ok(None),
+                Err(std::env::VarError::NotUnicode(_)) => Err(Error::Invalid(format!("{name} is not valid text"))),
+            }
+        }
+        let mut limits = Self::BUILT_IN;
+        if let Some(v) = read(MAX_SAMPLES_ENV)? {
+            limits.max_samples = v;
+        }
+        if let Some(v) = read(MAX_FRAMES_ENV)? {
+            limits.max_frames = u32::try_from(v)
+                .map_err(|_| Error::Invalid(format!("{MAX_FRAMES_ENV}={v} exceeds {}", u32::MAX)))?;
+        }
+        Ok(limits)
+    }
+
     pub fn check(&self, rows: u64, cols: u64, frames: u64, samples: u64) -> Result<()> {
         if frames > u64::from(self.max_frames) {
             return Err(Error::TooLarge(format!(
-                "{frames} frames (limit {})",
+                "{frames} frames (limit {}; raise it with {MAX_FRAMES_ENV})",
                 self.max_frames
             )));
         }
@@ -49,7 +83,7 @@ impl LoadLimits {
             .unwrap_or(u64::MAX);
         if total > self.max_samples {
             return Err(Error::TooLarge(format!(
-                "{rows}×{cols}×{frames}×{samples} samples (limit {})",
+                "{rows}×{cols}×{frames}×{samples} samples (limit {}; raise it with {MAX_SAMPLES_ENV})",
                 self.max_samples
             )));
         }

@@ -49,6 +49,8 @@ pub enum Command {
     Adapters(crate::model::cli::AdaptersArgs),
     /// Measure the diagnosis engine: ViT forward, adapter switch latency, resident memory.
     Bench(crate::model::cli::BenchArgs),
+    /// Privacy audit: membership-inference attacks on a diffusion model (ROC, AUC with CI, TPR at low FPR).
+    Audit(crate::audit::cli::AuditArgs),
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
@@ -159,6 +161,7 @@ pub fn run(command: Command) -> i32 {
         Command::Predict(args) => crate::model::cli::predict(&args).map_err(Into::into),
         Command::Adapters(args) => crate::model::cli::adapters(&args).map_err(Into::into),
         Command::Bench(args) => crate::model::cli::bench(&args).map_err(Into::into),
+        Command::Audit(args) => crate::audit::cli::audit(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => 0,

@@ -2,8 +2,10 @@
 //! except the `gui` module, which is the egui shell over the rest.
 
 pub mod atomic;
+pub mod audit;
 pub mod cli;
 pub mod codec;
+pub mod diffusion;
 pub mod display;
 pub mod error;
 pub mod export;

@@ -1,0 +1,264 @@
+//! Handler of `melo audit` (the `Command::Audit` variant in `crate::cli` only forwards here).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+
+use super::error::{Error, Result};
+use super::{AttackKind, AuditConfig, Preset, Report};
+use crate::diffusion::DiffusionModel;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PresetArg {
+    Quick,
+    Full,
+}
+
+/// `melo audit --target DIR --members PATH --nonmembers PATH --attack all|NAME… --out report.json`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Diffusers model folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json).
+    #[arg(long, required_unless_present = "demo")]
+    pub target: Option<PathBuf>,
+    /// Known training members: .npz (key 'images', uint8) or a folder of PNG/JPEG images.
+    #[arg(long, required_unless_present = "demo")]
+    pub members: Option<PathBuf>,
+    /// Known non-members, same formats.
+    #[arg(long, required_unless_present = "demo")]
+    pub nonmembers: Option<PathBuf>,
+    /// Use the shipped demo target and its member / non-member sets (assets/demo_ddpm).
+    #[arg(long, conflicts_with_all = ["target", "members", "nonmembers"])]
+    pub demo: bool,
+    /// Attacks to run: all, or any of loss, pia, secmi, trajectory (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub attack: Vec<String>,
+    /// JSON report (written atomically).
+    #[arg(long, required_unless_present = "bench_batch")]
+    pub out: Option<PathBuf>,
+    /// Also write per-sample scores as CSV.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Parameter preset; the options below override it.
+    #[arg(long, value_enum, default_value = "full")]
+    pub preset: PresetArg,
+    /// Use only the first N members and N non-members.
+    #[arg(long)]
+    pub n: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Images per model call.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Bootstrap resamples for the AUC confidence interval.
+    #[arg(long)]
+    pub bootstrap: Option<usize>,
+    /// Loss attack timesteps, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub loss_t: Option<Vec<usize>>,
+    #[arg(long)]
+    pub loss_draws: Option<usize>,
+    #[arg(long)]
+    pub pia_t: Option<usize>,
+    #[arg(long)]
+    pub pia_p: Option<f64>,
+    #[arg(long)]
+    pub secmi_t: Option<usize>,
+    #[arg(long)]
+    pub secmi_interval: Option<usize>,
+    /// Trajectory attack: starting timesteps (noise strengths), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub traj_strengths: Option<Vec<usize>>,
+    #[arg(long)]
+    pub traj_steps: Option<usize>,
+    #[arg(long)]
+    pub traj_draws: Option<usize>,
+    #[arg(long)]
+    pub traj_train_fraction: Option<f64>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Instead of auditing: time the target's UNet forward at this batch size and print JSON.
+    #[arg(long)]
+    pub bench_batch: Option<usize>,
+}
+
+fn parse_attacks(names: &[String]) -> Result<Vec<AttackKind>> {
+    let mut kinds = Vec::new();
+    for name in names.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if name.eq_ignore_ascii_case("all") {
+            kinds.extend(AttackKind::ALL);
+        } else {
+            kinds.push(name.parse::<AttackKind>().map_err(Error::Params)?);
+        }
+    }
+    let mut unique = Vec::new();
+    for k in kinds {
+        if !unique.contains(&k) {
+            unique.push(k);
+        }
+    }
+    if unique.is_empty() {
+        return Err(Error::Params("no attack selected".into()));
+    }
+    Ok(unique)
+}
+
+/// The audit configuration the arguments describe.
+pub fn config_from_args(args: &AuditArgs) -> Result<AuditConfig> {
+    let preset = match args.preset {
+        PresetArg::Quick => Preset::Quick,
+        PresetArg::Full => Preset::Full,
+    };
+    let mut c = if args.demo {
+        AuditConfig::demo(preset)
+    } else {
+        let need = |p: &Option<PathBuf>, what: &str| p.clone().ok_or_else(|| Error::Params(format!("--{what} is required")));
+        AuditConfig::new(need(&args.target, "target")?, need(&args.members, "members")?, need(&args.nonmembers, "nonmembers")?, preset)
+    };
+    c.attacks = parse_attacks(&args.attack)?;
+    if let Some(n) = args.n {
+        c.max_per_set = Some(n);
+    }
+    if let Some(v) = args.seed {
+        c.seed = v;
+    }
+    if let Some(v) = args.batch {
+        c.batch_size = v;
+    }
+    if let Some(v) = args.bootstrap {
+        c.bootstrap_resamples = v;
+    }
+    if let Some(v) = &args.loss_t {
+        c.loss.timesteps = v.clone();
+    }
+    if let Some(v) = args.loss_draws {
+        c.loss.draws = v;
+    }
+    if let Some(v) = args.pia_t {
+        c.pia.timestep = v;
+    }
+    if let Some(v) = args.pia_p {
+        c.pia.p = v;
+    }
+    if let Some(v) = args.secmi_t {
+        c.secmi.timestep = v;
+    }
+    if let Some(v) = args.secmi_interval {
+        c.secmi.interval = v;
+    }
+    if let Some(v) = &args.traj_strengths {
+        c.trajectory.strengths = v.clone();
+    }
+    if let Some(v) = args.traj_steps {
+        c.trajectory.steps = v;
+    }
+    if let Some(v) = args.traj_draws {
+        c.trajectory.draws = v;
+    }
+    if let Some(v) = args.traj_train_fraction {
+        c.trajectory.train_fraction = v;
+    }
+    Ok(c)
+}
+
+fn check_output(path: &Path, config: &AuditConfig) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::Params(format!("{}: the output folder does not exist", path.display())));
+    }
+    for input in [&config.members, &config.nonmembers] {
+        if let (Ok(a), Ok(b)) = (path.canonicalize(), input.canonicalize()) {
+            if a == b {
+                return Err(Error::Params(format!("{}: would overwrite an input", path.display())));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn audit(args: &AuditArgs) -> Result<()> {
+    let config = config_from_args(args)?;
+    if let Some(batch) = args.bench_batch {
+        return bench_forward(&config.target, batch);
+    }
+    let out = args.out.as_ref().ok_or_else(|| Error::Params("--out is required".into()))?;
+    check_output(out, &config)?;
+    if let Some(csv) = &args.csv {
+        check_output(csv, &config)?;
+    }
+    let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} model calls  {elapsed_precise}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let cancel = AtomicBool::new(false);
+    let mut on_progress = |p: super::Progress| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(p.message);
+    };
+    let report = super::run(&config, &mut on_progress, &cancel)?;
+    bar.finish_and_clear();
+    report.write_json(out)?;
+    if let Some(csv) = &args.csv {
+        report.write_csv(csv)?;
+    }
+    print_summary(&report);
+    Ok(())
+}
+
+fn print_summary(r: &Report) {
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "target {} ({} parameters); {} members, {} non-members",
+        r.target.dir, r.target.parameters, r.n_members, r.n_nonmembers
+    );
+    println!("{:<11} {:>6} {:>17} {:>9} {:>10} {:>8} {:>8} {:>8}", "attack", "AUC", "95 % CI", "TPR@1%", "TPR@0.1%", "bal.acc", "queries", "seconds");
+    for a in &r.attacks {
+        let m = &a.metrics;
+        println!(
+            "{:<11} {:>6.3} [{:.3}, {:.3}] {:>9.3} {:>10.3} {:>8.3} {:>8} {:>8.1}",
+            a.name, m.auc, m.auc_ci95[0], m.auc_ci95[1], m.tpr_at_1pct_fpr, m.tpr_at_0_1pct_fpr, m.balanced_accuracy, a.queries_per_sample, a.seconds
+        );
+    }
+    println!("total {:.1} s ({} threads)", r.timings.total_seconds, r.timings.threads);
+}
+
+/// Times the UNet forward of a target (random inputs, random timesteps), for
+/// `docs/benchmarks.md` against `benches/torch_unet.py`.
+fn bench_forward(target: &Path, batch: usize) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::Params("--bench-batch must be positive".into()));
+    }
+    let model = DiffusionModel::load(target)?;
+    let cfg = model.unet.config();
+    let s = cfg.sample_size.unwrap_or(32);
+    let x = super::attacks::gaussian_noise(&[batch, cfg.in_channels, s, s], 0, 0)?;
+    let ts: Vec<f64> = (0..batch).map(|i| ((i * 37) % 1000) as f64).collect();
+    model.unet.forward(&x, &ts)?; // warm-up
+    let reps = (2000 / batch).clamp(3, 50);
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        model.unet.forward(&x, &ts)?;
+    }
+    let per_call = t0.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "target": target.display().to_string(),
+            "batch": batch,
+            "repeats": reps,
+            "ms_per_call": per_call * 1e3,
+            "ms_per_image": per_call * 1e3 / batch as f64,
+            "threads": candle_core::utils::get_num_threads(),
+        })
+    );
+    Ok(())
+}

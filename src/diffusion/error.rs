@@ -1,0 +1,50 @@
+//! Errors of the diffusion models. Every bad input (missing or inconsistent config, weights of
+//! the wrong shape, an image size the model does not take) ends here as a sentence a user can
+//! act on; nothing in `diffusion` panics on data.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `config.json` / `scheduler_config.json` that is not JSON or not the expected object.
+    #[error("{path}: not a valid {what} ({reason})")]
+    Json { path: PathBuf, what: &'static str, reason: String },
+    /// A config whose values contradict each other or the model family.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A config option that diffusers has but this port does not implement.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A tensor is missing from the weights file or has the wrong shape.
+    #[error("{context}: {reason}")]
+    Weights { context: String, reason: String },
+    /// An input (image batch, timestep) the model cannot take.
+    #[error("{0}")]
+    Input(String),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+/// The CLI reports every failure through the library error type.
+impl From<Error> for crate::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io { path, source } => crate::Error::Io { path, source },
+            other => crate::Error::Invalid(other.to_string()),
+        }
+    }
+}

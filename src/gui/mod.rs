@@ -7,10 +7,18 @@
 //!   window keeps repainting; failures become dismissable messages, never a panic.
 //! * Patient details are hidden by default: the safe state for a screen others can see.
 //!
-//! Only the viewer exists so far; later tabs (diagnosis, privacy audit) slot into [`Tab`].
+//! * The diagnosis panel sits beside the viewer; its engine lives on a worker thread
+//!   ([`diagnosis_worker`]) that takes requests and sends results over channels.
+//! * Keyboard shortcuts come from one table ([`shortcuts`]) that also fills the help overlay.
 
+mod audit_worker;
+mod diagnosis;
+mod diagnosis_worker;
+mod frame_log;
 mod loader;
 mod overlay;
+mod privacy;
+mod shortcuts;
 mod stack;
 mod tags;
 mod viewer;
@@ -26,6 +34,11 @@ use crate::display::WindowPreset;
 use crate::series::Series;
 use loader::{short_name, Loader, LoaderEvent, THUMBNAIL_SIDE};
 
+pub use diagnosis::{DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction};
+pub use diagnosis_worker::{AdapterLayout, ImageKey, ImportFields, TaskInfo, TaskRow};
+pub use audit_worker::{ExposedImage, GALLERY_SIZE};
+pub use privacy::{PathField, PrivacyCommand, PrivacyPanel, RunState};
+pub use shortcuts::SHORTCUTS;
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
 pub use tags::{tag_matches, TagBrowser};
 pub use viewer::{Viewer, ViewerCommand, ViewerState};
@@ -52,7 +65,7 @@ pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
     eframe::run_native(
         APP_NAME,
         options,
-        Box::new(move |cc| Ok(Box::new(MeloApp::new(cc, paths)))),
+        Box::new(move |cc| Ok(Box::new(MeloApp::new(cc, AppOptions::new(paths))))),
     )
     .map_err(|e| e.to_string())
 }
@@ -75,18 +88,42 @@ pub fn samples_dir() -> Option<PathBuf> {
     candidates.into_iter().find(|dir| dir.is_dir())
 }
 
-/// The tabs of the window. Later issues add the diagnosis and privacy views here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The tabs of the window: the viewer (with the diagnosis panel beside it) and the privacy
+/// audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Tab {
     Viewer,
+    Privacy,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 1] = [Tab::Viewer];
+    pub const ALL: [Tab; 2] = [Tab::Viewer, Tab::Privacy];
 
     pub fn label(self) -> &'static str {
         match self {
             Tab::Viewer => "Viewer",
+            Tab::Privacy => "Privacy audit",
+        }
+    }
+}
+
+/// Where the app finds its inputs. [`AppOptions::new`] uses the shipped folders.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// Files or folders opened on the first frame.
+    pub paths: Vec<PathBuf>,
+    /// The diagnosis backbone (`config.json` + weights); `None`: no diagnosis.
+    pub backbone_dir: Option<PathBuf>,
+    /// The folder whose adapters are registered.
+    pub adapters_dir: Option<PathBuf>,
+}
+
+impl AppOptions {
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        Self {
+            paths,
+            backbone_dir: crate::model::engine::default_backbone_dir(),
+            adapters_dir: crate::model::engine::default_adapters_dir(),
         }
     }
 }
@@ -105,12 +142,26 @@ pub enum Command {
     SetHidePatientDetails(bool),
     SetTab(Tab),
     Viewer(ViewerCommand),
+    Diagnosis(DiagnosisCommand),
+    Privacy(PrivacyCommand),
+    ToggleHelp,
+    /// Ctrl+Enter: run the audit (privacy tab).
+    RunAudit,
+    /// Esc: cancel a running audit (privacy tab).
+    CancelAudit,
+    /// Ctrl+E: export the audit report.
+    ExportAudit,
+    /// Esc: closes the help overlay (and whatever else is open on top).
+    CloseOverlays,
+    ToggleHeatmap,
+    ToggleAllTasks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageLevel {
     Error,
     Warning,
+    Info,
 }
 
 /// A message shown at the top of the window until dismissed.
@@ -135,11 +186,24 @@ pub struct SeriesEntry {
     pub thumbnail: Option<TextureHandle>,
 }
 
-/// What is kept between runs. Deliberately only these two: nothing about a patient.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Settings {
-    last_folder: Option<PathBuf>,
-    preset: Option<WindowPreset>,
+/// What is kept between runs: folders, choices and presets — nothing about a patient (no
+/// image, file name, tag value or result).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub last_folder: Option<PathBuf>,
+    pub preset: Option<WindowPreset>,
+    /// The diagnosis task last selected.
+    pub task: Option<String>,
+    /// Where "Load adapter…" last found a file.
+    pub adapter_folder: Option<PathBuf>,
+    pub heatmap_opacity: Option<f32>,
+    pub diagnosis_panel: Option<bool>,
+    /// Privacy audit inputs: folders and files of models and sample sets (not images).
+    pub audit_target: Option<PathBuf>,
+    pub audit_members: Option<PathBuf>,
+    pub audit_nonmembers: Option<PathBuf>,
+    pub audit_export_folder: Option<PathBuf>,
 }
 
 const SETTINGS_KEY: &str = "melo_settings";
@@ -155,6 +219,9 @@ pub struct MeloApp {
     /// The series whose slices the viewer holds.
     pub shown_series: Option<usize>,
     pub viewer: Viewer,
+    pub diagnosis: DiagnosisPanel,
+    pub privacy: PrivacyPanel,
+    pub show_help: bool,
     pub messages: Vec<Message>,
     /// The last folder opened (or holding the last file), where file dialogs start.
     pub last_folder: Option<PathBuf>,
@@ -166,26 +233,96 @@ pub struct MeloApp {
     /// Set while a file dialog is open, so a second click does not open another one.
     dialog_open: Arc<AtomicBool>,
     next_message_id: u64,
+    frame_log: Option<frame_log::FrameLog>,
 }
 
 impl MeloApp {
     /// The app as eframe starts it: settings restored from storage, `paths` opened.
-    pub fn new(cc: &eframe::CreationContext<'_>, paths: Vec<PathBuf>) -> Self {
-        let settings: Settings = cc
-            .storage
-            .and_then(|s| eframe::get_value(s, SETTINGS_KEY))
-            .unwrap_or_default();
-        let mut app = Self::with_paths(paths);
-        app.last_folder = settings.last_folder;
-        if let Some(preset) = settings.preset {
-            app.viewer.preferred_preset = preset;
+    pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
+        let mut app = Self::with_options(options);
+        if let Some(storage) = cc.storage {
+            app.restore(storage);
+        }
+        app.frame_log = frame_log::FrameLog::from_env();
+        // Scripted starts for screenshots and frame-time measurements (tools/*.sh).
+        match std::env::var("MELO_GUI_START").as_deref() {
+            Ok("privacy-demo") => {
+                app.tab = Tab::Privacy;
+                app.commands.push(Command::Privacy(PrivacyCommand::UseDemo));
+                app.commands.push(Command::Privacy(PrivacyCommand::Run));
+            }
+            Ok("heatmap") => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetHeatmap(true))),
+            Ok("all-tasks") => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetShowAllTasks(true))),
+            _ => {}
         }
         app
     }
 
+    /// Applies the settings saved by a previous run (missing or unreadable ones: defaults).
+    pub fn restore(&mut self, storage: &dyn eframe::Storage) {
+        let settings: Settings = eframe::get_value(storage, SETTINGS_KEY).unwrap_or_default();
+        self.apply_settings(settings);
+    }
+
+    pub fn apply_settings(&mut self, settings: Settings) {
+        self.last_folder = settings.last_folder;
+        if let Some(preset) = settings.preset {
+            self.viewer.preferred_preset = preset;
+        }
+        if settings.task.is_some() {
+            self.diagnosis.selected = settings.task;
+        }
+        self.diagnosis.adapter_folder = settings.adapter_folder;
+        if let Some(opacity) = settings.heatmap_opacity.filter(|o| o.is_finite()) {
+            self.diagnosis.heatmap_opacity = opacity.clamp(0.0, 1.0);
+        }
+        if let Some(visible) = settings.diagnosis_panel {
+            self.diagnosis.visible = visible;
+        }
+        // A remembered path that has gone away would only fail the next run: keep the demo.
+        let existing = |p: Option<PathBuf>| p.filter(|p| p.exists());
+        if let Some(p) = existing(settings.audit_target) {
+            self.privacy.config.target = p;
+        }
+        if let Some(p) = existing(settings.audit_members) {
+            self.privacy.config.members = p;
+        }
+        if let Some(p) = existing(settings.audit_nonmembers) {
+            self.privacy.config.nonmembers = p;
+        }
+        self.privacy.export_folder = settings.audit_export_folder;
+    }
+
+    /// What [`eframe::App::save`] stores.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            last_folder: self.last_folder.clone(),
+            preset: Some(self.viewer.preferred_preset),
+            task: self.diagnosis.selected.clone(),
+            adapter_folder: self.diagnosis.adapter_folder.clone(),
+            heatmap_opacity: Some(self.diagnosis.heatmap_opacity),
+            diagnosis_panel: Some(self.diagnosis.visible),
+            audit_target: Some(self.privacy.config.target.clone()),
+            audit_members: Some(self.privacy.config.members.clone()),
+            audit_nonmembers: Some(self.privacy.config.nonmembers.clone()),
+            audit_export_folder: self.privacy.export_folder.clone(),
+        }
+    }
+
     /// The app without eframe (tests, other hosts): default settings, `paths` opened on the
-    /// first frame. Drive it by calling [`MeloApp::show`] each frame.
+    /// first frame, the shipped backbone and adapters. Drive it by calling [`MeloApp::show`]
+    /// each frame.
     pub fn with_paths(paths: Vec<PathBuf>) -> Self {
+        Self::with_options(AppOptions::new(paths))
+    }
+
+    /// The app without eframe, with the given folders.
+    pub fn with_options(options: AppOptions) -> Self {
+        let AppOptions {
+            paths,
+            backbone_dir,
+            adapters_dir,
+        } = options;
         let mut app = Self {
             tab: Tab::Viewer,
             hide_patient_details: true,
@@ -193,6 +330,9 @@ impl MeloApp {
             selected_series: None,
             shown_series: None,
             viewer: Viewer::default(),
+            diagnosis: DiagnosisPanel::new(backbone_dir, adapters_dir),
+            privacy: PrivacyPanel::default(),
+            show_help: false,
             messages: Vec::new(),
             last_folder: None,
             progress: None,
@@ -200,6 +340,7 @@ impl MeloApp {
             loader: Loader::default(),
             dialog_open: Arc::new(AtomicBool::new(false)),
             next_message_id: 1,
+            frame_log: None,
         };
         if !paths.is_empty() {
             app.commands.push(Command::OpenPaths(paths));
@@ -233,13 +374,40 @@ impl MeloApp {
         }
     }
 
+    /// True while the diagnosis worker has something queued or running.
+    pub fn is_diagnosis_busy(&self) -> bool {
+        self.diagnosis.is_busy()
+    }
+
+    /// True while an audit (or its gallery) is running.
+    pub fn is_audit_running(&self) -> bool {
+        self.privacy.is_running()
+    }
+
     /// One frame of the whole window.
     pub fn show(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         self.receive_loader_events(&ctx);
         self.receive_dropped_files(&ctx);
+        if let Some(message) = self.diagnosis.start(&ctx) {
+            self.push_message(MessageLevel::Error, message, Vec::new());
+        }
+        for (level, text, details) in self.diagnosis.receive() {
+            self.push_message(level, text, details);
+        }
+        for (level, text) in self.privacy.receive(&ctx) {
+            self.push_message(level, text, Vec::new());
+        }
 
         let mut commands = std::mem::take(&mut self.commands);
+        commands.extend(shortcuts::pressed(&ctx));
+        if ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Escape)) {
+            if self.show_help || self.diagnosis.import.open {
+                commands.push(Command::CloseOverlays);
+            } else {
+                commands.push(Command::CancelAudit);
+            }
+        }
         egui::Panel::top("app_top_bar").show(ui, |ui| self.top_bar_ui(ui, &mut commands));
         if !self.messages.is_empty() {
             egui::Panel::top("app_messages").show(ui, |ui| self.messages_ui(ui, &mut commands));
@@ -249,9 +417,29 @@ impl MeloApp {
                 .default_size(230.0)
                 .show(ui, |ui| self.series_strip_ui(ui, &mut commands));
         }
+        if self.tab == Tab::Viewer && self.diagnosis.visible {
+            egui::Panel::right("app_diagnosis")
+                .default_size(340.0)
+                .show(ui, |ui| {
+                    egui::ScrollArea::vertical()
+                        .auto_shrink([false, false])
+                        .show(ui, |ui| self.diagnosis.ui(ui, &self.viewer, &mut commands));
+                });
+        }
+        self.viewer.overlay = self.diagnosis.overlay_for(&ctx, &self.viewer);
         egui::CentralPanel::no_frame().show(ui, |ui| match self.tab {
             Tab::Viewer => self.viewer.ui(ui, self.hide_patient_details, &mut commands),
+            Tab::Privacy => self.privacy.ui(ui, &mut commands),
         });
+        if self.privacy.is_running() {
+            // Progress arrives from the worker (which wakes the UI), but the elapsed time and
+            // the spinner should move between reports too.
+            ctx.request_repaint_after(std::time::Duration::from_millis(250));
+        }
+        self.diagnosis.import_ui(&ctx, &mut commands);
+        if self.show_help {
+            shortcuts::help_ui(&ctx, &mut self.show_help, &[]);
+        }
         files_hovered_ui(&ctx);
 
         if !commands.is_empty() {
@@ -261,6 +449,8 @@ impl MeloApp {
             // Show the effect of the commands without waiting for the next input event.
             ctx.request_repaint();
         }
+        // After the commands: a new slice, task or switch is asked for in this same frame.
+        self.diagnosis.request_for(&self.viewer);
     }
 
     /// The one place commands are carried out.
@@ -288,6 +478,44 @@ impl MeloApp {
             Command::SetHidePatientDetails(hide) => self.hide_patient_details = hide,
             Command::SetTab(tab) => self.tab = tab,
             Command::Viewer(command) => self.viewer.apply(command),
+            Command::Diagnosis(command) => {
+                if let Some((level, text)) = self.diagnosis.apply(command, ctx) {
+                    self.push_message(level, text, Vec::new());
+                }
+            }
+            Command::Privacy(command) => {
+                for (level, text) in self.privacy.apply(command, ctx) {
+                    self.push_message(level, text, Vec::new());
+                }
+            }
+            Command::RunAudit => {
+                if self.tab == Tab::Privacy {
+                    self.handle_command(Command::Privacy(PrivacyCommand::Run), ctx);
+                }
+            }
+            Command::CancelAudit => {
+                if self.privacy.is_running() {
+                    self.handle_command(Command::Privacy(PrivacyCommand::Cancel), ctx);
+                }
+            }
+            Command::ExportAudit => {
+                if self.tab == Tab::Privacy && self.privacy.report.is_some() {
+                    self.handle_command(Command::Privacy(PrivacyCommand::PickExportFolder), ctx);
+                }
+            }
+            Command::ToggleHelp => self.show_help = !self.show_help,
+            Command::CloseOverlays => {
+                self.show_help = false;
+                self.diagnosis.import.open = false;
+            }
+            Command::ToggleHeatmap => {
+                let on = !self.diagnosis.heatmap_enabled;
+                self.diagnosis.apply(DiagnosisCommand::SetHeatmap(on), ctx);
+            }
+            Command::ToggleAllTasks => {
+                let on = !self.diagnosis.show_all_tasks;
+                self.diagnosis.apply(DiagnosisCommand::SetShowAllTasks(on), ctx);
+            }
         }
     }
 
@@ -457,6 +685,16 @@ impl MeloApp {
                     commands.push(Command::PickFolder);
                 }
             });
+            if ui
+                .selectable_label(self.diagnosis.visible, "Diagnosis")
+                .on_hover_text("Show the diagnosis panel (D)")
+                .clicked()
+            {
+                commands.push(Command::Diagnosis(DiagnosisCommand::TogglePanel));
+            }
+            if ui.button("Help").on_hover_text("Keyboard shortcuts (F1)").clicked() {
+                commands.push(Command::ToggleHelp);
+            }
             ui.separator();
             let mut hide = self.hide_patient_details;
             if ui
@@ -483,6 +721,7 @@ impl MeloApp {
                 let (prefix, color) = match message.level {
                     MessageLevel::Error => ("Error", Color32::from_rgb(235, 90, 80)),
                     MessageLevel::Warning => ("Warning", Color32::from_rgb(230, 180, 60)),
+                    MessageLevel::Info => ("Note", Color32::from_rgb(140, 200, 140)),
                 };
                 if ui.button("Dismiss").clicked() {
                     commands.push(Command::DismissMessage(message.id));
@@ -571,15 +810,15 @@ fn files_hovered_ui(ctx: &egui::Context) {
 
 impl eframe::App for MeloApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let start = std::time::Instant::now();
         self.show(ui);
+        if let Some(log) = self.frame_log.as_mut() {
+            log.record(start, self.privacy.is_running(), self.diagnosis.is_busy());
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        let settings = Settings {
-            last_folder: self.last_folder.clone(),
-            preset: Some(self.viewer.preferred_preset),
-        };
-        eframe::set_value(storage, SETTINGS_KEY, &settings);
+        eframe::set_value(storage, SETTINGS_KEY, &self.settings());
     }
 
     /// egui's memory can hold text typed into widgets (the tag filter may be a patient's

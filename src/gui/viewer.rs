@@ -119,6 +119,13 @@ pub struct Viewer {
     pub show_tags: bool,
     /// Where the image was drawn last frame (screen points); `None` before the first frame.
     pub view_rect: Option<Rect>,
+    /// Where the image itself was drawn last frame (screen points).
+    pub image_rect: Option<Rect>,
+    /// A translucent overlay (the diagnosis heatmap) and its opacity, set by the app each
+    /// frame; drawn over exactly the image's rectangle so it follows zoom and pan.
+    pub overlay: Option<(egui::TextureId, f32)>,
+    /// Where the overlay was drawn last frame, if it was.
+    pub overlay_rect: Option<Rect>,
     texture: Option<(RenderKey, TextureHandle)>,
     /// The current file's metadata with patient details removed, for when they are hidden;
     /// keyed by (stack id, file index) so `without_phi` runs once per file, not per frame.
@@ -137,6 +144,9 @@ impl Default for Viewer {
             tags: TagBrowser::default(),
             show_tags: false,
             view_rect: None,
+            image_rect: None,
+            overlay: None,
+            overlay_rect: None,
             texture: None,
             phi_free_meta: None,
             pending_wheel_lines: 0.0,
@@ -386,6 +396,8 @@ impl Viewer {
         let (rect, response) = ui.allocate_exact_size(ui.available_size(), Sense::click_and_drag());
         response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, "Image view"));
         self.view_rect = Some(rect);
+        self.image_rect = None;
+        self.overlay_rect = None;
         ui.painter_at(rect).rect_filled(rect, 0.0, Color32::BLACK);
         self.state.probe = None;
 
@@ -421,6 +433,12 @@ impl Viewer {
             Some(texture) => {
                 let uv = Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
                 ui.painter_at(rect).image(texture, image_rect, uv, Color32::WHITE);
+                self.image_rect = Some(image_rect);
+                if let Some((overlay, opacity)) = self.overlay {
+                    let tint = Color32::from_white_alpha((opacity.clamp(0.0, 1.0) * 255.0).round() as u8);
+                    ui.painter_at(rect).image(overlay, image_rect, uv, tint);
+                    self.overlay_rect = Some(image_rect);
+                }
             }
             None => {
                 ui.put(

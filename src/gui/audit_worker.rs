@@ -1,0 +1,174 @@
+//! The privacy audit on a worker thread: one thread per run, progress and results over a
+//! channel, a shared flag to cancel. The audit library checks the flag before every batch of
+//! model calls, so a cancel takes effect within a batch (well under a second on the demo).
+//!
+//! After the report, the same thread computes the gallery: the most exposed members of each
+//! attack with the model's reconstruction of each (a few model calls per image).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::audit::{self, AuditConfig, Image2d, Report};
+use crate::diffusion::DiffusionModel;
+
+/// Exposed members shown per attack.
+pub const GALLERY_SIZE: usize = 6;
+
+/// One member image the attack was most sure about, beside what the model makes of it.
+#[derive(Debug, Clone)]
+pub struct ExposedImage {
+    pub id: String,
+    pub index: usize,
+    pub score: f64,
+    pub original: Image2d,
+    pub reconstruction: Image2d,
+}
+
+#[derive(Debug)]
+pub enum AuditEvent {
+    Progress { message: String, done: usize, total: usize },
+    Finished(Box<Report>),
+    /// Per attack name, its most exposed members.
+    Gallery(Vec<(String, Vec<ExposedImage>)>),
+    /// The gallery could not be made (the report stands).
+    GalleryFailed(String),
+    Cancelled,
+    Failed(String),
+}
+
+/// A running (or finished) audit, seen from the UI.
+pub struct AuditRun {
+    events: Receiver<AuditEvent>,
+    cancel: Arc<AtomicBool>,
+    pub started: Instant,
+    /// When cancel was pressed (to report how long stopping took).
+    pub cancel_requested: Option<Instant>,
+    finished: bool,
+}
+
+impl AuditRun {
+    pub fn start(config: AuditConfig, ctx: &egui::Context) -> std::io::Result<Self> {
+        let (sender, events) = channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let ctx = ctx.clone();
+        std::thread::Builder::new().name("melo-audit".into()).spawn(move || {
+            let send = |event: AuditEvent| {
+                let _ = sender.send(event);
+                ctx.request_repaint();
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| work(&config, &flag, &send)));
+            if let Err(payload) = outcome {
+                send(AuditEvent::Failed(format!(
+                    "internal error in the audit worker: {}",
+                    super::diagnosis_worker::panic_text(&*payload)
+                )));
+            }
+        })?;
+        Ok(Self {
+            events,
+            cancel,
+            started: Instant::now(),
+            cancel_requested: None,
+            finished: false,
+        })
+    }
+
+    pub fn cancel(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.cancel_requested.get_or_insert_with(Instant::now);
+    }
+
+    /// Events since the last call. A thread that ended without a final event is reported as
+    /// failed, so the UI never waits on a dead run.
+    pub fn poll(&mut self) -> Vec<AuditEvent> {
+        let mut out = Vec::new();
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => {
+                    if matches!(
+                        event,
+                        AuditEvent::Cancelled | AuditEvent::Failed(_) | AuditEvent::Gallery(_) | AuditEvent::GalleryFailed(_)
+                    ) {
+                        self.finished = true;
+                    }
+                    out.push(event);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if !self.finished {
+                        self.finished = true;
+                        out.push(AuditEvent::Failed("the audit worker stopped unexpectedly".into()));
+                    }
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+fn work(config: &AuditConfig, cancel: &AtomicBool, send: &dyn Fn(AuditEvent)) {
+    let mut progress = |p: audit::Progress| {
+        send(AuditEvent::Progress {
+            message: p.message,
+            done: p.done,
+            total: p.total,
+        })
+    };
+    let report = match audit::run(config, &mut progress, cancel) {
+        Ok(report) => report,
+        Err(audit::Error::Cancelled) => return send(AuditEvent::Cancelled),
+        Err(e) => return send(AuditEvent::Failed(e.to_string())),
+    };
+    send(AuditEvent::Finished(Box::new(report.clone())));
+    match gallery(config, &report, cancel) {
+        Ok(items) => send(AuditEvent::Gallery(items)),
+        Err(message) => send(AuditEvent::GalleryFailed(message)),
+    }
+}
+
+/// The most exposed members of every attack, each with its reconstruction from the first
+/// trajectory strength (the one the attack itself used).
+fn gallery(config: &AuditConfig, report: &Report, cancel: &AtomicBool) -> Result<Vec<(String, Vec<ExposedImage>)>, String> {
+    let model = DiffusionModel::load(&config.target).map_err(|e| e.to_string())?;
+    let (members, _) = config.load_samples().map_err(|e| e.to_string())?;
+    let shape = (members.channels, members.height, members.width);
+    let t_start = config.trajectory.strengths.first().copied().unwrap_or(100);
+    let steps = config.trajectory.steps.clamp(1, t_start.max(1));
+    let mut out = Vec::new();
+    for attack in &report.attacks {
+        let mut items = Vec::new();
+        for score in report.exposed(&attack.name, GALLERY_SIZE) {
+            if cancel.load(Ordering::SeqCst) {
+                return Err("cancelled".into());
+            }
+            if score.index >= members.len() {
+                continue;
+            }
+            let steps_out = audit::reconstruction(&model, members.image(score.index), shape, t_start, steps, config.seed)
+                .map_err(|e| e.to_string())?;
+            let Some(reconstruction) = steps_out.last().cloned() else { continue };
+            items.push(ExposedImage {
+                id: score.id.clone(),
+                index: score.index,
+                score: score.score,
+                original: members.image2d(score.index),
+                reconstruction,
+            });
+        }
+        out.push((attack.name.clone(), items));
+    }
+    Ok(out)
+}

@@ -1,0 +1,845 @@
+//! The diagnosis panel beside the viewer: task dropdown, class probabilities of the current
+//! image (bar chart), the adapter's recorded metrics and intended modality, an "all tasks"
+//! table, the attention heatmap overlay, and "Load adapter…".
+//!
+//! The engine lives on [`DiagnosisWorker`]'s thread; this view only keeps what it was sent
+//! back. Each frame the app calls [`DiagnosisPanel::request_for`] with the viewer, which asks
+//! for a prediction when the image, the task or the heatmap switch changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions};
+use egui_plot::{Bar, BarChart, Plot};
+
+use super::diagnosis_worker::{
+    AdapterLayout, DiagnosisEvent, DiagnosisRequest, DiagnosisWorker, ImageKey, ImportFields, TaskInfo, TaskRow,
+};
+use super::viewer::Viewer;
+use super::{Command, MessageLevel};
+use crate::image::MedicalImage;
+use crate::model::engine::{Heatmap, Prediction};
+
+/// Largest side of the heatmap texture (the map is smooth; more pixels show nothing new).
+const HEATMAP_MAX_SIDE: usize = 512;
+
+/// Everything the panel's widgets (and shortcuts) can ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiagnosisCommand {
+    SelectTask(String),
+    /// Previous (-1) or next (+1) task in the list, wrapping around.
+    StepTask(i32),
+    SetHeatmap(bool),
+    SetHeatmapOpacity(f32),
+    SetShowAllTasks(bool),
+    TogglePanel,
+    OpenImportDialog,
+    CloseImportDialog,
+    /// Ask for the adapter file (or PEFT folder) with the system dialog.
+    BrowseAdapter,
+    LoadAdapter {
+        path: PathBuf,
+        layout: AdapterLayout,
+        fields: ImportFields,
+    },
+    /// Start a fresh worker and load the model again (after a failure).
+    Restart,
+    /// Makes the worker panic (tests of the error path).
+    #[doc(hidden)]
+    CrashWorker,
+}
+
+/// Where the model stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineState {
+    /// No backbone folder was found; nothing to load.
+    NoBackbone,
+    Loading,
+    Ready { backbone: String, load_ms: f64 },
+    Failed(String),
+}
+
+/// The prediction shown for the current image.
+#[derive(Debug, Clone)]
+pub struct ShownPrediction {
+    pub key: ImageKey,
+    pub prediction: Prediction,
+    pub latency_ms: f64,
+}
+
+/// The "Load adapter…" dialog's fields.
+#[derive(Debug, Clone, Default)]
+pub struct ImportDialog {
+    pub open: bool,
+    pub path: String,
+    pub layout: AdapterLayout,
+    pub fields: ImportFields,
+    /// What the user typed for alpha (parsed when loading).
+    pub alpha_text: String,
+}
+
+/// The diagnosis view.
+pub struct DiagnosisPanel {
+    pub visible: bool,
+    pub backbone_dir: Option<PathBuf>,
+    pub adapters_dir: Option<PathBuf>,
+    pub state: EngineState,
+    /// Registered tasks, in the engine's order.
+    pub tasks: Vec<TaskInfo>,
+    pub selected: Option<String>,
+    /// The last measured latency of each task on this machine (ms).
+    pub latency_ms: BTreeMap<String, f64>,
+    pub shown: Option<ShownPrediction>,
+    /// Why the current image could not be classified, if it could not.
+    pub failure: Option<(ImageKey, String)>,
+    pub show_all_tasks: bool,
+    pub all_tasks: Option<(ImageKey, Vec<TaskRow>)>,
+    pub heatmap_enabled: bool,
+    pub heatmap_opacity: f32,
+    pub heatmap: Option<(ImageKey, String, Heatmap)>,
+    /// Adapter files skipped when the folder was registered.
+    pub rejected: Vec<String>,
+    pub import: ImportDialog,
+    /// Where the adapter file dialog starts.
+    pub adapter_folder: Option<PathBuf>,
+    worker: Option<DiagnosisWorker>,
+    /// The last prediction asked for: (image, task, with heatmap).
+    requested: Option<(ImageKey, String, bool)>,
+    requested_all: Option<ImageKey>,
+    /// The current file, shared with the worker (cloned once per file, not per request).
+    image: Option<((u64, usize), Arc<MedicalImage>)>,
+    heatmap_texture: Option<((ImageKey, String), TextureHandle)>,
+    picked: (Sender<PathBuf>, Receiver<PathBuf>),
+}
+
+impl DiagnosisPanel {
+    pub fn new(backbone_dir: Option<PathBuf>, adapters_dir: Option<PathBuf>) -> Self {
+        Self {
+            visible: true,
+            state: if backbone_dir.is_some() {
+                EngineState::Loading
+            } else {
+                EngineState::NoBackbone
+            },
+            backbone_dir,
+            adapters_dir,
+            tasks: Vec::new(),
+            selected: None,
+            latency_ms: BTreeMap::new(),
+            shown: None,
+            failure: None,
+            show_all_tasks: false,
+            all_tasks: None,
+            heatmap_enabled: false,
+            heatmap_opacity: 0.5,
+            heatmap: None,
+            rejected: Vec::new(),
+            import: ImportDialog::default(),
+            adapter_folder: None,
+            worker: None,
+            requested: None,
+            requested_all: None,
+            image: None,
+            heatmap_texture: None,
+            picked: channel(),
+        }
+    }
+
+    /// True while the worker has a request queued or running (or the model is loading).
+    pub fn is_busy(&self) -> bool {
+        self.worker.as_ref().is_some_and(DiagnosisWorker::is_busy)
+    }
+
+    pub fn task(&self, name: &str) -> Option<&TaskInfo> {
+        self.tasks.iter().find(|t| t.task == name)
+    }
+
+    /// Starts the worker and the model load, once (and again after [`DiagnosisCommand::Restart`]).
+    pub fn start(&mut self, ctx: &egui::Context) -> Option<String> {
+        if self.worker.is_some() || self.state != EngineState::Loading {
+            return None;
+        }
+        let backbone = self.backbone_dir.clone()?;
+        match DiagnosisWorker::spawn(ctx) {
+            Ok(mut worker) => {
+                worker.send(DiagnosisRequest::Open {
+                    backbone,
+                    adapters: self.adapters_dir.clone(),
+                });
+                self.worker = Some(worker);
+                self.state = EngineState::Loading;
+                None
+            }
+            Err(e) => {
+                let message = format!("cannot start the diagnosis worker: {e}");
+                self.state = EngineState::Failed(message.clone());
+                Some(message)
+            }
+        }
+    }
+
+    /// Applies what the worker sent; returns messages for the app's message bar.
+    pub fn receive(&mut self) -> Vec<(MessageLevel, String, Vec<String>)> {
+        let mut messages = Vec::new();
+        if let Ok(path) = self.picked.1.try_recv() {
+            self.import.layout = guess_layout(&path);
+            self.adapter_folder = path.parent().map(Path::to_path_buf);
+            self.import.path = path.display().to_string();
+        }
+        let Some(worker) = self.worker.as_mut() else {
+            return messages;
+        };
+        let events = worker.poll();
+        let died = !worker.is_alive();
+        for event in events {
+            match event {
+                DiagnosisEvent::Opened {
+                    backbone,
+                    load_ms,
+                    adapters_dir,
+                    tasks,
+                    rejected,
+                } => {
+                    self.state = EngineState::Ready { backbone, load_ms };
+                    self.adapters_dir = adapters_dir;
+                    self.tasks = tasks;
+                    if !rejected.is_empty() {
+                        messages.push((
+                            MessageLevel::Warning,
+                            format!("{} adapter file(s) were skipped", rejected.len()),
+                            rejected.clone(),
+                        ));
+                    }
+                    self.rejected = rejected;
+                    // Keep the remembered task if it is still there.
+                    let keep = self.selected.as_deref().is_some_and(|t| self.tasks.iter().any(|i| i.task == t));
+                    if !keep {
+                        self.selected = self.tasks.first().map(|t| t.task.clone());
+                    }
+                    self.requested = None;
+                    self.requested_all = None;
+                }
+                DiagnosisEvent::OpenFailed { message } => {
+                    self.state = EngineState::Failed(message.clone());
+                    messages.push((MessageLevel::Error, message, Vec::new()));
+                }
+                DiagnosisEvent::Predicted {
+                    key,
+                    prediction,
+                    heatmap,
+                    latency_ms,
+                } => {
+                    self.latency_ms.insert(prediction.task.clone(), latency_ms);
+                    if let Some(heatmap) = heatmap {
+                        self.heatmap = Some((key, prediction.task.clone(), heatmap));
+                    }
+                    self.failure = None;
+                    self.shown = Some(ShownPrediction {
+                        key,
+                        prediction,
+                        latency_ms,
+                    });
+                }
+                DiagnosisEvent::PredictedAll { key, rows } => {
+                    for row in &rows {
+                        self.latency_ms.insert(row.prediction.task.clone(), row.latency_ms);
+                    }
+                    self.all_tasks = Some((key, rows));
+                }
+                DiagnosisEvent::AdapterLoaded { info, path } => {
+                    let text = format!(
+                        "Loaded adapter '{}' from {} for this session",
+                        info.task,
+                        super::loader::short_name(&path)
+                    );
+                    self.selected = Some(info.task.clone());
+                    self.tasks.push(info);
+                    self.import.open = false;
+                    self.requested_all = None;
+                    messages.push((MessageLevel::Info, text, Vec::new()));
+                }
+                DiagnosisEvent::Failed { what, message, key } => {
+                    if let Some(key) = key {
+                        self.failure = Some((key, message.clone()));
+                    }
+                    messages.push((MessageLevel::Error, format!("{what} failed: {message}"), Vec::new()));
+                }
+            }
+        }
+        if died {
+            self.worker = None;
+            self.requested = None;
+            self.requested_all = None;
+            let message = "The diagnosis worker stopped; use Restart in the diagnosis panel".to_string();
+            self.state = EngineState::Failed(message.clone());
+            messages.push((MessageLevel::Error, message, Vec::new()));
+        }
+        messages
+    }
+
+    /// Asks the worker for what the current view needs and has not been asked for yet.
+    pub fn request_for(&mut self, viewer: &Viewer) {
+        if !self.visible || !matches!(self.state, EngineState::Ready { .. }) {
+            return;
+        }
+        let Some((key, image, frame)) = self.current_image(viewer) else {
+            return;
+        };
+        let Some(worker) = self.worker.as_mut() else { return };
+        if let Some(task) = self.selected.clone() {
+            let wanted = (key, task.clone(), self.heatmap_enabled);
+            // A heatmap request also answers the plain one.
+            let answered = self.requested.as_ref().is_some_and(|(k, t, h)| {
+                *k == key && *t == task && (*h || !self.heatmap_enabled)
+            });
+            if !answered {
+                worker.send(DiagnosisRequest::Predict {
+                    key,
+                    image: image.clone(),
+                    frame,
+                    task,
+                    heatmap: self.heatmap_enabled,
+                });
+                self.requested = Some(wanted);
+            }
+        }
+        if self.show_all_tasks && !self.tasks.is_empty() && self.requested_all != Some(key) {
+            worker.send(DiagnosisRequest::PredictAll { key, image, frame });
+            self.requested_all = Some(key);
+        }
+    }
+
+    /// The viewer's current slice as the worker takes it.
+    fn current_image(&mut self, viewer: &Viewer) -> Option<(ImageKey, Arc<MedicalImage>, usize)> {
+        let stack = viewer.stack.as_ref()?;
+        let slice = viewer.state.slice;
+        let slice_ref = stack.slices.get(slice)?;
+        let file = (stack.id, slice_ref.image);
+        let cached = self.image.as_ref().filter(|(k, _)| *k == file).map(|(_, i)| i.clone());
+        let image = match cached {
+            Some(image) => image,
+            None => {
+                let image = Arc::new(stack.images.get(slice_ref.image)?.clone());
+                self.image = Some((file, image.clone()));
+                image
+            }
+        };
+        Some((
+            ImageKey {
+                stack_id: stack.id,
+                slice,
+            },
+            image,
+            slice_ref.frame,
+        ))
+    }
+
+    /// The heatmap of the current slice and task, as a texture for the viewer, if enabled.
+    pub fn overlay_for(&mut self, ctx: &egui::Context, viewer: &Viewer) -> Option<(egui::TextureId, f32)> {
+        if !self.visible || !self.heatmap_enabled {
+            return None;
+        }
+        let stack = viewer.stack.as_ref()?;
+        let key = ImageKey {
+            stack_id: stack.id,
+            slice: viewer.state.slice,
+        };
+        let task = self.selected.clone()?;
+        let (hkey, htask, heatmap) = self.heatmap.as_ref()?;
+        if *hkey != key || *htask != task {
+            return None;
+        }
+        let id = (key, task);
+        if self.heatmap_texture.as_ref().is_none_or(|(k, _)| *k != id) {
+            let texture = ctx.load_texture("melo-heatmap", heatmap_image(heatmap), TextureOptions::LINEAR);
+            self.heatmap_texture = Some((id, texture));
+        }
+        self.heatmap_texture
+            .as_ref()
+            .map(|(_, texture)| (texture.id(), self.heatmap_opacity))
+    }
+
+    /// Carries out a panel command; returns a message for the app if there is one.
+    pub fn apply(&mut self, command: DiagnosisCommand, ctx: &egui::Context) -> Option<(MessageLevel, String)> {
+        match command {
+            DiagnosisCommand::SelectTask(task) => {
+                if self.tasks.iter().any(|t| t.task == task) {
+                    self.selected = Some(task);
+                }
+            }
+            DiagnosisCommand::StepTask(step) => {
+                if !self.tasks.is_empty() {
+                    let n = self.tasks.len() as i64;
+                    let at = self
+                        .selected
+                        .as_deref()
+                        .and_then(|s| self.tasks.iter().position(|t| t.task == s))
+                        .unwrap_or(0) as i64;
+                    let next = (at + i64::from(step)).rem_euclid(n) as usize;
+                    self.selected = Some(self.tasks[next].task.clone());
+                }
+            }
+            DiagnosisCommand::SetHeatmap(on) => self.heatmap_enabled = on,
+            DiagnosisCommand::SetHeatmapOpacity(opacity) => {
+                if opacity.is_finite() {
+                    self.heatmap_opacity = opacity.clamp(0.0, 1.0);
+                }
+            }
+            DiagnosisCommand::SetShowAllTasks(on) => self.show_all_tasks = on,
+            DiagnosisCommand::TogglePanel => self.visible = !self.visible,
+            DiagnosisCommand::OpenImportDialog => self.import.open = true,
+            DiagnosisCommand::CloseImportDialog => self.import.open = false,
+            DiagnosisCommand::BrowseAdapter => self.browse(ctx),
+            DiagnosisCommand::LoadAdapter { path, layout, fields } => match self.worker.as_mut() {
+                Some(worker) if matches!(self.state, EngineState::Ready { .. }) => {
+                    worker.send(DiagnosisRequest::LoadAdapter { path, layout, fields });
+                }
+                _ => return Some((MessageLevel::Error, "The model is not loaded: cannot add an adapter".into())),
+            },
+            DiagnosisCommand::Restart => {
+                self.worker = None;
+                if self.backbone_dir.is_some() {
+                    self.state = EngineState::Loading;
+                }
+                self.requested = None;
+                self.requested_all = None;
+                self.shown = None;
+                self.all_tasks = None;
+                self.heatmap = None;
+                if let Some(message) = self.start(ctx) {
+                    return Some((MessageLevel::Error, message));
+                }
+            }
+            DiagnosisCommand::CrashWorker => {
+                if let Some(worker) = self.worker.as_mut() {
+                    worker.send(DiagnosisRequest::Panic);
+                }
+            }
+        }
+        None
+    }
+
+    /// The system file dialog, off the UI thread; the answer arrives through `picked`.
+    fn browse(&mut self, ctx: &egui::Context) {
+        let start = self.adapter_folder.clone().or_else(|| self.adapters_dir.clone());
+        let folder = self.import.layout == AdapterLayout::Peft;
+        let sender = self.picked.0.clone();
+        let ctx = ctx.clone();
+        let pick = move || {
+            let mut dialog = rfd::FileDialog::new().set_title("Load adapter");
+            if let Some(dir) = start.filter(|d| d.is_dir()) {
+                dialog = dialog.set_directory(dir);
+            }
+            let picked = std::panic::catch_unwind(move || {
+                if folder {
+                    dialog.pick_folder()
+                } else {
+                    dialog.add_filter("safetensors", &["safetensors"]).pick_file()
+                }
+            })
+            .ok()
+            .flatten();
+            if let Some(path) = picked {
+                let _ = sender.send(path);
+            }
+            ctx.request_repaint();
+        };
+        if cfg!(target_os = "macos") {
+            pick();
+        } else {
+            let _ = std::thread::Builder::new().name("melo-adapter-dialog".into()).spawn(pick);
+        }
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, viewer: &Viewer, commands: &mut Vec<Command>) {
+        let send = |commands: &mut Vec<Command>, c: DiagnosisCommand| commands.push(Command::Diagnosis(c));
+        ui.heading("Diagnosis");
+        match &self.state {
+            EngineState::NoBackbone => {
+                ui.label(
+                    RichText::new("No backbone found: put DINOv2 ViT-S/14 in assets/backbone or set MELO_BACKBONE.")
+                        .color(Color32::from_rgb(230, 180, 60)),
+                );
+                return;
+            }
+            EngineState::Loading => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label("Loading the backbone…");
+                });
+                return;
+            }
+            EngineState::Failed(message) => {
+                ui.label(RichText::new(message).color(Color32::from_rgb(235, 90, 80)));
+                if ui.button("Restart").clicked() {
+                    send(commands, DiagnosisCommand::Restart);
+                }
+                return;
+            }
+            EngineState::Ready { backbone, load_ms } => {
+                ui.label(RichText::new(format!("Backbone {backbone} (loaded in {load_ms:.0} ms)")).small());
+            }
+        }
+
+        ui.horizontal(|ui| {
+            if ui.button("Load adapter…").on_hover_text("Ctrl+L").clicked() {
+                send(commands, DiagnosisCommand::OpenImportDialog);
+            }
+            if self.is_busy() {
+                ui.spinner();
+            }
+        });
+        if self.tasks.is_empty() {
+            let folder = self
+                .adapters_dir
+                .as_ref()
+                .map_or_else(|| "adapters/".to_string(), |d| d.display().to_string());
+            ui.label(
+                RichText::new(format!(
+                    "No adapters in {folder}. Train one (melo train …), import one \
+                     (melo adapters import-melo FILE --task NAME --alpha 4, or import-peft FOLDER --task NAME), \
+                     or use Load adapter… for this session."
+                ))
+                .color(Color32::from_rgb(230, 180, 60)),
+            );
+            return;
+        }
+
+        let selected = self.selected.clone().unwrap_or_default();
+        egui::ComboBox::from_label("Task")
+            .selected_text(&selected)
+            .width(200.0)
+            .show_ui(ui, |ui| {
+                for info in &self.tasks {
+                    let text = format!("{} · {} · {}", info.task, modality_or_any(&info.modality), info.labels.join("/"));
+                    if ui.selectable_label(info.task == selected, text).clicked() {
+                        send(commands, DiagnosisCommand::SelectTask(info.task.clone()));
+                    }
+                }
+            });
+        let Some(info) = self.task(&selected).cloned() else { return };
+        match self.latency_ms.get(&info.task) {
+            Some(ms) => ui.label(format!("Latency {ms:.0} ms (last prediction, this machine)")),
+            None => ui.label("Latency: measuring…"),
+        };
+        ui.label(format!("Intended modality: {}", modality_or_any(&info.modality)));
+        if !info.metrics.is_empty() {
+            let metrics: Vec<String> = info.metrics.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+            ui.label(format!("Recorded test metrics: {}", metrics.join(", ")));
+        } else {
+            ui.label(RichText::new("No test metrics recorded in this adapter").weak());
+        }
+        if !info.training_dataset.is_empty() {
+            ui.label(RichText::new(format!("Trained on {}", info.training_dataset)).small());
+        }
+
+        let current = viewer.current().map(|(image, _)| image.meta.modality.clone());
+        let key = viewer.stack.as_ref().map(|s| ImageKey {
+            stack_id: s.id,
+            slice: viewer.state.slice,
+        });
+        if let Some(warning) = current.as_deref().and_then(|m| modality_warning(m, &info.modality)) {
+            ui.label(RichText::new(warning).color(Color32::from_rgb(230, 180, 60)));
+        }
+        ui.separator();
+
+        match key {
+            None => {
+                ui.label("Open an image to classify it.");
+            }
+            Some(key) => {
+                let failed = self.failure.as_ref().filter(|(k, _)| *k == key);
+                let shown = self.shown.as_ref().filter(|s| s.key == key && s.prediction.task == info.task);
+                match (shown, failed) {
+                    (Some(shown), _) => probabilities_ui(ui, &shown.prediction),
+                    (None, Some((_, message))) => {
+                        ui.label(
+                            RichText::new(format!("Cannot classify this image: {message}"))
+                                .color(Color32::from_rgb(235, 90, 80)),
+                        );
+                    }
+                    (None, None) => {
+                        ui.horizontal(|ui| {
+                            ui.spinner();
+                            ui.label("Classifying…");
+                        });
+                    }
+                }
+            }
+        }
+
+        ui.separator();
+        let mut heatmap = self.heatmap_enabled;
+        if ui
+            .checkbox(&mut heatmap, "Heatmap overlay")
+            .on_hover_text("Attention rollout of the selected task on the image (H)")
+            .changed()
+        {
+            send(commands, DiagnosisCommand::SetHeatmap(heatmap));
+        }
+        ui.add_enabled_ui(self.heatmap_enabled, |ui| {
+            let mut opacity = self.heatmap_opacity;
+            if ui.add(egui::Slider::new(&mut opacity, 0.0..=1.0).text("Opacity")).changed() {
+                send(commands, DiagnosisCommand::SetHeatmapOpacity(opacity));
+            }
+        });
+
+        ui.separator();
+        let mut all = self.show_all_tasks;
+        if ui
+            .checkbox(&mut all, "All tasks")
+            .on_hover_text("Run every adapter on this image (A)")
+            .changed()
+        {
+            send(commands, DiagnosisCommand::SetShowAllTasks(all));
+        }
+        if self.show_all_tasks {
+            match (&self.all_tasks, key) {
+                (Some((k, rows)), Some(key)) if *k == key => all_tasks_ui(ui, rows, &self.tasks),
+                (_, Some(_)) => {
+                    ui.horizontal(|ui| {
+                        ui.spinner();
+                        ui.label("Running every task…");
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The "Load adapter…" window.
+    pub fn import_ui(&mut self, ctx: &egui::Context, commands: &mut Vec<Command>) {
+        if !self.import.open {
+            return;
+        }
+        let mut open = true;
+        egui::Window::new("Load adapter")
+            .open(&mut open)
+            .collapsible(false)
+            .resizable(false)
+            .show(ctx, |ui| {
+                egui::Grid::new("import_grid").num_columns(2).show(ui, |ui| {
+                    ui.label("Layout");
+                    egui::ComboBox::from_id_salt("import_layout")
+                        .selected_text(self.import.layout.label())
+                        .show_ui(ui, |ui| {
+                            for layout in AdapterLayout::ALL {
+                                ui.selectable_value(&mut self.import.layout, layout, layout.label());
+                            }
+                        });
+                    ui.end_row();
+                    ui.label("File");
+                    ui.horizontal(|ui| {
+                        ui.add(egui::TextEdit::singleline(&mut self.import.path).desired_width(280.0));
+                        if ui.button("Browse…").clicked() {
+                            commands.push(Command::Diagnosis(DiagnosisCommand::BrowseAdapter));
+                        }
+                    });
+                    ui.end_row();
+                    if self.import.layout != AdapterLayout::Workstation {
+                        ui.label("Task name");
+                        ui.text_edit_singleline(&mut self.import.fields.task);
+                        ui.end_row();
+                        ui.label("Labels (comma-separated)");
+                        ui.text_edit_singleline(&mut self.import.fields.labels);
+                        ui.end_row();
+                        ui.label("Modality");
+                        ui.text_edit_singleline(&mut self.import.fields.modality);
+                        ui.end_row();
+                        ui.label("LoRA alpha");
+                        ui.text_edit_singleline(&mut self.import.alpha_text);
+                        ui.end_row();
+                    }
+                });
+                ui.horizontal(|ui| {
+                    let path = self.import.path.trim();
+                    if ui.add_enabled(!path.is_empty(), egui::Button::new("Load")).clicked() {
+                        let mut fields = self.import.fields.clone();
+                        fields.alpha = self.import.alpha_text.trim().parse::<f64>().ok();
+                        commands.push(Command::Diagnosis(DiagnosisCommand::LoadAdapter {
+                            path: PathBuf::from(path),
+                            layout: self.import.layout,
+                            fields,
+                        }));
+                    }
+                    if ui.button("Cancel").clicked() {
+                        commands.push(Command::Diagnosis(DiagnosisCommand::CloseImportDialog));
+                    }
+                });
+                ui.label(
+                    RichText::new("Loaded for this session; `melo adapters import-…` adds it to the folder for good.")
+                        .small()
+                        .weak(),
+                );
+            });
+        if !open {
+            self.import.open = false;
+        }
+    }
+}
+
+/// MeLo files have `w_a_*` tensors and no metadata; PEFT comes as a folder with its config.
+fn guess_layout(path: &Path) -> AdapterLayout {
+    if path.is_dir() || path.with_file_name("adapter_config.json").is_file() {
+        AdapterLayout::Peft
+    } else {
+        AdapterLayout::Workstation
+    }
+}
+
+fn modality_or_any(modality: &str) -> &str {
+    if modality.is_empty() {
+        "any modality"
+    } else {
+        modality
+    }
+}
+
+/// A warning when the image's modality is not the one the adapter was trained for.
+pub fn modality_warning(image_modality: &str, adapter_modality: &str) -> Option<String> {
+    let wanted = adapter_modality.trim();
+    if wanted.is_empty() {
+        return None;
+    }
+    let have = image_modality.trim();
+    if have.is_empty() {
+        return Some(format!(
+            "This image does not say its modality; the adapter is meant for {wanted}"
+        ));
+    }
+    (!have.eq_ignore_ascii_case(wanted))
+        .then(|| format!("Modality mismatch: this image is {have}, the adapter is meant for {wanted}"))
+}
+
+/// The bar chart and, under it, the same numbers as text (readable, and findable by tests).
+fn probabilities_ui(ui: &mut egui::Ui, prediction: &Prediction) {
+    let (top, p) = prediction.top();
+    ui.label(RichText::new(format!("{top}: {:.1} %", p * 100.0)).strong().size(16.0));
+    let bars: Vec<Bar> = prediction
+        .probabilities
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            Bar::new(i as f64, f64::from(p))
+                .name(prediction.labels.get(i).cloned().unwrap_or_default())
+                .width(0.7)
+        })
+        .collect();
+    let labels = prediction.labels.clone();
+    Plot::new("diagnosis_probabilities")
+        .height(150.0)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .allow_boxed_zoom(false)
+        .allow_double_click_reset(false)
+        .show_grid([false, true])
+        .include_y(0.0)
+        .include_y(1.0)
+        .x_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .show(ui, |plot| {
+            plot.bar_chart(BarChart::new("probability", bars).color(Color32::from_rgb(90, 160, 230)));
+        });
+    egui::Grid::new("diagnosis_probability_rows").num_columns(2).show(ui, |ui| {
+        for (label, p) in prediction.labels.iter().zip(&prediction.probabilities) {
+            ui.label(label);
+            ui.label(format!("{:.1} %", p * 100.0));
+            ui.end_row();
+        }
+    });
+    if prediction.multi_label {
+        ui.label(RichText::new("Multi-label task: each probability is independent").small().weak());
+    }
+}
+
+fn all_tasks_ui(ui: &mut egui::Ui, rows: &[TaskRow], tasks: &[TaskInfo]) {
+    egui::Grid::new("diagnosis_all_tasks").striped(true).num_columns(5).show(ui, |ui| {
+        for header in ["Task", "Modality", "Top class", "p", "ms"] {
+            ui.strong(header);
+        }
+        ui.end_row();
+        for row in rows {
+            let (top, p) = row.prediction.top();
+            let modality = tasks
+                .iter()
+                .find(|t| t.task == row.prediction.task)
+                .map_or("", |t| t.modality.as_str());
+            ui.label(&row.prediction.task);
+            ui.label(modality_or_any(modality));
+            ui.label(top);
+            ui.label(format!("{:.1} %", p * 100.0));
+            ui.label(format!("{:.0}", row.latency_ms));
+            ui.end_row();
+        }
+    });
+}
+
+/// The heatmap as a translucent colour image: cold and transparent where the model did not
+/// look, warm and opaque where it did.
+fn heatmap_image(heatmap: &Heatmap) -> ColorImage {
+    let step = heatmap.rows.max(heatmap.cols).div_ceil(HEATMAP_MAX_SIDE).max(1);
+    let rows = heatmap.rows.div_ceil(step);
+    let cols = heatmap.cols.div_ceil(step);
+    let mut pixels = Vec::with_capacity(rows * cols);
+    for y in 0..rows {
+        for x in 0..cols {
+            let v = heatmap
+                .values
+                .get((y * step) * heatmap.cols + x * step)
+                .copied()
+                .unwrap_or(0.0);
+            pixels.push(heat_colour(v));
+        }
+    }
+    ColorImage::new([cols, rows], pixels)
+}
+
+/// Blue → cyan → yellow → red, with alpha rising with the value.
+fn heat_colour(v: f32) -> Color32 {
+    let v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 };
+    let ramp = |a: f32, b: f32, t: f32| a + (b - a) * t;
+    let (r, g, b) = if v < 1.0 / 3.0 {
+        let t = v * 3.0;
+        (0.0, ramp(0.0, 1.0, t), 1.0)
+    } else if v < 2.0 / 3.0 {
+        let t = v * 3.0 - 1.0;
+        (ramp(0.0, 1.0, t), 1.0, ramp(1.0, 0.0, t))
+    } else {
+        let t = v * 3.0 - 2.0;
+        (1.0, ramp(1.0, 0.0, t), 0.0)
+    };
+    let to_u8 = |c: f32| (c * 255.0).round() as u8;
+    Color32::from_rgba_unmultiplied(to_u8(r), to_u8(g), to_u8(b), to_u8(0.15 + 0.85 * v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modality_warning_only_on_a_real_mismatch() {
+        assert_eq!(modality_warning("CR", "cr"), None);
+        assert_eq!(modality_warning("MR", ""), None);
+        assert!(modality_warning("MR", "CR").unwrap().contains("this image is MR"));
+        assert!(modality_warning("", "CR").is_some());
+    }
+
+    #[test]
+    fn heat_colours_run_from_cold_to_warm() {
+        let cold = heat_colour(0.0).to_srgba_unmultiplied();
+        let hot = heat_colour(1.0).to_srgba_unmultiplied();
+        assert_eq!([cold[0], cold[2]], [0, 255]);
+        assert_eq!([hot[0], hot[2]], [255, 0]);
+        assert!(hot[3] > cold[3]);
+        assert_eq!(heat_colour(f32::NAN), heat_colour(0.0));
+    }
+}

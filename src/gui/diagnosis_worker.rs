@@ -1,0 +1,512 @@
+//! The diagnosis worker: one thread owns the [`Engine`] (backbone + adapters) for the life of
+//! the window. The UI sends [`DiagnosisRequest`]s and receives [`DiagnosisEvent`]s over
+//! channels; every event wakes the UI (`request_repaint`), so nothing ever waits on a forward.
+//!
+//! * Predictions are coalesced: when several are queued (the user scrolls through slices
+//!   faster than the model runs), only the newest of each kind runs — the others would be
+//!   stale by the time they finished.
+//! * A panic while serving one request becomes a [`DiagnosisEvent::Failed`] and the worker
+//!   carries on with the same engine (prediction only reads it). If the thread dies anyway,
+//!   the UI sees the channel close and offers a restart.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::image::MedicalImage;
+use crate::model::engine::{Heatmap, Prediction};
+use crate::model::lora::{Adapter, ImportOptions};
+use crate::model::Engine;
+
+/// Which slice of which loaded series an image is: results are matched to the view by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    pub stack_id: u64,
+    pub slice: usize,
+}
+
+/// What the panel shows about an adapter (copied out of the engine, which stays on the worker).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInfo {
+    pub task: String,
+    pub labels: Vec<String>,
+    pub modality: String,
+    pub description: String,
+    /// Recorded test metrics, e.g. `test_accuracy`.
+    pub metrics: Vec<(String, f64)>,
+    pub training_dataset: String,
+    pub source: String,
+    pub rank: usize,
+    pub input_size: usize,
+    pub parameter_count: usize,
+    pub multi_label: bool,
+}
+
+impl TaskInfo {
+    fn of(adapter: &Adapter) -> Self {
+        let m = adapter.metadata();
+        Self {
+            task: m.task.clone(),
+            labels: m.labels.clone(),
+            modality: m.modality.clone(),
+            description: m.description.clone(),
+            metrics: m.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            training_dataset: m.training.dataset.clone(),
+            source: m.source.clone(),
+            rank: m.rank,
+            input_size: m.input_size,
+            parameter_count: adapter.parameter_count(),
+            multi_label: m.multi_label,
+        }
+    }
+}
+
+/// How an adapter file from elsewhere is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdapterLayout {
+    /// This program's own `.safetensors` format (metadata inside).
+    #[default]
+    Workstation,
+    /// MeLo's published layout (`w_a_*`, `w_b_*`, `fc_*`): needs a task name and alpha.
+    Melo,
+    /// A Hugging Face PEFT folder (`adapter_config.json` + `adapter_model.safetensors`).
+    Peft,
+}
+
+impl AdapterLayout {
+    pub const ALL: [AdapterLayout; 3] = [AdapterLayout::Workstation, AdapterLayout::Melo, AdapterLayout::Peft];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AdapterLayout::Workstation => "MeLo Workstation (.safetensors)",
+            AdapterLayout::Melo => "MeLo (w_a / w_b / fc)",
+            AdapterLayout::Peft => "PEFT folder",
+        }
+    }
+}
+
+/// What an import needs beyond the file (MeLo and PEFT files do not name their task).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ImportFields {
+    pub task: String,
+    /// Comma-separated class names; empty for `class_0`, `class_1`, ….
+    pub labels: String,
+    /// LoRA alpha for MeLo files (they do not store it).
+    pub alpha: Option<f64>,
+    pub modality: String,
+}
+
+/// What the UI asks of the worker.
+#[derive(Debug, Clone)]
+pub enum DiagnosisRequest {
+    /// Load the backbone and register every adapter of a folder (replaces any engine).
+    Open {
+        backbone: PathBuf,
+        adapters: Option<PathBuf>,
+    },
+    /// One task on one frame; with a heatmap if asked (one forward either way).
+    Predict {
+        key: ImageKey,
+        image: Arc<MedicalImage>,
+        frame: usize,
+        task: String,
+        heatmap: bool,
+    },
+    /// Every task on one frame, each timed.
+    PredictAll {
+        key: ImageKey,
+        image: Arc<MedicalImage>,
+        frame: usize,
+    },
+    /// Register an adapter file from elsewhere for this session.
+    LoadAdapter {
+        path: PathBuf,
+        layout: AdapterLayout,
+        fields: ImportFields,
+    },
+    /// Panics inside the worker: lets tests check that a crash becomes a message.
+    #[doc(hidden)]
+    Panic,
+}
+
+/// One row of the "all tasks" table.
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub prediction: Prediction,
+    pub latency_ms: f64,
+}
+
+/// What the worker reports.
+#[derive(Debug, Clone)]
+pub enum DiagnosisEvent {
+    Opened {
+        backbone: String,
+        load_ms: f64,
+        adapters_dir: Option<PathBuf>,
+        tasks: Vec<TaskInfo>,
+        /// Adapter files that were skipped, with the reason.
+        rejected: Vec<String>,
+    },
+    OpenFailed {
+        message: String,
+    },
+    Predicted {
+        key: ImageKey,
+        prediction: Prediction,
+        heatmap: Option<Heatmap>,
+        /// Wall time of preprocessing + forward + head on the worker.
+        latency_ms: f64,
+    },
+    PredictedAll {
+        key: ImageKey,
+        rows: Vec<TaskRow>,
+    },
+    AdapterLoaded {
+        info: TaskInfo,
+        path: PathBuf,
+    },
+    /// A request failed (bad image, bad adapter, a panic); the worker keeps serving.
+    Failed {
+        /// What was being done, e.g. "Prediction".
+        what: &'static str,
+        message: String,
+        /// The image it was about, for predictions.
+        key: Option<ImageKey>,
+    },
+}
+
+/// The UI side of the worker thread.
+pub struct DiagnosisWorker {
+    requests: Sender<DiagnosisRequest>,
+    events: Receiver<DiagnosisEvent>,
+    /// Requests sent and not yet answered (coalesced ones count as answered).
+    pending: Arc<AtomicUsize>,
+    alive: bool,
+}
+
+impl DiagnosisWorker {
+    /// Starts the thread. It does nothing until the first request.
+    pub fn spawn(ctx: &egui::Context) -> std::io::Result<Self> {
+        let (requests, inbox) = channel();
+        let (outbox, events) = channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let worker_pending = pending.clone();
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("melo-diagnosis".into())
+            .spawn(move || serve(inbox, outbox, worker_pending, ctx))?;
+        Ok(Self {
+            requests,
+            events,
+            pending,
+            alive: true,
+        })
+    }
+
+    pub fn send(&mut self, request: DiagnosisRequest) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.requests.send(request).is_err() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            self.alive = false;
+        }
+    }
+
+    /// True while a request is queued or running.
+    pub fn is_busy(&self) -> bool {
+        self.alive && self.pending.load(Ordering::SeqCst) > 0
+    }
+
+    /// False once the thread has gone (the channel closed).
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// Events received since the last call.
+    pub fn poll(&mut self) -> Vec<DiagnosisEvent> {
+        let mut out = Vec::new();
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => out.push(event),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.alive = false;
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn serve(inbox: Receiver<DiagnosisRequest>, outbox: Sender<DiagnosisEvent>, pending: Arc<AtomicUsize>, ctx: egui::Context) {
+    let send = |event: DiagnosisEvent| {
+        let _ = outbox.send(event);
+        ctx.request_repaint();
+    };
+    let mut engine: Option<Engine> = None;
+    // `recv` fails only when the UI side is dropped: the window closed.
+    while let Ok(first) = inbox.recv() {
+        let mut batch = vec![first];
+        batch.extend(inbox.try_iter());
+        let received = batch.len();
+        let batch = coalesce(batch);
+        pending.fetch_sub(received - batch.len(), Ordering::SeqCst);
+        for request in batch {
+            let what = request_name(&request);
+            let key = match &request {
+                DiagnosisRequest::Predict { key, .. } | DiagnosisRequest::PredictAll { key, .. } => Some(*key),
+                _ => None,
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| handle(request, &mut engine)));
+            let event = match outcome {
+                Ok(event) => event,
+                Err(payload) => DiagnosisEvent::Failed {
+                    what,
+                    message: format!("internal error in the diagnosis worker: {}", panic_text(&*payload)),
+                    key,
+                },
+            };
+            // Answered before the event is sent, so a UI that sees the event never sees
+            // this request as still pending.
+            pending.fetch_sub(1, Ordering::SeqCst);
+            send(event);
+        }
+    }
+}
+
+/// Keeps only the newest `Predict` and the newest `PredictAll`; everything else runs in order.
+fn coalesce(batch: Vec<DiagnosisRequest>) -> Vec<DiagnosisRequest> {
+    let last_predict = batch.iter().rposition(|r| matches!(r, DiagnosisRequest::Predict { .. }));
+    let last_all = batch.iter().rposition(|r| matches!(r, DiagnosisRequest::PredictAll { .. }));
+    batch
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| match r {
+            DiagnosisRequest::Predict { .. } => Some(*i) == last_predict,
+            DiagnosisRequest::PredictAll { .. } => Some(*i) == last_all,
+            _ => true,
+        })
+        .map(|(_, r)| r)
+        .collect()
+}
+
+fn request_name(request: &DiagnosisRequest) -> &'static str {
+    match request {
+        DiagnosisRequest::Open { .. } => "Loading the model",
+        DiagnosisRequest::Predict { .. } => "Prediction",
+        DiagnosisRequest::PredictAll { .. } => "All-tasks prediction",
+        DiagnosisRequest::LoadAdapter { .. } => "Loading the adapter",
+        DiagnosisRequest::Panic => "Test request",
+    }
+}
+
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEvent {
+    let no_engine = |what| DiagnosisEvent::Failed {
+        what,
+        message: "the model is not loaded".into(),
+        key: None,
+    };
+    match request {
+        DiagnosisRequest::Open { backbone, adapters } => {
+            let start = Instant::now();
+            match open_engine(&backbone, adapters.as_deref()) {
+                Ok((opened, rejected)) => {
+                    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+                    let tasks = opened.adapters().iter().map(TaskInfo::of).collect();
+                    let backbone = backbone_name(&backbone);
+                    *engine = Some(opened);
+                    DiagnosisEvent::Opened {
+                        backbone,
+                        load_ms,
+                        adapters_dir: adapters,
+                        tasks,
+                        rejected,
+                    }
+                }
+                Err(message) => {
+                    *engine = None;
+                    DiagnosisEvent::OpenFailed { message }
+                }
+            }
+        }
+        DiagnosisRequest::Predict {
+            key,
+            image,
+            frame,
+            task,
+            heatmap,
+        } => {
+            let Some(engine) = engine.as_mut() else {
+                return no_engine("Prediction");
+            };
+            let start = Instant::now();
+            let outcome = if heatmap {
+                engine
+                    .switch(&task)
+                    .and_then(|()| engine.explain(&image, frame))
+                    .map(|e| (e.prediction, Some(e.heatmap)))
+            } else {
+                engine.predict_task(&task, &image, frame).map(|p| (p, None))
+            };
+            match outcome {
+                Ok((prediction, heatmap)) => DiagnosisEvent::Predicted {
+                    key,
+                    prediction,
+                    heatmap,
+                    latency_ms: start.elapsed().as_secs_f64() * 1e3,
+                },
+                Err(e) => DiagnosisEvent::Failed {
+                    what: "Prediction",
+                    message: e.to_string(),
+                    key: Some(key),
+                },
+            }
+        }
+        DiagnosisRequest::PredictAll { key, image, frame } => {
+            let Some(engine) = engine.as_ref() else {
+                return no_engine("All-tasks prediction");
+            };
+            let tasks: Vec<String> = engine.tasks().map(str::to_string).collect();
+            let mut rows = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                let start = Instant::now();
+                match engine.predict_task(&task, &image, frame) {
+                    Ok(prediction) => rows.push(TaskRow {
+                        prediction,
+                        latency_ms: start.elapsed().as_secs_f64() * 1e3,
+                    }),
+                    Err(e) => {
+                        return DiagnosisEvent::Failed {
+                            what: "All-tasks prediction",
+                            message: format!("{task}: {e}"),
+                            key: Some(key),
+                        }
+                    }
+                }
+            }
+            DiagnosisEvent::PredictedAll { key, rows }
+        }
+        DiagnosisRequest::LoadAdapter { path, layout, fields } => {
+            let Some(engine) = engine.as_mut() else {
+                return no_engine("Loading the adapter");
+            };
+            match load_adapter(engine, &path, layout, &fields) {
+                Ok(info) => DiagnosisEvent::AdapterLoaded { info, path },
+                Err(message) => DiagnosisEvent::Failed {
+                    what: "Loading the adapter",
+                    message,
+                    key: None,
+                },
+            }
+        }
+        DiagnosisRequest::Panic => panic!("requested by a test"),
+    }
+}
+
+fn open_engine(backbone: &Path, adapters: Option<&Path>) -> Result<(Engine, Vec<String>), String> {
+    let mut engine = Engine::open(backbone).map_err(|e| format!("cannot load the backbone: {e}"))?;
+    let mut rejected = Vec::new();
+    if let Some(dir) = adapters {
+        match engine.register_dir(dir) {
+            Ok(skipped) => rejected.extend(skipped.into_iter().map(|r| {
+                format!(
+                    "{}: {}",
+                    r.path.file_name().map_or_else(|| r.path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+                    r.reason
+                )
+            })),
+            Err(e) => rejected.push(format!("cannot read the adapters folder: {e}")),
+        }
+    }
+    Ok((engine, rejected))
+}
+
+fn load_adapter(engine: &mut Engine, path: &Path, layout: AdapterLayout, fields: &ImportFields) -> Result<TaskInfo, String> {
+    let adapter = match layout {
+        AdapterLayout::Workstation => Adapter::load(path).map_err(|e| e.to_string())?,
+        AdapterLayout::Melo | AdapterLayout::Peft => {
+            let task = fields.task.trim();
+            if task.is_empty() {
+                return Err("give the task a name (MeLo and PEFT files do not store one)".into());
+            }
+            let mut options = ImportOptions::for_backbone(task, engine.backbone());
+            let labels: Vec<String> = fields
+                .labels
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if !labels.is_empty() {
+                options.labels = Some(labels);
+            }
+            options.alpha = fields.alpha;
+            options.modality = fields.modality.trim().to_string();
+            if layout == AdapterLayout::Melo {
+                Adapter::import_melo(path, &options)
+            } else {
+                Adapter::import_peft(path, &options)
+            }
+            .map_err(|e| e.to_string())?
+        }
+    };
+    let info = TaskInfo::of(&adapter);
+    engine.register(adapter).map_err(|e| e.to_string())?;
+    Ok(info)
+}
+
+/// The backbone as the panel names it: the folder name and the weights' architecture.
+fn backbone_name(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn predict(slice: usize) -> DiagnosisRequest {
+        DiagnosisRequest::Predict {
+            key: ImageKey { stack_id: 1, slice },
+            image: Arc::new(MedicalImage {
+                meta: Default::default(),
+                frames: 1,
+                rows: 1,
+                cols: 1,
+                channels: 1,
+                values: vec![0.0],
+            }),
+            frame: 0,
+            task: "t".into(),
+            heatmap: false,
+        }
+    }
+
+    #[test]
+    fn coalescing_keeps_the_newest_prediction_and_every_other_request() {
+        let batch = vec![
+            predict(0),
+            DiagnosisRequest::Open {
+                backbone: "b".into(),
+                adapters: None,
+            },
+            predict(1),
+            predict(2),
+        ];
+        let kept = coalesce(batch);
+        assert_eq!(kept.len(), 2);
+        assert!(matches!(kept[0], DiagnosisRequest::Open { .. }));
+        assert!(matches!(kept[1], DiagnosisRequest::Predict { key, .. } if key.slice == 2));
+    }
+}

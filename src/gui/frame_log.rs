@@ -1,0 +1,56 @@
+//! Frame timing for measurements (`MELO_FRAME_LOG=FILE`): one CSV line per frame with the time
+//! the UI code took, the time since the previous frame, and whether an audit or a prediction
+//! was running. `tools/frame_time.sh` drives the real window and summarises the file.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::Instant;
+
+pub struct FrameLog {
+    out: BufWriter<File>,
+    started: Instant,
+    last_frame: Option<Instant>,
+}
+
+impl FrameLog {
+    /// From `MELO_FRAME_LOG`, if set (a file that cannot be created is reported once on stderr).
+    pub fn from_env() -> Option<Self> {
+        let path = std::env::var_os("MELO_FRAME_LOG")?;
+        match Self::create(Path::new(&path)) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                eprintln!("melo: cannot write the frame log {}: {e}", Path::new(&path).display());
+                None
+            }
+        }
+    }
+
+    fn create(path: &Path) -> std::io::Result<Self> {
+        let mut out = BufWriter::new(File::create(path)?);
+        writeln!(out, "t_s,ui_ms,interval_ms,audit_running,diagnosis_busy")?;
+        Ok(Self {
+            out,
+            started: Instant::now(),
+            last_frame: None,
+        })
+    }
+
+    /// Records one frame that started at `start` and has just finished.
+    pub fn record(&mut self, start: Instant, audit_running: bool, diagnosis_busy: bool) {
+        let ui_ms = start.elapsed().as_secs_f64() * 1e3;
+        let interval_ms = self
+            .last_frame
+            .map_or(0.0, |last| start.duration_since(last).as_secs_f64() * 1e3);
+        self.last_frame = Some(start);
+        let t = start.duration_since(self.started).as_secs_f64();
+        // A measurement aid: a failed write only loses measurements.
+        let _ = writeln!(
+            self.out,
+            "{t:.4},{ui_ms:.3},{interval_ms:.3},{},{}",
+            u8::from(audit_running),
+            u8::from(diagnosis_busy)
+        );
+        let _ = self.out.flush();
+    }
+}

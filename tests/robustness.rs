@@ -29,6 +29,15 @@ fn open_truncations(files: &[PathBuf]) -> usize {
     for path in files {
         let bytes = std::fs::read(path).unwrap();
         let n = bytes.len();
+        // Error messages end up in logs and on screens others see: they must not carry the
+        // patient's name or ID (checked for every file whose header names a patient).
+        let identifiers: Vec<String> = melo::image::parse_header_bytes(&bytes)
+            .map(|m| vec![m.patient_name.clone(), m.patient_id.clone()])
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| s.len() >= 4)
+            .collect();
         let cuts = [0, 1, 131, 132, 200, n / 10, n / 3, n / 2, n * 9 / 10, n.saturating_sub(1), n];
         for &cut in &cuts {
             let slice = &bytes[..cut.min(n)];
@@ -38,7 +47,11 @@ fn open_truncations(files: &[PathBuf]) -> usize {
             let outcome = std::panic::catch_unwind(|| load_dicom_bytes(slice, &LoadOptions::default()).map(|i| i.values.len()));
             assert!(outcome.is_ok(), "{} cut at {cut} bytes panicked", path.display());
             if let Ok(Err(e)) = &outcome {
-                assert!(!e.to_string().trim().is_empty());
+                let text = e.to_string();
+                assert!(!text.trim().is_empty());
+                for id in &identifiers {
+                    assert!(!text.contains(id.as_str()), "{} cut at {cut}: error shows patient identifier: {text}", path.display());
+                }
             }
             opened += 1;
         }

@@ -109,6 +109,16 @@ fn wait_for(harness: &mut Harness<'_, MeloApp>, what: &str, limit: Duration, don
     }
 }
 
+/// [`wait_for`] for an audit that must not fail: a failure ends the wait at once, with its text.
+fn wait_for_audit(harness: &mut Harness<'_, MeloApp>, what: &str, done: impl Fn(&MeloApp) -> bool) {
+    wait_for(harness, what, LONG, |app| {
+        if let Some(failure) = app.messages.iter().find(|m| m.text.starts_with("Audit failed")) {
+            panic!("the audit failed while waiting for {what}: {}", failure.text);
+        }
+        done(app)
+    });
+}
+
 fn label_shown(harness: &Harness<'_, MeloApp>, text: &str) -> bool {
     harness.query_all_by_label_contains(text).next().is_some()
 }
@@ -462,10 +472,10 @@ fn a_tiny_audit_runs_to_completion_and_fills_plot_table_and_gallery() {
     tiny_config(harness.state_mut());
     harness.run_steps(2);
     harness.get_by_label("Run").click();
-    wait_for(&mut harness, "the progress bar", LONG, |app| {
+    wait_for_audit(&mut harness, "the progress bar", |app| {
         matches!(app.privacy.state, RunState::Running { .. }) || app.privacy.report.is_some()
     });
-    wait_for(&mut harness, "the audit and its gallery", LONG, |app| {
+    wait_for_audit(&mut harness, "the audit and its gallery", |app| {
         !app.is_audit_running() && !app.privacy.gallery.is_empty()
     });
     let app = harness.state();
@@ -516,7 +526,7 @@ fn cancel_stops_a_running_audit() {
     harness.state_mut().send(Command::Privacy(PrivacyCommand::ApplyPreset(Preset::Full)));
     harness.run_steps(2);
     harness.state_mut().send(Command::RunAudit);
-    wait_for(&mut harness, "model calls", LONG, |app| {
+    wait_for_audit(&mut harness, "model calls", |app| {
         matches!(&app.privacy.state, RunState::Running { done, .. } if *done > 0)
     });
     assert!(label_shown(&harness, "elapsed"), "progress line shown");

@@ -324,7 +324,14 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
                 Ok((opened, rejected)) => {
                     let load_ms = start.elapsed().as_secs_f64() * 1e3;
                     let tasks = opened.adapters().iter().map(TaskInfo::of).collect();
-                    let backbone = backbone_name(&backbone);
+                    let cfg = opened.backbone().config();
+                    let backbone = format!(
+                        "ViT dim {}, {} blocks, patch {} ({})",
+                        cfg.embed_dim,
+                        cfg.depth,
+                        cfg.patch_size,
+                        backbone_name(&backbone)
+                    );
                     *engine = Some(opened);
                     DiagnosisEvent::Opened {
                         backbone,
@@ -466,7 +473,7 @@ fn load_adapter(engine: &mut Engine, path: &Path, layout: AdapterLayout, fields:
     Ok(info)
 }
 
-/// The backbone as the panel names it: the folder name and the weights' architecture.
+/// The backbone folder's name.
 fn backbone_name(dir: &Path) -> String {
     dir.file_name()
         .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())

@@ -309,11 +309,14 @@ impl MeloApp {
         }
     }
 
-    /// The app without eframe (tests, other hosts): default settings, `paths` opened on the
-    /// first frame, the shipped backbone and adapters. Drive it by calling [`MeloApp::show`]
-    /// each frame.
+    /// The viewer without eframe (tests, other hosts): default settings, `paths` opened on
+    /// the first frame, no diagnosis model (see [`MeloApp::with_options`] for one). Drive it by
+    /// calling [`MeloApp::show`] each frame.
     pub fn with_paths(paths: Vec<PathBuf>) -> Self {
-        Self::with_options(AppOptions::new(paths))
+        Self::with_options(AppOptions {
+            paths,
+            ..AppOptions::default()
+        })
     }
 
     /// The app without eframe, with the given folders.

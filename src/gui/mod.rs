@@ -729,7 +729,8 @@ impl MeloApp {
                 if ui.button("Dismiss").clicked() {
                     commands.push(Command::DismissMessage(message.id));
                 }
-                ui.label(RichText::new(format!("{prefix}: {}", message.text)).color(color));
+                let text = drawable(ui.ctx(), &message.text);
+                ui.label(RichText::new(format!("{prefix}: {text}")).color(color));
             });
             if !message.details.is_empty() {
                 egui::CollapsingHeader::new(format!("Details ({})", message.details.len()))
@@ -740,7 +741,7 @@ impl MeloApp {
                             .id_salt(("message_scroll", message.id))
                             .show(ui, |ui| {
                                 for line in &message.details {
-                                    ui.label(line);
+                                    ui.label(drawable(ui.ctx(), line));
                                 }
                             });
                     });
@@ -789,6 +790,36 @@ impl MeloApp {
             }
         });
     }
+}
+
+/// `text` with the characters the proportional font cannot draw (arrows, maths signs in
+/// messages from the libraries) spelled in ASCII, so no box ("tofu") appears in their place.
+pub fn drawable(ctx: &egui::Context, text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_string();
+    }
+    let font = egui::FontId::proportional(14.0);
+    ctx.fonts_mut(|fonts| {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c.is_ascii() || fonts.has_glyph(&font, c) {
+                out.push(c);
+                continue;
+            }
+            out.push_str(match c {
+                '→' | '⇒' => "->",
+                '←' => "<-",
+                '↑' => "^",
+                '↓' => "v",
+                '≥' => ">=",
+                '≤' => "<=",
+                '≈' => "~",
+                '−' | '–' | '—' => "-",
+                _ => "?",
+            });
+        }
+        out
+    })
 }
 
 /// While files are dragged over the window, say that dropping opens them.

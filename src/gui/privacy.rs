@@ -469,6 +469,7 @@ impl PrivacyPanel {
                         .show_percentage()
                         .animate(true),
                 );
+                let message = super::drawable(ui.ctx(), message);
                 ui.label(format!("{message} ({done}/{total}) · {} elapsed{eta}", format_duration(elapsed)));
             }
         }
@@ -598,7 +599,7 @@ impl PrivacyPanel {
             ui.end_row();
             for attack in &report.attacks {
                 let m = &attack.metrics;
-                ui.label(&attack.name).on_hover_text(&attack.description);
+                ui.label(&attack.name).on_hover_text(super::drawable(ui.ctx(), &attack.description));
                 ui.label(format!("{:.3} [{:.3}, {:.3}]", m.auc, m.auc_ci95[0], m.auc_ci95[1]));
                 ui.label(format!("{:.3}", m.tpr_at_1pct_fpr));
                 ui.label(format!("{:.3}", m.tpr_at_0_1pct_fpr));
@@ -614,7 +615,7 @@ impl PrivacyPanel {
             .map(|a| format!("{}: evaluated on the {}", a.name, a.evaluated_on))
             .collect();
         for note in notes {
-            ui.label(RichText::new(note).small().weak());
+            ui.label(RichText::new(super::drawable(ui.ctx(), &note)).small().weak());
         }
 
         ui.separator();

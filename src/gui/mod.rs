@@ -234,6 +234,8 @@ pub struct MeloApp {
     dialog_open: Arc<AtomicBool>,
     next_message_id: u64,
     frame_log: Option<frame_log::FrameLog>,
+    /// Scripted runs (`MELO_GUI_EXPORT`): export the audit here once it and its gallery are done.
+    auto_export: Option<PathBuf>,
 }
 
 impl MeloApp {
@@ -247,6 +249,7 @@ impl MeloApp {
         // Scripted starts for screenshots and frame-time measurements (tools/*.sh).
         match std::env::var("MELO_GUI_START").as_deref() {
             Ok("privacy-demo") => {
+                app.auto_export = std::env::var_os("MELO_GUI_EXPORT").map(PathBuf::from);
                 app.tab = Tab::Privacy;
                 app.commands.push(Command::Privacy(PrivacyCommand::UseDemo));
                 app.commands.push(Command::Privacy(PrivacyCommand::Run));
@@ -344,6 +347,7 @@ impl MeloApp {
             dialog_open: Arc::new(AtomicBool::new(false)),
             next_message_id: 1,
             frame_log: None,
+            auto_export: None,
         };
         if !paths.is_empty() {
             app.commands.push(Command::OpenPaths(paths));
@@ -400,6 +404,12 @@ impl MeloApp {
         }
         for (level, text) in self.privacy.receive(&ctx) {
             self.push_message(level, text, Vec::new());
+        }
+        // Once the results have been on screen for a frame (the PNG is cut from the window).
+        if self.privacy.report.is_some() && !self.privacy.is_running() && self.privacy.plot_rect.is_some() {
+            if let Some(folder) = self.auto_export.take() {
+                self.commands.push(Command::Privacy(PrivacyCommand::ExportTo(folder)));
+            }
         }
 
         let mut commands = std::mem::take(&mut self.commands);

@@ -51,6 +51,9 @@ pub enum Command {
     Bench(crate::model::cli::BenchArgs),
     /// Privacy audit: membership-inference attacks on a diffusion model (ROC, AUC with CI, TPR at low FPR).
     Audit(crate::audit::cli::AuditArgs),
+    /// Train a diagnosis adapter (LoRA, linear probe) or fine-tune the backbone on labelled
+    /// images: an ImageFolder directory or a MedMNIST .npz.
+    Train(crate::train::cli::TrainArgs),
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
@@ -162,6 +165,7 @@ pub fn run(command: Command) -> i32 {
         Command::Adapters(args) => crate::model::cli::adapters(&args).map_err(Into::into),
         Command::Bench(args) => crate::model::cli::bench(&args).map_err(Into::into),
         Command::Audit(args) => crate::audit::cli::audit(&args).map_err(Into::into),
+        Command::Train(args) => crate::train::cli::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => 0,

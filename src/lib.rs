@@ -13,5 +13,6 @@ pub mod gui;
 pub mod image;
 pub mod model;
 pub mod series;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -382,6 +382,45 @@ impl VitOutput {
     }
 }
 
+/// A frozen linear map as the trainer reads it: the weight as [in, out] (already transposed).
+#[derive(Debug, Clone)]
+pub struct LinearWeights {
+    pub weight_t: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// A LayerNorm's affine parameters.
+#[derive(Debug, Clone)]
+pub struct NormWeights {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f32,
+}
+
+/// One block's weights; LayerScale γ1 / γ2 are folded into `proj` / `fc2`.
+#[derive(Debug, Clone)]
+pub struct BlockWeights {
+    pub norm1: NormWeights,
+    pub qkv: LinearWeights,
+    pub proj: LinearWeights,
+    pub norm2: NormWeights,
+    pub fc1: LinearWeights,
+    pub fc2: LinearWeights,
+}
+
+/// Every weight of the backbone, shared (candle tensors are reference-counted), for code that
+/// needs its own differentiable forward pass (training in `crate::train`).
+#[derive(Debug, Clone)]
+pub struct VitWeights {
+    /// Patch embedding [C·p·p, dim].
+    pub patch_weight: Tensor,
+    pub patch_bias: Tensor,
+    /// [1, 1, dim].
+    pub cls_token: Tensor,
+    pub blocks: Vec<BlockWeights>,
+    pub norm: NormWeights,
+}
+
 /// The ViT backbone (no classification head except the checkpoint's own, if it has one).
 pub struct VisionTransformer {
     config: Config,
@@ -573,6 +612,37 @@ impl VisionTransformer {
 
     pub fn depth(&self) -> usize {
         self.config.depth
+    }
+
+    /// The weights, for a differentiable re-implementation of [`forward`](Self::forward).
+    pub fn weights(&self) -> VitWeights {
+        let lin = |l: &Linear| LinearWeights {
+            weight_t: l.weight_t.clone(),
+            bias: l.bias.clone(),
+        };
+        let norm = |n: &LayerNorm| NormWeights {
+            weight: n.weight.clone(),
+            bias: n.bias.clone(),
+            eps: n.eps,
+        };
+        VitWeights {
+            patch_weight: self.patch_weight.clone(),
+            patch_bias: self.patch_bias.clone(),
+            cls_token: self.cls_token.clone(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| BlockWeights {
+                    norm1: norm(&b.norm1),
+                    qkv: lin(&b.qkv),
+                    proj: lin(&b.proj),
+                    norm2: norm(&b.norm2),
+                    fc1: lin(&b.fc1),
+                    fc2: lin(&b.fc2),
+                })
+                .collect(),
+            norm: norm(&self.norm),
+        }
     }
 
     /// Logits of the checkpoint's own head on the CLS token, if the file had a head.

@@ -1,0 +1,910 @@
+//! The training loop behind `melo train`.
+//!
+//! One recipe for the three methods, after MeLo (Zhu et al. 2024, see `docs/results.md`):
+//! AdamW (β = 0.9 / 0.999, decoupled weight decay on matrices only), linear warm-up then
+//! cosine decay to `min_lr`, cross-entropy with label smoothing, per-class loss weights
+//! n / (C · n_c) when classes are skewed, random flips, validation after every epoch, and the
+//! epoch with the best validation macro AUC kept (ties: lower validation loss). The kept
+//! weights are evaluated once on the test split — through the engine's own inference path for
+//! adapters, so the recorded metrics are what `melo predict` reproduces.
+//!
+//! - `lora`: MeLo — rank-r updates of q and v in every block + a head; backbone frozen.
+//! - `linear`: a linear probe — backbone frozen, head only. The features of the (flipped)
+//!   training images are computed once, by the engine's inference pass, then the head is
+//!   trained on them.
+//! - `full`: every backbone weight but the position embedding (frozen: it is resized
+//!   bicubically to each input grid) and the head. The result is a whole model (not an adapter:
+//!   the engine keeps one shared backbone), written with its metrics for comparison.
+//!
+//! Checkpoints (`OUT` with extension `.ckpt`) are written atomically after every epoch; with
+//! `--resume` a run continues after the last finished epoch and ends exactly as an
+//! uninterrupted one (the shuffles and flips of epoch e depend only on the seed and e).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var, D};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::data::{DataSource, Prepared, Split, SplitFractions};
+use super::grad::{uniform, GradVit, Trainable};
+use super::metrics::{evaluate, Evaluation};
+use super::{Error, Result};
+use crate::model::lora::{LoraTarget, TrainingSummary};
+use crate::model::vit::{LowRank, QkvLora};
+use crate::model::{Adapter, AdapterMetadata, Engine, Pooling, VisionTransformer};
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// LoRA on q and v of every block, plus a head (MeLo).
+    Lora,
+    /// Head only, on the frozen backbone (linear probe).
+    Linear,
+    /// Every weight (full fine-tuning).
+    Full,
+}
+
+/// Training-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Augment {
+    None,
+    /// Horizontal flip with probability ½ (MeLo's only augmentation).
+    Hflip,
+    /// Horizontal and vertical flips, each with probability ½ (microscopy, fundus: no
+    /// preferred orientation).
+    Flips,
+}
+
+/// Everything `melo train` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub method: Method,
+    pub rank: usize,
+    pub alpha: f64,
+    pub epochs: usize,
+    pub lr: f64,
+    /// Final learning rate of the cosine schedule.
+    pub min_lr: f64,
+    /// Fraction of all steps spent warming up linearly.
+    pub warmup: f64,
+    pub batch: usize,
+    /// Square input side (pixels); a multiple of the patch size (14) uses every pixel.
+    pub size: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub task: String,
+    pub labels: Option<Vec<String>>,
+    pub modality: String,
+    pub description: String,
+    pub augment: Augment,
+    pub label_smoothing: f64,
+    pub weight_decay: f64,
+    /// Weight the loss by n / (C · n_c) (on by default; off only when classes are balanced).
+    pub class_weights: bool,
+    pub pooling: Pooling,
+    pub backbone: PathBuf,
+    /// Use at most this many items of each split (quick runs and tests).
+    pub limit: Option<usize>,
+    pub split: SplitFractions,
+    pub resume: bool,
+    /// Stop (checkpoint kept, no adapter written) after this many epochs in this invocation;
+    /// `--resume` continues. Lets a long run be split over sessions.
+    pub stop_after: Option<usize>,
+    pub progress: bool,
+}
+
+/// One finished epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_macro_auc: Option<f64>,
+    pub val_accuracy: f64,
+    pub val_loss: f64,
+    pub seconds: f64,
+    pub train_images_per_second: f64,
+    pub learning_rate: f64,
+}
+
+/// What a run produced (also written as `OUT` with extension `.report.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub task: String,
+    pub method: Method,
+    pub classes: Vec<String>,
+    pub data: String,
+    pub train_samples: usize,
+    pub val_samples: usize,
+    pub test_samples: usize,
+    pub skipped: Vec<(String, String)>,
+    pub trainable_parameters: usize,
+    pub backbone_parameters: usize,
+    /// Trainable ÷ (backbone + head) parameters, in percent.
+    pub trainable_percent: f64,
+    pub file: PathBuf,
+    pub file_bytes: u64,
+    /// Wall time of the epochs (feature extraction included for linear probes; data loading
+    /// and test evaluation excluded).
+    pub train_seconds: f64,
+    /// Training images processed per second of `train_seconds` (forward + backward + update).
+    pub train_images_per_second: f64,
+    pub best_epoch: usize,
+    pub history: Vec<EpochRecord>,
+    pub val: Evaluation,
+    pub test: Evaluation,
+    /// Probabilities of the first test items (at most 64), as the engine computes them: the
+    /// adapter tests reproduce these from image files.
+    pub test_probabilities_head: Vec<Vec<f32>>,
+    pub options: TrainOptions,
+}
+
+/// Items of the test split whose probabilities the report keeps.
+pub const REPORT_TEST_HEAD: usize = 64;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointMeta {
+    fingerprint: String,
+    epochs_done: usize,
+    step: usize,
+    best_epoch: usize,
+    best_val_auc: f64,
+    best_val_loss: f64,
+    history: Vec<EpochRecord>,
+    train_seconds: f64,
+}
+
+/// AdamW with its moments exposed (for checkpoints).
+struct AdamW {
+    params: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    step: usize,
+    weight_decay: f64,
+}
+
+impl AdamW {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    fn new(params: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
+        let m = params.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let v = m.clone();
+        Ok(Self {
+            params,
+            m,
+            v,
+            step: 0,
+            weight_decay,
+        })
+    }
+
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - Self::BETA1.powi(t);
+        let bc2 = 1.0 - Self::BETA2.powi(t);
+        for (i, (_, var)) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let m = ((&self.m[i] * Self::BETA1)? + (g * (1.0 - Self::BETA1))?)?;
+            let v = ((&self.v[i] * Self::BETA2)? + (g.sqr()? * (1.0 - Self::BETA2))?)?;
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + Self::EPS)?)?;
+            // Decoupled weight decay on matrices only (not biases, norms, tokens).
+            let decay = if var.rank() >= 2 { self.weight_decay } else { 0.0 };
+            let theta = (var.as_tensor() * (1.0 - lr * decay))?;
+            var.set(&(theta - (update * lr)?)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+}
+
+/// Learning rate at `step` of `total`: linear warm-up, then cosine to `min_lr`.
+pub fn learning_rate(step: usize, total: usize, lr: f64, min_lr: f64, warmup: f64) -> f64 {
+    let warm = ((total as f64 * warmup).round() as usize).min(total.saturating_sub(1));
+    if step < warm {
+        return lr * (step + 1) as f64 / warm as f64;
+    }
+    let span = (total - warm).max(1) as f64;
+    let progress = ((step - warm) as f64 / span).min(1.0);
+    min_lr + 0.5 * (lr - min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Loss weights n / (C · n_c); classes absent from training get weight 0.
+pub fn class_weights(counts: &[usize]) -> Vec<f32> {
+    let n: usize = counts.iter().sum();
+    let present = counts.iter().filter(|&&c| c > 0).count().max(1);
+    counts
+        .iter()
+        .map(|&c| if c == 0 { 0.0 } else { n as f32 / (present as f32 * c as f32) })
+        .collect()
+}
+
+/// Mean weighted cross-entropy with label smoothing ε: targets (1 − ε)·onehot + ε / C, each
+/// sample weighted by its class's weight, normalised by the sum of the weights.
+pub fn smoothed_cross_entropy(logits: &Tensor, labels: &[usize], weights: &[f32], smoothing: f64) -> Result<Tensor> {
+    let (b, c) = logits.dims2()?;
+    let mut target = vec![0f32; b * c];
+    let mut total = 0f32;
+    for (i, &y) in labels.iter().enumerate() {
+        let w = weights[y];
+        total += w;
+        for k in 0..c {
+            let q = smoothing / c as f64 + if k == y { 1.0 - smoothing } else { 0.0 };
+            target[i * c + k] = w * q as f32;
+        }
+    }
+    let target = Tensor::from_vec(target, (b, c), logits.device())?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(((logp * target)?.sum_all()? * (-1.0 / f64::from(total.max(1e-12))))?)
+}
+
+fn softmax_rows(logits: &Tensor) -> Result<Vec<f32>> {
+    Ok(candle_nn::ops::softmax_last_dim(&logits.contiguous()?)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// A batch [B, 3, S, S] from items `idx`, each flipped as `flips` says (h, v).
+fn batch_pixels(data: &Prepared, idx: &[usize], flips: &[(bool, bool)]) -> Result<Tensor> {
+    let s = data.size;
+    let plane = s * s;
+    let mut out = Vec::with_capacity(idx.len() * 3 * plane);
+    for (k, &i) in idx.iter().enumerate() {
+        let src = data.item(i);
+        let (h, v) = flips.get(k).copied().unwrap_or((false, false));
+        if !h && !v {
+            out.extend_from_slice(src);
+            continue;
+        }
+        for c in 0..3 {
+            for y in 0..s {
+                let sy = if v { s - 1 - y } else { y };
+                let row = &src[c * plane + sy * s..c * plane + sy * s + s];
+                if h {
+                    out.extend(row.iter().rev());
+                } else {
+                    out.extend_from_slice(row);
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (idx.len(), 3, s, s), &Device::Cpu)?)
+}
+
+/// The head: weight [C, F], bias [C].
+struct Head {
+    weight: Var,
+    bias: Var,
+}
+
+impl Head {
+    fn new(classes: usize, features: usize, rng: &mut impl Rng) -> Result<Self> {
+        // PyTorch's Linear initialisation: U(±1/√F) for weight and bias.
+        let bound = 1.0 / (features as f64).sqrt();
+        Ok(Self {
+            weight: Var::from_tensor(&uniform(rng, (classes, features), bound)?)?,
+            bias: Var::from_tensor(&uniform(rng, (1, classes), bound)?.flatten_all()?)?,
+        })
+    }
+
+    fn forward(&self, features: &Tensor) -> Result<Tensor> {
+        Ok(features.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())?)
+    }
+
+    fn vars(&self) -> Vec<(String, Var)> {
+        vec![("head.weight".into(), self.weight.clone()), ("head.bias".into(), self.bias.clone())]
+    }
+}
+
+/// The model being trained, per method.
+enum Model {
+    /// Frozen features of train (plain, h-flipped, v-flipped, both), val, test: [N, F] each.
+    Linear {
+        train: [Option<Tensor>; 4],
+        val: Tensor,
+        test: Tensor,
+    },
+    Backbone(GradVit),
+}
+
+fn check_options(o: &TrainOptions) -> Result<()> {
+    let bad = |m: String| Err(Error::Options(m));
+    if o.epochs == 0 || o.batch == 0 {
+        return bad("--epochs and --batch must be at least 1".into());
+    }
+    if !(o.lr > 0.0 && o.lr.is_finite()) || !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+        return bad(format!("--lr {} must be positive and at least --min-lr {}", o.lr, o.min_lr));
+    }
+    if !(0.0..1.0).contains(&o.label_smoothing) || !(0.0..1.0).contains(&o.warmup) || !(o.weight_decay >= 0.0 && o.weight_decay < 1.0) {
+        return bad("--label-smoothing, --warmup and --weight-decay must be in [0, 1)".into());
+    }
+    if o.method == Method::Lora && (o.rank == 0 || !o.alpha.is_finite()) {
+        return bad(format!("--rank {} must be at least 1 and --alpha {} finite", o.rank, o.alpha));
+    }
+    if o.size < 14 || o.size > crate::model::lora::MAX_INPUT_SIZE {
+        return bad(format!("--size {} is not in 14..={}", o.size, crate::model::lora::MAX_INPUT_SIZE));
+    }
+    if o.task.trim().is_empty() {
+        return bad("--task must not be empty".into());
+    }
+    if o.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return bad(format!("--out {} must end in .safetensors", o.out.display()));
+    }
+    let dir = o.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return bad(format!("the folder of --out ({}) does not exist", dir.display()));
+    }
+    Ok(())
+}
+
+/// Where the checkpoint of a run to `out` lives.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.with_extension("ckpt")
+}
+
+/// Where the report of a run to `out` lives.
+pub fn report_path(out: &Path) -> PathBuf {
+    out.with_extension("report.json")
+}
+
+fn fingerprint(o: &TrainOptions, backbone_sha: &str) -> String {
+    let mut o = o.clone();
+    o.resume = false;
+    o.stop_after = None;
+    o.progress = false;
+    format!("{}|{backbone_sha}", serde_json::to_string(&o).unwrap_or_default())
+}
+
+/// Trains, evaluates and saves; returns the report (also written beside `out`).
+pub fn train(o: &TrainOptions) -> Result<TrainReport> {
+    check_options(o)?;
+    let engine = Engine::open(&o.backbone)?;
+    let vit = engine.backbone();
+    let cfg = vit.config().clone();
+    let (mean, std) = (cfg.mean, cfg.std);
+
+    let source = DataSource::open(&o.data, o.labels.as_deref(), o.split)?;
+    let classes = source.classes.clone();
+    let c = classes.len();
+    let load = |split: Split| -> Result<Prepared> {
+        let p = source.prepare(split, o.size, mean, std, o.limit)?;
+        if !p.skipped.is_empty() {
+            eprintln!(
+                "warning: {} of {} {} images could not be read and were skipped (first: {}: {})",
+                p.skipped.len(),
+                p.len() + p.skipped.len(),
+                split.name(),
+                p.skipped[0].0,
+                p.skipped[0].1
+            );
+        }
+        if p.is_empty() {
+            return Err(Error::data(&o.data, format!("the {} split has no readable images", split.name())));
+        }
+        Ok(p)
+    };
+    let t_load = Instant::now();
+    let train_set = load(Split::Train)?;
+    let val_set = load(Split::Val)?;
+    let test_set = load(Split::Test)?;
+    let counts = train_set.class_counts(c);
+    if counts.iter().filter(|&&n| n > 0).count() < 2 {
+        return Err(Error::data(&o.data, "the training split holds a single class; a classifier needs at least 2"));
+    }
+    for (k, &n) in counts.iter().enumerate() {
+        if n == 0 {
+            eprintln!("warning: class '{}' has no training images", classes[k]);
+        }
+    }
+    eprintln!(
+        "{}: {} classes, train {} / val {} / test {} images at {} px (loaded in {:.1} s); train counts {:?}",
+        o.data.display(),
+        c,
+        train_set.len(),
+        val_set.len(),
+        test_set.len(),
+        o.size,
+        t_load.elapsed().as_secs_f64(),
+        counts
+    );
+    let weights = if o.class_weights { class_weights(&counts) } else { vec![1.0; c] };
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
+    let feature_dim = o.pooling.feature_dim(cfg.embed_dim);
+    let head = Head::new(c, feature_dim, &mut rng)?;
+    let lora_scale = o.alpha / o.rank.max(1) as f64;
+    let trainable = match o.method {
+        Method::Lora => Trainable::Lora {
+            rank: o.rank,
+            scale: lora_scale,
+        },
+        Method::Linear => Trainable::Head,
+        Method::Full => Trainable::Full,
+    };
+    let backbone_parameters = count_backbone_parameters(vit)?;
+
+    let t_train = Instant::now();
+    let model = match o.method {
+        Method::Linear => {
+            let bar = progress_bar(o.progress, (train_set.len() * flip_variants(o.augment) + val_set.len() + test_set.len()) as u64, "features");
+            let mut variants: [Option<Tensor>; 4] = Default::default();
+            for (k, slot) in variants.iter_mut().enumerate().take(flip_variants(o.augment)) {
+                let flip = (k & 1 == 1, k & 2 == 2);
+                *slot = Some(frozen_features(vit, &train_set, flip, o.pooling, &bar)?);
+            }
+            let val = frozen_features(vit, &val_set, (false, false), o.pooling, &bar)?;
+            let test = frozen_features(vit, &test_set, (false, false), o.pooling, &bar)?;
+            bar.finish_and_clear();
+            Model::Linear { train: variants, val, test }
+        }
+        _ => Model::Backbone(GradVit::new(vit, trainable, &mut rng)?),
+    };
+    let feature_seconds = t_train.elapsed().as_secs_f64();
+
+    let mut params: Vec<(String, Var)> = head.vars();
+    if let Model::Backbone(g) = &model {
+        params.extend(g.lora_vars());
+        params.extend(g.backbone_vars.iter().cloned());
+    }
+    let trainable_parameters: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = AdamW::new(params.clone(), o.weight_decay)?;
+
+    let steps_per_epoch = train_set.len().div_ceil(o.batch);
+    let total_steps = steps_per_epoch * o.epochs;
+    let pos = vit.position_embedding(o.size / cfg.patch_size, o.size / cfg.patch_size)?;
+
+    // Resume.
+    let ckpt = checkpoint_path(&o.out);
+    let fp = fingerprint(o, vit.sha256());
+    let mut meta = CheckpointMeta {
+        fingerprint: fp.clone(),
+        epochs_done: 0,
+        step: 0,
+        best_epoch: 0,
+        best_val_auc: f64::NEG_INFINITY,
+        best_val_loss: f64::INFINITY,
+        history: Vec::new(),
+        train_seconds: feature_seconds,
+    };
+    let mut best: HashMap<String, Tensor> = HashMap::new();
+    if o.resume {
+        if ckpt.is_file() {
+            let (m, b) = load_checkpoint(&ckpt, &fp, &mut opt)?;
+            meta = m;
+            meta.train_seconds += feature_seconds;
+            best = b;
+            eprintln!("resuming {} after epoch {} of {}", ckpt.display(), meta.epochs_done, o.epochs);
+        } else {
+            eprintln!("--resume: no checkpoint at {}; starting from the beginning", ckpt.display());
+        }
+    }
+
+    let first_epoch = meta.epochs_done;
+    for epoch in meta.epochs_done..o.epochs {
+        if o.stop_after.is_some_and(|n| epoch >= first_epoch + n) {
+            return Err(Error::Stopped {
+                epochs_done: epoch,
+                checkpoint: ckpt,
+            });
+        }
+        let t_epoch = Instant::now();
+        let mut erng = rand::rngs::StdRng::seed_from_u64(o.seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)));
+        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        order.shuffle(&mut erng);
+        let flips: Vec<(bool, bool)> = order
+            .iter()
+            .map(|_| {
+                let h = matches!(o.augment, Augment::Hflip | Augment::Flips) && erng.random_bool(0.5);
+                let v = matches!(o.augment, Augment::Flips) && erng.random_bool(0.5);
+                (h, v)
+            })
+            .collect();
+        let bar = progress_bar(o.progress, steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, o.epochs));
+        let mut loss_sum = 0.0;
+        let mut lr = o.lr;
+        for (s, chunk) in order.chunks(o.batch).enumerate() {
+            let fl = &flips[s * o.batch..s * o.batch + chunk.len()];
+            let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
+            let features = match &model {
+                Model::Linear { train, .. } => {
+                    // Per-sample flip variant: gather rows from the matching feature table.
+                    let rows: Vec<Tensor> = chunk
+                        .iter()
+                        .zip(fl)
+                        .map(|(&i, &(h, v))| {
+                            let k = usize::from(h) | (usize::from(v) << 1);
+                            train[k].as_ref().unwrap_or_else(|| train[0].as_ref().expect("plain features")).get(i)
+                        })
+                        .collect::<candle_core::Result<_>>()?;
+                    Tensor::stack(&rows, 0)?
+                }
+                Model::Backbone(g) => g.features(&batch_pixels(&train_set, chunk, fl)?, &pos, o.pooling)?,
+            };
+            let logits = head.forward(&features)?;
+            let loss = smoothed_cross_entropy(&logits, &labels, &weights, o.label_smoothing)?;
+            let grads = loss.backward()?;
+            lr = learning_rate(meta.step, total_steps, o.lr, o.min_lr, o.warmup);
+            opt.step(&grads, lr)?;
+            meta.step += 1;
+            let l = f64::from(loss.to_scalar::<f32>()?);
+            if !l.is_finite() {
+                return Err(Error::Options(format!("the loss became {l} at epoch {} (learning rate {lr:.2e} too high?)", epoch + 1)));
+            }
+            loss_sum += l * chunk.len() as f64;
+            let done = (s * o.batch + chunk.len()) as f64;
+            bar.set_message(format!("loss {:.4}  {:.1} img/s", loss_sum / done, done / t_epoch.elapsed().as_secs_f64()));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_seconds = t_epoch.elapsed().as_secs_f64();
+        meta.train_seconds += train_seconds;
+
+        let val_probs = predict_split(&model, &head, vit, &val_set, Split::Val, o, lora_scale, &pos)?;
+        let val = evaluate(&val_probs, &val_set.labels, &classes);
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / train_set.len() as f64,
+            val_macro_auc: val.macro_auc,
+            val_accuracy: val.accuracy,
+            val_loss: val.loss,
+            seconds: train_seconds,
+            train_images_per_second: train_set.len() as f64 / train_seconds,
+            learning_rate: lr,
+        };
+        let auc = val.macro_auc.unwrap_or(val.accuracy);
+        let improved = auc > meta.best_val_auc || (auc == meta.best_val_auc && val.loss < meta.best_val_loss);
+        eprintln!(
+            "epoch {:>3}/{}  train loss {:.4}  val AUC {}  acc {:.4}  loss {:.4}  {:.1} img/s  {:.0} s{}",
+            epoch + 1,
+            o.epochs,
+            record.train_loss,
+            val.macro_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
+            val.accuracy,
+            val.loss,
+            record.train_images_per_second,
+            train_seconds,
+            if improved { "  *best" } else { "" }
+        );
+        if improved {
+            meta.best_val_auc = auc;
+            meta.best_val_loss = val.loss;
+            meta.best_epoch = epoch + 1;
+            best = opt
+                .params
+                .iter()
+                .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+                .collect::<Result<_>>()?;
+        }
+        meta.history.push(record);
+        meta.epochs_done = epoch + 1;
+        save_checkpoint(&ckpt, &meta, &opt, &best)?;
+    }
+
+    // Restore the best epoch's weights.
+    for (name, var) in &opt.params {
+        if let Some(t) = best.get(name) {
+            var.set(t)?;
+        }
+    }
+    let val_probs = predict_split(&model, &head, vit, &val_set, Split::Val, o, lora_scale, &pos)?;
+    let val = evaluate(&val_probs, &val_set.labels, &classes);
+    let test_probs = predict_split(&model, &head, vit, &test_set, Split::Test, o, lora_scale, &pos)?;
+    let test = evaluate(&test_probs, &test_set.labels, &classes);
+    let test_probabilities_head: Vec<Vec<f32>> = test_probs.chunks(c).take(REPORT_TEST_HEAD).map(<[f32]>::to_vec).collect();
+    eprintln!(
+        "best epoch {} (val AUC {:.4}); test: accuracy {:.4}, macro F1 {:.4}, macro AUC {}",
+        meta.best_epoch,
+        meta.best_val_auc,
+        test.accuracy,
+        test.macro_f1,
+        test.macro_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
+    );
+
+    let mut report = TrainReport {
+        task: o.task.clone(),
+        method: o.method,
+        classes: classes.clone(),
+        data: o.data.display().to_string(),
+        train_samples: train_set.len(),
+        val_samples: val_set.len(),
+        test_samples: test_set.len(),
+        skipped: [&train_set, &val_set, &test_set].iter().flat_map(|p| p.skipped.clone()).collect(),
+        trainable_parameters,
+        backbone_parameters,
+        trainable_percent: 100.0 * trainable_parameters as f64 / (backbone_parameters + c * feature_dim + c) as f64,
+        file: o.out.clone(),
+        file_bytes: 0,
+        train_seconds: meta.train_seconds,
+        train_images_per_second: (train_set.len() * meta.history.len()) as f64
+            / meta.history.iter().map(|h| h.seconds).sum::<f64>().max(1e-9),
+        best_epoch: meta.best_epoch,
+        history: meta.history.clone(),
+        val,
+        test,
+        test_probabilities_head,
+        options: o.clone(),
+    };
+
+    match o.method {
+        Method::Lora | Method::Linear => {
+            let adapter = build_adapter(&model, &head, vit, o, &report, lora_scale)?;
+            adapter.save(&o.out)?;
+        }
+        Method::Full => save_full(&opt, o, &report)?,
+    }
+    report.file_bytes = std::fs::metadata(&o.out).map_err(|e| Error::io(&o.out, e))?.len();
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Options(format!("report: {e}")))?;
+    crate::atomic::write_bytes_atomic(&report_path(&o.out), json.as_bytes())?;
+    // The run is complete: its checkpoint is no longer needed.
+    let _ = std::fs::remove_file(&ckpt);
+    Ok(report)
+}
+
+fn flip_variants(augment: Augment) -> usize {
+    match augment {
+        Augment::None => 1,
+        Augment::Hflip => 2,
+        Augment::Flips => 4,
+    }
+}
+
+fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+/// Every backbone parameter, the stored position embedding included.
+fn count_backbone_parameters(vit: &VisionTransformer) -> Result<usize> {
+    let cfg = vit.config();
+    let g = cfg.pos_embed_grid.unwrap_or(cfg.image_size / cfg.patch_size);
+    let pos = vit.position_embedding(g, g)?.elem_count();
+    Ok(pos + count_trained_backbone_parameters(vit))
+}
+
+/// The backbone parameters full fine-tuning trains: all but the position embedding, which is
+/// kept frozen (it is resized bicubically to each input grid).
+fn count_trained_backbone_parameters(vit: &VisionTransformer) -> usize {
+    let w = vit.weights();
+    let lin = |l: &crate::model::vit::LinearWeights| l.weight_t.elem_count() + l.bias.as_ref().map_or(0, Tensor::elem_count);
+    let norm = |n: &crate::model::vit::NormWeights| n.weight.elem_count() + n.bias.elem_count();
+    w.patch_weight.elem_count()
+        + w.patch_bias.elem_count()
+        + w.cls_token.elem_count()
+        + w.blocks
+            .iter()
+            .map(|b| norm(&b.norm1) + lin(&b.qkv) + lin(&b.proj) + norm(&b.norm2) + lin(&b.fc1) + lin(&b.fc2))
+            .sum::<usize>()
+        + norm(&w.norm)
+}
+
+/// Pooled frozen features [N, F] of a prepared split, by the engine's inference pass.
+fn frozen_features(vit: &VisionTransformer, data: &Prepared, flip: (bool, bool), pooling: Pooling, bar: &indicatif::ProgressBar) -> Result<Tensor> {
+    let mut parts = Vec::new();
+    let idx: Vec<usize> = (0..data.len()).collect();
+    for chunk in idx.chunks(32) {
+        let flips = vec![flip; chunk.len()];
+        let out = vit.forward(&batch_pixels(data, chunk, &flips)?, None)?;
+        parts.push(out.pooled(pooling)?);
+        bar.inc(chunk.len() as u64);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// The LoRA blocks of the current variables (or zero rank-1 blocks for a linear probe).
+fn current_lora(model: &Model, vit: &VisionTransformer, scale: f64) -> Result<(Vec<QkvLora>, usize, f64)> {
+    match model {
+        Model::Backbone(g) if !g.lora().is_empty() => {
+            let blocks = g
+                .lora()
+                .iter()
+                .map(|l| {
+                    Ok(QkvLora::QV {
+                        q: LowRank::new(l.q_a.as_tensor().copy()?, l.q_b.as_tensor().copy()?, scale)?,
+                        v: LowRank::new(l.v_a.as_tensor().copy()?, l.v_b.as_tensor().copy()?, scale)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rank = g.lora()[0].q_a.dim(0)?;
+            Ok((blocks, rank, scale * rank as f64))
+        }
+        _ => {
+            // A linear probe has no low-rank update; the format wants one per block, so the
+            // adapter carries rank-1 zero factors (their delta is exactly 0).
+            let d = vit.embed_dim();
+            let zero = |shape: (usize, usize)| Tensor::zeros(shape, DType::F32, &Device::Cpu);
+            let blocks = (0..vit.depth())
+                .map(|_| {
+                    Ok(QkvLora::QV {
+                        q: LowRank::new(zero((1, d))?, zero((d, 1))?, 1.0)?,
+                        v: LowRank::new(zero((1, d))?, zero((d, 1))?, 1.0)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((blocks, 1, 1.0))
+        }
+    }
+}
+
+/// Probabilities [n × C] on a prepared split with the current weights. Adapters (LoRA, linear)
+/// go through the engine's inference path; full fine-tuning through the differentiable one.
+#[allow(clippy::too_many_arguments)]
+fn predict_split(model: &Model, head: &Head, vit: &VisionTransformer, data: &Prepared, split: Split, o: &TrainOptions, scale: f64, pos: &Tensor) -> Result<Vec<f32>> {
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let mut probs = Vec::with_capacity(data.len() * 8);
+    match model {
+        Model::Linear { val, test, .. } if split != Split::Train => {
+            let feats = if split == Split::Val { val } else { test };
+            probs.extend(softmax_rows(&head.forward(feats)?)?);
+        }
+        Model::Backbone(g) if o.method == Method::Full => {
+            for chunk in idx.chunks(32) {
+                let f = g.features(&batch_pixels(data, chunk, &[])?, pos, o.pooling)?.detach();
+                probs.extend(softmax_rows(&head.forward(&f)?)?);
+            }
+        }
+        _ => {
+            let (lora, _, _) = current_lora(model, vit, scale)?;
+            for chunk in idx.chunks(32) {
+                let out = vit.forward(&batch_pixels(data, chunk, &[])?, Some(&lora))?;
+                probs.extend(softmax_rows(&head.forward(&out.pooled(o.pooling)?)?)?);
+            }
+        }
+    }
+    Ok(probs)
+}
+
+fn metrics_map(report: &TrainReport) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    let t = &report.test;
+    m.insert("test_accuracy".into(), t.accuracy);
+    m.insert("test_macro_f1".into(), t.macro_f1);
+    if let Some(a) = t.macro_auc {
+        m.insert("test_macro_auc".into(), a);
+    }
+    if let Some(a) = report.val.macro_auc {
+        m.insert("val_macro_auc".into(), a);
+    }
+    m.insert("val_accuracy".into(), report.val.accuracy);
+    for cm in &t.per_class {
+        if let Some(s) = cm.sensitivity {
+            m.insert(format!("test_sensitivity.{}", cm.label), s);
+        }
+        if let Some(s) = cm.specificity {
+            m.insert(format!("test_specificity.{}", cm.label), s);
+        }
+    }
+    for (i, row) in t.confusion.iter().enumerate() {
+        for (j, &n) in row.iter().enumerate() {
+            m.insert(format!("test_confusion.{}.{}", report.classes[i], report.classes[j]), n as f64);
+        }
+    }
+    m.insert("test_samples".into(), report.test_samples as f64);
+    m.insert("trainable_parameters".into(), report.trainable_parameters as f64);
+    m.insert("train_seconds".into(), report.train_seconds);
+    m.insert("train_images_per_second".into(), report.train_images_per_second);
+    m.insert("best_epoch".into(), report.best_epoch as f64);
+    m
+}
+
+fn build_adapter(model: &Model, head: &Head, vit: &VisionTransformer, o: &TrainOptions, report: &TrainReport, scale: f64) -> Result<Adapter> {
+    let (blocks, rank, alpha) = current_lora(model, vit, scale)?;
+    let mut metadata = AdapterMetadata::for_backbone(&o.task, report.classes.clone(), vit);
+    metadata.description = o.description.clone();
+    metadata.rank = rank;
+    metadata.alpha = alpha;
+    metadata.target = LoraTarget::QV;
+    metadata.input_size = o.size;
+    metadata.modality = o.modality.clone();
+    metadata.pooling = o.pooling;
+    metadata.training = TrainingSummary {
+        dataset: o.data.display().to_string(),
+        train_samples: Some(report.train_samples as u64),
+        validation_samples: Some(report.val_samples as u64),
+        epochs: Some(o.epochs as u32),
+        optimizer: format!(
+            "AdamW (weight decay {}), cosine {:.0e} -> {:.0e}, warm-up {:.0}%, batch {}, label smoothing {}, augment {:?}, class weights {}",
+            o.weight_decay,
+            o.lr,
+            o.min_lr,
+            o.warmup * 100.0,
+            o.batch,
+            o.label_smoothing,
+            o.augment,
+            o.class_weights
+        ),
+        learning_rate: Some(o.lr),
+        selection: format!("best validation macro AUC (epoch {} of {})", report.best_epoch, o.epochs),
+        notes: format!(
+            "method {:?}; trained by `melo train` (seed {}); {} trainable parameters",
+            o.method, o.seed, report.trainable_parameters
+        ),
+    };
+    metadata.metrics = metrics_map(report);
+    metadata.source = format!("melo train --method {:?}", o.method).to_lowercase();
+    Ok(Adapter::new(metadata, blocks, head.weight.as_tensor().copy()?, head.bias.as_tensor().copy()?)?)
+}
+
+/// A fully fine-tuned model: every trained tensor (matrices as [in, out], LayerScale folded)
+/// and the head, with the report as metadata. Not an adapter: kept for comparison.
+fn save_full(opt: &AdamW, o: &TrainOptions, report: &TrainReport) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = opt.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "melo-full-finetune".to_string());
+    meta.insert("metrics".to_string(), serde_json::to_string(&metrics_map(report)).unwrap_or_default());
+    meta.insert("task".to_string(), o.task.clone());
+    write_safetensors(&o.out, tensors, meta)
+}
+
+fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, metadata: HashMap<String, String>) -> Result<()> {
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+        .map_err(|e| Error::Options(format!("serialising {}: {e}", path.display())))?;
+    crate::atomic::write_bytes_atomic(path, &bytes)?;
+    Ok(())
+}
+
+fn save_checkpoint(path: &Path, meta: &CheckpointMeta, opt: &AdamW, best: &HashMap<String, Tensor>) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (i, (name, var)) in opt.params.iter().enumerate() {
+        tensors.push((format!("var.{name}"), var.as_tensor().clone()));
+        tensors.push((format!("m.{name}"), opt.m[i].clone()));
+        tensors.push((format!("v.{name}"), opt.v[i].clone()));
+        if let Some(b) = best.get(name) {
+            tensors.push((format!("best.{name}"), b.clone()));
+        }
+    }
+    let json = serde_json::to_string(meta).map_err(|e| Error::Options(format!("checkpoint: {e}")))?;
+    write_safetensors(path, tensors, HashMap::from([("checkpoint".to_string(), json)]))
+}
+
+fn load_checkpoint(path: &Path, fingerprint: &str, opt: &mut AdamW) -> Result<(CheckpointMeta, HashMap<String, Tensor>)> {
+    let fail = |reason: String| Error::Resume {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fail(format!("not a checkpoint: {e}")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("checkpoint"))
+        .ok_or_else(|| fail("no checkpoint metadata".into()))?;
+    let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| fail(format!("bad checkpoint metadata: {e}")))?;
+    if meta.fingerprint != fingerprint {
+        return Err(fail(
+            "it was written by a run with other options, data or backbone; rerun with the same options or without --resume".into(),
+        ));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| fail(e.to_string()))?;
+    let mut best = HashMap::new();
+    for (i, (name, var)) in opt.params.iter().enumerate() {
+        let get = |prefix: &str| -> Result<Tensor> {
+            let t = tensors.get(&format!("{prefix}.{name}")).ok_or_else(|| fail(format!("tensor {prefix}.{name} missing")))?;
+            if t.dims() != var.dims() {
+                return Err(fail(format!("tensor {prefix}.{name} has shape {:?}, expected {:?}", t.dims(), var.dims())));
+            }
+            Ok(t.clone())
+        };
+        var.set(&get("var")?)?;
+        opt.m[i] = get("m")?;
+        opt.v[i] = get("v")?;
+        if let Ok(b) = get("best") {
+            best.insert(name.clone(), b);
+        }
+    }
+    opt.step = meta.step;
+    Ok((meta, best))
+}

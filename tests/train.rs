@@ -1,0 +1,443 @@
+//! `melo train`: data loaders, metrics against hand-computed values, the differentiable forward
+//! against the engine's, and the training loop end to end (checkpoint, --stop-after / --resume,
+//! atomic output) on real images.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, Var};
+use melo::model::{Adapter, Engine, Pooling};
+use melo::train::data::{DataSource, Split, SplitFractions};
+use melo::train::grad::{GradVit, Trainable};
+use melo::train::metrics::{binary_auc, evaluate};
+use melo::train::trainer::{checkpoint_path, learning_rate, report_path, train, Augment, Method, TrainOptions, TrainReport};
+use rand::SeedableRng;
+
+// ---- fixtures -------------------------------------------------------------------------
+
+/// A .npy file (format 1.0) written by hand, independent of the loader's npyz.
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape_txt = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// An npz with the MedMNIST keys. `rgb`: [N, H, W, 3], else [N, H, W]; `labels_2d`: [N, 1].
+fn write_npz(path: &Path, n: [usize; 3], side: usize, rgb: bool, labels_2d: bool, label_count_delta: isize) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (k, split) in ["train", "val", "test"].iter().enumerate() {
+        let ch = if rgb { 3 } else { 1 };
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..n[k] {
+            let label = (i % 2) as u8;
+            // Class 1 bright on the left half, class 0 on the right: learnable, not constant.
+            for _y in 0..side {
+                for x in 0..side {
+                    let bright = (x < side / 2) == (label == 1);
+                    let v = if bright { 200 } else { 30 } + (i % 7) as u8;
+                    for _ in 0..ch {
+                        pixels.push(v);
+                    }
+                }
+            }
+            labels.push(label);
+        }
+        let mut shape = vec![n[k], side, side];
+        if rgb {
+            shape.push(3);
+        }
+        zip.start_file(format!("{split}_images.npy"), opts).unwrap();
+        zip.write_all(&npy("|u1", &shape, &pixels)).unwrap();
+        let nl = (n[k] as isize + if k == 0 { label_count_delta } else { 0 }) as usize;
+        labels.resize(nl, 0);
+        let lbytes: Vec<u8> = labels.iter().flat_map(|&l| i64::from(l).to_le_bytes()).collect();
+        let lshape = if labels_2d { vec![nl, 1] } else { vec![nl] };
+        zip.start_file(format!("{split}_labels.npy"), opts).unwrap();
+        zip.write_all(&npy("<i8", &lshape, &lbytes)).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+fn write_png(path: &Path, value: u8) {
+    let img = image::GrayImage::from_pixel(20, 20, image::Luma([value]));
+    img.save(path).unwrap();
+}
+
+/// DIR/<class>/*.png with `per_class` images each.
+fn write_class_folders(dir: &Path, classes: &[&str], per_class: usize) {
+    for (c, name) in classes.iter().enumerate() {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..per_class {
+            write_png(&d.join(format!("{i:03}.png")), (c * 80 + i) as u8);
+        }
+    }
+}
+
+fn backbone_dir() -> PathBuf {
+    common::repo().join("assets/backbone")
+}
+
+fn medmnist(name: &str) -> Option<PathBuf> {
+    let p = common::shared_data()?.join("medmnist").join(name);
+    p.is_file().then_some(p)
+}
+
+// ---- loaders ---------------------------------------------------------------------------
+
+#[test]
+fn npz_grey_with_n_by_1_labels_and_rgb_with_flat_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let grey = dir.path().join("grey.npz");
+    write_npz(&grey, [6, 4, 4], 16, false, true, 0);
+    let src = DataSource::open(&grey, None, SplitFractions::default()).unwrap();
+    assert_eq!(src.classes, vec!["class_0", "class_1"]);
+    assert_eq!((src.len(Split::Train), src.len(Split::Val), src.len(Split::Test)), (6, 4, 4));
+    assert_eq!(src.label(Split::Train, 3), 1);
+    let im = src.image(Split::Train, 1).unwrap();
+    assert_eq!((im.rows, im.cols, im.channels), (16, 16, 1));
+    // Item 1 is class 1: bright left half (200 + 1), dark right (30 + 1).
+    assert_eq!(im.values[0], 201.0);
+    assert_eq!(im.values[15], 31.0);
+
+    let rgb = dir.path().join("rgb.npz");
+    write_npz(&rgb, [4, 2, 2], 16, true, false, 0);
+    let labels = vec!["a".to_string(), "b".to_string()];
+    let src = DataSource::open(&rgb, Some(&labels), SplitFractions::default()).unwrap();
+    assert_eq!(src.classes, labels);
+    let im = src.image(Split::Test, 0).unwrap();
+    assert_eq!((im.rows, im.cols, im.channels), (16, 16, 3));
+    let prepared = src.prepare(Split::Val, 28, [0.5; 3], [0.5; 3], None).unwrap();
+    assert_eq!(prepared.len(), 2);
+    assert_eq!(prepared.pixels.len(), 2 * 3 * 28 * 28);
+}
+
+#[test]
+fn npz_with_mismatched_labels_or_names_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.npz");
+    write_npz(&bad, [6, 2, 2], 16, false, true, -1);
+    let err = DataSource::open(&bad, None, SplitFractions::default()).unwrap_err().to_string();
+    assert!(err.contains("6 images but 5 labels"), "{err}");
+
+    let ok = dir.path().join("ok.npz");
+    write_npz(&ok, [6, 2, 2], 16, false, true, 0);
+    let three = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+    let err = DataSource::open(&ok, Some(&three), SplitFractions::default()).unwrap_err().to_string();
+    assert!(err.contains("3 labels given"), "{err}");
+
+    let not_zip = dir.path().join("x.npz");
+    std::fs::write(&not_zip, b"not a zip").unwrap();
+    let err = DataSource::open(&not_zip, None, SplitFractions::default()).unwrap_err().to_string();
+    assert!(err.contains("not a .npz"), "{err}");
+}
+
+#[test]
+fn image_folder_with_splits_and_skipped_unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for split in ["train", "val", "test"] {
+        write_class_folders(&dir.path().join(split), &["benign", "malignant"], 3);
+    }
+    // A file with an image extension that is not an image: skipped and counted, not fatal.
+    std::fs::write(dir.path().join("train/benign/broken.png"), b"garbage").unwrap();
+    let src = DataSource::open(dir.path(), None, SplitFractions::default()).unwrap();
+    assert_eq!(src.classes, vec!["benign", "malignant"]);
+    assert_eq!(src.len(Split::Train), 7);
+    let p = src.prepare(Split::Train, 28, [0.5; 3], [0.5; 3], None).unwrap();
+    assert_eq!(p.len(), 6);
+    assert_eq!(p.skipped.len(), 1);
+    assert!(p.skipped[0].0.ends_with("broken.png"));
+    assert_eq!(p.class_counts(2), vec![3, 3]);
+}
+
+#[test]
+fn image_folder_without_splits_is_split_per_class_by_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_class_folders(dir.path(), &["a", "b", "c"], 10);
+    let f = SplitFractions { val: 0.1, test: 0.2, seed: 7 };
+    let one = DataSource::open(dir.path(), None, f).unwrap();
+    let two = DataSource::open(dir.path(), None, f).unwrap();
+    assert_eq!((one.len(Split::Train), one.len(Split::Val), one.len(Split::Test)), (21, 3, 6));
+    let names = |s: &DataSource, split| (0..s.len(split)).map(|i| s.item_name(split, i)).collect::<Vec<_>>();
+    assert_eq!(names(&one, Split::Test), names(&two, Split::Test), "same seed, same split");
+    let other = DataSource::open(dir.path(), None, SplitFractions { seed: 8, ..f }).unwrap();
+    assert_ne!(names(&one, Split::Test), names(&other, Split::Test), "another seed, another split");
+    // Stratified: 2 test images per class.
+    let test_labels: Vec<usize> = (0..6).map(|i| one.label(Split::Test, i)).collect();
+    for c in 0..3 {
+        assert_eq!(test_labels.iter().filter(|&&l| l == c).count(), 2);
+    }
+}
+
+#[test]
+fn empty_class_folder_one_class_and_partial_splits_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_class_folders(dir.path(), &["a", "b"], 5);
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let err = DataSource::open(dir.path(), None, SplitFractions::default()).unwrap_err().to_string();
+    assert!(err.contains("'empty' holds no images"), "{err}");
+
+    let one = tempfile::tempdir().unwrap();
+    write_class_folders(one.path(), &["only"], 5);
+    let err = DataSource::open(one.path(), None, SplitFractions::default()).unwrap_err().to_string();
+    assert!(err.contains("only one class"), "{err}");
+
+    let partial = tempfile::tempdir().unwrap();
+    write_class_folders(&partial.path().join("train"), &["a", "b"], 3);
+    write_class_folders(&partial.path().join("test"), &["a", "b"], 3);
+    let err = DataSource::open(partial.path(), None, SplitFractions::default()).unwrap_err().to_string();
+    assert!(err.contains("not all three"), "{err}");
+
+    let mismatch = tempfile::tempdir().unwrap();
+    write_class_folders(&mismatch.path().join("train"), &["a", "b"], 3);
+    write_class_folders(&mismatch.path().join("val"), &["a", "c"], 3);
+    write_class_folders(&mismatch.path().join("test"), &["a", "b"], 3);
+    let err = DataSource::open(mismatch.path(), None, SplitFractions::default()).unwrap_err().to_string();
+    assert!(err.contains("val has classes [a, c]"), "{err}");
+}
+
+// ---- metrics ---------------------------------------------------------------------------
+
+#[test]
+fn auc_matches_hand_computed_values_with_ties() {
+    // Positives {0.35, 0.8}, negatives {0.1, 0.4}: pairs won 0.35>0.1, 0.8>0.1, 0.8>0.4 → 3/4.
+    assert_eq!(binary_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
+    // Positives {0.5, 0.9}, negatives {0.5, 0.5}: ties count ½ → (½ + ½ + 1 + 1) / 4.
+    assert_eq!(binary_auc(&[0.5, 0.5, 0.5, 0.9], &[false, true, false, true]), Some(0.75));
+    // All tied: 0.5.
+    assert_eq!(binary_auc(&[0.3; 4], &[true, false, true, false]), Some(0.5));
+    // One class absent: undefined.
+    assert_eq!(binary_auc(&[0.1, 0.2], &[true, true]), None);
+}
+
+#[test]
+fn evaluation_matches_hand_computed_confusion_f1_sensitivity() {
+    let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    // Truth a a b b, predicted a b b a; class c absent from the truth and never predicted.
+    let probs = [
+        0.7, 0.2, 0.1, //
+        0.3, 0.6, 0.1, //
+        0.2, 0.7, 0.1, //
+        0.5, 0.4, 0.1f32,
+    ];
+    let e = evaluate(&probs, &[0, 0, 1, 1], &classes);
+    assert_eq!(e.confusion, vec![vec![1, 1, 0], vec![1, 1, 0], vec![0, 0, 0]]);
+    assert_eq!(e.accuracy, 0.5);
+    // F1 of a and b: 2·1 / (2·1 + 1 + 1) = 0.5; c has no F1 (absent, never predicted).
+    assert_eq!(e.macro_f1, 0.5);
+    assert_eq!(e.per_class[2].f1, None);
+    assert_eq!(e.per_class[0].sensitivity, Some(0.5));
+    assert_eq!(e.per_class[0].specificity, Some(0.5));
+    assert_eq!(e.per_class[2].sensitivity, None);
+    assert_eq!(e.per_class[2].specificity, Some(1.0));
+    // AUC of a: scores of a {0.7, 0.3} vs others {0.2, 0.5} → (1 + 1 + 1 + 0) / 4 = 0.75.
+    // AUC of b: {0.7, 0.4} vs {0.2, 0.6} → (1 + 1 + 1 + 0) / 4 = 0.75. c: no positives.
+    assert_eq!(e.per_class[0].auc, Some(0.75));
+    assert_eq!(e.per_class[1].auc, Some(0.75));
+    assert_eq!(e.macro_auc, Some(0.75));
+    assert_eq!(e.auc_undefined_for, vec!["c".to_string()]);
+}
+
+#[test]
+fn cosine_schedule_warms_up_and_ends_at_min_lr() {
+    let total = 100;
+    assert!((learning_rate(0, total, 1e-3, 1e-6, 0.05) - 2e-4).abs() < 1e-12);
+    assert!((learning_rate(4, total, 1e-3, 1e-6, 0.05) - 1e-3).abs() < 1e-12);
+    assert!((learning_rate(5, total, 1e-3, 1e-6, 0.05) - 1e-3).abs() < 1e-12);
+    assert!((learning_rate(100, total, 1e-3, 1e-6, 0.05) - 1e-6).abs() < 1e-12);
+    let mid = learning_rate(5 + 95 / 2, total, 1e-3, 1e-6, 0.05);
+    assert!((mid - (1e-6 + 0.5 * (1e-3 - 1e-6) * (1.0 + (std::f64::consts::PI * 47.0 / 95.0).cos()))).abs() < 1e-12);
+}
+
+// ---- the differentiable forward ---------------------------------------------------------
+
+#[test]
+fn differentiable_forward_matches_the_engine_and_its_gradients_are_right() {
+    let engine = Engine::open(&backbone_dir()).unwrap();
+    let vit = engine.backbone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let g = GradVit::new(vit, Trainable::Lora { rank: 4, scale: 1.0 }, &mut rng).unwrap();
+    // Non-zero B so that the LoRA path matters.
+    for l in g.lora() {
+        let noise = |v: &Var| Tensor::randn(0f32, 0.05, v.dims(), &Device::Cpu).unwrap();
+        l.q_b.set(&noise(&l.q_b)).unwrap();
+        l.v_b.set(&noise(&l.v_b)).unwrap();
+    }
+    let pixels = Tensor::randn(0f32, 1.0, (2, 3, 56, 56), &Device::Cpu).unwrap();
+    let pos = vit.position_embedding(4, 4).unwrap();
+    let ours = g.features(&pixels, &pos, Pooling::ClsMeanPatch).unwrap();
+
+    // The engine's inference pass with the same factors.
+    let lora: Vec<melo::model::vit::QkvLora> = g
+        .lora()
+        .iter()
+        .map(|l| melo::model::vit::QkvLora::QV {
+            q: melo::model::vit::LowRank::new(l.q_a.as_tensor().clone(), l.q_b.as_tensor().clone(), 1.0).unwrap(),
+            v: melo::model::vit::LowRank::new(l.v_a.as_tensor().clone(), l.v_b.as_tensor().clone(), 1.0).unwrap(),
+        })
+        .collect();
+    let reference = vit.forward(&pixels, Some(&lora)).unwrap().pooled(Pooling::ClsMeanPatch).unwrap();
+    let diff = (&ours - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff <= 1e-4 * scale, "max |diff| {diff} vs max |ref| {scale}");
+
+    // Gradient of a scalar loss w.r.t. one LoRA entry against a central finite difference.
+    let loss_of = |g: &GradVit| -> f64 {
+        let f = g.features(&pixels, &pos, Pooling::Cls).unwrap();
+        f64::from(f.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+    };
+    let f = g.features(&pixels, &pos, Pooling::Cls).unwrap();
+    let grads = f.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let var = &g.lora()[5].v_b;
+    let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[7];
+    let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let h = 1e-2f32;
+    let mut plus = base.clone();
+    plus[7] += h;
+    var.set(&Tensor::from_vec(plus, var.dims(), &Device::Cpu).unwrap()).unwrap();
+    let lp = loss_of(&g);
+    let mut minus = base.clone();
+    minus[7] -= h;
+    var.set(&Tensor::from_vec(minus, var.dims(), &Device::Cpu).unwrap()).unwrap();
+    let lm = loss_of(&g);
+    let numeric = (lp - lm) / (2.0 * f64::from(h));
+    let rel = (f64::from(analytic) - numeric).abs() / numeric.abs().max(1e-3);
+    assert!(rel < 0.02, "analytic {analytic} vs numeric {numeric}");
+}
+
+// ---- end to end ------------------------------------------------------------------------
+
+fn options(data: PathBuf, out: PathBuf, method: Method, epochs: usize) -> TrainOptions {
+    TrainOptions {
+        data,
+        method,
+        rank: 2,
+        alpha: 2.0,
+        epochs,
+        lr: 2e-3,
+        min_lr: 1e-6,
+        warmup: 0.0,
+        batch: 8,
+        size: 28,
+        seed: 1,
+        out,
+        task: "breast_test".into(),
+        labels: Some(vec!["malignant".into(), "normal_or_benign".into()]),
+        modality: "US".into(),
+        description: String::new(),
+        augment: Augment::Hflip,
+        label_smoothing: 0.1,
+        weight_decay: 1e-4,
+        class_weights: true,
+        pooling: Pooling::ClsMeanPatch,
+        backbone: backbone_dir(),
+        limit: Some(24),
+        split: SplitFractions::default(),
+        resume: false,
+        stop_after: None,
+        progress: false,
+    }
+}
+
+fn read_report(out: &Path) -> TrainReport {
+    serde_json::from_str(&std::fs::read_to_string(report_path(out)).unwrap()).unwrap()
+}
+
+#[test]
+fn lora_training_saves_a_loadable_adapter_and_resume_equals_an_uninterrupted_run() {
+    let Some(data) = medmnist("breastmnist.npz") else {
+        panic!("../shared/data/medmnist/breastmnist.npz is missing (see ../shared/data/README.md)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let whole = dir.path().join("whole.safetensors");
+    let report = train(&options(data.clone(), whole.clone(), Method::Lora, 2)).unwrap();
+    assert_eq!(report.history.len(), 2);
+    assert!(!checkpoint_path(&whole).exists(), "a finished run leaves no checkpoint");
+    let adapter = Adapter::load(&whole).unwrap();
+    assert_eq!(adapter.metadata().rank, 2);
+    assert_eq!(adapter.metadata().input_size, 28);
+    assert_eq!(adapter.metadata().metrics["test_accuracy"], report.test.accuracy);
+    // 12 blocks × (q, v) × (A [2, 384] + B [384, 2]) + head [2, 768] + [2].
+    assert_eq!(report.trainable_parameters, 12 * 2 * (2 * 384 * 2) + 2 * 768 + 2);
+    let mut engine = Engine::open(&backbone_dir()).unwrap();
+    engine.register(adapter).unwrap();
+
+    // Interrupted after one epoch: a checkpoint, no adapter.
+    let split = dir.path().join("split.safetensors");
+    let mut first = options(data.clone(), split.clone(), Method::Lora, 2);
+    first.stop_after = Some(1);
+    let err = train(&first).unwrap_err().to_string();
+    assert!(err.contains("stopped after epoch 1"), "{err}");
+    assert!(checkpoint_path(&split).is_file());
+    assert!(!split.exists(), "no adapter before the run finishes");
+    // A resume with other options is refused.
+    let mut other = options(data.clone(), split.clone(), Method::Lora, 2);
+    other.lr = 1e-3;
+    other.resume = true;
+    assert!(train(&other).unwrap_err().to_string().contains("other options"));
+    // Resumed: the same result as the uninterrupted run.
+    let mut second = options(data, split.clone(), Method::Lora, 2);
+    second.resume = true;
+    let resumed = train(&second).unwrap();
+    assert_eq!(resumed.history.len(), 2);
+    assert_eq!(resumed.test_probabilities_head, read_report(&whole).test_probabilities_head);
+    assert!(!checkpoint_path(&split).exists());
+}
+
+#[test]
+fn linear_probe_and_full_fine_tuning_run_and_count_parameters() {
+    let Some(data) = medmnist("breastmnist.npz") else {
+        panic!("../shared/data/medmnist/breastmnist.npz is missing (see ../shared/data/README.md)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let linear = dir.path().join("linear.safetensors");
+    let report = train(&options(data.clone(), linear.clone(), Method::Linear, 3)).unwrap();
+    assert_eq!(report.trainable_parameters, 2 * 768 + 2);
+    let adapter = Adapter::load(&linear).unwrap();
+    assert_eq!(adapter.head_weight().dims(), &[2, 768]);
+
+    let full = dir.path().join("full.safetensors");
+    let mut o = options(data, full.clone(), Method::Full, 1);
+    o.lr = 1e-5;
+    let report = train(&o).unwrap();
+    // Every backbone weight but the position embedding (21 520 896) plus the head (2·768 + 2).
+    assert_eq!(report.trainable_parameters, 21_520_896 + 2 * 768 + 2);
+    // With the position embedding (1370 × 384): the 22.05 M of DINOv2 ViT-S/14.
+    assert_eq!(report.backbone_parameters, 21_520_896 + 1370 * 384);
+    assert!(report.file_bytes > 4 * 21_522_434);
+    assert!(Adapter::load(&full).is_err(), "a full fine-tune is not an adapter");
+}
+
+#[test]
+fn bad_options_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("none.npz");
+    let mut o = options(data.clone(), dir.path().join("x.bin"), Method::Lora, 1);
+    assert!(train(&o).unwrap_err().to_string().contains(".safetensors"));
+    o.out = dir.path().join("missing/x.safetensors");
+    assert!(train(&o).unwrap_err().to_string().contains("does not exist"));
+    o.out = dir.path().join("x.safetensors");
+    o.epochs = 0;
+    assert!(train(&o).unwrap_err().to_string().contains("--epochs"));
+    o.epochs = 1;
+    let err = train(&o).unwrap_err().to_string();
+    assert!(err.contains("none.npz"), "{err}");
+    assert!(!o.out.exists());
+}

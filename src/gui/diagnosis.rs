@@ -520,16 +520,39 @@ impl DiagnosisPanel {
                 }
             });
         let Some(info) = self.task(&selected).cloned() else { return };
+        if !info.description.is_empty() {
+            ui.label(RichText::new(&info.description).small());
+        }
         match self.latency_ms.get(&info.task) {
             Some(ms) => ui.label(format!("Latency {ms:.0} ms (last prediction, this machine)")),
             None => ui.label("Latency: measuring…"),
         };
         ui.label(format!("Intended modality: {}", modality_or_any(&info.modality)));
-        if !info.metrics.is_empty() {
-            let metrics: Vec<String> = info.metrics.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
-            ui.label(format!("Recorded test metrics: {}", metrics.join(", ")));
-        } else {
+        // The headline test figures (per-class entries have a dot in their name); everything
+        // the trainer recorded is one click away.
+        let headline: Vec<String> = info
+            .metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("test_") && !k.contains('.'))
+            .map(|(k, v)| format!("{} {}", k.trim_start_matches("test_").replace('_', " "), metric_text(*v)))
+            .collect();
+        if !headline.is_empty() {
+            ui.label(format!("Recorded test metrics: {}", headline.join(", ")));
+        } else if info.metrics.is_empty() {
             ui.label(RichText::new("No test metrics recorded in this adapter").weak());
+        }
+        if !info.metrics.is_empty() {
+            egui::CollapsingHeader::new(format!("All recorded metrics ({})", info.metrics.len()))
+                .id_salt(("adapter_metrics", &info.task))
+                .show(ui, |ui| {
+                    egui::Grid::new(("adapter_metrics_grid", &info.task)).striped(true).show(ui, |ui| {
+                        for (k, v) in &info.metrics {
+                            ui.label(RichText::new(k).small());
+                            ui.label(RichText::new(metric_text(*v)).small());
+                            ui.end_row();
+                        }
+                    });
+                });
         }
         if !info.training_dataset.is_empty() {
             ui.label(RichText::new(format!("Trained on {}", info.training_dataset)).small());
@@ -686,6 +709,15 @@ fn guess_layout(path: &Path) -> AdapterLayout {
         AdapterLayout::Peft
     } else {
         AdapterLayout::Workstation
+    }
+}
+
+/// Counts as integers, rates with three decimals.
+fn metric_text(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
     }
 }
 

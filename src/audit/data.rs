@@ -98,8 +98,9 @@ impl SampleSet {
         let npy = npyz::NpyFile::new(&bytes[..])
             .map_err(|e| Error::Data(format!("{}: images.npy is not a valid .npy ({e})", path.display())))?;
         let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-        let type_str = npy.dtype().descr();
-        if type_str != "|u1" {
+        let descr = npy.dtype().descr();
+        let type_str = descr.trim_matches('\'');
+        if !matches!(type_str, "|u1" | "<u1" | ">u1") {
             return Err(Error::Data(format!(
                 "{}: images must be uint8 (0–255), found dtype {type_str}",
                 path.display()

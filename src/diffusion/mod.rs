@@ -9,6 +9,7 @@
 //! Parity with diffusers is checked in `tests/diffusion_parity.rs` against fixtures in
 //! `tests/data/diffusion`. Nothing here depends on egui.
 
+mod conv;
 mod error;
 pub mod scheduler;
 pub mod unet;

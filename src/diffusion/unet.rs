@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use super::conv::{Conv2d, GroupNorm};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
@@ -260,8 +262,7 @@ struct ResnetBlock {
 }
 
 fn conv3x3(cin: usize, cout: usize, stride: usize, padding: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig { padding, stride, ..Default::default() };
-    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+    Conv2d::load(cin, cout, 3, stride, padding, vb)
 }
 
 impl ResnetBlock {
@@ -270,15 +271,15 @@ impl ResnetBlock {
         let scale_shift = cfg.resnet_time_scale_shift == "scale_shift";
         let proj_out = if scale_shift { 2 * cout } else { cout };
         let conv_shortcut = if cin != cout {
-            Some(candle_nn::conv2d(cin, cout, 1, Default::default(), vb.pp("conv_shortcut"))?)
+            Some(Conv2d::load(cin, cout, 1, 1, 0, vb.pp("conv_shortcut"))?)
         } else {
             None
         };
         Ok(Self {
-            norm1: candle_nn::group_norm(g, cin, cfg.norm_eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::load(g, cin, cfg.norm_eps, vb.pp("norm1"))?,
             conv1: conv3x3(cin, cout, 1, 1, vb.pp("conv1"))?,
             time_emb_proj: candle_nn::linear(cfg.time_embed_dim(), proj_out, vb.pp("time_emb_proj"))?,
-            norm2: candle_nn::group_norm(g, cout, cfg.norm_eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::load(g, cout, cfg.norm_eps, vb.pp("norm2"))?,
             conv2: conv3x3(cout, cout, 1, 1, vb.pp("conv2"))?,
             conv_shortcut,
             scale_shift,
@@ -289,19 +290,18 @@ impl ResnetBlock {
     /// `temb_silu` is SiLU(time embedding): every ResNet applies SiLU before its projection,
     /// so the caller computes it once.
     fn forward(&self, x: &Tensor, temb_silu: &Tensor) -> candle_core::Result<Tensor> {
-        let h = candle_nn::ops::silu(&self.norm1.forward(x)?)?;
-        let h = self.conv1.forward(&h)?;
+        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
         let proj = self.time_emb_proj.forward(temb_silu)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = if self.scale_shift {
             let half = proj.dim(1)? / 2;
             let scale = proj.narrow(1, 0, half)?;
             let shift = proj.narrow(1, half, half)?;
-            let n = self.norm2.forward(&h)?;
-            n.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?
+            let n = self.norm2.forward(&h, false)?;
+            candle_nn::ops::silu(&n.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?)?
         } else {
-            self.norm2.forward(&h.broadcast_add(&proj)?)?
+            self.norm2.forward(&h.broadcast_add(&proj)?, true)?
         };
-        let h = self.conv2.forward(&candle_nn::ops::silu(&h)?)?;
+        let h = self.conv2.forward(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -331,7 +331,7 @@ impl Attention {
     fn new(channels: usize, groups: Option<usize>, rescale: f64, cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let heads = cfg.attention_head_dim.map_or(1, |d| channels / d);
         let group_norm = match groups {
-            Some(g) => Some(candle_nn::group_norm(g, channels, cfg.norm_eps, vb.pp("group_norm"))?),
+            Some(g) => Some(GroupNorm::load(g, channels, cfg.norm_eps, vb.pp("group_norm"))?),
             None => None,
         };
         Ok(Self {
@@ -348,7 +348,7 @@ impl Attention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let normed = match &self.group_norm {
-            Some(g) => g.forward(x)?,
+            Some(g) => g.forward(x, false)?,
             None => x.clone(),
         };
         let seq = normed.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?; // [B, HW, C]
@@ -532,7 +532,7 @@ impl UNet2DModel {
             };
             up.push(UpBlock { resnets, attentions, upsample });
         }
-        let conv_norm_out = candle_nn::group_norm(c.norm_num_groups, boc[0], c.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = GroupNorm::load(c.norm_num_groups, boc[0], c.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv3x3(boc[0], c.out_channels, 1, 1, vb.pp("conv_out"))?;
         Ok(Self {
             config,
@@ -664,7 +664,7 @@ impl UNet2DModel {
                 h = conv.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
             }
         }
-        let h = candle_nn::ops::silu(&self.conv_norm_out.forward(&h)?)?;
+        let h = self.conv_norm_out.forward(&h, true)?;
         Ok(self.conv_out.forward(&h)?)
     }
 

@@ -351,6 +351,8 @@ fn options(data: PathBuf, out: PathBuf, method: Method, epochs: usize) -> TrainO
         split: SplitFractions::default(),
         resume: false,
         stop_after: None,
+        head_epochs: 0,
+        head_lr: 3e-3,
         progress: false,
     }
 }
@@ -440,4 +442,22 @@ fn bad_options_are_refused_before_any_work() {
     let err = train(&o).unwrap_err().to_string();
     assert!(err.contains("none.npz"), "{err}");
     assert!(!o.out.exists());
+}
+
+#[test]
+fn head_phase_trains_the_head_before_lora() {
+    let Some(data) = medmnist("breastmnist.npz") else {
+        panic!("../shared/data/medmnist/breastmnist.npz is missing (see ../shared/data/README.md)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lpft.safetensors");
+    let mut o = options(data, out.clone(), Method::Lora, 1);
+    o.head_epochs = 4;
+    let report = train(&o).unwrap();
+    let auc = report.head_phase_val_auc.expect("the head phase ran");
+    assert!((0.0..=1.0).contains(&auc));
+    // LoRA B starts at zero, so the model entering the LoRA phase is exactly that probe; the
+    // kept epoch is chosen on validation AUC among the LoRA epochs.
+    assert_eq!(report.history.len(), 1);
+    Adapter::load(&out).unwrap();
 }

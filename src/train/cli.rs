@@ -79,6 +79,12 @@ pub struct TrainArgs {
     /// Continue an interrupted run from its checkpoint (OUT with extension .ckpt).
     #[arg(long)]
     pub resume: bool,
+    /// LoRA / full: train the head alone on frozen features for N epochs first (LP-FT).
+    #[arg(long, default_value_t = 0)]
+    pub head_epochs: usize,
+    /// Peak learning rate of that head-only phase.
+    #[arg(long, default_value_t = 3e-3)]
+    pub head_lr: f64,
     /// Stop after N epochs of this invocation, keeping the checkpoint (continue with --resume).
     #[arg(long)]
     pub stop_after: Option<usize>,
@@ -156,6 +162,8 @@ impl TrainArgs {
             },
             resume: self.resume,
             stop_after: self.stop_after,
+            head_epochs: self.head_epochs,
+            head_lr: self.head_lr,
             progress: !self.quiet,
         })
     }

@@ -94,10 +94,22 @@ pub struct TrainOptions {
     pub limit: Option<usize>,
     pub split: SplitFractions,
     pub resume: bool,
+    /// LoRA and full fine-tuning: first train the head alone for this many epochs on the frozen
+    /// backbone's features (computed once), keeping its best validation epoch, then train
+    /// everything from there ("LP-FT", Kumar et al. 2022). 0 = start from a random head.
+    #[serde(default)]
+    pub head_epochs: usize,
+    /// Peak learning rate of that head-only phase.
+    #[serde(default = "default_head_lr")]
+    pub head_lr: f64,
     /// Stop (checkpoint kept, no adapter written) after this many epochs in this invocation;
     /// `--resume` continues. Lets a long run be split over sessions.
     pub stop_after: Option<usize>,
     pub progress: bool,
+}
+
+fn default_head_lr() -> f64 {
+    3e-3
 }
 
 /// One finished epoch.
@@ -137,6 +149,10 @@ pub struct TrainReport {
     pub train_images_per_second: f64,
     pub best_epoch: usize,
     pub history: Vec<EpochRecord>,
+    /// Validation macro AUC of the head-only phase's kept head (`head_epochs` > 0), i.e. of
+    /// the linear probe the LoRA / full phase started from.
+    #[serde(default)]
+    pub head_phase_val_auc: Option<f64>,
     pub val: Evaluation,
     pub test: Evaluation,
     /// Probabilities of the first test items (at most 64), as the engine computes them: the
@@ -446,6 +462,12 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
         }
         _ => Model::Backbone(GradVit::new(vit, trainable, &mut rng)?),
     };
+    let ckpt = checkpoint_path(&o.out);
+    let resuming = o.resume && ckpt.is_file();
+    let mut head_phase_val_auc = None;
+    if o.method != Method::Linear && o.head_epochs > 0 && !resuming {
+        head_phase_val_auc = head_phase(&head, vit, &train_set, &val_set, &classes, &weights, o)?;
+    }
     let feature_seconds = t_train.elapsed().as_secs_f64();
 
     let mut params: Vec<(String, Var)> = head.vars();
@@ -461,7 +483,6 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
     let pos = vit.position_embedding(o.size / cfg.patch_size, o.size / cfg.patch_size)?;
 
     // Resume.
-    let ckpt = checkpoint_path(&o.out);
     let fp = fingerprint(o, vit.sha256());
     let mut meta = CheckpointMeta {
         fingerprint: fp.clone(),
@@ -626,6 +647,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
             / meta.history.iter().map(|h| h.seconds).sum::<f64>().max(1e-9),
         best_epoch: meta.best_epoch,
         history: meta.history.clone(),
+        head_phase_val_auc,
         val,
         test,
         test_probabilities_head,
@@ -645,6 +667,56 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
     // The run is complete: its checkpoint is no longer needed.
     let _ = std::fs::remove_file(&ckpt);
     Ok(report)
+}
+
+/// The head-only phase: the head trained on frozen features (of the training images in every
+/// flip the augmentation uses), best validation macro AUC kept. Returns that AUC.
+fn head_phase(
+    head: &Head,
+    vit: &VisionTransformer,
+    train_set: &Prepared,
+    val_set: &Prepared,
+    classes: &[String],
+    weights: &[f32],
+    o: &TrainOptions,
+) -> Result<Option<f64>> {
+    let variants = flip_variants(o.augment);
+    let bar = progress_bar(o.progress, (train_set.len() * variants + val_set.len()) as u64, "head phase: features");
+    let train: Vec<Tensor> = (0..variants)
+        .map(|k| frozen_features(vit, train_set, (k & 1 == 1, k & 2 == 2), o.pooling, &bar))
+        .collect::<Result<_>>()?;
+    let val = frozen_features(vit, val_set, (false, false), o.pooling, &bar)?;
+    bar.finish_and_clear();
+    let mut opt = AdamW::new(head.vars(), o.weight_decay)?;
+    let steps_per_epoch = train_set.len().div_ceil(o.batch);
+    let total = steps_per_epoch * o.head_epochs;
+    let mut best: Option<(f64, f64, Vec<Tensor>)> = None;
+    for epoch in 0..o.head_epochs {
+        let mut erng = rand::rngs::StdRng::seed_from_u64(o.seed ^ 0xA5A5_5A5A ^ (epoch as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        order.shuffle(&mut erng);
+        for (s, chunk) in order.chunks(o.batch).enumerate() {
+            let rows: Vec<Tensor> = chunk
+                .iter()
+                .map(|&i| train[erng.random_range(0..variants)].get(i))
+                .collect::<candle_core::Result<_>>()?;
+            let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
+            let loss = smoothed_cross_entropy(&head.forward(&Tensor::stack(&rows, 0)?)?, &labels, weights, o.label_smoothing)?;
+            let lr = learning_rate(epoch * steps_per_epoch + s, total, o.head_lr, o.min_lr, o.warmup);
+            opt.step(&loss.backward()?, lr)?;
+        }
+        let e = evaluate(&softmax_rows(&head.forward(&val)?)?, &val_set.labels, classes);
+        let auc = e.macro_auc.unwrap_or(e.accuracy);
+        if best.as_ref().is_none_or(|(a, l, _)| auc > *a || (auc == *a && e.loss < *l)) {
+            best = Some((auc, e.loss, head.vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?));
+        }
+    }
+    let Some((auc, _, tensors)) = best else { return Ok(None) };
+    for ((_, var), t) in head.vars().iter().zip(&tensors) {
+        var.set(t)?;
+    }
+    eprintln!("head phase: {} epochs on frozen features, kept val AUC {auc:.4}", o.head_epochs);
+    Ok(Some(auc))
 }
 
 fn flip_variants(augment: Augment) -> usize {

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""The MeLo table of docs/results.md from `melo train` reports (`*.report.json`).
+
+    python3 tools/train/table.py adapters/*.report.json docs/training/*.report.json
+
+Groups the reports by data set, one row per method, and adds the published baselines on the
+same official test splits (MedMNIST v2 paper, Acevedo et al. 2020) for comparison. Nothing is
+computed here except formatting and the trainable share of the 22.05 M backbone + head.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+# Published test metrics (AUC, ACC) on the same splits; see ../shared/docs/background.md §1.
+PUBLISHED = {
+    "breastmnist.npz": [("ResNet-18 (28 px), MedMNIST v2", 0.901, 0.863), ("Google AutoML Vision, MedMNIST v2", 0.919, 0.861)],
+    "pneumoniamnist.npz": [("ResNet-18 (28 px), MedMNIST v2", 0.944, 0.854), ("Google AutoML Vision, MedMNIST v2", 0.991, 0.946)],
+    "retinamnist.npz": [("ResNet-18 (28 px), MedMNIST v2", 0.717, 0.524), ("Google AutoML Vision, MedMNIST v2", 0.750, 0.531)],
+    "pbc": [("VGG-16, Acevedo et al. 2019 (full PBC)", None, 0.962)],
+}
+# Linear probe of the same backbone at 224 px (sklearn logistic regression, background §4).
+PROBE_224 = {"breastmnist.npz": (0.854, 0.853), "pneumoniamnist.npz": (0.964, 0.866), "retinamnist.npz": (0.738, 0.510), "pbc": (0.997, 0.943)}
+BACKBONE_PARAMS = 21_520_896 + 1370 * 384
+
+
+def fmt(x, digits=3):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def ips(r):
+    # A linear probe computes the frozen features once; its epochs only train the head.
+    return "(features once)" if r["method"] == "linear" else f"{r['train_images_per_second']:.1f}"
+
+
+def main(paths):
+    reports = [json.loads(Path(p).read_text()) | {"_path": p} for p in paths]
+    by_data = {}
+    for r in reports:
+        by_data.setdefault(Path(r["data"]).name, []).append(r)
+    order = {"linear": 0, "lora": 1, "full": 2}
+    for data, rs in sorted(by_data.items()):
+        rs.sort(key=lambda r: order[r["method"]])
+        r0 = rs[0]
+        print(f"\n**{data}** — {len(r0['classes'])} classes, train / val / test {r0['train_samples']} / {r0['val_samples']} / {r0['test_samples']}, input {r0['options']['size']} px\n")
+        print("| method | trainable parameters | share | file on disk | epochs (best) | training time | train img/s | test ACC | test macro AUC | test macro F1 |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rs:
+            c = len(r["classes"])
+            share = 100.0 * r["trainable_parameters"] / (BACKBONE_PARAMS + c * 768 + c)
+            t = r["test"]
+            print(
+                f"| {r['method']} | {r['trainable_parameters']:,} | {share:.3f} % | {r['file_bytes'] / 1e6:.2f} MB | "
+                f"{len(r['history'])} ({r['best_epoch']}) | {r['train_seconds'] / 60:.1f} min | {ips(r)} | "
+                f"{fmt(t['accuracy'])} | {fmt(t['macro_auc'])} | {fmt(t['macro_f1'])} |"
+            )
+        auc, acc = PROBE_224.get(data, (None, None))
+        print(f"| *linear probe at 224 px (background §4)* | | | | | | | {fmt(acc)} | {fmt(auc)} | |")
+        for name, auc, acc in PUBLISHED.get(data, []):
+            print(f"| *{name}* | | | | | | | {fmt(acc)} | {fmt(auc)} | |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

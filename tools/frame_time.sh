@@ -5,7 +5,8 @@
 #   tools/frame_time.sh idle  [SECONDS]   viewer on the shipped samples, nothing running
 # Prints the median / p95 / max of the UI code's time per frame (ui_ms) and of the time between
 # frames (interval_ms: UI + tessellation + software GL paint under Xvfb + waiting for input);
-# for `audit`, only frames while the audit ran count. Raw CSV: target/frame_log_MODE.csv.
+# for `audit`, only frames while the audit ran count; at the end Esc cancels the audit and the
+# time from the key to the worker stopping is printed. Raw CSV: target/frame_log_MODE.csv.
 set -euo pipefail
 mode=${1:-audit}
 secs=${2:-40}
@@ -26,12 +27,19 @@ while [ $SECONDS -lt $end ]; do
     DISPLAY=$display xdotool mousemove $((500 + RANDOM % 600)) $((200 + RANDOM % 500)) 2>/dev/null || true
     sleep 0.016
 done
+if [ "$mode" = audit ]; then
+    DISPLAY=$display xdotool search --name 'MeLo Workstation' windowfocus 2>/dev/null || true
+    DISPLAY=$display xdotool key Escape
+    sleep 4
+fi
 kill $app 2>/dev/null || true
 wait $app 2>/dev/null || true
 python3 - "$log" "$mode" <<'PY'
 import csv, statistics, sys
 path, mode = sys.argv[1], sys.argv[2]
-rows = list(csv.DictReader(open(path)))
+lines = open(path).read().splitlines()
+notes = [l[2:] for l in lines if l.startswith("# ")]
+rows = list(csv.DictReader(l for l in lines if not l.startswith("#")))
 if mode == "audit":
     rows = [r for r in rows if r["audit_running"] == "1"]
 rows = [r for r in rows if float(r["interval_ms"]) > 0]
@@ -45,4 +53,6 @@ span = float(rows[-1]["t_s"]) - float(rows[0]["t_s"])
 print(f"{mode}: {len(rows)} frames over {span:.1f} s ({len(rows) / max(span, 1e-9):.1f} frames/s)")
 print(f"  ui_ms       {summary('ui_ms')}")
 print(f"  interval_ms {summary('interval_ms')}")
+for note in notes:
+    print(f"  {note}")
 PY

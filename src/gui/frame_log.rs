@@ -36,6 +36,12 @@ impl FrameLog {
         })
     }
 
+    /// A line that is not a frame (starts with `#`), e.g. how long a cancel took.
+    pub fn note(&mut self, text: &str) {
+        let _ = writeln!(self.out, "# {text}");
+        let _ = self.out.flush();
+    }
+
     /// Records one frame that started at `start` and has just finished.
     pub fn record(&mut self, start: Instant, audit_running: bool, diagnosis_busy: bool) {
         let ui_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -247,16 +247,20 @@ impl MeloApp {
         }
         app.frame_log = frame_log::FrameLog::from_env();
         // Scripted starts for screenshots and frame-time measurements (tools/*.sh).
-        match std::env::var("MELO_GUI_START").as_deref() {
-            Ok("privacy-demo") => {
-                app.auto_export = std::env::var_os("MELO_GUI_EXPORT").map(PathBuf::from);
-                app.tab = Tab::Privacy;
-                app.commands.push(Command::Privacy(PrivacyCommand::UseDemo));
-                app.commands.push(Command::Privacy(PrivacyCommand::Run));
+        // A comma-separated list, e.g. `heatmap,all-tasks`.
+        let start = std::env::var("MELO_GUI_START").unwrap_or_default();
+        for step in start.split(',').map(str::trim) {
+            match step {
+                "privacy-demo" => {
+                    app.auto_export = std::env::var_os("MELO_GUI_EXPORT").map(PathBuf::from);
+                    app.tab = Tab::Privacy;
+                    app.commands.push(Command::Privacy(PrivacyCommand::UseDemo));
+                    app.commands.push(Command::Privacy(PrivacyCommand::Run));
+                }
+                "heatmap" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetHeatmap(true))),
+                "all-tasks" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetShowAllTasks(true))),
+                _ => {}
             }
-            Ok("heatmap") => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetHeatmap(true))),
-            Ok("all-tasks") => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetShowAllTasks(true))),
-            _ => {}
         }
         app
     }
@@ -404,6 +408,11 @@ impl MeloApp {
         }
         for (level, text) in self.privacy.receive(&ctx) {
             self.push_message(level, text, Vec::new());
+        }
+        if let Some(latency) = self.privacy.fresh_cancel_latency.take() {
+            if let Some(log) = self.frame_log.as_mut() {
+                log.note(&format!("cancel_latency_s={:.3}", latency.as_secs_f64()));
+            }
         }
         // Once the results have been on screen for a frame (the PNG is cut from the window).
         if self.privacy.report.is_some() && !self.privacy.is_running() && self.privacy.plot_rect.is_some() {

@@ -49,11 +49,16 @@ impl Conv2d {
         let data = x.flatten_all()?.to_vec1::<f32>()?;
         let per_image = kk * oh * ow;
         let chunk = (COLS_BUDGET / per_image.max(1)).clamp(1, b);
-        let mut outputs = Vec::with_capacity(b.div_ceil(chunk));
+        let plane = oh * ow;
+        let bias: Vec<f32> = match &self.bias {
+            Some(t) => t.to_vec1::<f32>()?,
+            None => vec![0.0; self.cout],
+        };
+        let mut result = vec![0f32; b * self.cout * plane];
         let mut start = 0;
         while start < b {
             let n = chunk.min(b - start);
-            let pixels = n * oh * ow;
+            let pixels = n * plane;
             // cols[(ci, kh, kw), (img, oy, ox)]
             let mut cols = vec![0f32; kk * pixels];
             cols.par_chunks_mut(pixels).enumerate().for_each(|(row, dst)| {
@@ -87,15 +92,20 @@ impl Conv2d {
                 }
             });
             let cols = Tensor::from_vec(cols, (kk, pixels), &Device::Cpu)?;
-            let out = self.weight.matmul(&cols)?; // [C_out, n·oh·ow]
-            outputs.push(out.reshape((self.cout, n, oh, ow))?);
+            let out = self.weight.matmul(&cols)?.flatten_all()?.to_vec1::<f32>()?; // [C_out, n·oh·ow]
+            // Back to [B, C_out, oh, ow] with the bias added, in one pass (no candle binary op:
+            // its thread pool spin-waits after each op and competes with gemm's threads).
+            let dst = &mut result[start * self.cout * plane..(start + n) * self.cout * plane];
+            dst.par_chunks_mut(plane).enumerate().for_each(|(i, d)| {
+                let (img, co) = (i / self.cout, i % self.cout);
+                let src = &out[co * pixels + img * plane..][..plane];
+                for (o, &v) in d.iter_mut().zip(src) {
+                    *o = v + bias[co];
+                }
+            });
             start += n;
         }
-        let out = Tensor::cat(&outputs, 1)?.transpose(0, 1)?.contiguous()?; // [B, C_out, oh, ow]
-        match &self.bias {
-            Some(bias) => out.broadcast_add(&bias.reshape((1, self.cout, 1, 1))?),
-            None => Ok(out),
-        }
+        Tensor::from_vec(result, (b, self.cout, oh, ow), x.device())
     }
 }
 
@@ -121,7 +131,18 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor, then_silu: bool) -> candle_core::Result<Tensor> {
+        self.forward_with_offsets(x, None, then_silu)
+    }
+
+    /// GroupNorm(x + o) (then SiLU) where `o` is one value per (image, channel), `[B·C]` — the
+    /// ResNet's time-embedding projection, added here instead of in a separate pass.
+    pub fn forward_with_offsets(&self, x: &Tensor, offsets: Option<&[f32]>, then_silu: bool) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
+        if let Some(o) = offsets {
+            if o.len() != b * c {
+                candle_core::bail!("GroupNorm: {} offsets for {b}×{c}", o.len())
+            }
+        }
         if c != self.channels {
             candle_core::bail!("GroupNorm: {c} channels, expected {}", self.channels)
         }
@@ -130,6 +151,13 @@ impl GroupNorm {
         let plane = h * w;
         data.par_chunks_mut(cg * plane).enumerate().for_each(|(bg, block)| {
             let g = bg % self.groups;
+            if let Some(o) = offsets {
+                let img = bg / self.groups;
+                for (ci, chan) in block.chunks_mut(plane).enumerate() {
+                    let add = o[img * c + g * cg + ci];
+                    chan.iter_mut().for_each(|v| *v += add);
+                }
+            }
             let n = block.len() as f64;
             let mean = block.iter().map(|&v| v as f64).sum::<f64>() / n;
             let var = block.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;

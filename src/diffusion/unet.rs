@@ -291,15 +291,17 @@ impl ResnetBlock {
     /// so the caller computes it once.
     fn forward(&self, x: &Tensor, temb_silu: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
-        let proj = self.time_emb_proj.forward(temb_silu)?.unsqueeze(2)?.unsqueeze(3)?;
+        let proj = self.time_emb_proj.forward(temb_silu)?;
         let h = if self.scale_shift {
+            let proj = proj.unsqueeze(2)?.unsqueeze(3)?;
             let half = proj.dim(1)? / 2;
             let scale = proj.narrow(1, 0, half)?;
             let shift = proj.narrow(1, half, half)?;
             let n = self.norm2.forward(&h, false)?;
             candle_nn::ops::silu(&n.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?)?
         } else {
-            self.norm2.forward(&h.broadcast_add(&proj)?, true)?
+            let offsets = proj.flatten_all()?.to_vec1::<f32>()?;
+            self.norm2.forward_with_offsets(&h, Some(&offsets), true)?
         };
         let h = self.conv2.forward(&h)?;
         let shortcut = match &self.conv_shortcut {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Frame times of the real window under Xvfb (needs xvfb and xdotool), written by the app itself
 # (MELO_FRAME_LOG) while the mouse moves over the window every 16 ms, so every frame answers input.
-#   tools/frame_time.sh audit [SECONDS]   privacy tab, the demo audit (quick preset) running
-#   tools/frame_time.sh idle  [SECONDS]   viewer on the shipped samples, nothing running
+#   tools/frame_time.sh audit   [SECONDS]   privacy tab, the demo audit (quick preset) running
+#   tools/frame_time.sh privacy [SECONDS]   privacy tab, nothing running (the baseline)
+#   tools/frame_time.sh viewer  [SECONDS]   viewer + diagnosis panel on the shipped samples
 # Prints the median / p95 / max of the UI code's time per frame (ui_ms) and of the time between
 # frames (interval_ms: UI + tessellation + software GL paint under Xvfb + waiting for input);
 # for `audit`, only frames while the audit ran count; at the end Esc cancels the audit and the
@@ -16,8 +17,12 @@ Xvfb $display -screen 0 1400x900x24 >/dev/null 2>&1 &
 xvfb=$!
 trap 'kill $xvfb 2>/dev/null || true' EXIT
 sleep 1
-start=
-if [ "$mode" = audit ]; then start=privacy-demo; fi
+case $mode in
+    audit) start=privacy-demo ;;
+    privacy) start=privacy ;;
+    viewer) start= ;;
+    *) echo "unknown mode $mode (audit, privacy, viewer)" >&2; exit 2 ;;
+esac
 DISPLAY=$display WINIT_UNIX_BACKEND=x11 MELO_FRAME_LOG=$log MELO_GUI_START=$start ./target/release/melo &
 app=$!
 trap 'kill $app $xvfb 2>/dev/null || true' EXIT

@@ -257,6 +257,7 @@ impl MeloApp {
                     app.commands.push(Command::Privacy(PrivacyCommand::UseDemo));
                     app.commands.push(Command::Privacy(PrivacyCommand::Run));
                 }
+                "privacy" => app.tab = Tab::Privacy,
                 "heatmap" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetHeatmap(true))),
                 "all-tasks" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetShowAllTasks(true))),
                 _ => {}

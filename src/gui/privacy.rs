@@ -78,6 +78,9 @@ pub struct PrivacyPanel {
     pub fresh_cancel_latency: Option<Duration>,
     /// Where the ROC plot was drawn last frame (for the PNG export).
     pub plot_rect: Option<egui::Rect>,
+    /// The PNG to cut from the window once the layout has settled after the export's
+    /// messages appeared (see `results_ui`).
+    pending_png: Option<PathBuf>,
     run: Option<AuditRun>,
     eta: Option<Duration>,
     textures: BTreeMap<(String, usize), (TextureHandle, TextureHandle)>,
@@ -105,6 +108,7 @@ impl Default for PrivacyPanel {
             last_cancel_latency: None,
             fresh_cancel_latency: None,
             plot_rect: None,
+            pending_png: None,
             run: None,
             eta: None,
             textures: BTreeMap::new(),
@@ -358,15 +362,10 @@ impl PrivacyPanel {
             format!("Wrote {} and {}", json.display(), csv.display()),
         )];
         match self.plot_rect {
-            Some(rect) => {
-                let png = folder.join("melo_audit_roc.png");
-                let sender = self.png_written.0.clone();
-                let repaint = ctx.clone();
-                let ppp = ctx.pixels_per_point();
-                ctx.request_screenshot(move |image| {
-                    let _ = sender.send(write_png(&image.region(&rect, Some(ppp)), &png).map(|()| png));
-                    repaint.request_repaint();
-                });
+            Some(_) => {
+                // Not now: these messages will move the plot down on the next frame.
+                self.pending_png = Some(folder.join("melo_audit_roc.png"));
+                ctx.request_repaint();
             }
             None => messages.push((
                 MessageLevel::Warning,
@@ -570,19 +569,22 @@ impl PrivacyPanel {
         );
         let log = self.log_scale;
         let to_axis = move |v: f64| if log { v.max(LOG_FLOOR).log10() } else { v };
-        let plot = Plot::new("audit_roc")
-            .height(320.0)
+        let (lo, hi) = (to_axis(0.0), to_axis(1.0));
+        // One id per scale: switching must not keep the other scale's bounds.
+        let plot = Plot::new(if log { "audit_roc_log" } else { "audit_roc_linear" })
+            .width(ui.available_width().min(560.0))
+            .height(380.0)
+            .default_x_bounds(lo, hi)
+            .default_y_bounds(lo, hi)
             .legend(Legend::default())
             .x_axis_label(if log { "false positive rate (log)" } else { "false positive rate" })
             .y_axis_label(if log { "true positive rate (log)" } else { "true positive rate" })
             .x_axis_formatter(move |mark, _| axis_text(mark.value, log))
             .y_axis_formatter(move |mark, _| axis_text(mark.value, log))
-            .allow_scroll(false)
-            .data_aspect(1.0);
+            .allow_scroll(false);
         let response = plot.show(ui, |plot| {
-            let lo = to_axis(0.0);
             plot.line(
-                Line::new("chance", PlotPoints::from(vec![[lo, lo], [to_axis(1.0), to_axis(1.0)]]))
+                Line::new("chance", PlotPoints::from(vec![[lo, lo], [hi, hi]]))
                     .style(LineStyle::dashed_loose())
                     .color(Color32::GRAY),
             );
@@ -599,7 +601,18 @@ impl PrivacyPanel {
                 ));
             }
         });
-        self.plot_rect = Some(response.response.rect);
+        let rect = response.response.rect;
+        self.plot_rect = Some(rect);
+        if let Some(png) = self.pending_png.take() {
+            // The window is captured after this frame is painted: the plot is where it is now.
+            let sender = self.png_written.0.clone();
+            let repaint = ui.ctx().clone();
+            let ppp = ui.ctx().pixels_per_point();
+            ui.ctx().request_screenshot(move |image| {
+                let _ = sender.send(write_png(&image.region(&rect, Some(ppp)), &png).map(|()| png));
+                repaint.request_repaint();
+            });
+        }
 
         ui.separator();
         egui::Grid::new("audit_table").striped(true).num_columns(6).show(ui, |ui| {

@@ -435,7 +435,7 @@ impl MeloApp {
         if !self.messages.is_empty() {
             egui::Panel::top("app_messages").show(ui, |ui| self.messages_ui(ui, &mut commands));
         }
-        if !self.series.is_empty() {
+        if !self.series.is_empty() && self.tab == Tab::Viewer {
             egui::Panel::left("app_series_strip")
                 .default_size(230.0)
                 .show(ui, |ui| self.series_strip_ui(ui, &mut commands));

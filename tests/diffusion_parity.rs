@@ -176,6 +176,8 @@ fn bad_configs_are_refused_with_the_reason() {
         ("groups", serde_json::json!({"norm_num_groups": 5}), "norm_num_groups"),
         ("layers", serde_json::json!({"layers_per_block": 2}), "weights do not fit"),
         ("nomid", serde_json::json!({"mid_block_type": null}), "mid block"),
+        // Weights with a mid attention the config says is absent: refused, not ignored.
+        ("noattn", serde_json::json!({"add_attention": false}), "not used by the architecture"),
     ];
     for (name, patch, needle) in cases {
         let mut config = tiny_config();

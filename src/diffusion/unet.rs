@@ -9,10 +9,11 @@
 //! The quirks that matter (and are checked by the parity fixtures in `tests/data/diffusion`)
 //! are listed in `tests/data/diffusion/README.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::conv::{Conv2d, GroupNorm};
@@ -250,6 +251,43 @@ impl Config {
     }
 }
 
+/// Named tensors that remember which ones the model asked for.
+struct TrackedTensors {
+    tensors: HashMap<String, Tensor>,
+    used: Arc<Mutex<HashSet<String>>>,
+}
+
+impl TrackedTensors {
+    fn fetch(&self, name: &str) -> candle_core::Result<&Tensor> {
+        let t = match self.tensors.get(name) {
+            Some(t) => t,
+            None => candle_core::bail!("cannot find tensor {name}"),
+        };
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(name.to_string());
+        }
+        Ok(t)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for TrackedTensors {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.fetch(name)?;
+        if t.shape() != &s {
+            candle_core::bail!("shape mismatch for {name}: expected {s:?}, the file has {:?}", t.shape())
+        }
+        t.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.fetch(name)?.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
 struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
@@ -451,7 +489,30 @@ impl UNet2DModel {
     pub fn from_tensors(config: Config, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         config.validate()?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let names: Vec<String> = tensors.keys().cloned().collect();
+        let used = Arc::new(Mutex::new(HashSet::new()));
+        let backend = TrackedTensors { tensors, used: used.clone() };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let model = Self::build(config, vb, device, num_params)?;
+        // Weights the config does not account for mean the config describes another model
+        // (e.g. add_attention false on weights that have a mid attention): refuse, don't ignore.
+        let used = used.lock().map(|u| u.clone()).unwrap_or_default();
+        let mut unused: Vec<&String> = names.iter().filter(|n| !used.contains(*n)).collect();
+        if !unused.is_empty() {
+            unused.sort();
+            return Err(Error::Weights {
+                context: "UNet2DModel".into(),
+                reason: format!(
+                    "weights do not fit config.json: {} tensor(s) are not used by the architecture it describes (e.g. {})",
+                    unused.len(),
+                    unused.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        Ok(model)
+    }
+
+    fn build(config: Config, vb: VarBuilder, device: &Device, num_params: usize) -> Result<Self> {
         let c = &config;
         let boc = &c.block_out_channels;
         let n = boc.len();

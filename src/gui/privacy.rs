@@ -572,17 +572,22 @@ impl PrivacyPanel {
         let (lo, hi) = (to_axis(0.0), to_axis(1.0));
         // One id per scale: switching must not keep the other scale's bounds.
         let plot = Plot::new(if log { "audit_roc_log" } else { "audit_roc_linear" })
-            .width(ui.available_width().min(560.0))
-            .height(380.0)
-            .default_x_bounds(lo, hi)
-            .default_y_bounds(lo, hi)
+            .width(ui.available_width().min(520.0))
+            .height(420.0)
             .legend(Legend::default())
             .x_axis_label(if log { "false positive rate (log)" } else { "false positive rate" })
             .y_axis_label(if log { "true positive rate (log)" } else { "true positive rate" })
             .x_axis_formatter(move |mark, _| axis_text(mark.value, log))
             .y_axis_formatter(move |mark, _| axis_text(mark.value, log))
-            .allow_scroll(false);
+            .allow_scroll(false)
+            .allow_zoom(false)
+            .allow_drag(false)
+            .allow_boxed_zoom(false)
+            .allow_double_click_reset(false);
         let response = plot.show(ui, |plot| {
+            // Always the whole unit square (or its log): curves are compared, not explored.
+            let margin = (hi - lo) * 0.02;
+            plot.set_plot_bounds(egui_plot::PlotBounds::from_min_max([lo - margin, lo - margin], [hi + margin, hi + margin]));
             plot.line(
                 Line::new("chance", PlotPoints::from(vec![[lo, lo], [hi, hi]]))
                     .style(LineStyle::dashed_loose())
@@ -601,8 +606,11 @@ impl PrivacyPanel {
                 ));
             }
         });
-        let rect = response.response.rect;
-        self.plot_rect = Some(rect);
+        // The plot frame plus its axes and their labels, which egui_plot draws outside it.
+        let frame = response.response.rect;
+        let rect = egui::Rect::from_min_max(frame.min - Vec2::new(64.0, 6.0), frame.max + Vec2::new(6.0, 44.0))
+            .intersect(ui.ctx().content_rect());
+        self.plot_rect = Some(frame);
         if let Some(png) = self.pending_png.take() {
             // The window is captured after this frame is painted: the plot is where it is now.
             let sender = self.png_written.0.clone();
@@ -669,11 +677,16 @@ impl PrivacyPanel {
             return;
         };
         ui.label(RichText::new("Highest member scores; left the training image, right the model's reconstruction from it").small());
-        ui.horizontal_wrapped(|ui| {
+        // Groups do not wrap in a wrapping layout: a grid as wide as the panel allows.
+        let columns = ((ui.available_width() / 180.0).floor() as usize).max(1);
+        egui::Grid::new("exposed_gallery").num_columns(columns).show(ui, |ui| {
             for (i, item) in items.iter().enumerate() {
                 let Some((original, reconstruction)) = self.textures.get(&(attack.clone(), i)) else {
                     continue;
                 };
+                if i > 0 && i % columns == 0 {
+                    ui.end_row();
+                }
                 ui.group(|ui| {
                     ui.vertical(|ui| {
                         ui.horizontal(|ui| {

@@ -48,9 +48,9 @@ fn pia_and_secmi_scores_match_pytorch() {
             let want = r["per_sample_scores"][attack][set][s.index].as_f64().unwrap();
             worst = worst.max((s.score - want).abs() / want.abs());
         }
-        // The reference is rounded to 6 significant digits; the UNet in f32 differs from
-        // PyTorch's by ~1e-6 relative per call, compounded over SecMI's 12 calls.
-        assert!(worst < 2e-3, "{attack}: worst relative difference {worst}");
+        // The reference is rounded to 6 significant digits; f32 UNet differences compound over
+        // SecMI's 12 calls (measured over all 1000 samples: PIA 3.8e-6, SecMI 2.8e-5).
+        assert!(worst < 1e-4, "{attack}: worst relative difference {worst}");
     }
     let ids: Vec<String> = report.attack("pia").unwrap().scores.iter().filter(|s| s.member).map(|s| s.id.clone()).collect();
     let want: Vec<String> = r["per_sample_scores"]["member_indices"].as_array().unwrap()[..n].iter().map(|v| v.to_string()).collect();

@@ -42,6 +42,17 @@ pub fn parse_header(bytes: &[u8]) -> Result<ImageMeta> {
     Ok(read_meta(&obj, inferred))
 }
 
+/// No value in a data set can be larger than the bytes it was read from; dicom-rs's
+/// allocations while parsing are capped a little above that (see `crate::alloc_guard`).
+fn parse_allocation_limit(input_len: usize) -> usize {
+    input_len.saturating_add(64 << 20)
+}
+
+/// Runs a dicom-rs parse of `input_len` bytes under [`parse_allocation_limit`].
+fn guarded<T>(input_len: usize, f: impl FnOnce() -> T) -> T {
+    crate::alloc_guard::with_allocation_limit(parse_allocation_limit(input_len), f)
+}
+
 pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
     let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
         Some(&bytes[128..])
@@ -50,9 +61,15 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
     } else {
         None
     };
+    // Not under the cap as a whole: the inflated data set may rightly be larger than the file
+    // (it is bounded by MAX_INFLATED_BYTES instead); its dicom-rs reads are capped inside.
     if let Some(inflated) = body.and_then(inflate_deflated_dataset) {
         return inflated.map(|obj| (obj, false));
     }
+    guarded(bytes.len(), || parse_plain(bytes, body))
+}
+
+fn parse_plain(bytes: &[u8], body: Option<&[u8]>) -> Result<(DefaultDicomObject, bool)> {
     match body {
         Some(body) => match OpenFileOptions::new().read_preamble(ReadPreamble::Never).from_reader(body) {
             Ok(obj) => Ok((obj, false)),
@@ -75,7 +92,7 @@ const MAX_INFLATED_BYTES: u64 = 1 << 31;
 fn inflate_deflated_dataset(body: &[u8]) -> Option<Result<DefaultDicomObject>> {
     use std::io::Read;
     let mut cursor = std::io::Cursor::new(body);
-    let mut meta = dicom_object::meta::FileMetaTable::from_reader(&mut cursor).ok()?;
+    let mut meta = guarded(body.len(), || dicom_object::meta::FileMetaTable::from_reader(&mut cursor)).ok()?;
     if meta.transfer_syntax() != DEFLATED_EXPLICIT_LE {
         return None;
     }
@@ -89,7 +106,7 @@ fn inflate_deflated_dataset(body: &[u8]) -> Option<Result<DefaultDicomObject>> {
         Ok(_) if inflated.len() as u64 > MAX_INFLATED_BYTES => Err(Error::TooLarge("deflated data set inflates past 2 GiB".into())),
         Ok(_) => {
             let ts = entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
-            InMemDicomObject::read_dataset_with_ts(&inflated[..], &ts)
+            guarded(inflated.len(), || InMemDicomObject::read_dataset_with_ts(&inflated[..], &ts))
                 .map_err(|e| Error::Parse(format!("deflated data set: {e}")))
                 .map(|dataset| {
                     meta.set_transfer_syntax(&ts);

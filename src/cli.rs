@@ -152,6 +152,11 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 
 /// Runs a subcommand; returns the process exit code.
 pub fn run(command: Command) -> i32 {
+    // A malformed MELO_MAX_* setting is reported, not silently replaced by the defaults.
+    if let Err(e) = crate::image::LoadLimits::from_env() {
+        eprintln!("melo: {}", one_line(&e.to_string()));
+        return 2;
+    }
     let result = match command {
         Command::Info { file, json, show_patient } => info(&file, show_patient).map(|r| {
             if json {

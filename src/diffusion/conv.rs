@@ -15,6 +15,21 @@ use rayon::prelude::*;
 /// stay in the last-level cache.
 const COLS_BUDGET: usize = 4 << 20;
 
+/// Runs `f` on the f32 values of a CPU tensor in row-major order, without copying them when
+/// the tensor is already contiguous.
+fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let all = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            f(&all[start..start + layout.shape().elem_count()])
+        }
+        _ => candle_core::bail!("the diffusion kernels run on the CPU only"),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     /// `[C_out, C_in·k·k]`, rows in (c, kh, kw) order — the PyTorch weight flattened.
@@ -44,9 +59,12 @@ impl Conv2d {
             candle_core::bail!("conv2d: input {h}×{w} smaller than the kernel")
         }
         let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        with_f32_slice(x, |data| self.forward_slice(data, (b, c, h, w), (oh, ow), x.device()))
+    }
+
+    fn forward_slice(&self, data: &[f32], (b, c, h, w): (usize, usize, usize, usize), (oh, ow): (usize, usize), device: &Device) -> candle_core::Result<Tensor> {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
         let kk = c * k * k;
-        let x = x.contiguous()?;
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
         let per_image = kk * oh * ow;
         let chunk = (COLS_BUDGET / per_image.max(1)).clamp(1, b);
         let plane = oh * ow;
@@ -92,20 +110,23 @@ impl Conv2d {
                 }
             });
             let cols = Tensor::from_vec(cols, (kk, pixels), &Device::Cpu)?;
-            let out = self.weight.matmul(&cols)?.flatten_all()?.to_vec1::<f32>()?; // [C_out, n·oh·ow]
+            let out = self.weight.matmul(&cols)?; // [C_out, n·oh·ow]
             // Back to [B, C_out, oh, ow] with the bias added, in one pass (no candle binary op:
             // its thread pool spin-waits after each op and competes with gemm's threads).
             let dst = &mut result[start * self.cout * plane..(start + n) * self.cout * plane];
-            dst.par_chunks_mut(plane).enumerate().for_each(|(i, d)| {
-                let (img, co) = (i / self.cout, i % self.cout);
-                let src = &out[co * pixels + img * plane..][..plane];
-                for (o, &v) in d.iter_mut().zip(src) {
-                    *o = v + bias[co];
-                }
-            });
+            with_f32_slice(&out, |out| {
+                dst.par_chunks_mut(plane).enumerate().for_each(|(i, d)| {
+                    let (img, co) = (i / self.cout, i % self.cout);
+                    let src = &out[co * pixels + img * plane..][..plane];
+                    for (o, &v) in d.iter_mut().zip(src) {
+                        *o = v + bias[co];
+                    }
+                });
+                Ok(())
+            })?;
             start += n;
         }
-        Tensor::from_vec(result, (b, self.cout, oh, ow), x.device())
+        Tensor::from_vec(result, (b, self.cout, oh, ow), device)
     }
 }
 

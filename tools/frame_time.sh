@@ -9,6 +9,8 @@
 # for `audit`, only frames while the audit ran count; at the end Esc cancels the audit and the
 # time from the key to the worker stopping is printed. Raw CSV: target/frame_log_MODE.csv.
 set -euo pipefail
+# A fresh settings folder: what earlier runs remembered (task, folders) must not leak in.
+export XDG_DATA_HOME=$(mktemp -d)
 mode=${1:-audit}
 secs=${2:-40}
 display=:78

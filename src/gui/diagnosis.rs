@@ -89,6 +89,9 @@ pub struct DiagnosisPanel {
     /// Registered tasks, in the engine's order.
     pub tasks: Vec<TaskInfo>,
     pub selected: Option<String>,
+    /// Set once the user picked a task (or one was remembered): until then the panel follows
+    /// the image, picking the first adapter meant for its modality.
+    pub task_chosen: bool,
     /// The last measured latency of each task on this machine (ms).
     pub latency_ms: BTreeMap<String, f64>,
     pub shown: Option<ShownPrediction>,
@@ -127,6 +130,7 @@ impl DiagnosisPanel {
             adapters_dir,
             tasks: Vec::new(),
             selected: None,
+            task_chosen: false,
             latency_ms: BTreeMap::new(),
             shown: None,
             failure: None,
@@ -255,6 +259,7 @@ impl DiagnosisPanel {
                         super::loader::short_name(&path)
                     );
                     self.selected = Some(info.task.clone());
+                    self.task_chosen = true;
                     self.tasks.push(info);
                     self.import.open = false;
                     self.requested_all = None;
@@ -287,6 +292,16 @@ impl DiagnosisPanel {
         let Some((key, image, frame)) = self.current_image(viewer) else {
             return;
         };
+        if !self.task_chosen {
+            let modality = image.meta.modality.trim();
+            let fits = |t: &TaskInfo| !modality.is_empty() && t.modality.trim().eq_ignore_ascii_case(modality);
+            let selected_fits = self.selected.as_deref().and_then(|s| self.task(s)).is_some_and(fits);
+            if !selected_fits {
+                if let Some(first) = self.tasks.iter().find(|t| fits(t)) {
+                    self.selected = Some(first.task.clone());
+                }
+            }
+        }
         let Some(worker) = self.worker.as_mut() else { return };
         if let Some(task) = self.selected.clone() {
             let wanted = (key, task.clone(), self.heatmap_enabled);
@@ -367,10 +382,12 @@ impl DiagnosisPanel {
             DiagnosisCommand::SelectTask(task) => {
                 if self.tasks.iter().any(|t| t.task == task) {
                     self.selected = Some(task);
+                    self.task_chosen = true;
                 }
             }
             DiagnosisCommand::StepTask(step) => {
                 if !self.tasks.is_empty() {
+                    self.task_chosen = true;
                     let n = self.tasks.len() as i64;
                     let at = self
                         .selected
@@ -850,7 +867,8 @@ fn heat_colour(v: f32) -> Color32 {
         (1.0, ramp(1.0, 0.0, t), 0.0)
     };
     let to_u8 = |c: f32| (c * 255.0).round() as u8;
-    Color32::from_rgba_unmultiplied(to_u8(r), to_u8(g), to_u8(b), to_u8(0.15 + 0.85 * v))
+    // Cold is see-through: only where the model looked is the image tinted.
+    Color32::from_rgba_unmultiplied(to_u8(r), to_u8(g), to_u8(b), to_u8(0.9 * v))
 }
 
 #[cfg(test)]

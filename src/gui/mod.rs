@@ -279,6 +279,7 @@ impl MeloApp {
         }
         if settings.task.is_some() {
             self.diagnosis.selected = settings.task;
+            self.diagnosis.task_chosen = true;
         }
         self.diagnosis.adapter_folder = settings.adapter_folder;
         if let Some(opacity) = settings.heatmap_opacity.filter(|o| o.is_finite()) {

@@ -209,6 +209,10 @@ impl AdamW {
         let bc2 = 1.0 - Self::BETA2.powi(t);
         for (i, (_, var)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
+            // Gradients carry the op graph of the backward pass (and through it the step's
+            // activations); the moments must not, or every step's graph stays alive.
+            let g = g.detach();
+            let g = &g;
             let m = ((&self.m[i] * Self::BETA1)? + (g * (1.0 - Self::BETA1))?)?;
             let v = ((&self.v[i] * Self::BETA2)? + (g.sqr()? * (1.0 - Self::BETA2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + Self::EPS)?)?;

@@ -855,6 +855,14 @@ fn heatmap_image(heatmap: &Heatmap) -> ColorImage {
 /// Blue → cyan → yellow → red, with alpha rising with the value.
 fn heat_colour(v: f32) -> Color32 {
     let v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 };
+    let [r, g, b] = heat_rgb(v);
+    let to_u8 = |c: f32| (c * 255.0).round() as u8;
+    // Cold is see-through: only where the model looked is the image tinted.
+    Color32::from_rgba_unmultiplied(to_u8(r), to_u8(g), to_u8(b), to_u8(0.9 * v))
+}
+
+/// The hue of a value in 0..1, as RGB in 0..1.
+fn heat_rgb(v: f32) -> [f32; 3] {
     let ramp = |a: f32, b: f32, t: f32| a + (b - a) * t;
     let (r, g, b) = if v < 1.0 / 3.0 {
         let t = v * 3.0;
@@ -866,9 +874,7 @@ fn heat_colour(v: f32) -> Color32 {
         let t = v * 3.0 - 2.0;
         (1.0, ramp(1.0, 0.0, t), 0.0)
     };
-    let to_u8 = |c: f32| (c * 255.0).round() as u8;
-    // Cold is see-through: only where the model looked is the image tinted.
-    Color32::from_rgba_unmultiplied(to_u8(r), to_u8(g), to_u8(b), to_u8(0.9 * v))
+    [r, g, b]
 }
 
 #[cfg(test)]
@@ -885,11 +891,12 @@ mod tests {
 
     #[test]
     fn heat_colours_run_from_cold_to_warm() {
-        let cold = heat_colour(0.0).to_srgba_unmultiplied();
+        assert_eq!(heat_rgb(0.0), [0.0, 0.0, 1.0]);
+        assert_eq!(heat_rgb(0.5), [0.5, 1.0, 0.5]);
+        assert_eq!(heat_rgb(1.0), [1.0, 0.0, 0.0]);
+        assert_eq!(heat_colour(0.0), Color32::TRANSPARENT, "cold is see-through");
         let hot = heat_colour(1.0).to_srgba_unmultiplied();
-        assert_eq!([cold[0], cold[2]], [0, 255]);
-        assert_eq!([hot[0], hot[2]], [255, 0]);
-        assert!(hot[3] > cold[3]);
+        assert_eq!(hot, [255, 0, 0, 230]);
         assert_eq!(heat_colour(f32::NAN), heat_colour(0.0));
     }
 }

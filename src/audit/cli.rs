@@ -11,6 +11,12 @@ use super::{AttackKind, AuditConfig, Preset, Report};
 use crate::diffusion::DiffusionModel;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ClassifierArg {
+    Logistic,
+    Mlp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PresetArg {
     Quick,
     Full,
@@ -76,6 +82,9 @@ pub struct AuditArgs {
     pub traj_draws: Option<usize>,
     #[arg(long)]
     pub traj_train_fraction: Option<f64>,
+    /// Trajectory attack classifier: logistic (default) or mlp.
+    #[arg(long, value_enum)]
+    pub traj_classifier: Option<ClassifierArg>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -159,6 +168,12 @@ pub fn config_from_args(args: &AuditArgs) -> Result<AuditConfig> {
     }
     if let Some(v) = args.traj_train_fraction {
         c.trajectory.train_fraction = v;
+    }
+    if let Some(v) = args.traj_classifier {
+        c.trajectory.classifier = match v {
+            ClassifierArg::Logistic => super::classifier::ClassifierKind::Logistic,
+            ClassifierArg::Mlp => super::classifier::ClassifierKind::Mlp,
+        };
     }
     Ok(c)
 }

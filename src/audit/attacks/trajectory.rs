@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::{check_timestep, gaussian_noise, rows, Attack, AttackInput, AttackOutput, QueryRunner};
-use crate::audit::classifier::{LogisticOptions, MembershipClassifier};
+use crate::audit::classifier::{ClassifierKind, LogisticOptions, MembershipClassifier, MlpOptions};
 use crate::audit::data::Image2d;
 use crate::audit::error::{Error, Result};
 use crate::audit::features::{l1, mse, slope, ssim, SsimOptions};
@@ -32,12 +32,24 @@ pub struct TrajectoryParams {
     pub draws: usize,
     /// Fraction of each class used to train the classifier; the rest is evaluated.
     pub train_fraction: f64,
+    #[serde(default)]
+    pub classifier: ClassifierKind,
     pub logistic: LogisticOptions,
+    #[serde(default)]
+    pub mlp: MlpOptions,
 }
 
 impl Default for TrajectoryParams {
     fn default() -> Self {
-        Self { strengths: vec![100, 250], steps: 5, draws: 2, train_fraction: 0.5, logistic: LogisticOptions::default() }
+        Self {
+            strengths: vec![100, 250],
+            steps: 5,
+            draws: 2,
+            train_fraction: 0.5,
+            classifier: ClassifierKind::Logistic,
+            logistic: LogisticOptions::default(),
+            mlp: MlpOptions::default(),
+        }
     }
 }
 
@@ -141,12 +153,14 @@ impl Attack for TrajectoryAttack {
         let p = &self.params;
         format!(
             "Cilloni-style trajectory: noise to t₀ ∈ {:?}, {} DDIM steps back, {} draw(s); per-step MSE/L1/SSIM of x̂₀ \
-             to the candidate and their slopes; logistic regression (L2 {}) trained on {:.0} % of each class, \
-             scored on the rest",
+             to the candidate and their slopes; {} trained on {:.0} % of each class, scored on the rest",
             p.strengths,
             p.steps,
             p.draws,
-            p.logistic.l2,
+            match p.classifier {
+                ClassifierKind::Logistic => format!("logistic regression (L2 {})", p.logistic.l2),
+                ClassifierKind::Mlp => format!("MLP ({} tanh units, {} Adam epochs)", p.mlp.hidden, p.mlp.epochs),
+            },
             p.train_fraction * 100.0
         )
     }
@@ -171,7 +185,8 @@ impl Attack for TrajectoryAttack {
         let feats = self.features(input, runner)?;
         let pick = |idx: &[usize]| -> Vec<Vec<f64>> { idx.iter().map(|&i| feats[i].clone()).collect() };
         let labels: Vec<bool> = train.iter().map(|&i| input.is_member[i]).collect();
-        let classifier = MembershipClassifier::fit(&pick(&train), &labels, &p.logistic)?;
+        let mlp = MlpOptions { seed: input.seed, ..p.mlp.clone() };
+        let classifier = MembershipClassifier::fit_kind(&pick(&train), &labels, p.classifier, &p.logistic, &mlp)?;
         let scores = classifier.predict(&pick(&eval))?;
         let notes = vec![format!(
             "classifier trained on {} samples ({} members), evaluated on the disjoint {} ({} members); {} features",

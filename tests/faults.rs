@@ -106,3 +106,45 @@ fn load_limits_come_from_the_environment_and_bad_values_are_refused() {
     let ok = Command::new(env!("CARGO_BIN_EXE_melo")).args(["info"]).arg(&ct).env("MELO_MAX_SAMPLES", "1_000_000").output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
+
+/// `melo train` killed (SIGKILL, no chance to clean up) after its first epoch checkpoint: no
+/// adapter appears under the output name, and `--resume` finishes the run from the checkpoint.
+#[test]
+fn killed_training_leaves_no_adapter_and_resumes() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/medmnist/breastmnist.npz");
+    if !data.is_file() {
+        panic!("{} is missing (see ../shared/data/README.md)", data.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("breast.safetensors");
+    let checkpoint = dir.path().join("breast.ckpt");
+    let train = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_melo"));
+        c.arg("train").arg("--data").arg(&data).arg("--out").arg(&out);
+        c.args(["--size", "28", "--rank", "2", "--batch", "8", "--epochs", "40", "--limit", "16", "--quiet"]);
+        c.args(["--labels", "malignant,normal_or_benign"]);
+        c.args(extra);
+        c
+    };
+    let mut child = train(&[]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !checkpoint.is_file() {
+        assert!(child.try_wait().unwrap().is_none(), "training ended before its first checkpoint");
+        assert!(started.elapsed().as_secs() < 600, "no checkpoint after 10 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed run must not leave an adapter");
+
+    let resumed = train(&["--resume", "--stop-after", "2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    // Stopped again on purpose two epochs later: resumed from the checkpoint, still no adapter.
+    assert!(stderr.contains("resuming") && stderr.contains("stopped after epoch"), "{stderr}");
+    assert!(!out.exists());
+    let finished = train(&["--resume"]).output().unwrap();
+    assert!(finished.status.success(), "{}", String::from_utf8_lossy(&finished.stderr));
+    let adapter = melo::model::Adapter::load(&out).unwrap();
+    assert_eq!(adapter.metadata().rank, 2);
+    assert!(!checkpoint.exists(), "a finished run removes its checkpoint");
+}

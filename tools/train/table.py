@@ -49,8 +49,10 @@ def main(paths):
             c = len(r["classes"])
             share = 100.0 * r["trainable_parameters"] / (BACKBONE_PARAMS + c * 768 + c)
             t = r["test"]
+            h = r["options"].get("head_epochs", 0)
+            label = r["method"] + (f", head first ({h} ep.)" if h else "")
             print(
-                f"| {r['method']} | {r['trainable_parameters']:,} | {share:.3f} % | {r['file_bytes'] / 1e6:.2f} MB | "
+                f"| {label} | {r['trainable_parameters']:,} | {share:.3f} % | {r['file_bytes'] / 1e6:.2f} MB | "
                 f"{len(r['history'])} ({r['best_epoch']}) | {r['train_seconds'] / 60:.1f} min | {ips(r)} | "
                 f"{fmt(t['accuracy'])} | {fmt(t['macro_auc'])} | {fmt(t['macro_f1'])} |"
             )

@@ -104,9 +104,7 @@ impl Voi {
                 let half = (width - 1.0) / 2.0;
                 if x <= c - half {
                     0.0
-                } else if x > c + half {
-                    1.0
-                } else if width <= 1.0 {
+                } else if x > c + half || width <= 1.0 {
                     1.0
                 } else {
                     ((x - c) / (width - 1.0) + 0.5).clamp(0.0, 1.0)

@@ -845,7 +845,7 @@ fn interleave_planes(values: &[f64], pixels: usize, frames: usize) -> Vec<f64> {
 
 /// YBR_FULL_422 stores Y1 Y2 Cb Cr per pair of pixels; expand to one Y Cb Cr per pixel.
 fn expand_ybr422(values: &[f64], rows: usize, cols: usize, frames: usize) -> Result<Vec<f64>> {
-    if cols % 2 != 0 {
+    if !cols.is_multiple_of(2) {
         return Err(Error::Unsupported("YBR_FULL_422 with an odd number of columns".into()));
     }
     let mut out = Vec::with_capacity(rows * cols * 3 * frames);

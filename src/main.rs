@@ -1,7 +1,7 @@
 //! `melo`: with no subcommand, opens the workstation window.
 
 use clap::Parser;
-use melo::cli::{Cli, run};
+use melo::cli::{run, Cli};
 
 // Caps dicom-rs's header-driven allocations while it parses (see melo::alloc_guard).
 #[global_allocator]

@@ -116,7 +116,11 @@ fn group_files(paths: Vec<PathBuf>) -> FolderScan {
         let first = &members[0].meta;
         scan.series.push(Series {
             uid,
-            description: if first.series_description.is_empty() { first.modality.clone() } else { first.series_description.clone() },
+            description: if first.series_description.is_empty() {
+                first.modality.clone()
+            } else {
+                first.series_description.clone()
+            },
             modality: first.modality.clone(),
             files: members.into_iter().map(|h| h.path).collect(),
         });
@@ -126,9 +130,10 @@ fn group_files(paths: Vec<PathBuf>) -> FolderScan {
 
 /// Position along the slice normal when every slice has geometry, else instance number.
 fn order_slices(members: &mut [Header]) {
-    let normal = members[0].meta.image_orientation.map(|o| {
-        [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]]
-    });
+    let normal = members[0]
+        .meta
+        .image_orientation
+        .map(|o| [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]]);
     let all_positioned = members.iter().all(|h| h.meta.image_position.is_some());
     match normal {
         Some(n) if all_positioned => members.sort_by(|a, b| {

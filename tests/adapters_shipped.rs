@@ -37,7 +37,11 @@ fn shipped_adapters_reproduce_their_recorded_test_predictions() {
         assert_eq!(metrics.get("test_macro_auc").copied(), report.test.macro_auc, "{task}");
         assert_eq!(metrics["test_samples"], report.test_samples as f64, "{task}");
 
-        let data = if report.options.data.is_absolute() { report.options.data.clone() } else { repo.join(&report.options.data) };
+        let data = if report.options.data.is_absolute() {
+            report.options.data.clone()
+        } else {
+            repo.join(&report.options.data)
+        };
         let data: PathBuf = data;
         assert!(data.exists(), "{task}: data set {} is missing (see ../shared/data/README.md)", data.display());
         let source = DataSource::open(&data, report.options.labels.as_deref(), report.options.split).unwrap();
@@ -49,7 +53,11 @@ fn shipped_adapters_reproduce_their_recorded_test_predictions() {
             let p = engine.predict_task(task, &image, 0).unwrap();
             let recorded = &report.test_probabilities_head[i];
             for (a, b) in p.probabilities.iter().zip(recorded) {
-                assert!((a - b).abs() < 1e-4, "{task} test item {i}: predicted {:?}, recorded {recorded:?}", p.probabilities);
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{task} test item {i}: predicted {:?}, recorded {recorded:?}",
+                    p.probabilities
+                );
             }
             let label = source.label(Split::Test, i);
             agree += usize::from(argmax(&p.probabilities) == argmax(recorded));

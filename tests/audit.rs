@@ -52,8 +52,10 @@ fn pia_and_secmi_scores_match_pytorch() {
         // SecMI's 12 calls (measured over all 1000 samples: PIA 3.8e-6, SecMI 2.8e-5).
         assert!(worst < 1e-4, "{attack}: worst relative difference {worst}");
     }
-    let ids: Vec<String> = report.attack("pia").unwrap().scores.iter().filter(|s| s.member).map(|s| s.id.clone()).collect();
-    let want: Vec<String> = r["per_sample_scores"]["member_indices"].as_array().unwrap()[..n].iter().map(|v| v.to_string()).collect();
+    let ids: Vec<String> =
+        report.attack("pia").unwrap().scores.iter().filter(|s| s.member).map(|s| s.id.clone()).collect();
+    let want: Vec<String> =
+        r["per_sample_scores"]["member_indices"].as_array().unwrap()[..n].iter().map(|v| v.to_string()).collect();
     assert_eq!(ids, want, "sample ids are the dataset indices of the npz");
 }
 
@@ -100,7 +102,9 @@ fn cancel_stops_the_audit() {
 fn write_pngs(dir: &Path, n: usize, size: u32, seed: u8) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
-        let img = image::GrayImage::from_fn(size, size, |x, y| image::Luma([(x * 7 + y * 3 + i as u32 * 11 + seed as u32) as u8]));
+        let img = image::GrayImage::from_fn(size, size, |x, y| {
+            image::Luma([(x * 7 + y * 3 + i as u32 * 11 + seed as u32) as u8])
+        });
         img.save(dir.join(format!("img{i:02}.png"))).unwrap();
     }
 }
@@ -124,7 +128,8 @@ fn bad_inputs_give_clear_errors() {
     assert!(msg(&c).contains("scheduler_config.json"), "{}", msg(&c));
     // Inconsistent config: the weights are for a different architecture.
     std::fs::copy(demo().join("scheduler_config.json"), no_sched.join("scheduler_config.json")).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(demo().join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo().join("config.json")).unwrap()).unwrap();
     cfg["block_out_channels"] = serde_json::json!([16, 32, 64, 128]);
     std::fs::write(no_sched.join("config.json"), cfg.to_string()).unwrap();
     assert!(msg(&c).contains("weights do not fit"), "{}", msg(&c));
@@ -177,7 +182,21 @@ fn cli_writes_report_and_csv() {
     let tmp = tempfile::tempdir().unwrap();
     let (out, csv) = (tmp.path().join("report.json"), tmp.path().join("scores.csv"));
     let o = melo()
-        .args(["audit", "--demo", "--n", "4", "--attack", "pia,loss", "--loss-t", "100", "--loss-draws", "1", "--quiet", "--bootstrap", "20"])
+        .args([
+            "audit",
+            "--demo",
+            "--n",
+            "4",
+            "--attack",
+            "pia,loss",
+            "--loss-t",
+            "100",
+            "--loss-draws",
+            "1",
+            "--quiet",
+            "--bootstrap",
+            "20",
+        ])
         .arg("--out")
         .arg(&out)
         .arg("--csv")
@@ -203,8 +222,14 @@ fn cli_bad_input_fails_cleanly_without_output() {
     let out = tmp.path().join("report.json");
     let cases: Vec<Vec<String>> = vec![
         vec!["--demo".into(), "--attack".into(), "nonsense".into()],
-        vec!["--target".into(), tmp.path().join("none").display().to_string(), "--members".into(),
-             demo().join("members.npz").display().to_string(), "--nonmembers".into(), demo().join("nonmembers.npz").display().to_string()],
+        vec![
+            "--target".into(),
+            tmp.path().join("none").display().to_string(),
+            "--members".into(),
+            demo().join("members.npz").display().to_string(),
+            "--nonmembers".into(),
+            demo().join("nonmembers.npz").display().to_string(),
+        ],
         vec!["--demo".into(), "--n".into(), "1".into()],
     ];
     for args in cases {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use melo::audit::classifier::{LogisticOptions, MembershipClassifier};
 use melo::audit::features::{l1, mse, slope, ssim, SsimOptions};
-use melo::audit::metrics::{auc, auc_bootstrap_ci, best_balanced_accuracy, evaluate, roc_points, tpr_at_fpr, BootstrapOptions, RocPoint};
+use melo::audit::metrics::{
+    auc, auc_bootstrap_ci, best_balanced_accuracy, evaluate, roc_points, tpr_at_fpr, BootstrapOptions, RocPoint,
+};
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
@@ -41,7 +43,8 @@ fn ties_count_one_half() {
     let (m, n) = ([0.8, 0.6, 0.4], [0.7, 0.5, 0.3, 0.6]);
     assert!(close(auc(&m, &n).unwrap(), 0.625, 1e-12));
     let roc = roc_points(&m, &n).unwrap();
-    let want = [(0.0, 0.0), (0.0, 1.0 / 3.0), (0.25, 1.0 / 3.0), (0.5, 2.0 / 3.0), (0.75, 2.0 / 3.0), (0.75, 1.0), (1.0, 1.0)];
+    let want =
+        [(0.0, 0.0), (0.0, 1.0 / 3.0), (0.25, 1.0 / 3.0), (0.5, 2.0 / 3.0), (0.75, 2.0 / 3.0), (0.75, 1.0), (1.0, 1.0)];
     assert_eq!(roc.len(), want.len());
     for (p, w) in roc.iter().zip(want) {
         assert!(close(p.fpr, w.0, 1e-12) && close(p.tpr, w.1, 1e-12), "{p:?} vs {w:?}");
@@ -112,8 +115,16 @@ fn metrics_match_numpy_on_the_reference_scores() {
         assert!(close(metrics.balanced_accuracy, w("balanced_accuracy"), 3e-3), "{attack} bal acc");
         // Different generators (numpy's PCG64 vs StdRng): the interval agrees to Monte-Carlo error.
         let ci = want["auc_ci95"].as_array().unwrap();
-        assert!(close(metrics.auc_ci95[0], ci[0].as_f64().unwrap(), 0.006), "{attack} CI {:?} vs {ci:?}", metrics.auc_ci95);
-        assert!(close(metrics.auc_ci95[1], ci[1].as_f64().unwrap(), 0.006), "{attack} CI {:?} vs {ci:?}", metrics.auc_ci95);
+        assert!(
+            close(metrics.auc_ci95[0], ci[0].as_f64().unwrap(), 0.006),
+            "{attack} CI {:?} vs {ci:?}",
+            metrics.auc_ci95
+        );
+        assert!(
+            close(metrics.auc_ci95[1], ci[1].as_f64().unwrap(), 0.006),
+            "{attack} CI {:?} vs {ci:?}",
+            metrics.auc_ci95
+        );
     }
 }
 
@@ -147,7 +158,8 @@ fn ssim_hand_values() {
 
 #[test]
 fn logistic_classifier_separates_a_separable_feature_and_refuses_one_class() {
-    let rows: Vec<Vec<f64>> = (0..40).map(|i| vec![if i < 20 { 1.0 + i as f64 * 0.01 } else { -1.0 - i as f64 * 0.01 }, 5.0]).collect();
+    let rows: Vec<Vec<f64>> =
+        (0..40).map(|i| vec![if i < 20 { 1.0 + i as f64 * 0.01 } else { -1.0 - i as f64 * 0.01 }, 5.0]).collect();
     let labels: Vec<bool> = (0..40).map(|i| i < 20).collect();
     let c = MembershipClassifier::fit(&rows, &labels, &LogisticOptions::default()).unwrap();
     let p = c.predict(&[vec![2.0, 5.0], vec![-2.0, 5.0]]).unwrap();
@@ -175,17 +187,20 @@ fn mlp_learns_a_boundary_logistic_regression_cannot() {
     let held_out: Vec<Vec<f64>> = (0..40).map(|i| point(i + 5000, if i % 2 == 0 { 0.5 } else { 1.9 })).collect();
     let held_labels: Vec<bool> = (0..40).map(|i| i % 2 == 0).collect();
     let split = |p: &[f64]| {
-        let (m, n): (Vec<(f64, bool)>, Vec<(f64, bool)>) = p.iter().copied().zip(held_labels.iter().copied()).partition(|x| x.1);
+        type Scored = Vec<(f64, bool)>;
+        let (m, n): (Scored, Scored) = p.iter().copied().zip(held_labels.iter().copied()).partition(|x| x.1);
         (m.into_iter().map(|x| x.0).collect::<Vec<_>>(), n.into_iter().map(|x| x.0).collect::<Vec<_>>())
     };
     let logistic = MembershipClassifier::fit(&rows, &labels, &LogisticOptions::default()).unwrap();
     let (m, n) = split(&logistic.predict(&held_out).unwrap());
     assert!(auc(&m, &n).unwrap() < 0.75, "logistic should not separate a ring");
     let opts = MlpOptions { epochs: 600, learning_rate: 0.05, ..MlpOptions::default() };
-    let mlp = MembershipClassifier::fit_kind(&rows, &labels, ClassifierKind::Mlp, &LogisticOptions::default(), &opts).unwrap();
+    let mlp = MembershipClassifier::fit_kind(&rows, &labels, ClassifierKind::Mlp, &LogisticOptions::default(), &opts)
+        .unwrap();
     let (m, n) = split(&mlp.predict(&held_out).unwrap());
     assert_eq!(auc(&m, &n).unwrap(), 1.0, "the MLP separates the held-out ring");
     // Seeded: the same fit twice gives the same scores.
-    let again = MembershipClassifier::fit_kind(&rows, &labels, ClassifierKind::Mlp, &LogisticOptions::default(), &opts).unwrap();
+    let again = MembershipClassifier::fit_kind(&rows, &labels, ClassifierKind::Mlp, &LogisticOptions::default(), &opts)
+        .unwrap();
     assert_eq!(mlp.predict(&held_out).unwrap(), again.predict(&held_out).unwrap());
 }

@@ -16,7 +16,10 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 fn reference(name: &str) -> Value {
-    let refs: Value = serde_json::from_str(&std::fs::read_to_string(common::repo().join("tests/data/pydicom_fixtures.json")).unwrap()).unwrap();
+    let refs: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("tests/data/pydicom_fixtures.json")).unwrap(),
+    )
+    .unwrap();
     refs["files"][name].clone()
 }
 
@@ -70,7 +73,12 @@ fn convert_png_is_windowed_frame() {
     assert_eq!(img.dimensions(), (128, 128));
     // Window 40/400 maps HU <= -160 to black and > 239 to white: both must occur in a CT slice.
     assert!(img.pixels().any(|p| p.0[0] == 0) && img.pixels().any(|p| p.0[0] == 255));
-    let bad_frame = melo().args(["convert", "--frame", "3"]).arg(fixture("CT_small.dcm")).arg(dir.path().join("x.png")).output().unwrap();
+    let bad_frame = melo()
+        .args(["convert", "--frame", "3"])
+        .arg(fixture("CT_small.dcm"))
+        .arg(dir.path().join("x.png"))
+        .output()
+        .unwrap();
     assert!(!bad_frame.status.success());
     assert!(!dir.path().join("x.png").exists());
 }

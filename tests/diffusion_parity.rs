@@ -107,7 +107,11 @@ fn ddpm_steps_match_diffusers() {
             // β_t = 1 − ᾱ_t/ᾱ_{t−1} cancels: the 1-ulp differences of the linear betas (torch's
             // vectorised linspace rounds some entries differently) and diffusers' f32 arithmetic
             // show up here at ~1e-5 relative.
-            assert!((s.variance(t).unwrap() - var).abs() <= 5e-5 * var.max(1e-20), "{key} variance {} vs {var}", s.variance(t).unwrap());
+            assert!(
+                (s.variance(t).unwrap() - var).abs() <= 5e-5 * var.max(1e-20),
+                "{key} variance {} vs {var}",
+                s.variance(t).unwrap()
+            );
         }
         s.set_timesteps(50).unwrap();
         let want: Vec<i64> = r["ddpm_timesteps_50"].to_vec1::<i64>().unwrap();
@@ -154,11 +158,8 @@ fn write_model(dir: &Path, config: &serde_json::Value) {
         dir.join("diffusion_pytorch_model.safetensors"),
     )
     .unwrap();
-    std::fs::copy(
-        data().join("schedulers/ddpm_linear/scheduler_config.json"),
-        dir.join("scheduler_config.json"),
-    )
-    .unwrap();
+    std::fs::copy(data().join("schedulers/ddpm_linear/scheduler_config.json"), dir.join("scheduler_config.json"))
+        .unwrap();
 }
 
 fn tiny_config() -> serde_json::Value {

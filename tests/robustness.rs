@@ -44,13 +44,18 @@ fn open_truncations(files: &[PathBuf]) -> usize {
             if std::env::var_os("MELO_TRACE").is_some() {
                 eprintln!("{} @ {cut}", path.display());
             }
-            let outcome = std::panic::catch_unwind(|| load_dicom_bytes(slice, &LoadOptions::default()).map(|i| i.values.len()));
+            let outcome =
+                std::panic::catch_unwind(|| load_dicom_bytes(slice, &LoadOptions::default()).map(|i| i.values.len()));
             assert!(outcome.is_ok(), "{} cut at {cut} bytes panicked", path.display());
             if let Ok(Err(e)) = &outcome {
                 let text = e.to_string();
                 assert!(!text.trim().is_empty());
                 for id in &identifiers {
-                    assert!(!text.contains(id.as_str()), "{} cut at {cut}: error shows patient identifier: {text}", path.display());
+                    assert!(
+                        !text.contains(id.as_str()),
+                        "{} cut at {cut}: error shows patient identifier: {text}",
+                        path.display()
+                    );
                 }
             }
             opened += 1;

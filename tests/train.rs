@@ -12,7 +12,9 @@ use melo::model::{Adapter, Engine, Pooling};
 use melo::train::data::{DataSource, Split, SplitFractions};
 use melo::train::grad::{GradVit, Trainable};
 use melo::train::metrics::{binary_auc, evaluate};
-use melo::train::trainer::{checkpoint_path, learning_rate, report_path, train, Augment, Method, TrainOptions, TrainReport};
+use melo::train::trainer::{
+    checkpoint_path, learning_rate, report_path, train, Augment, Method, TrainOptions, TrainReport,
+};
 use rand::SeedableRng;
 
 // ---- fixtures -------------------------------------------------------------------------

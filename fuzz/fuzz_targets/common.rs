@@ -3,12 +3,7 @@
 use melo::image::{LoadLimits, LoadOptions};
 
 pub fn fuzz_options() -> LoadOptions {
-    LoadOptions {
-        limits: LoadLimits {
-            max_samples: 1 << 22,
-            max_frames: 64,
-        },
-    }
+    LoadOptions { limits: LoadLimits { max_samples: 1 << 22, max_frames: 64 } }
 }
 
 /// What `melo convert` does after decoding: the `.npy` values and the `.png` display image.

@@ -84,8 +84,10 @@ impl Mlp {
         let (n, d) = x.dim();
         let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
         // Glorot-normal initialisation
-        let n1 = Normal::new(0.0, (2.0 / (d + o.hidden) as f64).sqrt()).map_err(|e| Error::Classifier(e.to_string()))?;
-        let n2 = Normal::new(0.0, (2.0 / (o.hidden + 1) as f64).sqrt()).map_err(|e| Error::Classifier(e.to_string()))?;
+        let n1 =
+            Normal::new(0.0, (2.0 / (d + o.hidden) as f64).sqrt()).map_err(|e| Error::Classifier(e.to_string()))?;
+        let n2 =
+            Normal::new(0.0, (2.0 / (o.hidden + 1) as f64).sqrt()).map_err(|e| Error::Classifier(e.to_string()))?;
         let mut m = Mlp {
             w1: Array2::from_shape_fn((d, o.hidden), |_| n1.sample(&mut rng)),
             b1: Array1::zeros(o.hidden),
@@ -95,17 +97,28 @@ impl Mlp {
         let t = Array1::from_iter(y.iter().map(|&b| if b { 1.0 } else { 0.0 }));
         // Adam state for (w1, b1, w2, b2)
         let (b1m, b2m, eps): (f64, f64, f64) = (0.9, 0.999, 1e-8);
-        let mut s = [Array2::<f64>::zeros((d, o.hidden)), Array2::zeros((1, o.hidden)), Array2::zeros((1, o.hidden)), Array2::zeros((1, 1))];
+        let mut s = [
+            Array2::<f64>::zeros((d, o.hidden)),
+            Array2::zeros((1, o.hidden)),
+            Array2::zeros((1, o.hidden)),
+            Array2::zeros((1, 1)),
+        ];
         let mut v = s.clone();
         for step in 1..=o.epochs {
             let (h, p) = m.forward(x);
             let dz = (&p - &t) / n as f64; // d(mean CE)/d logit
             let g_w2 = h.t().dot(&dz) + &m.w2 * o.l2;
             let g_b2 = dz.sum();
-            let dh = dz.insert_axis(ndarray::Axis(1)).dot(&m.w2.view().insert_axis(ndarray::Axis(0))) * h.mapv(|a| 1.0 - a * a);
+            let dh = dz.insert_axis(ndarray::Axis(1)).dot(&m.w2.view().insert_axis(ndarray::Axis(0)))
+                * h.mapv(|a| 1.0 - a * a);
             let g_w1 = x.t().dot(&dh) + &m.w1 * o.l2;
             let g_b1 = dh.sum_axis(ndarray::Axis(0));
-            let grads = [g_w1, g_b1.insert_axis(ndarray::Axis(0)), g_w2.insert_axis(ndarray::Axis(0)), Array2::from_elem((1, 1), g_b2)];
+            let grads = [
+                g_w1,
+                g_b1.insert_axis(ndarray::Axis(0)),
+                g_w2.insert_axis(ndarray::Axis(0)),
+                Array2::from_elem((1, 1), g_b2),
+            ];
             let lr_t = o.learning_rate * (1.0 - b2m.powi(step as i32)).sqrt() / (1.0 - b1m.powi(step as i32));
             let mut updates = Vec::with_capacity(4);
             for i in 0..4 {
@@ -165,7 +178,11 @@ impl MembershipClassifier {
             .map(|j| {
                 let v = rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / n as f64;
                 // A constant feature carries nothing; dividing by 1 keeps it at 0.
-                if v > 1e-24 { v.sqrt() } else { 1.0 }
+                if v > 1e-24 {
+                    v.sqrt()
+                } else {
+                    1.0
+                }
             })
             .collect();
         let x = to_array(rows, &mean, &std);

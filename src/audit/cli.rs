@@ -123,8 +123,14 @@ pub fn config_from_args(args: &AuditArgs) -> Result<AuditConfig> {
     let mut c = if args.demo {
         AuditConfig::demo(preset)
     } else {
-        let need = |p: &Option<PathBuf>, what: &str| p.clone().ok_or_else(|| Error::Params(format!("--{what} is required")));
-        AuditConfig::new(need(&args.target, "target")?, need(&args.members, "members")?, need(&args.nonmembers, "nonmembers")?, preset)
+        let need =
+            |p: &Option<PathBuf>, what: &str| p.clone().ok_or_else(|| Error::Params(format!("--{what} is required")));
+        AuditConfig::new(
+            need(&args.target, "target")?,
+            need(&args.members, "members")?,
+            need(&args.nonmembers, "nonmembers")?,
+            preset,
+        )
     };
     c.attacks = parse_attacks(&args.attack)?;
     if let Some(n) = args.n {
@@ -235,12 +241,23 @@ fn print_summary(r: &Report) {
         "target {} ({} parameters); {} members, {} non-members",
         r.target.dir, r.target.parameters, r.n_members, r.n_nonmembers
     );
-    println!("{:<11} {:>6} {:>17} {:>9} {:>10} {:>8} {:>8} {:>8}", "attack", "AUC", "95 % CI", "TPR@1%", "TPR@0.1%", "bal.acc", "queries", "seconds");
+    println!(
+        "{:<11} {:>6} {:>17} {:>9} {:>10} {:>8} {:>8} {:>8}",
+        "attack", "AUC", "95 % CI", "TPR@1%", "TPR@0.1%", "bal.acc", "queries", "seconds"
+    );
     for a in &r.attacks {
         let m = &a.metrics;
         println!(
             "{:<11} {:>6.3} [{:.3}, {:.3}] {:>9.3} {:>10.3} {:>8.3} {:>8} {:>8.1}",
-            a.name, m.auc, m.auc_ci95[0], m.auc_ci95[1], m.tpr_at_1pct_fpr, m.tpr_at_0_1pct_fpr, m.balanced_accuracy, a.queries_per_sample, a.seconds
+            a.name,
+            m.auc,
+            m.auc_ci95[0],
+            m.auc_ci95[1],
+            m.tpr_at_1pct_fpr,
+            m.tpr_at_0_1pct_fpr,
+            m.balanced_accuracy,
+            a.queries_per_sample,
+            a.seconds
         );
     }
     println!("total {:.1} s ({} threads)", r.timings.total_seconds, r.timings.threads);

@@ -106,9 +106,8 @@ impl SampleSet {
                 path.display()
             )));
         }
-        let raw: Vec<u8> = npy
-            .into_vec()
-            .map_err(|e| Error::Data(format!("{}: cannot decode images.npy ({e})", path.display())))?;
+        let raw: Vec<u8> =
+            npy.into_vec().map_err(|e| Error::Data(format!("{}: cannot decode images.npy ({e})", path.display())))?;
         // Layout: [N,H,W] grey, [N,H,W,C] with C ∈ {1,3} (image libraries), else [N,C,H,W].
         let (n, c, h, w, channels_last) = match shape[..] {
             [n, h, w] => (n, 1, h, w, false),
@@ -173,12 +172,14 @@ impl SampleSet {
         if let Some(l) = limit {
             files.truncate(l);
         }
-        let mut set = Self { source: dir.to_path_buf(), ids: Vec::new(), channels: 1, height: 0, width: 0, pixels: Vec::new() };
+        let mut set =
+            Self { source: dir.to_path_buf(), ids: Vec::new(), channels: 1, height: 0, width: 0, pixels: Vec::new() };
         // Grey unless some image has colour; decided up front so all images share a layout.
         let decoded: Vec<(PathBuf, ::image::DynamicImage)> = files
             .into_iter()
             .map(|p| {
-                let img = ::image::open(&p).map_err(|e| Error::Data(format!("{}: cannot decode ({e})", p.display())))?;
+                let img =
+                    ::image::open(&p).map_err(|e| Error::Data(format!("{}: cannot decode ({e})", p.display())))?;
                 Ok((p, img))
             })
             .collect::<Result<_>>()?;
@@ -233,9 +234,8 @@ impl Image2d {
     /// Mean over the channels of a channel-first image.
     pub fn from_chw(pixels: &[f32], channels: usize, height: usize, width: usize) -> Self {
         let plane = height * width;
-        let data = (0..plane)
-            .map(|p| (0..channels).map(|c| pixels[c * plane + p]).sum::<f32>() / channels as f32)
-            .collect();
+        let data =
+            (0..plane).map(|p| (0..channels).map(|c| pixels[c * plane + p]).sum::<f32>() / channels as f32).collect();
         Self { width, height, data }
     }
 }

@@ -33,11 +33,12 @@ impl Default for SsimOptions {
 pub fn ssim(a: &[f32], b: &[f32], channels: usize, height: usize, width: usize, opts: &SsimOptions) -> f64 {
     let plane = height * width;
     let mut win = opts.window.min(height).min(width);
-    if win % 2 == 0 {
+    if win.is_multiple_of(2) {
         win = win.saturating_sub(1).max(1);
     }
     let half = (win / 2) as f64;
-    let mut g: Vec<f64> = (0..win).map(|i| (-((i as f64 - half).powi(2)) / (2.0 * opts.sigma * opts.sigma)).exp()).collect();
+    let mut g: Vec<f64> =
+        (0..win).map(|i| (-((i as f64 - half).powi(2)) / (2.0 * opts.sigma * opts.sigma)).exp()).collect();
     let s: f64 = g.iter().sum();
     g.iter_mut().for_each(|v| *v /= s);
     let c1 = (0.01 * opts.data_range).powi(2);

@@ -95,7 +95,8 @@ fn auc_unchecked(members: &[f64], nonmembers: &[f64], buf: &mut Vec<(f64, bool)>
 /// (1, 1).
 pub fn roc_points(members: &[f64], nonmembers: &[f64]) -> Result<Vec<RocPoint>> {
     check(members, nonmembers)?;
-    let mut all: Vec<(f64, bool)> = members.iter().map(|&s| (s, true)).chain(nonmembers.iter().map(|&s| (s, false))).collect();
+    let mut all: Vec<(f64, bool)> =
+        members.iter().map(|&s| (s, true)).chain(nonmembers.iter().map(|&s| (s, false))).collect();
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
     let (n1, n0) = (members.len() as f64, nonmembers.len() as f64);
     let mut points = vec![RocPoint { fpr: 0.0, tpr: 0.0, threshold: None }];

@@ -127,7 +127,12 @@ pub struct AuditConfig {
 }
 
 impl AuditConfig {
-    pub fn new(target: impl Into<PathBuf>, members: impl Into<PathBuf>, nonmembers: impl Into<PathBuf>, preset: Preset) -> Self {
+    pub fn new(
+        target: impl Into<PathBuf>,
+        members: impl Into<PathBuf>,
+        nonmembers: impl Into<PathBuf>,
+        preset: Preset,
+    ) -> Self {
         let mut c = Self {
             target: target.into(),
             members: members.into(),
@@ -249,8 +254,11 @@ fn check_samples(model: &DiffusionModel, members: &SampleSet, nonmembers: &Sampl
     let mut warnings = Vec::new();
     let overlap = members.exact_overlap(nonmembers);
     if !overlap.is_empty() {
-        let examples: Vec<String> =
-            overlap.iter().take(3).map(|&(i, j)| format!("member {} = non-member {}", members.ids[i], nonmembers.ids[j])).collect();
+        let examples: Vec<String> = overlap
+            .iter()
+            .take(3)
+            .map(|&(i, j)| format!("member {} = non-member {}", members.ids[i], nonmembers.ids[j]))
+            .collect();
         warnings.push(format!(
             "{} image(s) appear in both sets ({}{}): the sets overlap, so no attack can tell those apart and the \
              AUC is biased toward 0.5",
@@ -298,13 +306,24 @@ pub fn run(config: &AuditConfig, progress: &mut dyn FnMut(Progress), cancel: &At
         let mut scores = Vec::with_capacity(out.evaluated.len());
         for (&i, &s) in out.evaluated.iter().zip(&out.scores) {
             let member = is_member[i];
-            if member { pos.push(s) } else { neg.push(s) }
-            let (index, id) = if member { (i, members.ids[i].clone()) } else { (i - members.len(), nonmembers.ids[i - members.len()].clone()) };
+            if member {
+                pos.push(s)
+            } else {
+                neg.push(s)
+            }
+            let (index, id) = if member {
+                (i, members.ids[i].clone())
+            } else {
+                (i - members.len(), nonmembers.ids[i - members.len()].clone())
+            };
             scores.push(SampleScore { index, id, member, score: s });
         }
         let (metrics, roc) = metrics::evaluate(&pos, &neg, &bootstrap)?;
-        let evaluated_on =
-            if out.evaluated.len() == n { "all samples".to_string() } else { format!("evaluation split ({} of {n} samples)", out.evaluated.len()) };
+        let evaluated_on = if out.evaluated.len() == n {
+            "all samples".to_string()
+        } else {
+            format!("evaluation split ({} of {n} samples)", out.evaluated.len())
+        };
         reports.push(AttackReport {
             name: attack.name().to_string(),
             description: attack.description(),

@@ -11,10 +11,7 @@ pub(crate) struct ByteCursor<'a> {
 
 impl<'a> ByteCursor<'a> {
     pub(crate) fn new(data: &'a [u8], pos: usize) -> Self {
-        ByteCursor {
-            data,
-            pos: pos.min(data.len()),
-        }
+        ByteCursor { data, pos: pos.min(data.len()) }
     }
 
     pub(crate) fn position(&self) -> usize {
@@ -26,10 +23,7 @@ impl<'a> ByteCursor<'a> {
     }
 
     pub(crate) fn read_u8(&mut self, what: &str) -> Result<u8, CodecError> {
-        let byte = *self
-            .data
-            .get(self.pos)
-            .ok_or_else(|| CodecError::Truncated(format!("end of data in {what}")))?;
+        let byte = *self.data.get(self.pos).ok_or_else(|| CodecError::Truncated(format!("end of data in {what}")))?;
         self.pos += 1;
         Ok(byte)
     }
@@ -79,9 +73,7 @@ impl<'a> ByteCursor<'a> {
     pub(crate) fn read_segment(&mut self, what: &str) -> Result<&'a [u8], CodecError> {
         let length = usize::from(self.read_u16(what)?);
         if length < 2 {
-            return Err(CodecError::Invalid(format!(
-                "{what}: segment length {length} < 2"
-            )));
+            return Err(CodecError::Invalid(format!("{what}: segment length {length} < 2")));
         }
         let payload_len = length - 2;
         if payload_len > self.remaining() {

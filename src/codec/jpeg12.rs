@@ -34,18 +34,16 @@ const RST7: u8 = 0xD7;
 /// Zig-zag order (T.81 Figure A.6): `ZIGZAG[k]` is the row-major index of the k-th
 /// coefficient in the coded order.
 const ZIGZAG: [usize; 64] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
-    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
-    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21,
+    28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54,
+    47, 55, 62, 63,
 ];
 
 /// Decodes one JPEG codestream (SOI ... EOI) of the sequential Huffman processes.
 pub fn decode_jpeg_extended(data: &[u8]) -> Result<Frame, CodecError> {
     let mut cursor = ByteCursor::new(data, 0);
     if cursor.read_marker().ok() != Some(SOI) {
-        return Err(CodecError::Invalid(
-            "JPEG codestream does not start with SOI".into(),
-        ));
+        return Err(CodecError::Invalid("JPEG codestream does not start with SOI".into()));
     }
     let mut tables = Tables::default();
     let mut frame: Option<FrameHeader> = None;
@@ -68,9 +66,7 @@ pub fn decode_jpeg_extended(data: &[u8]) -> Result<Frame, CodecError> {
             0xC2 | 0xC6 => return Err(unsupported_process(marker, "progressive DCT")),
             0xC3 | 0xC7 => return Err(unsupported_process(marker, "lossless")),
             0xC5 => return Err(unsupported_process(marker, "hierarchical")),
-            0xC9..=0xCB | 0xCD..=0xCF => {
-                return Err(unsupported_process(marker, "arithmetic coding"))
-            }
+            0xC9..=0xCB | 0xCD..=0xCF => return Err(unsupported_process(marker, "arithmetic coding")),
             0xF7 => return Err(unsupported_process(marker, "JPEG-LS")),
             DHT => tables.read_huffman_tables(cursor.read_segment("DHT")?)?,
             DQT => tables.read_quantization_tables(cursor.read_segment("DQT")?)?,
@@ -82,25 +78,18 @@ pub fn decode_jpeg_extended(data: &[u8]) -> Result<Frame, CodecError> {
                 restart_interval = u16::from_be_bytes([payload[0], payload[1]]);
             }
             SOS => {
-                let header = frame
-                    .as_ref()
-                    .ok_or_else(|| CodecError::Invalid("SOS before the frame header".into()))?;
+                let header = frame.as_ref().ok_or_else(|| CodecError::Invalid("SOS before the frame header".into()))?;
                 let scan = ScanHeader::parse(cursor.read_segment("SOS")?, header)?;
                 for &index in &scan.component_indices {
                     if component_decoded[index] {
-                        return Err(CodecError::Invalid(
-                            "a component coded in two sequential scans".into(),
-                        ));
+                        return Err(CodecError::Invalid("a component coded in two sequential scans".into()));
                     }
                 }
                 if samples.is_empty() {
                     if header.height == 0 {
-                        return Err(CodecError::Unsupported(
-                            "number of lines defined by a DNL marker (Y = 0)".into(),
-                        ));
+                        return Err(CodecError::Unsupported("number of lines defined by a DNL marker (Y = 0)".into()));
                     }
-                    let count =
-                        checked_sample_count(header.width, header.height, header.components.len())?;
+                    let count = checked_sample_count(header.width, header.height, header.components.len())?;
                     samples = vec![0u16; count];
                 }
                 let end = decode_scan(
@@ -121,11 +110,7 @@ pub fn decode_jpeg_extended(data: &[u8]) -> Result<Frame, CodecError> {
             EOI => break,
             SOI => return Err(CodecError::Invalid("second SOI marker".into())),
             RST0..=RST7 => return Err(CodecError::Invalid("restart marker outside a scan".into())),
-            DNL => {
-                return Err(CodecError::Unsupported(
-                    "number of lines defined by DNL".into(),
-                ))
-            }
+            DNL => return Err(CodecError::Unsupported("number of lines defined by DNL".into())),
             // APPn, COM, DAC-less others: skip the segment.
             _ => {
                 cursor.read_segment("marker segment")?;
@@ -135,10 +120,7 @@ pub fn decode_jpeg_extended(data: &[u8]) -> Result<Frame, CodecError> {
 
     let header = frame.ok_or_else(|| CodecError::Truncated("no frame header".into()))?;
     if let Some(missing) = component_decoded.iter().position(|&done| !done) {
-        return Err(CodecError::Truncated(format!(
-            "no scan for component {}",
-            header.components[missing].id
-        )));
+        return Err(CodecError::Truncated(format!("no scan for component {}", header.components[missing].id)));
     }
     Ok(Frame {
         width: header.width,
@@ -184,15 +166,11 @@ impl FrameHeader {
         match (marker, precision) {
             (SOF0, 8) | (SOF1, 8 | 12) => {}
             _ => {
-                return Err(CodecError::Invalid(format!(
-                    "sample precision {precision} in SOF marker 0xFF{marker:02X}"
-                )))
+                return Err(CodecError::Invalid(format!("sample precision {precision} in SOF marker 0xFF{marker:02X}")))
             }
         }
         if !(1..=4).contains(&count) {
-            return Err(CodecError::Unsupported(format!(
-                "{count} components in a frame"
-            )));
+            return Err(CodecError::Unsupported(format!("{count} components in a frame")));
         }
         if width == 0 {
             return Err(CodecError::Invalid("frame width 0".into()));
@@ -207,37 +185,19 @@ impl FrameHeader {
                 || !(1..=4).contains(&vertical_sampling)
                 || quantization_table > 3
             {
-                return Err(CodecError::Invalid(format!(
-                    "component {id}: bad parameters"
-                )));
+                return Err(CodecError::Invalid(format!("component {id}: bad parameters")));
             }
             if components.iter().any(|c| c.id == id) {
-                return Err(CodecError::Invalid(format!(
-                    "component id {id} appears twice"
-                )));
+                return Err(CodecError::Invalid(format!("component id {id} appears twice")));
             }
             if let Some(first) = components.first() {
-                if (first.horizontal_sampling, first.vertical_sampling)
-                    != (horizontal_sampling, vertical_sampling)
-                {
-                    return Err(CodecError::Unsupported(
-                        "sub-sampled components (different sampling factors)".into(),
-                    ));
+                if (first.horizontal_sampling, first.vertical_sampling) != (horizontal_sampling, vertical_sampling) {
+                    return Err(CodecError::Unsupported("sub-sampled components (different sampling factors)".into()));
                 }
             }
-            components.push(ComponentSpec {
-                id,
-                horizontal_sampling,
-                vertical_sampling,
-                quantization_table,
-            });
+            components.push(ComponentSpec { id, horizontal_sampling, vertical_sampling, quantization_table });
         }
-        Ok(FrameHeader {
-            precision,
-            height,
-            width,
-            components,
-        })
+        Ok(FrameHeader { precision, height, width, components })
     }
 }
 
@@ -255,11 +215,7 @@ impl ScanHeader {
         if !(1..=4).contains(&count) {
             return Err(CodecError::Invalid(format!("scan with {count} components")));
         }
-        let mut scan = ScanHeader {
-            component_indices: Vec::new(),
-            dc_tables: Vec::new(),
-            ac_tables: Vec::new(),
-        };
+        let mut scan = ScanHeader { component_indices: Vec::new(), dc_tables: Vec::new(), ac_tables: Vec::new() };
         for _ in 0..count {
             let id = fields.read_u8("SOS component")?;
             let tables = fields.read_u8("SOS component")?;
@@ -269,9 +225,7 @@ impl ScanHeader {
                 .position(|c| c.id == id)
                 .ok_or_else(|| CodecError::Invalid(format!("scan names unknown component {id}")))?;
             if scan.component_indices.contains(&index) {
-                return Err(CodecError::Invalid(format!(
-                    "component {id} twice in one scan"
-                )));
+                return Err(CodecError::Invalid(format!("component {id} twice in one scan")));
             }
             let (dc, ac) = (usize::from(tables >> 4), usize::from(tables & 0x0F));
             if dc > 3 || ac > 3 {
@@ -312,17 +266,11 @@ impl Tables {
             let spec = fields.read_u8("DQT")?;
             let (precision, id) = (spec >> 4, usize::from(spec & 0x0F));
             if precision > 1 || id > 3 {
-                return Err(CodecError::Invalid(format!(
-                    "DQT table Pq = {precision}, Tq = {id}"
-                )));
+                return Err(CodecError::Invalid(format!("DQT table Pq = {precision}, Tq = {id}")));
             }
             let mut table = [0u16; 64];
             for value in table.iter_mut() {
-                *value = if precision == 0 {
-                    u16::from(fields.read_u8("DQT")?)
-                } else {
-                    fields.read_u16("DQT")?
-                };
+                *value = if precision == 0 { u16::from(fields.read_u8("DQT")?) } else { fields.read_u16("DQT")? };
             }
             self.quantization[id] = Some(table);
         }
@@ -336,9 +284,7 @@ impl Tables {
             let spec = fields.read_u8("DHT")?;
             let (class, id) = (spec >> 4, usize::from(spec & 0x0F));
             if class > 1 || id > 3 {
-                return Err(CodecError::Invalid(format!(
-                    "DHT table Tc = {class}, Th = {id}"
-                )));
+                return Err(CodecError::Invalid(format!("DHT table Tc = {class}, Th = {id}")));
             }
             let mut counts = [0u8; 16];
             for count in counts.iter_mut() {
@@ -408,12 +354,7 @@ impl HuffmanTable {
             }
             code <<= 1;
         }
-        Ok(HuffmanTable {
-            fast,
-            max_code,
-            value_offset,
-            values,
-        })
+        Ok(HuffmanTable { fast, max_code, value_offset, values })
     }
 }
 
@@ -431,14 +372,7 @@ struct HuffmanBitReader<'a> {
 
 impl<'a> HuffmanBitReader<'a> {
     fn new(data: &'a [u8], position: usize) -> Self {
-        HuffmanBitReader {
-            data,
-            position,
-            buffer: 0,
-            available: 0,
-            at_marker: false,
-            padding_bits: 0,
-        }
+        HuffmanBitReader { data, position, buffer: 0, available: 0, at_marker: false, padding_bits: 0 }
     }
 
     /// Loads bytes until at least 57 bits are available.
@@ -547,13 +481,9 @@ impl<'a> HuffmanBitReader<'a> {
     /// that RSTm with `m = expected` follows, and continues after it.
     fn consume_restart_marker(&mut self, expected: u8) -> Result<(), CodecError> {
         let mut cursor = ByteCursor::new(self.data, self.marker_position());
-        let marker = cursor
-            .read_marker()
-            .map_err(|_| CodecError::Truncated("restart marker missing".into()))?;
+        let marker = cursor.read_marker().map_err(|_| CodecError::Truncated("restart marker missing".into()))?;
         if marker != RST0 + expected {
-            return Err(CodecError::Invalid(format!(
-                "expected RST{expected}, found marker 0xFF{marker:02X}"
-            )));
+            return Err(CodecError::Invalid(format!("expected RST{expected}, found marker 0xFF{marker:02X}")));
         }
         *self = HuffmanBitReader::new(self.data, cursor.position());
         Ok(())
@@ -600,22 +530,10 @@ fn decode_scan(
             quantization: tables.quantization[spec.quantization_table]
                 .as_ref()
                 .ok_or_else(|| missing("quantization table"))?,
-            dc_table: tables.dc[scan.dc_tables[s]]
-                .as_ref()
-                .ok_or_else(|| missing("DC table"))?,
-            ac_table: tables.ac[scan.ac_tables[s]]
-                .as_ref()
-                .ok_or_else(|| missing("AC table"))?,
-            mcu_width: if interleaved {
-                usize::from(spec.horizontal_sampling)
-            } else {
-                1
-            },
-            mcu_height: if interleaved {
-                usize::from(spec.vertical_sampling)
-            } else {
-                1
-            },
+            dc_table: tables.dc[scan.dc_tables[s]].as_ref().ok_or_else(|| missing("DC table"))?,
+            ac_table: tables.ac[scan.ac_tables[s]].as_ref().ok_or_else(|| missing("AC table"))?,
+            mcu_width: if interleaved { usize::from(spec.horizontal_sampling) } else { 1 },
+            mcu_height: if interleaved { usize::from(spec.vertical_sampling) } else { 1 },
             dc_predictor: 0,
         });
     }
@@ -642,9 +560,7 @@ fn decode_scan(
     let mut mcus_decoded = 0usize;
     for mcu_y in 0..mcu_lines {
         for mcu_x in 0..mcus_per_line {
-            if restart_interval != 0
-                && mcus_decoded != 0
-                && mcus_decoded.is_multiple_of(usize::from(restart_interval))
+            if restart_interval != 0 && mcus_decoded != 0 && mcus_decoded.is_multiple_of(usize::from(restart_interval))
             {
                 reader.consume_restart_marker(restart_count)?;
                 restart_count = (restart_count + 1) % 8;
@@ -660,11 +576,10 @@ fn decode_scan(
                         let y0 = (mcu_y * component.mcu_height + block_y) * 8;
                         for row in 0..8.min(height.saturating_sub(y0)) {
                             for column in 0..8.min(width.saturating_sub(x0)) {
-                                let value = pixels[row * 8 + column]
-                                    .saturating_add(level_shift)
-                                    .clamp(0, max_sample);
-                                samples[((y0 + row) * width + x0 + column) * frame_components
-                                    + component.frame_index] = value as u16;
+                                let value = pixels[row * 8 + column].saturating_add(level_shift).clamp(0, max_sample);
+                                samples
+                                    [((y0 + row) * width + x0 + column) * frame_components + component.frame_index] =
+                                    value as u16;
                             }
                         }
                     }
@@ -694,15 +609,11 @@ fn decode_block(
     // F.2.2.1: DC difference, magnitude category 0..=15 (16 bits at most for 12-bit).
     let category = reader.decode(component.dc_table).ok_or_else(invalid)?;
     if category > 15 {
-        return Err(CodecError::Invalid(format!(
-            "DC magnitude category {category}"
-        )));
+        return Err(CodecError::Invalid(format!("DC magnitude category {category}")));
     }
     let difference = reader.receive_extend(u32::from(category));
     component.dc_predictor = component.dc_predictor.wrapping_add(difference);
-    block[0] = component
-        .dc_predictor
-        .wrapping_mul(i32::from(component.quantization[0]));
+    block[0] = component.dc_predictor.wrapping_mul(i32::from(component.quantization[0]));
 
     // F.2.2.2 (Figure F.13): AC coefficients as (run of zeros, category) pairs.
     let mut k = 1;
@@ -718,9 +629,7 @@ fn decode_block(
         }
         k += run;
         if k > 63 {
-            return Err(CodecError::Invalid(
-                "AC coefficients past the end of a block".into(),
-            ));
+            return Err(CodecError::Invalid("AC coefficients past the end of a block".into()));
         }
         let value = reader.receive_extend(size);
         block[ZIGZAG[k]] = value.wrapping_mul(i32::from(component.quantization[k]));
@@ -746,13 +655,8 @@ impl InverseDct {
         let mut basis = [[0.0; 8]; 8];
         for (x, row) in basis.iter_mut().enumerate() {
             for (u, value) in row.iter_mut().enumerate() {
-                let scale = if u == 0 {
-                    std::f64::consts::FRAC_1_SQRT_2
-                } else {
-                    1.0
-                };
-                *value = scale / 2.0
-                    * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos();
+                let scale = if u == 0 { std::f64::consts::FRAC_1_SQRT_2 } else { 1.0 };
+                *value = scale / 2.0 * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos();
             }
         }
         InverseDct { basis }

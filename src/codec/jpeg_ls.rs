@@ -31,10 +31,8 @@ const SOF55: u8 = 0xF7;
 const LSE: u8 = 0xF8;
 
 /// Run-length order table J (T.87 A.7.1.2): a run segment at `RUNindex` covers 2^J samples.
-const J: [u32; 32] = [
-    0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12, 13,
-    14, 15,
-];
+const J: [u32; 32] =
+    [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12, 13, 14, 15];
 
 /// Regular-mode contexts 0..=364 (T.87 A.3.4: 365 contexts after sign merging).
 const REGULAR_CONTEXTS: usize = 365;
@@ -53,9 +51,7 @@ const MAX_SCAN_COMPONENTS: usize = 4;
 pub fn decode_jpeg_ls(data: &[u8]) -> Result<Frame, CodecError> {
     let mut cursor = ByteCursor::new(data, 0);
     if cursor.read_marker().ok() != Some(SOI) {
-        return Err(CodecError::Invalid(
-            "JPEG-LS codestream does not start with SOI".into(),
-        ));
+        return Err(CodecError::Invalid("JPEG-LS codestream does not start with SOI".into()));
     }
 
     let mut frame: Option<FrameHeader> = None;
@@ -69,9 +65,7 @@ pub fn decode_jpeg_ls(data: &[u8]) -> Result<Frame, CodecError> {
         match marker {
             SOF55 => {
                 if frame.is_some() {
-                    return Err(CodecError::Invalid(
-                        "more than one SOF55 frame header".into(),
-                    ));
+                    return Err(CodecError::Invalid("more than one SOF55 frame header".into()));
                 }
                 let header = FrameHeader::parse(cursor.read_segment("SOF55")?)?;
                 component_decoded = vec![false; header.component_ids.len()];
@@ -86,28 +80,20 @@ pub fn decode_jpeg_ls(data: &[u8]) -> Result<Frame, CodecError> {
             LSE => {
                 let payload = cursor.read_segment("LSE")?;
                 // Once a scan has been decoded the dimensions are fixed.
-                let frame_to_resize = if samples.is_empty() {
-                    frame.as_mut()
-                } else {
-                    None
-                };
+                let frame_to_resize = if samples.is_empty() { frame.as_mut() } else { None };
                 parse_preset_segment(payload, &mut presets, frame_to_resize)?;
             }
             DRI => {
                 // T.87 C.2.5: the restart interval field is 2, 3 or 4 bytes long.
                 let payload = cursor.read_segment("DRI")?;
                 if payload.is_empty() || payload.len() > 4 {
-                    return Err(CodecError::Invalid(format!(
-                        "DRI segment with a {}-byte interval",
-                        payload.len()
-                    )));
+                    return Err(CodecError::Invalid(format!("DRI segment with a {}-byte interval", payload.len())));
                 }
                 restart_interval = payload.iter().fold(0u32, |v, &b| (v << 8) | u32::from(b));
             }
             SOS => {
-                let header = frame.as_ref().ok_or_else(|| {
-                    CodecError::Invalid("SOS before the SOF55 frame header".into())
-                })?;
+                let header =
+                    frame.as_ref().ok_or_else(|| CodecError::Invalid("SOS before the SOF55 frame header".into()))?;
                 let scan = ScanHeader::parse(cursor.read_segment("SOS")?, header)?;
                 for &index in &scan.component_indices {
                     if component_decoded[index] {
@@ -119,26 +105,13 @@ pub fn decode_jpeg_ls(data: &[u8]) -> Result<Frame, CodecError> {
                 }
                 if samples.is_empty() {
                     if header.height == 0 {
-                        return Err(CodecError::Unsupported(
-                            "number of lines defined by a DNL marker (Y = 0)".into(),
-                        ));
+                        return Err(CodecError::Unsupported("number of lines defined by a DNL marker (Y = 0)".into()));
                     }
-                    let count = checked_sample_count(
-                        header.width,
-                        header.height,
-                        header.component_ids.len(),
-                    )?;
+                    let count = checked_sample_count(header.width, header.height, header.component_ids.len())?;
                     samples = vec![0u16; count];
                 }
-                let end = decode_scan(
-                    data,
-                    cursor.position(),
-                    header,
-                    &scan,
-                    &presets,
-                    restart_interval,
-                    &mut samples,
-                )?;
+                let end =
+                    decode_scan(data, cursor.position(), header, &scan, &presets, restart_interval, &mut samples)?;
                 for &index in &scan.component_indices {
                     component_decoded[index] = true;
                 }
@@ -154,9 +127,7 @@ pub fn decode_jpeg_ls(data: &[u8]) -> Result<Frame, CodecError> {
                 return Err(CodecError::Invalid("restart marker outside a scan".into()));
             }
             DNL => {
-                return Err(CodecError::Unsupported(
-                    "image height defined by a DNL marker".into(),
-                ));
+                return Err(CodecError::Unsupported("image height defined by a DNL marker".into()));
             }
             // APPn, COM, and reserved markers: skip the segment.
             _ => {
@@ -167,10 +138,7 @@ pub fn decode_jpeg_ls(data: &[u8]) -> Result<Frame, CodecError> {
 
     let header = frame.ok_or_else(|| CodecError::Truncated("no SOF55 frame header".into()))?;
     if let Some(missing) = component_decoded.iter().position(|&done| !done) {
-        return Err(CodecError::Truncated(format!(
-            "no scan for component {}",
-            header.component_ids[missing]
-        )));
+        return Err(CodecError::Truncated(format!("no scan for component {}", header.component_ids[missing])));
     }
     Ok(Frame {
         width: header.width,
@@ -205,9 +173,7 @@ impl FrameHeader {
         let width = u32::from(fields.read_u16("SOF55")?);
         let component_count = usize::from(fields.read_u8("SOF55")?);
         if !(2..=16).contains(&precision) {
-            return Err(CodecError::Invalid(format!(
-                "sample precision P = {precision}"
-            )));
+            return Err(CodecError::Invalid(format!("sample precision P = {precision}")));
         }
         if component_count == 0 {
             return Err(CodecError::Invalid("frame with no components".into()));
@@ -219,24 +185,15 @@ impl FrameHeader {
             let sampling = fields.read_u8("SOF55 component")?;
             let _table = fields.read_u8("SOF55 component")?; // Tq, 0 in JPEG-LS
             if component_ids.contains(&id) {
-                return Err(CodecError::Invalid(format!(
-                    "component id {id} appears twice"
-                )));
+                return Err(CodecError::Invalid(format!("component id {id} appears twice")));
             }
             if *first_sampling.get_or_insert(sampling) != sampling {
-                return Err(CodecError::Unsupported(
-                    "components with different sampling factors (sub-sampled)".into(),
-                ));
+                return Err(CodecError::Unsupported("components with different sampling factors (sub-sampled)".into()));
             }
             component_ids.push(id);
         }
         // Y = 0 announces a DNL marker, unless LSE id 4 later sets the dimensions.
-        Ok(FrameHeader {
-            precision,
-            width,
-            height,
-            component_ids,
-        })
+        Ok(FrameHeader { precision, width, height, component_ids })
     }
 }
 
@@ -268,29 +225,20 @@ fn parse_preset_segment(
             Ok(())
         }
         // C.2.4.1.2 / C.2.4.1.3: mapping tables and their continuation.
-        2 | 3 => Err(CodecError::Unsupported(
-            "JPEG-LS mapping table (LSE id 2/3)".into(),
-        )),
+        2 | 3 => Err(CodecError::Unsupported("JPEG-LS mapping table (LSE id 2/3)".into())),
         // C.2.4.1.4: oversize image dimensions, Wxy-byte Y and X.
         4 => {
-            let frame = frame.ok_or_else(|| {
-                CodecError::Invalid(
-                    "oversize-dimension LSE outside the frame header's scope".into(),
-                )
-            })?;
+            let frame = frame
+                .ok_or_else(|| CodecError::Invalid("oversize-dimension LSE outside the frame header's scope".into()))?;
             let field_width = usize::from(fields.read_u8("LSE")?);
             if !(2..=4).contains(&field_width) {
-                return Err(CodecError::Invalid(format!(
-                    "LSE id 4 with Wxy = {field_width}"
-                )));
+                return Err(CodecError::Invalid(format!("LSE id 4 with Wxy = {field_width}")));
             }
             frame.height = fields.read_be(field_width, "LSE")?;
             frame.width = fields.read_be(field_width, "LSE")?;
             Ok(())
         }
-        id => Err(CodecError::Unsupported(format!(
-            "LSE marker segment with id {id}"
-        ))),
+        id => Err(CodecError::Unsupported(format!("LSE marker segment with id {id}"))),
     }
 }
 
@@ -299,10 +247,7 @@ fn parse_preset_segment(
 /// Other APP8 segments (e.g. a SPIFF header) are ignored.
 fn check_hp_colour_transform(payload: &[u8]) -> Result<(), CodecError> {
     if payload.len() >= 5 && &payload[..4] == b"mrfx" && payload[4] != 0 {
-        return Err(CodecError::Unsupported(format!(
-            "HP colour transform {} (APP8 \"mrfx\")",
-            payload[4]
-        )));
+        return Err(CodecError::Unsupported(format!("HP colour transform {} (APP8 \"mrfx\")", payload[4])));
     }
     Ok(())
 }
@@ -334,9 +279,7 @@ impl ScanHeader {
                 .position(|&frame_id| frame_id == id)
                 .ok_or_else(|| CodecError::Invalid(format!("scan names unknown component {id}")))?;
             if component_indices.contains(&index) {
-                return Err(CodecError::Invalid(format!(
-                    "component {id} twice in one scan"
-                )));
+                return Err(CodecError::Invalid(format!("component {id} twice in one scan")));
             }
             if mapping_table != 0 {
                 return Err(CodecError::Unsupported(format!(
@@ -349,30 +292,16 @@ impl ScanHeader {
         let interleave = fields.read_u8("SOS")?;
         let point_transform = fields.read_u8("SOS")? & 0x0F;
         if point_transform != 0 {
-            return Err(CodecError::Unsupported(format!(
-                "point transform Al = {point_transform}"
-            )));
+            return Err(CodecError::Unsupported(format!("point transform Al = {point_transform}")));
         }
         let interleave = match (interleave, count) {
             // A single-component scan is coded the same way whatever ILV says.
             (0..=2, 1) => 0,
             (1 | 2, _) => interleave,
-            (0, _) => {
-                return Err(CodecError::Invalid(
-                    "ILV = 0 with more than one component".into(),
-                ))
-            }
-            _ => {
-                return Err(CodecError::Invalid(format!(
-                    "interleave mode ILV = {interleave}"
-                )))
-            }
+            (0, _) => return Err(CodecError::Invalid("ILV = 0 with more than one component".into())),
+            _ => return Err(CodecError::Invalid(format!("interleave mode ILV = {interleave}"))),
         };
-        Ok(ScanHeader {
-            component_indices,
-            near,
-            interleave,
-        })
+        Ok(ScanHeader { component_indices, near, interleave })
     }
 }
 
@@ -411,17 +340,11 @@ fn ceil_log2(value: i32) -> u32 {
 impl CodingParameters {
     fn new(precision: u8, near: u8, presets: &PresetParameters) -> Result<Self, CodecError> {
         // C.2.4.1.1 Table C.2: MAXVAL defaults to 2^P - 1.
-        let maxval = if presets.maxval != 0 {
-            i32::from(presets.maxval)
-        } else {
-            (1i32 << precision) - 1
-        };
+        let maxval = if presets.maxval != 0 { i32::from(presets.maxval) } else { (1i32 << precision) - 1 };
         let near = i32::from(near);
         // C.2.3: NEAR <= min(255, MAXVAL / 2).
         if near > maxval / 2 {
-            return Err(CodecError::Invalid(format!(
-                "NEAR = {near} with MAXVAL = {maxval}"
-            )));
+            return Err(CodecError::Invalid(format!("NEAR = {near} with MAXVAL = {maxval}")));
         }
         let step = 2 * near + 1;
         // A.2.1: RANGE, qbpp, bpp, LIMIT.
@@ -475,18 +398,7 @@ impl CodingParameters {
                  (NEAR = {near}, MAXVAL = {maxval})"
             )));
         }
-        Ok(CodingParameters {
-            maxval,
-            near,
-            step,
-            range,
-            qbpp,
-            limit,
-            t1,
-            t2,
-            t3,
-            reset,
-        })
+        Ok(CodingParameters { maxval, near, step, range, qbpp, limit, t1, t2, t3, reset })
     }
 
     /// The A.3.3 quantization of every gradient -MAXVAL..=MAXVAL, at index `d + MAXVAL`.
@@ -585,9 +497,7 @@ impl<'a> BitReader<'a> {
             if let Some(chunk) = self.data.get(self.position..self.position + 8) {
                 let word = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
                 let inverted = !word; // a 0xFF byte becomes 0x00
-                let has_ff = inverted.wrapping_sub(0x0101_0101_0101_0101)
-                    & !inverted
-                    & 0x8080_8080_8080_8080;
+                let has_ff = inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080;
                 if has_ff == 0 {
                     let whole_bytes = (64 - self.available) / 8;
                     let new_available = self.available + 8 * whole_bytes;
@@ -761,13 +671,9 @@ impl<'a> BitReader<'a> {
     /// continues after it.
     fn consume_restart_marker(&mut self, expected: u8) -> Result<(), CodecError> {
         let mut cursor = ByteCursor::new(self.data, self.marker_position());
-        let marker = cursor
-            .read_marker()
-            .map_err(|_| CodecError::Truncated("restart marker missing".into()))?;
+        let marker = cursor.read_marker().map_err(|_| CodecError::Truncated("restart marker missing".into()))?;
         if marker != RST0 + expected {
-            return Err(CodecError::Invalid(format!(
-                "expected RST{expected}, found marker 0xFF{marker:02X}"
-            )));
+            return Err(CodecError::Invalid(format!("expected RST{expected}, found marker 0xFF{marker:02X}")));
         }
         *self = BitReader::new(self.data, cursor.position());
         Ok(())
@@ -810,17 +716,8 @@ impl ContextModel {
     fn new(params: &CodingParameters) -> Self {
         let initial_a = i64::from(((params.range + 32) / 64).max(2));
         ContextModel {
-            regular: [RegularContext {
-                a: initial_a,
-                b: 0,
-                c: 0,
-                n: 1,
-            }; REGULAR_CONTEXTS],
-            run_interruption: [RunInterruptionContext {
-                a: initial_a,
-                n: 1,
-                nn: 0,
-            }; 2],
+            regular: [RegularContext { a: initial_a, b: 0, c: 0, n: 1 }; REGULAR_CONTEXTS],
+            run_interruption: [RunInterruptionContext { a: initial_a, n: 1, nn: 0 }; 2],
         }
     }
 }
@@ -867,19 +764,14 @@ fn decode_scan(
     let scan_components = scan.component_indices.len();
     let line_stride = width * frame_components;
     if samples.len() != line_stride * height {
-        return Err(CodecError::Invalid(
-            "image dimensions changed between scans".into(),
-        ));
+        return Err(CodecError::Invalid("image dimensions changed between scans".into()));
     }
 
     // Line buffers with one extra sample on each side (T.87 A.2.1 / A.3.1 edge rules):
     // index 0 holds the Ra / Rc of the first column, index width + 1 the Rd of the last.
     // Sample interleaving keeps all components of a pixel together in one buffer.
-    let (buffers, buffer_len) = if scan.interleave == 2 {
-        (1, (width + 2) * scan_components)
-    } else {
-        (scan_components, width + 2)
-    };
+    let (buffers, buffer_len) =
+        if scan.interleave == 2 { (1, (width + 2) * scan_components) } else { (scan_components, width + 2) };
     let mut previous_lines = vec![vec![0u16; buffer_len]; buffers];
     let mut current_lines = vec![vec![0u16; buffer_len]; buffers];
     // A.7.1: one RUNindex per component in line-interleaved mode, one per scan otherwise.
@@ -887,10 +779,7 @@ fn decode_scan(
 
     let mut restart_count: u8 = 0;
     for line in 0..height {
-        if restart_interval != 0
-            && line != 0
-            && (line as u64).is_multiple_of(u64::from(restart_interval))
-        {
+        if restart_interval != 0 && line != 0 && (line as u64).is_multiple_of(u64::from(restart_interval)) {
             // T.87 C.2.5: each restart interval is coded independently: the statistics,
             // the run index and the line above restart as at the beginning of the scan.
             decoder.reader.consume_restart_marker(restart_count)?;
@@ -936,16 +825,10 @@ fn decode_scan(
             }
         }
         if decoder.reader.overrun() {
-            return Err(CodecError::Truncated(format!(
-                "entropy-coded data ends in line {} of {height}",
-                line + 1
-            )));
+            return Err(CodecError::Truncated(format!("entropy-coded data ends in line {} of {height}", line + 1)));
         }
         if let Some(problem) = decoder.reader.corrupt {
-            return Err(CodecError::Invalid(format!(
-                "{problem} (line {} of {height})",
-                line + 1
-            )));
+            return Err(CodecError::Invalid(format!("{problem} (line {} of {height})", line + 1)));
         }
     }
     Ok(decoder.reader.marker_position())
@@ -963,17 +846,10 @@ struct ScanDecoder<'a> {
 
 impl<'a> ScanDecoder<'a> {
     fn new(params: &CodingParameters, reader: BitReader<'a>) -> Self {
-        let mut quantized_gradient: Box<[i8; GRADIENT_TABLE_SIZE]> = vec![0i8; GRADIENT_TABLE_SIZE]
-            .into_boxed_slice()
-            .try_into()
-            .expect("table size");
+        let mut quantized_gradient: Box<[i8; GRADIENT_TABLE_SIZE]> =
+            vec![0i8; GRADIENT_TABLE_SIZE].into_boxed_slice().try_into().expect("table size");
         params.fill_gradient_table(&mut quantized_gradient[..]);
-        ScanDecoder {
-            params: *params,
-            contexts: ContextModel::new(params),
-            reader,
-            quantized_gradient,
-        }
+        ScanDecoder { params: *params, contexts: ContextModel::new(params), reader, quantized_gradient }
     }
 
     /// A.3.1 - A.3.4: the signed context number `81 Q1 + 9 Q2 + Q3` of the gradients
@@ -984,9 +860,7 @@ impl<'a> ScanDecoder<'a> {
     #[inline(always)]
     fn context(&self, ra: i32, rb: i32, rc: i32, rd: i32) -> i32 {
         let maxval = self.params.maxval;
-        let q = |d: i32| {
-            i32::from(self.quantized_gradient[(d + maxval) as usize & (GRADIENT_TABLE_SIZE - 1)])
-        };
+        let q = |d: i32| i32::from(self.quantized_gradient[(d + maxval) as usize & (GRADIENT_TABLE_SIZE - 1)]);
         81 * q(rd - rb) + 9 * q(rb - rc) + q(rc - ra)
     }
 
@@ -1012,13 +886,7 @@ impl<'a> ScanDecoder<'a> {
 
     /// Decodes one line of `n` sample-interleaved components (ILV 2, T.87 B.3): buffers
     /// hold `(width + 2) * n` samples, pixel by pixel.
-    fn decode_interleaved_line(
-        &mut self,
-        previous: &[u16],
-        current: &mut [u16],
-        n: usize,
-        run_index: &mut usize,
-    ) {
+    fn decode_interleaved_line(&mut self, previous: &[u16], current: &mut [u16], n: usize, run_index: &mut usize) {
         let width = current.len() / n - 2;
         let mut x = 1;
         while x <= width {
@@ -1057,15 +925,11 @@ impl<'a> ScanDecoder<'a> {
 
         // A.4.1 - A.4.2 (code segments A.5, A.6): MED prediction, corrected by SIGN * C[Q]
         // and clamped to 0..=MAXVAL.
-        let predicted = (med_predictor(ra, rb, rc) + sign * context.c)
-            .max(0)
-            .min(params.maxval);
+        let predicted = (med_predictor(ra, rb, rc) + sign * context.c).max(0).min(params.maxval);
 
         // A.5.1: Golomb parameter; A.5.3: the mapped error value.
         let k = golomb_k(context.n, context.a);
-        let mapped = self
-            .reader
-            .read_mapped_error(k, params.limit, params.qbpp, params.range);
+        let mapped = self.reader.read_mapped_error(k, params.limit, params.qbpp, params.range);
 
         // A.5.2 (code segment A.9), inverted: even values map to errors >= 0 and odd ones to
         // negative errors, except that for NEAR = 0, k = 0 and 2 B[Q] <= -N[Q] the roles are
@@ -1184,8 +1048,7 @@ impl<'a> ScanDecoder<'a> {
             let ra = i32::from(run_value[s]);
             let rb = i32::from(previous[next * n + s]);
             let ri_type = n == 1 && (ra - rb).abs() <= self.params.near;
-            current[next * n + s] =
-                self.decode_run_interruption_sample(ra, rb, ri_type, *run_index) as u16;
+            current[next * n + s] = self.decode_run_interruption_sample(ra, rb, ri_type, *run_index) as u16;
         }
         // A.7.2 (code segment A.16, end): RUNindex decreases after the interruption.
         if *run_index > 0 {
@@ -1195,34 +1058,18 @@ impl<'a> ScanDecoder<'a> {
     }
 
     /// A.7.2.1 - A.7.2.2 inverted: one run-interruption sample.
-    fn decode_run_interruption_sample(
-        &mut self,
-        ra: i32,
-        rb: i32,
-        ri_type: bool,
-        run_index: usize,
-    ) -> i32 {
+    fn decode_run_interruption_sample(&mut self, ra: i32, rb: i32, ri_type: bool, run_index: usize) -> i32 {
         let params = &self.params;
         let ri = usize::from(ri_type);
         let context = &mut self.contexts.run_interruption[ri];
         // A.7.2.1 (code segment A.17): the prediction and the sign of the error.
-        let (predicted, sign) = if ri_type {
-            (ra, 1)
-        } else {
-            (rb, if ra > rb { -1 } else { 1 })
-        };
+        let (predicted, sign) = if ri_type { (ra, 1) } else { (rb, if ra > rb { -1 } else { 1 }) };
         // A.7.2.2 (code segment A.20): TEMP and the Golomb parameter.
-        let temp = if ri_type {
-            context.a + i64::from(context.n >> 1)
-        } else {
-            context.a
-        };
+        let temp = if ri_type { context.a + i64::from(context.n >> 1) } else { context.a };
         let k = golomb_k(context.n, temp);
         // A.7.2.2: EMErrval is coded with the limit LIMIT - J[RUNindex] - 1.
         let limit = params.limit - J[run_index] - 1;
-        let mapped = self
-            .reader
-            .read_mapped_error(k, limit, params.qbpp, params.range);
+        let mapped = self.reader.read_mapped_error(k, limit, params.qbpp, params.range);
 
         // A.7.2.2 (code segment A.21), inverted: EMErrval = 2 |Errval| - RItype - map.
         let with_type = mapped + ri as i32;
@@ -1231,11 +1078,7 @@ impl<'a> ScanDecoder<'a> {
         // map = 1 marks a positive error when k = 0 and 2 Nn[Q] < N[Q], a negative one
         // otherwise (code segment A.22).
         let positive_if_mapped = k == 0 && 2 * context.nn < context.n;
-        let error = if map == positive_if_mapped {
-            magnitude
-        } else {
-            -magnitude
-        };
+        let error = if map == positive_if_mapped { magnitude } else { -magnitude };
 
         // A.7.2.2 (code segment A.23): update of A, N, Nn.
         if error < 0 {
@@ -1297,37 +1140,14 @@ mod tests {
             (16, 0, PresetParameters::default()),
             (2, 0, PresetParameters::default()),
             (5, 1, PresetParameters::default()),
-            (
-                16,
-                2,
-                PresetParameters {
-                    t1: 3,
-                    t2: 3,
-                    t3: 3,
-                    ..Default::default()
-                },
-            ),
-            (
-                10,
-                0,
-                PresetParameters {
-                    maxval: 700,
-                    t1: 1,
-                    t2: 2,
-                    t3: 700,
-                    reset: 3,
-                },
-            ),
+            (16, 2, PresetParameters { t1: 3, t2: 3, t3: 3, ..Default::default() }),
+            (10, 0, PresetParameters { maxval: 700, t1: 1, t2: 2, t3: 700, reset: 3 }),
         ] {
             let params = CodingParameters::new(precision, near, &presets).unwrap();
             let mut table = vec![9i8; 2 * params.maxval as usize + 1];
             params.fill_gradient_table(&mut table);
             for d in -params.maxval..=params.maxval {
-                assert_eq!(
-                    table[(d + params.maxval) as usize],
-                    params.quantize_gradient(d),
-                    "{params:?}, d = {d}"
-                );
+                assert_eq!(table[(d + params.maxval) as usize], params.quantize_gradient(d), "{params:?}, d = {d}");
             }
         }
     }

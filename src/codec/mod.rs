@@ -68,11 +68,7 @@ pub enum CodecError {
     /// Valid, but uses a feature this decoder does not implement.
     Unsupported(String),
     /// The header declares an image larger than [`MAX_SAMPLES`].
-    TooLarge {
-        width: u64,
-        height: u64,
-        components: u64,
-    },
+    TooLarge { width: u64, height: u64, components: u64 },
 }
 
 impl fmt::Display for CodecError {
@@ -81,14 +77,9 @@ impl fmt::Display for CodecError {
             CodecError::Truncated(what) => write!(f, "truncated codestream: {what}"),
             CodecError::Invalid(what) => write!(f, "invalid codestream: {what}"),
             CodecError::Unsupported(what) => write!(f, "unsupported codestream feature: {what}"),
-            CodecError::TooLarge {
-                width,
-                height,
-                components,
-            } => write!(
-                f,
-                "image of {width}×{height}×{components} samples exceeds the limit of {MAX_SAMPLES}"
-            ),
+            CodecError::TooLarge { width, height, components } => {
+                write!(f, "image of {width}×{height}×{components} samples exceeds the limit of {MAX_SAMPLES}")
+            }
         }
     }
 }
@@ -97,23 +88,13 @@ impl std::error::Error for CodecError {}
 
 /// Checks `width × height × components` against [`MAX_SAMPLES`] (and against zero) and
 /// returns the sample count.
-pub(crate) fn checked_sample_count(
-    width: u32,
-    height: u32,
-    components: usize,
-) -> Result<usize, CodecError> {
+pub(crate) fn checked_sample_count(width: u32, height: u32, components: usize) -> Result<usize, CodecError> {
     if width == 0 || height == 0 || components == 0 {
-        return Err(CodecError::Invalid(format!(
-            "empty image ({width}×{height}, {components} components)"
-        )));
+        return Err(CodecError::Invalid(format!("empty image ({width}×{height}, {components} components)")));
     }
     let total = u64::from(width) * u64::from(height) * components as u64;
     if total > MAX_SAMPLES {
-        return Err(CodecError::TooLarge {
-            width: width.into(),
-            height: height.into(),
-            components: components as u64,
-        });
+        return Err(CodecError::TooLarge { width: width.into(), height: height.into(), components: components as u64 });
     }
     Ok(total as usize)
 }

@@ -43,10 +43,25 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn load(cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn load(
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let w = vb.get((cout, cin, kernel, kernel), "weight")?;
         let bias = Some(vb.get(cout, "bias")?);
-        Ok(Self { weight: w.reshape((cout, cin * kernel * kernel))?.contiguous()?, bias, cin, cout, kernel, stride, padding })
+        Ok(Self {
+            weight: w.reshape((cout, cin * kernel * kernel))?.contiguous()?,
+            bias,
+            cin,
+            cout,
+            kernel,
+            stride,
+            padding,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -62,7 +77,13 @@ impl Conv2d {
         with_f32_slice(x, |data| self.forward_slice(data, (b, c, h, w), (oh, ow), x.device()))
     }
 
-    fn forward_slice(&self, data: &[f32], (b, c, h, w): (usize, usize, usize, usize), (oh, ow): (usize, usize), device: &Device) -> candle_core::Result<Tensor> {
+    fn forward_slice(
+        &self,
+        data: &[f32],
+        (b, c, h, w): (usize, usize, usize, usize),
+        (oh, ow): (usize, usize),
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         let kk = c * k * k;
         let per_image = kk * oh * ow;
@@ -111,8 +132,8 @@ impl Conv2d {
             });
             let cols = Tensor::from_vec(cols, (kk, pixels), &Device::Cpu)?;
             let out = self.weight.matmul(&cols)?; // [C_out, n·oh·ow]
-            // Back to [B, C_out, oh, ow] with the bias added, in one pass (no candle binary op:
-            // its thread pool spin-waits after each op and competes with gemm's threads).
+                                                  // Back to [B, C_out, oh, ow] with the bias added, in one pass (no candle binary op:
+                                                  // its thread pool spin-waits after each op and competes with gemm's threads).
             let dst = &mut result[start * self.cout * plane..(start + n) * self.cout * plane];
             with_f32_slice(&out, |out| {
                 dst.par_chunks_mut(plane).enumerate().for_each(|(i, d)| {
@@ -143,7 +164,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn load(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {groups} groups do not divide {channels} channels")
         }
         let weight = vb.get(channels, "weight")?.to_vec1::<f32>()?;
@@ -157,7 +178,12 @@ impl GroupNorm {
 
     /// GroupNorm(x + o) (then SiLU) where `o` is one value per (image, channel), `[B·C]` — the
     /// ResNet's time-embedding projection, added here instead of in a separate pass.
-    pub fn forward_with_offsets(&self, x: &Tensor, offsets: Option<&[f32]>, then_silu: bool) -> candle_core::Result<Tensor> {
+    pub fn forward_with_offsets(
+        &self,
+        x: &Tensor,
+        offsets: Option<&[f32]>,
+        then_silu: bool,
+    ) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if let Some(o) = offsets {
             if o.len() != b * c {

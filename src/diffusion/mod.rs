@@ -72,10 +72,7 @@ impl DiffusionModel {
     /// ε_θ(x, t) for a batch with one timestep for all samples.
     pub fn predict_noise(&self, x: &Tensor, t: usize) -> Result<Tensor> {
         if t >= self.schedule.num_train_timesteps() {
-            return Err(Error::Input(format!(
-                "timestep {t} is outside 0..{}",
-                self.schedule.num_train_timesteps()
-            )));
+            return Err(Error::Input(format!("timestep {t} is outside 0..{}", self.schedule.num_train_timesteps())));
         }
         self.unet.forward(x, &[t as f64])
     }

@@ -97,10 +97,7 @@ impl SchedulerConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.prediction_type != "epsilon" {
-            return Err(Error::Unsupported(format!(
-                "prediction_type '{}' (only 'epsilon')",
-                self.prediction_type
-            )));
+            return Err(Error::Unsupported(format!("prediction_type '{}' (only 'epsilon')", self.prediction_type)));
         }
         if self.thresholding {
             return Err(Error::Unsupported("dynamic thresholding".into()));
@@ -143,9 +140,7 @@ fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     }
     let step = (end - start) / (n - 1) as f32;
     let halfway = n / 2;
-    (0..n)
-        .map(|i| if i < halfway { start + step * i as f32 } else { end - step * (n - i - 1) as f32 })
-        .collect()
+    (0..n).map(|i| if i < halfway { start + step * i as f32 } else { end - step * (n - i - 1) as f32 }).collect()
 }
 
 /// The forward-process noise schedule: βₜ and ᾱₜ = Π(1 − βₛ) for t = 0 … T−1.

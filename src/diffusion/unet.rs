@@ -10,8 +10,8 @@
 //! are listed in `tests/data/diffusion/README.md`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -240,7 +240,7 @@ impl Config {
             }
         }
         if let Some(g) = self.attn_norm_num_groups {
-            if g == 0 || self.block_out_channels[n - 1] % g != 0 {
+            if g == 0 || !self.block_out_channels[n - 1].is_multiple_of(g) {
                 return Err(Error::Config(format!("attn_norm_num_groups {g} does not divide the mid-block channels")));
             }
         }
@@ -304,15 +304,18 @@ fn conv3x3(cin: usize, cout: usize, stride: usize, padding: usize, vb: VarBuilde
 }
 
 impl ResnetBlock {
-    fn new(cin: usize, cout: usize, output_scale_factor: f64, cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(
+        cin: usize,
+        cout: usize,
+        output_scale_factor: f64,
+        cfg: &Config,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let g = cfg.norm_num_groups;
         let scale_shift = cfg.resnet_time_scale_shift == "scale_shift";
         let proj_out = if scale_shift { 2 * cout } else { cout };
-        let conv_shortcut = if cin != cout {
-            Some(Conv2d::load(cin, cout, 1, 1, 0, vb.pp("conv_shortcut"))?)
-        } else {
-            None
-        };
+        let conv_shortcut =
+            if cin != cout { Some(Conv2d::load(cin, cout, 1, 1, 0, vb.pp("conv_shortcut"))?) } else { None };
         Ok(Self {
             norm1: GroupNorm::load(g, cin, cfg.norm_eps, vb.pp("norm1"))?,
             conv1: conv3x3(cin, cout, 1, 1, vb.pp("conv1"))?,
@@ -368,7 +371,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(channels: usize, groups: Option<usize>, rescale: f64, cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(
+        channels: usize,
+        groups: Option<usize>,
+        rescale: f64,
+        cfg: &Config,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let heads = cfg.attention_head_dim.map_or(1, |d| channels / d);
         let group_norm = match groups {
             Some(g) => Some(GroupNorm::load(g, channels, cfg.norm_eps, vb.pp("group_norm"))?),
@@ -555,9 +564,8 @@ impl UNet2DModel {
         let vbm = vb.pp("mid_block");
         // The mid attention normalises with attn_norm_num_groups, else with the ResNet groups —
         // but only for the "default" time shift: diffusers builds it without a GroupNorm otherwise.
-        let mid_attn_groups = c
-            .attn_norm_num_groups
-            .or((c.resnet_time_scale_shift == "default").then_some(c.norm_num_groups));
+        let mid_attn_groups =
+            c.attn_norm_num_groups.or((c.resnet_time_scale_shift == "default").then_some(c.norm_num_groups));
         let mid = MidBlock {
             resnet_a: ResnetBlock::new(mid_ch, mid_ch, sf, c, vbm.pp("resnets.0"))?,
             attention: if c.add_attention {
@@ -588,11 +596,8 @@ impl UNet2DModel {
                     attentions.push(a);
                 }
             }
-            let upsample = if i + 1 < n {
-                Some(conv3x3(out_ch, out_ch, 1, 1, vbb.pp("upsamplers.0.conv"))?)
-            } else {
-                None
-            };
+            let upsample =
+                if i + 1 < n { Some(conv3x3(out_ch, out_ch, 1, 1, vbb.pp("upsamplers.0.conv"))?) } else { None };
             up.push(UpBlock { resnets, attentions, upsample });
         }
         let conv_norm_out = GroupNorm::load(c.norm_num_groups, boc[0], c.norm_eps, vb.pp("conv_norm_out"))?;

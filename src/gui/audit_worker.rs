@@ -29,7 +29,11 @@ pub struct ExposedImage {
 
 #[derive(Debug)]
 pub enum AuditEvent {
-    Progress { message: String, done: usize, total: usize },
+    Progress {
+        message: String,
+        done: usize,
+        total: usize,
+    },
     Finished(Box<Report>),
     /// Per attack name, its most exposed members.
     Gallery(Vec<(String, Vec<ExposedImage>)>),
@@ -68,13 +72,7 @@ impl AuditRun {
                 )));
             }
         })?;
-        Ok(Self {
-            events,
-            cancel,
-            started: Instant::now(),
-            cancel_requested: None,
-            finished: false,
-        })
+        Ok(Self { events, cancel, started: Instant::now(), cancel_requested: None, finished: false })
     }
 
     pub fn cancel(&mut self) {
@@ -91,7 +89,10 @@ impl AuditRun {
                 Ok(event) => {
                     if matches!(
                         event,
-                        AuditEvent::Cancelled | AuditEvent::Failed(_) | AuditEvent::Gallery(_) | AuditEvent::GalleryFailed(_)
+                        AuditEvent::Cancelled
+                            | AuditEvent::Failed(_)
+                            | AuditEvent::Gallery(_)
+                            | AuditEvent::GalleryFailed(_)
                     ) {
                         self.finished = true;
                     }
@@ -120,13 +121,8 @@ impl AuditRun {
 }
 
 fn work(config: &AuditConfig, cancel: &AtomicBool, send: &dyn Fn(AuditEvent)) {
-    let mut progress = |p: audit::Progress| {
-        send(AuditEvent::Progress {
-            message: p.message,
-            done: p.done,
-            total: p.total,
-        })
-    };
+    let mut progress =
+        |p: audit::Progress| send(AuditEvent::Progress { message: p.message, done: p.done, total: p.total });
     let report = match audit::run(config, &mut progress, cancel) {
         Ok(report) => report,
         Err(audit::Error::Cancelled) => return send(AuditEvent::Cancelled),
@@ -141,7 +137,11 @@ fn work(config: &AuditConfig, cancel: &AtomicBool, send: &dyn Fn(AuditEvent)) {
 
 /// The most exposed members of every attack, each with its reconstruction from the first
 /// trajectory strength (the one the attack itself used).
-fn gallery(config: &AuditConfig, report: &Report, cancel: &AtomicBool) -> Result<Vec<(String, Vec<ExposedImage>)>, String> {
+fn gallery(
+    config: &AuditConfig,
+    report: &Report,
+    cancel: &AtomicBool,
+) -> Result<Vec<(String, Vec<ExposedImage>)>, String> {
     let model = DiffusionModel::load(&config.target).map_err(|e| e.to_string())?;
     let (members, _) = config.load_samples().map_err(|e| e.to_string())?;
     let shape = (members.channels, members.height, members.width);
@@ -157,8 +157,9 @@ fn gallery(config: &AuditConfig, report: &Report, cancel: &AtomicBool) -> Result
             if score.index >= members.len() {
                 continue;
             }
-            let steps_out = audit::reconstruction(&model, members.image(score.index), shape, t_start, steps, config.seed)
-                .map_err(|e| e.to_string())?;
+            let steps_out =
+                audit::reconstruction(&model, members.image(score.index), shape, t_start, steps, config.seed)
+                    .map_err(|e| e.to_string())?;
             let Some(reconstruction) = steps_out.last().cloned() else { continue };
             items.push(ExposedImage {
                 id: score.id.clone(),

@@ -57,7 +57,10 @@ pub enum EngineState {
     /// No backbone folder was found; nothing to load.
     NoBackbone,
     Loading,
-    Ready { backbone: String, load_ms: f64 },
+    Ready {
+        backbone: String,
+        load_ms: f64,
+    },
     Failed(String),
 }
 
@@ -121,11 +124,7 @@ impl DiagnosisPanel {
     pub fn new(backbone_dir: Option<PathBuf>, adapters_dir: Option<PathBuf>) -> Self {
         Self {
             visible: true,
-            state: if backbone_dir.is_some() {
-                EngineState::Loading
-            } else {
-                EngineState::NoBackbone
-            },
+            state: if backbone_dir.is_some() { EngineState::Loading } else { EngineState::NoBackbone },
             backbone_dir,
             adapters_dir,
             tasks: Vec::new(),
@@ -168,10 +167,7 @@ impl DiagnosisPanel {
         let backbone = self.backbone_dir.clone()?;
         match DiagnosisWorker::spawn(ctx) {
             Ok(mut worker) => {
-                worker.send(DiagnosisRequest::Open {
-                    backbone,
-                    adapters: self.adapters_dir.clone(),
-                });
+                worker.send(DiagnosisRequest::Open { backbone, adapters: self.adapters_dir.clone() });
                 self.worker = Some(worker);
                 self.state = EngineState::Loading;
                 None
@@ -199,13 +195,7 @@ impl DiagnosisPanel {
         let died = !worker.is_alive();
         for event in events {
             match event {
-                DiagnosisEvent::Opened {
-                    backbone,
-                    load_ms,
-                    adapters_dir,
-                    tasks,
-                    rejected,
-                } => {
+                DiagnosisEvent::Opened { backbone, load_ms, adapters_dir, tasks, rejected } => {
                     self.state = EngineState::Ready { backbone, load_ms };
                     self.adapters_dir = adapters_dir;
                     self.tasks = tasks;
@@ -229,22 +219,13 @@ impl DiagnosisPanel {
                     self.state = EngineState::Failed(message.clone());
                     messages.push((MessageLevel::Error, message, Vec::new()));
                 }
-                DiagnosisEvent::Predicted {
-                    key,
-                    prediction,
-                    heatmap,
-                    latency_ms,
-                } => {
+                DiagnosisEvent::Predicted { key, prediction, heatmap, latency_ms } => {
                     self.latency_ms.insert(prediction.task.clone(), latency_ms);
                     if let Some(heatmap) = heatmap {
                         self.heatmap = Some((key, prediction.task.clone(), heatmap));
                     }
                     self.failure = None;
-                    self.shown = Some(ShownPrediction {
-                        key,
-                        prediction,
-                        latency_ms,
-                    });
+                    self.shown = Some(ShownPrediction { key, prediction, latency_ms });
                 }
                 DiagnosisEvent::PredictedAll { key, rows } => {
                     for row in &rows {
@@ -306,9 +287,10 @@ impl DiagnosisPanel {
         if let Some(task) = self.selected.clone() {
             let wanted = (key, task.clone(), self.heatmap_enabled);
             // A heatmap request also answers the plain one.
-            let answered = self.requested.as_ref().is_some_and(|(k, t, h)| {
-                *k == key && *t == task && (*h || !self.heatmap_enabled)
-            });
+            let answered = self
+                .requested
+                .as_ref()
+                .is_some_and(|(k, t, h)| *k == key && *t == task && (*h || !self.heatmap_enabled));
             if !answered {
                 worker.send(DiagnosisRequest::Predict {
                     key,
@@ -341,14 +323,7 @@ impl DiagnosisPanel {
                 image
             }
         };
-        Some((
-            ImageKey {
-                stack_id: stack.id,
-                slice,
-            },
-            image,
-            slice_ref.frame,
-        ))
+        Some((ImageKey { stack_id: stack.id, slice }, image, slice_ref.frame))
     }
 
     /// The heatmap of the current slice and task, as a texture for the viewer, if enabled.
@@ -357,10 +332,7 @@ impl DiagnosisPanel {
             return None;
         }
         let stack = viewer.stack.as_ref()?;
-        let key = ImageKey {
-            stack_id: stack.id,
-            slice: viewer.state.slice,
-        };
+        let key = ImageKey { stack_id: stack.id, slice: viewer.state.slice };
         let task = self.selected.clone()?;
         let (hkey, htask, heatmap) = self.heatmap.as_ref()?;
         if *hkey != key || *htask != task {
@@ -371,9 +343,7 @@ impl DiagnosisPanel {
             let texture = ctx.load_texture("melo-heatmap", heatmap_image(heatmap), TextureOptions::LINEAR);
             self.heatmap_texture = Some((id, texture));
         }
-        self.heatmap_texture
-            .as_ref()
-            .map(|(_, texture)| (texture.id(), self.heatmap_opacity))
+        self.heatmap_texture.as_ref().map(|(_, texture)| (texture.id(), self.heatmap_opacity))
     }
 
     /// Carries out a panel command; returns a message for the app if there is one.
@@ -389,11 +359,9 @@ impl DiagnosisPanel {
                 if !self.tasks.is_empty() {
                     self.task_chosen = true;
                     let n = self.tasks.len() as i64;
-                    let at = self
-                        .selected
-                        .as_deref()
-                        .and_then(|s| self.tasks.iter().position(|t| t.task == s))
-                        .unwrap_or(0) as i64;
+                    let at =
+                        self.selected.as_deref().and_then(|s| self.tasks.iter().position(|t| t.task == s)).unwrap_or(0)
+                            as i64;
                     let next = (at + i64::from(step)).rem_euclid(n) as usize;
                     self.selected = Some(self.tasks[next].task.clone());
                 }
@@ -509,10 +477,8 @@ impl DiagnosisPanel {
             }
         });
         if self.tasks.is_empty() {
-            let folder = self
-                .adapters_dir
-                .as_ref()
-                .map_or_else(|| "adapters/".to_string(), |d| d.display().to_string());
+            let folder =
+                self.adapters_dir.as_ref().map_or_else(|| "adapters/".to_string(), |d| d.display().to_string());
             ui.label(
                 RichText::new(format!(
                     "No adapters in {folder}. Train one (melo train …), import one \
@@ -525,17 +491,14 @@ impl DiagnosisPanel {
         }
 
         let selected = self.selected.clone().unwrap_or_default();
-        egui::ComboBox::from_label("Task")
-            .selected_text(&selected)
-            .width(200.0)
-            .show_ui(ui, |ui| {
-                for info in &self.tasks {
-                    let text = format!("{} · {} · {}", info.task, modality_or_any(&info.modality), info.labels.join("/"));
-                    if ui.selectable_label(info.task == selected, text).clicked() {
-                        send(commands, DiagnosisCommand::SelectTask(info.task.clone()));
-                    }
+        egui::ComboBox::from_label("Task").selected_text(&selected).width(200.0).show_ui(ui, |ui| {
+            for info in &self.tasks {
+                let text = format!("{} · {} · {}", info.task, modality_or_any(&info.modality), info.labels.join("/"));
+                if ui.selectable_label(info.task == selected, text).clicked() {
+                    send(commands, DiagnosisCommand::SelectTask(info.task.clone()));
                 }
-            });
+            }
+        });
         let Some(info) = self.task(&selected).cloned() else { return };
         if !info.description.is_empty() {
             ui.label(RichText::new(&info.description).small());
@@ -576,10 +539,7 @@ impl DiagnosisPanel {
         }
 
         let current = viewer.current().map(|(image, _)| image.meta.modality.clone());
-        let key = viewer.stack.as_ref().map(|s| ImageKey {
-            stack_id: s.id,
-            slice: viewer.state.slice,
-        });
+        let key = viewer.stack.as_ref().map(|s| ImageKey { stack_id: s.id, slice: viewer.state.slice });
         if let Some(warning) = current.as_deref().and_then(|m| modality_warning(m, &info.modality)) {
             ui.label(RichText::new(warning).color(Color32::from_rgb(230, 180, 60)));
         }
@@ -628,11 +588,7 @@ impl DiagnosisPanel {
 
         ui.separator();
         let mut all = self.show_all_tasks;
-        if ui
-            .checkbox(&mut all, "All tasks")
-            .on_hover_text("Run every adapter on this image (A)")
-            .changed()
-        {
+        if ui.checkbox(&mut all, "All tasks").on_hover_text("Run every adapter on this image (A)").changed() {
             send(commands, DiagnosisCommand::SetShowAllTasks(all));
         }
         if self.show_all_tasks {
@@ -655,65 +611,62 @@ impl DiagnosisPanel {
             return;
         }
         let mut open = true;
-        egui::Window::new("Load adapter")
-            .open(&mut open)
-            .collapsible(false)
-            .resizable(false)
-            .show(ctx, |ui| {
-                egui::Grid::new("import_grid").num_columns(2).show(ui, |ui| {
-                    ui.label("Layout");
-                    egui::ComboBox::from_id_salt("import_layout")
-                        .selected_text(self.import.layout.label())
-                        .show_ui(ui, |ui| {
-                            for layout in AdapterLayout::ALL {
-                                ui.selectable_value(&mut self.import.layout, layout, layout.label());
-                            }
-                        });
-                    ui.end_row();
-                    ui.label("File");
-                    ui.horizontal(|ui| {
-                        ui.add(egui::TextEdit::singleline(&mut self.import.path).desired_width(280.0));
-                        if ui.button("Browse…").clicked() {
-                            commands.push(Command::Diagnosis(DiagnosisCommand::BrowseAdapter));
+        egui::Window::new("Load adapter").open(&mut open).collapsible(false).resizable(false).show(ctx, |ui| {
+            egui::Grid::new("import_grid").num_columns(2).show(ui, |ui| {
+                ui.label("Layout");
+                egui::ComboBox::from_id_salt("import_layout").selected_text(self.import.layout.label()).show_ui(
+                    ui,
+                    |ui| {
+                        for layout in AdapterLayout::ALL {
+                            ui.selectable_value(&mut self.import.layout, layout, layout.label());
                         }
-                    });
-                    ui.end_row();
-                    if self.import.layout != AdapterLayout::Workstation {
-                        ui.label("Task name");
-                        ui.text_edit_singleline(&mut self.import.fields.task);
-                        ui.end_row();
-                        ui.label("Labels (comma-separated)");
-                        ui.text_edit_singleline(&mut self.import.fields.labels);
-                        ui.end_row();
-                        ui.label("Modality");
-                        ui.text_edit_singleline(&mut self.import.fields.modality);
-                        ui.end_row();
-                        ui.label("LoRA alpha");
-                        ui.text_edit_singleline(&mut self.import.alpha_text);
-                        ui.end_row();
-                    }
-                });
-                ui.horizontal(|ui| {
-                    let path = self.import.path.trim();
-                    if ui.add_enabled(!path.is_empty(), egui::Button::new("Load")).clicked() {
-                        let mut fields = self.import.fields.clone();
-                        fields.alpha = self.import.alpha_text.trim().parse::<f64>().ok();
-                        commands.push(Command::Diagnosis(DiagnosisCommand::LoadAdapter {
-                            path: PathBuf::from(path),
-                            layout: self.import.layout,
-                            fields,
-                        }));
-                    }
-                    if ui.button("Cancel").clicked() {
-                        commands.push(Command::Diagnosis(DiagnosisCommand::CloseImportDialog));
-                    }
-                });
-                ui.label(
-                    RichText::new("Loaded for this session; `melo adapters import-…` adds it to the folder for good.")
-                        .small()
-                        .weak(),
+                    },
                 );
+                ui.end_row();
+                ui.label("File");
+                ui.horizontal(|ui| {
+                    ui.add(egui::TextEdit::singleline(&mut self.import.path).desired_width(280.0));
+                    if ui.button("Browse…").clicked() {
+                        commands.push(Command::Diagnosis(DiagnosisCommand::BrowseAdapter));
+                    }
+                });
+                ui.end_row();
+                if self.import.layout != AdapterLayout::Workstation {
+                    ui.label("Task name");
+                    ui.text_edit_singleline(&mut self.import.fields.task);
+                    ui.end_row();
+                    ui.label("Labels (comma-separated)");
+                    ui.text_edit_singleline(&mut self.import.fields.labels);
+                    ui.end_row();
+                    ui.label("Modality");
+                    ui.text_edit_singleline(&mut self.import.fields.modality);
+                    ui.end_row();
+                    ui.label("LoRA alpha");
+                    ui.text_edit_singleline(&mut self.import.alpha_text);
+                    ui.end_row();
+                }
             });
+            ui.horizontal(|ui| {
+                let path = self.import.path.trim();
+                if ui.add_enabled(!path.is_empty(), egui::Button::new("Load")).clicked() {
+                    let mut fields = self.import.fields.clone();
+                    fields.alpha = self.import.alpha_text.trim().parse::<f64>().ok();
+                    commands.push(Command::Diagnosis(DiagnosisCommand::LoadAdapter {
+                        path: PathBuf::from(path),
+                        layout: self.import.layout,
+                        fields,
+                    }));
+                }
+                if ui.button("Cancel").clicked() {
+                    commands.push(Command::Diagnosis(DiagnosisCommand::CloseImportDialog));
+                }
+            });
+            ui.label(
+                RichText::new("Loaded for this session; `melo adapters import-…` adds it to the folder for good.")
+                    .small()
+                    .weak(),
+            );
+        });
         if !open {
             self.import.open = false;
         }
@@ -754,9 +707,7 @@ pub fn modality_warning(image_modality: &str, adapter_modality: &str) -> Option<
     }
     let have = image_modality.trim();
     if have.is_empty() {
-        return Some(format!(
-            "This image does not say its modality; the adapter is meant for {wanted}"
-        ));
+        return Some(format!("This image does not say its modality; the adapter is meant for {wanted}"));
     }
     (!have.eq_ignore_ascii_case(wanted))
         .then(|| format!("Modality mismatch: this image is {have}, the adapter is meant for {wanted}"))
@@ -771,9 +722,7 @@ fn probabilities_ui(ui: &mut egui::Ui, prediction: &Prediction) {
         .iter()
         .enumerate()
         .map(|(i, &p)| {
-            Bar::new(i as f64, f64::from(p))
-                .name(prediction.labels.get(i).cloned().unwrap_or_default())
-                .width(0.7)
+            Bar::new(i as f64, f64::from(p)).name(prediction.labels.get(i).cloned().unwrap_or_default()).width(0.7)
         })
         .collect();
     let labels = prediction.labels.clone();
@@ -818,10 +767,7 @@ fn all_tasks_ui(ui: &mut egui::Ui, rows: &[TaskRow], tasks: &[TaskInfo]) {
         ui.end_row();
         for row in rows {
             let (top, p) = row.prediction.top();
-            let modality = tasks
-                .iter()
-                .find(|t| t.task == row.prediction.task)
-                .map_or("", |t| t.modality.as_str());
+            let modality = tasks.iter().find(|t| t.task == row.prediction.task).map_or("", |t| t.modality.as_str());
             ui.label(&row.prediction.task);
             ui.label(modality_or_any(modality));
             ui.label(top);
@@ -841,11 +787,7 @@ fn heatmap_image(heatmap: &Heatmap) -> ColorImage {
     let mut pixels = Vec::with_capacity(rows * cols);
     for y in 0..rows {
         for x in 0..cols {
-            let v = heatmap
-                .values
-                .get((y * step) * heatmap.cols + x * step)
-                .copied()
-                .unwrap_or(0.0);
+            let v = heatmap.values.get((y * step) * heatmap.cols + x * step).copied().unwrap_or(0.0);
             pixels.push(heat_colour(v));
         }
     }

@@ -103,30 +103,13 @@ pub struct ImportFields {
 #[derive(Debug, Clone)]
 pub enum DiagnosisRequest {
     /// Load the backbone and register every adapter of a folder (replaces any engine).
-    Open {
-        backbone: PathBuf,
-        adapters: Option<PathBuf>,
-    },
+    Open { backbone: PathBuf, adapters: Option<PathBuf> },
     /// One task on one frame; with a heatmap if asked (one forward either way).
-    Predict {
-        key: ImageKey,
-        image: Arc<MedicalImage>,
-        frame: usize,
-        task: String,
-        heatmap: bool,
-    },
+    Predict { key: ImageKey, image: Arc<MedicalImage>, frame: usize, task: String, heatmap: bool },
     /// Every task on one frame, each timed.
-    PredictAll {
-        key: ImageKey,
-        image: Arc<MedicalImage>,
-        frame: usize,
-    },
+    PredictAll { key: ImageKey, image: Arc<MedicalImage>, frame: usize },
     /// Register an adapter file from elsewhere for this session.
-    LoadAdapter {
-        path: PathBuf,
-        layout: AdapterLayout,
-        fields: ImportFields,
-    },
+    LoadAdapter { path: PathBuf, layout: AdapterLayout, fields: ImportFields },
     /// Panics inside the worker: lets tests check that a crash becomes a message.
     #[doc(hidden)]
     Panic,
@@ -198,12 +181,7 @@ impl DiagnosisWorker {
         std::thread::Builder::new()
             .name("melo-diagnosis".into())
             .spawn(move || serve(inbox, outbox, worker_pending, ctx))?;
-        Ok(Self {
-            requests,
-            events,
-            pending,
-            alive: true,
-        })
+        Ok(Self { requests, events, pending, alive: true })
     }
 
     pub fn send(&mut self, request: DiagnosisRequest) {
@@ -241,7 +219,12 @@ impl DiagnosisWorker {
     }
 }
 
-fn serve(inbox: Receiver<DiagnosisRequest>, outbox: Sender<DiagnosisEvent>, pending: Arc<AtomicUsize>, ctx: egui::Context) {
+fn serve(
+    inbox: Receiver<DiagnosisRequest>,
+    outbox: Sender<DiagnosisEvent>,
+    pending: Arc<AtomicUsize>,
+    ctx: egui::Context,
+) {
     let send = |event: DiagnosisEvent| {
         let _ = outbox.send(event);
         ctx.request_repaint();
@@ -312,11 +295,7 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEvent {
-    let no_engine = |what| DiagnosisEvent::Failed {
-        what,
-        message: "the model is not loaded".into(),
-        key: None,
-    };
+    let no_engine = |what| DiagnosisEvent::Failed { what, message: "the model is not loaded".into(), key: None };
     match request {
         DiagnosisRequest::Open { backbone, adapters } => {
             let start = Instant::now();
@@ -333,13 +312,7 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
                         backbone_name(&backbone)
                     );
                     *engine = Some(opened);
-                    DiagnosisEvent::Opened {
-                        backbone,
-                        load_ms,
-                        adapters_dir: adapters,
-                        tasks,
-                        rejected,
-                    }
+                    DiagnosisEvent::Opened { backbone, load_ms, adapters_dir: adapters, tasks, rejected }
                 }
                 Err(message) => {
                     *engine = None;
@@ -347,13 +320,7 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
                 }
             }
         }
-        DiagnosisRequest::Predict {
-            key,
-            image,
-            frame,
-            task,
-            heatmap,
-        } => {
+        DiagnosisRequest::Predict { key, image, frame, task, heatmap } => {
             let Some(engine) = engine.as_mut() else {
                 return no_engine("Prediction");
             };
@@ -373,11 +340,7 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
                     heatmap,
                     latency_ms: start.elapsed().as_secs_f64() * 1e3,
                 },
-                Err(e) => DiagnosisEvent::Failed {
-                    what: "Prediction",
-                    message: e.to_string(),
-                    key: Some(key),
-                },
+                Err(e) => DiagnosisEvent::Failed { what: "Prediction", message: e.to_string(), key: Some(key) },
             }
         }
         DiagnosisRequest::PredictAll { key, image, frame } => {
@@ -389,10 +352,9 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
             for task in tasks {
                 let start = Instant::now();
                 match engine.predict_task(&task, &image, frame) {
-                    Ok(prediction) => rows.push(TaskRow {
-                        prediction,
-                        latency_ms: start.elapsed().as_secs_f64() * 1e3,
-                    }),
+                    Ok(prediction) => {
+                        rows.push(TaskRow { prediction, latency_ms: start.elapsed().as_secs_f64() * 1e3 })
+                    }
                     Err(e) => {
                         return DiagnosisEvent::Failed {
                             what: "All-tasks prediction",
@@ -410,11 +372,7 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
             };
             match load_adapter(engine, &path, layout, &fields) {
                 Ok(info) => DiagnosisEvent::AdapterLoaded { info, path },
-                Err(message) => DiagnosisEvent::Failed {
-                    what: "Loading the adapter",
-                    message,
-                    key: None,
-                },
+                Err(message) => DiagnosisEvent::Failed { what: "Loading the adapter", message, key: None },
             }
         }
         DiagnosisRequest::Panic => panic!("requested by a test"),
@@ -429,7 +387,9 @@ fn open_engine(backbone: &Path, adapters: Option<&Path>) -> Result<(Engine, Vec<
             Ok(skipped) => rejected.extend(skipped.into_iter().map(|r| {
                 format!(
                     "{}: {}",
-                    r.path.file_name().map_or_else(|| r.path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+                    r.path
+                        .file_name()
+                        .map_or_else(|| r.path.display().to_string(), |n| n.to_string_lossy().into_owned()),
                     r.reason
                 )
             })),
@@ -439,7 +399,12 @@ fn open_engine(backbone: &Path, adapters: Option<&Path>) -> Result<(Engine, Vec<
     Ok((engine, rejected))
 }
 
-fn load_adapter(engine: &mut Engine, path: &Path, layout: AdapterLayout, fields: &ImportFields) -> Result<TaskInfo, String> {
+fn load_adapter(
+    engine: &mut Engine,
+    path: &Path,
+    layout: AdapterLayout,
+    fields: &ImportFields,
+) -> Result<TaskInfo, String> {
     let adapter = match layout {
         AdapterLayout::Workstation => Adapter::load(path).map_err(|e| e.to_string())?,
         AdapterLayout::Melo | AdapterLayout::Peft => {
@@ -448,13 +413,8 @@ fn load_adapter(engine: &mut Engine, path: &Path, layout: AdapterLayout, fields:
                 return Err("give the task a name (MeLo and PEFT files do not store one)".into());
             }
             let mut options = ImportOptions::for_backbone(task, engine.backbone());
-            let labels: Vec<String> = fields
-                .labels
-                .split(',')
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
+            let labels: Vec<String> =
+                fields.labels.split(',').map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
             if !labels.is_empty() {
                 options.labels = Some(labels);
             }
@@ -475,8 +435,7 @@ fn load_adapter(engine: &mut Engine, path: &Path, layout: AdapterLayout, fields:
 
 /// The backbone folder's name.
 fn backbone_name(dir: &Path) -> String {
-    dir.file_name()
-        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+    dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -502,15 +461,8 @@ mod tests {
 
     #[test]
     fn coalescing_keeps_the_newest_prediction_and_every_other_request() {
-        let batch = vec![
-            predict(0),
-            DiagnosisRequest::Open {
-                backbone: "b".into(),
-                adapters: None,
-            },
-            predict(1),
-            predict(2),
-        ];
+        let batch =
+            vec![predict(0), DiagnosisRequest::Open { backbone: "b".into(), adapters: None }, predict(1), predict(2)];
         let kept = coalesce(batch);
         assert_eq!(kept.len(), 2);
         assert!(matches!(kept[0], DiagnosisRequest::Open { .. }));

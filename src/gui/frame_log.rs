@@ -29,11 +29,7 @@ impl FrameLog {
     fn create(path: &Path) -> std::io::Result<Self> {
         let mut out = BufWriter::new(File::create(path)?);
         writeln!(out, "t_s,ui_ms,interval_ms,audit_running,diagnosis_busy")?;
-        Ok(Self {
-            out,
-            started: Instant::now(),
-            last_frame: None,
-        })
+        Ok(Self { out, started: Instant::now(), last_frame: None })
     }
 
     /// A line that is not a frame (starts with `#`), e.g. how long a cancel took.
@@ -45,9 +41,7 @@ impl FrameLog {
     /// Records one frame that started at `start` and has just finished.
     pub fn record(&mut self, start: Instant, audit_running: bool, diagnosis_busy: bool) {
         let ui_ms = start.elapsed().as_secs_f64() * 1e3;
-        let interval_ms = self
-            .last_frame
-            .map_or(0.0, |last| start.duration_since(last).as_secs_f64() * 1e3);
+        let interval_ms = self.last_frame.map_or(0.0, |last| start.duration_since(last).as_secs_f64() * 1e3);
         self.last_frame = Some(start);
         let t = start.duration_since(self.started).as_secs_f64();
         // A measurement aid: a failed write only loses measurements.

@@ -132,10 +132,7 @@ impl Loader {
         self.latest_open.store(job, Ordering::Relaxed);
         // A new set of series: whatever series was decoding belongs to the old set.
         self.latest_series.store(job, Ordering::Relaxed);
-        let superseded = Superseded {
-            latest: self.latest_open.clone(),
-            job,
-        };
+        let superseded = Superseded { latest: self.latest_open.clone(), job };
         self.spawn(job, ctx, move |send| open_job(job, &paths, &superseded, send));
         job
     }
@@ -144,13 +141,8 @@ impl Loader {
     pub fn load_series(&mut self, series_index: usize, series: Series, ctx: &egui::Context) -> JobId {
         let job = self.start();
         self.latest_series.store(job, Ordering::Relaxed);
-        let superseded = Superseded {
-            latest: self.latest_series.clone(),
-            job,
-        };
-        self.spawn(job, ctx, move |send| {
-            load_series_job(job, series_index, &series, &superseded, send)
-        });
+        let superseded = Superseded { latest: self.latest_series.clone(), job };
+        self.spawn(job, ctx, move |send| load_series_job(job, series_index, &series, &superseded, send));
         job
     }
 
@@ -171,27 +163,20 @@ impl Loader {
     fn spawn(&mut self, job: JobId, ctx: &egui::Context, work: impl FnOnce(&dyn Fn(LoaderEvent)) + Send + 'static) {
         let sender = self.sender.clone();
         let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("melo-loader-{job}"))
-            .spawn(move || {
-                let send = |event: LoaderEvent| {
-                    // The receiver only goes away when the app closes; nothing to do then.
-                    let _ = sender.send(event);
-                    ctx.request_repaint();
-                };
-                if catch_unwind(AssertUnwindSafe(|| work(&send))).is_err() {
-                    send(LoaderEvent::Failed {
-                        job,
-                        message: "internal error while loading (see the terminal)".into(),
-                    });
-                }
-                send(LoaderEvent::Finished { job });
-            });
+        let spawned = std::thread::Builder::new().name(format!("melo-loader-{job}")).spawn(move || {
+            let send = |event: LoaderEvent| {
+                // The receiver only goes away when the app closes; nothing to do then.
+                let _ = sender.send(event);
+                ctx.request_repaint();
+            };
+            if catch_unwind(AssertUnwindSafe(|| work(&send))).is_err() {
+                send(LoaderEvent::Failed { job, message: "internal error while loading (see the terminal)".into() });
+            }
+            send(LoaderEvent::Finished { job });
+        });
         if let Err(e) = spawned {
-            let _ = self.sender.send(LoaderEvent::Failed {
-                job,
-                message: format!("cannot start a loader thread: {e}"),
-            });
+            let _ =
+                self.sender.send(LoaderEvent::Failed { job, message: format!("cannot start a loader thread: {e}") });
             let _ = self.sender.send(LoaderEvent::Finished { job });
         }
     }
@@ -200,8 +185,7 @@ impl Loader {
 /// A short name for a path in messages: the file name (full paths can carry patient names in
 /// folder names, and are long).
 pub fn short_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn open_job(job: JobId, paths: &[PathBuf], superseded: &Superseded, send: &dyn Fn(LoaderEvent)) {
@@ -238,22 +222,13 @@ fn open_job(job: JobId, paths: &[PathBuf], superseded: &Superseded, send: &dyn F
         }
     }
     let for_thumbnails: Vec<Vec<PathBuf>> = series.iter().map(|s| s.files.clone()).collect();
-    send(LoaderEvent::Scanned {
-        job,
-        series,
-        folder,
-        problems,
-    });
+    send(LoaderEvent::Scanned { job, series, folder, problems });
     for (series_index, files) in for_thumbnails.iter().enumerate() {
         if superseded.yes() {
             return;
         }
         if let Some(image) = thumbnail(files) {
-            send(LoaderEvent::Thumbnail {
-                job,
-                series_index,
-                image,
-            });
+            send(LoaderEvent::Thumbnail { job, series_index, image });
         }
     }
 }
@@ -265,11 +240,7 @@ const NOT_AN_IMAGE: &str = "not a DICOM file";
 /// blank entry.
 fn with_description(mut series: Series) -> Series {
     if series.description.trim().is_empty() {
-        series.description = series
-            .files
-            .first()
-            .map(|p| short_name(p))
-            .unwrap_or_else(|| "Unnamed series".into());
+        series.description = series.files.first().map(|p| short_name(p)).unwrap_or_else(|| "Unnamed series".into());
     }
     series
 }
@@ -278,9 +249,7 @@ fn with_description(mut series: Series) -> Series {
 /// say why when the user opens it).
 fn thumbnail(files: &[PathBuf]) -> Option<ColorImage> {
     let middle = files.get(files.len() / 2)?;
-    let image = catch_unwind(|| load_image(middle, &LoadOptions::default()))
-        .ok()?
-        .ok()?;
+    let image = catch_unwind(|| load_image(middle, &LoadOptions::default())).ok()?.ok()?;
     let frame = image.frames / 2;
     render_color_image(&image, frame, &default_voi(&image, frame), THUMBNAIL_SIDE)
 }
@@ -302,11 +271,7 @@ fn load_series_job(
         send(LoaderEvent::Progress { job, done, total });
         match catch_unwind(|| load_image(path, &LoadOptions::default())) {
             Ok(Ok(image)) => images.push(image),
-            Ok(Err(e)) => problems.push(format!(
-                "cannot open {}: {}",
-                short_name(path),
-                one_line(&e.to_string())
-            )),
+            Ok(Err(e)) => problems.push(format!("cannot open {}: {}", short_name(path), one_line(&e.to_string()))),
             Err(_) => problems.push(format!("cannot open {}: the decoder failed", short_name(path))),
         }
     }
@@ -319,12 +284,7 @@ fn load_series_job(
         };
         send(LoaderEvent::Failed { job, message });
     } else {
-        send(LoaderEvent::Loaded {
-            job,
-            series_index,
-            stack,
-            problems,
-        });
+        send(LoaderEvent::Loaded { job, series_index, stack, problems });
     }
 }
 
@@ -335,7 +295,5 @@ pub fn one_line(text: &str) -> String {
 
 fn capitalise(text: &str) -> String {
     let mut chars = text.chars();
-    chars
-        .next()
-        .map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
+    chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
 }

@@ -34,9 +34,9 @@ use crate::display::WindowPreset;
 use crate::series::Series;
 use loader::{short_name, Loader, LoaderEvent, THUMBNAIL_SIDE};
 
+pub use audit_worker::{ExposedImage, GALLERY_SIZE};
 pub use diagnosis::{DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction};
 pub use diagnosis_worker::{AdapterLayout, ImageKey, ImportFields, TaskInfo, TaskRow};
-pub use audit_worker::{ExposedImage, GALLERY_SIZE};
 pub use privacy::{PathField, PrivacyCommand, PrivacyPanel, RunState};
 pub use shortcuts::SHORTCUTS;
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
@@ -48,11 +48,7 @@ pub const APP_NAME: &str = "MeLo Workstation";
 
 /// Opens the window on `paths`; with none, on the shipped samples folder.
 pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
-    let paths = if paths.is_empty() {
-        samples_dir().into_iter().collect()
-    } else {
-        paths
-    };
+    let paths = if paths.is_empty() { samples_dir().into_iter().collect() } else { paths };
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(APP_NAME)
@@ -62,12 +58,8 @@ pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
             .with_drag_and_drop(true),
         ..Default::default()
     };
-    eframe::run_native(
-        APP_NAME,
-        options,
-        Box::new(move |cc| Ok(Box::new(MeloApp::new(cc, AppOptions::new(paths))))),
-    )
-    .map_err(|e| e.to_string())
+    eframe::run_native(APP_NAME, options, Box::new(move |cc| Ok(Box::new(MeloApp::new(cc, AppOptions::new(paths))))))
+        .map_err(|e| e.to_string())
 }
 
 /// The shipped samples: next to the sources (a development checkout), then next to the
@@ -75,10 +67,7 @@ pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
 pub fn samples_dir() -> Option<PathBuf> {
     let relative = Path::new("assets").join("samples");
     let mut candidates = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(&relative)];
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
         candidates.push(exe_dir.join(&relative));
         candidates.push(exe_dir.join("samples"));
     }
@@ -322,19 +311,12 @@ impl MeloApp {
     /// the first frame, no diagnosis model (see [`MeloApp::with_options`] for one). Drive it by
     /// calling [`MeloApp::show`] each frame.
     pub fn with_paths(paths: Vec<PathBuf>) -> Self {
-        Self::with_options(AppOptions {
-            paths,
-            ..AppOptions::default()
-        })
+        Self::with_options(AppOptions { paths, ..AppOptions::default() })
     }
 
     /// The app without eframe, with the given folders.
     pub fn with_options(options: AppOptions) -> Self {
-        let AppOptions {
-            paths,
-            backbone_dir,
-            adapters_dir,
-        } = options;
+        let AppOptions { paths, backbone_dir, adapters_dir } = options;
         let mut app = Self {
             tab: Tab::Viewer,
             hide_patient_details: true,
@@ -376,12 +358,7 @@ impl MeloApp {
         self.next_message_id += 1;
         let mut details = details;
         details.truncate(MAX_DETAILS);
-        self.messages.push(Message {
-            id,
-            level,
-            text: text.into(),
-            details,
-        });
+        self.messages.push(Message { id, level, text: text.into(), details });
         if self.messages.len() > MAX_MESSAGES {
             self.messages.remove(0);
         }
@@ -442,13 +419,11 @@ impl MeloApp {
                 .show(ui, |ui| self.series_strip_ui(ui, &mut commands));
         }
         if self.tab == Tab::Viewer && self.diagnosis.visible {
-            egui::Panel::right("app_diagnosis")
-                .default_size(340.0)
-                .show(ui, |ui| {
-                    egui::ScrollArea::vertical()
-                        .auto_shrink([false, false])
-                        .show(ui, |ui| self.diagnosis.ui(ui, &self.viewer, &mut commands));
-                });
+            egui::Panel::right("app_diagnosis").default_size(340.0).show(ui, |ui| {
+                egui::ScrollArea::vertical()
+                    .auto_shrink([false, false])
+                    .show(ui, |ui| self.diagnosis.ui(ui, &self.viewer, &mut commands));
+            });
         }
         self.viewer.overlay = self.diagnosis.overlay_for(&ctx, &self.viewer);
         egui::CentralPanel::no_frame().show(ui, |ui| match self.tab {
@@ -546,19 +521,10 @@ impl MeloApp {
     fn receive_loader_events(&mut self, ctx: &egui::Context) {
         for event in self.loader.poll() {
             match event {
-                LoaderEvent::Scanned {
-                    job,
-                    series,
-                    folder,
-                    problems,
-                } if self.loader.is_current(job) => {
+                LoaderEvent::Scanned { job, series, folder, problems } if self.loader.is_current(job) => {
                     self.on_scanned(series, folder, problems);
                 }
-                LoaderEvent::Thumbnail {
-                    job,
-                    series_index,
-                    image,
-                } if self.loader.is_current(job) => {
+                LoaderEvent::Thumbnail { job, series_index, image } if self.loader.is_current(job) => {
                     if let Some(entry) = self.series.get_mut(series_index) {
                         let name = format!("melo-thumbnail-{job}-{series_index}");
                         entry.thumbnail = Some(ctx.load_texture(name, image, TextureOptions::LINEAR));
@@ -567,12 +533,7 @@ impl MeloApp {
                 LoaderEvent::Progress { job, done, total } if self.loader.is_current(job) => {
                     self.progress = Some((done, total));
                 }
-                LoaderEvent::Loaded {
-                    job,
-                    series_index,
-                    stack,
-                    problems,
-                } if self.loader.is_current(job) => {
+                LoaderEvent::Loaded { job, series_index, stack, problems } if self.loader.is_current(job) => {
                     self.progress = None;
                     self.shown_series = Some(series_index);
                     if let Some(entry) = self.series.get_mut(series_index) {
@@ -614,27 +575,14 @@ impl MeloApp {
             let text = if series.is_empty() {
                 "Nothing could be opened".to_string()
             } else {
-                format!(
-                    "{} path(s) or file(s) could not be read and were skipped",
-                    problems.len()
-                )
+                format!("{} path(s) or file(s) could not be read and were skipped", problems.len())
             };
-            let level = if series.is_empty() {
-                MessageLevel::Error
-            } else {
-                MessageLevel::Warning
-            };
+            let level = if series.is_empty() { MessageLevel::Error } else { MessageLevel::Warning };
             self.push_message(level, text, problems);
         } else if series.is_empty() {
             self.push_message(MessageLevel::Warning, "No images found", Vec::new());
         }
-        self.series = series
-            .into_iter()
-            .map(|series| SeriesEntry {
-                series,
-                thumbnail: None,
-            })
-            .collect();
+        self.series = series.into_iter().map(|series| SeriesEntry { series, thumbnail: None }).collect();
         if !self.series.is_empty() {
             self.commands.push(Command::SelectSeries(0));
         }
@@ -680,11 +628,7 @@ impl MeloApp {
         };
         if cfg!(target_os = "macos") {
             pick();
-        } else if std::thread::Builder::new()
-            .name("melo-file-dialog".into())
-            .spawn(pick)
-            .is_err()
-        {
+        } else if std::thread::Builder::new().name("melo-file-dialog".into()).spawn(pick).is_err() {
             self.dialog_open.store(false, Ordering::SeqCst);
             self.push_message(MessageLevel::Error, "Cannot open the file dialog", Vec::new());
         }
@@ -757,14 +701,14 @@ impl MeloApp {
                 egui::CollapsingHeader::new(format!("Details ({})", message.details.len()))
                     .id_salt(("message_details", message.id))
                     .show(ui, |ui| {
-                        egui::ScrollArea::vertical()
-                            .max_height(120.0)
-                            .id_salt(("message_scroll", message.id))
-                            .show(ui, |ui| {
+                        egui::ScrollArea::vertical().max_height(120.0).id_salt(("message_scroll", message.id)).show(
+                            ui,
+                            |ui| {
                                 for line in &message.details {
                                     ui.label(drawable(ui.ctx(), line));
                                 }
-                            });
+                            },
+                        );
                     });
             }
         }
@@ -777,16 +721,9 @@ impl MeloApp {
             for (index, entry) in self.series.iter().enumerate() {
                 let series = &entry.series;
                 let files = series.files.len();
-                let modality = if series.modality.is_empty() {
-                    "?"
-                } else {
-                    series.modality.as_str()
-                };
-                let text = format!(
-                    "{}\n{modality} · {files} file{}",
-                    series.description,
-                    if files == 1 { "" } else { "s" }
-                );
+                let modality = if series.modality.is_empty() { "?" } else { series.modality.as_str() };
+                let text =
+                    format!("{}\n{modality} · {files} file{}", series.description, if files == 1 { "" } else { "s" });
                 let selected = self.selected_series == Some(index);
                 let button = match &entry.thumbnail {
                     Some(texture) => {
@@ -849,10 +786,7 @@ fn files_hovered_ui(ctx: &egui::Context) {
         return;
     }
     let screen = ctx.content_rect();
-    let painter = ctx.layer_painter(egui::LayerId::new(
-        egui::Order::Foreground,
-        egui::Id::unique("melo_drop_target"),
-    ));
+    let painter = ctx.layer_painter(egui::LayerId::new(egui::Order::Foreground, egui::Id::unique("melo_drop_target")));
     painter.rect_filled(screen, 0.0, Color32::from_black_alpha(180));
     painter.text(
         screen.center(),

@@ -91,11 +91,7 @@ pub fn probe_text(image: &MedicalImage, frame: usize, col: usize, row: usize) ->
             format_number(f64::from(*g)),
             format_number(f64::from(*b))
         ),
-        other => other
-            .iter()
-            .map(|v| format_number(f64::from(*v)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        other => other.iter().map(|v| format_number(f64::from(*v))).collect::<Vec<_>>().join(", "),
     };
     Some(format!("x {col}  y {row}  {value}"))
 }
@@ -110,28 +106,13 @@ mod tests {
         assert_eq!(format_number(-1000.0), "-1000");
         assert_eq!(format_number(0.5), "0.5");
         assert_eq!(format_number(1.234_56), "1.23");
-        assert_eq!(
-            window_line(Window {
-                center: 914.82,
-                width: 3362.04
-            }),
-            "W 3362  L 915"
-        );
-        assert_eq!(
-            window_line(Window {
-                center: 0.25,
-                width: 0.5
-            }),
-            "W 0.5  L 0.25"
-        );
+        assert_eq!(window_line(Window { center: 914.82, width: 3362.04 }), "W 3362  L 915");
+        assert_eq!(window_line(Window { center: 0.25, width: 0.5 }), "W 0.5  L 0.25");
     }
 
     #[test]
     fn empty_patient_fields_give_no_lines() {
-        let mut meta = ImageMeta {
-            patient_name: "Doe^Jane".into(),
-            ..ImageMeta::default()
-        };
+        let mut meta = ImageMeta { patient_name: "Doe^Jane".into(), ..ImageMeta::default() };
         assert_eq!(patient_lines(&meta), vec!["Doe^Jane".to_string()]);
         meta = meta.without_phi();
         assert!(patient_lines(&meta).is_empty());
@@ -140,10 +121,7 @@ mod tests {
     #[test]
     fn probe_shows_units_and_rgb() {
         let mut image = MedicalImage {
-            meta: ImageMeta {
-                units: "HU".into(),
-                ..ImageMeta::default()
-            },
+            meta: ImageMeta { units: "HU".into(), ..ImageMeta::default() },
             frames: 1,
             rows: 1,
             cols: 2,

@@ -59,6 +59,9 @@ pub enum RunState {
     Cancelling,
 }
 
+/// Both ends of a channel that file dialogs (running on their own threads) answer on.
+type Channel<T> = (Sender<T>, Receiver<T>);
+
 /// The privacy view.
 pub struct PrivacyPanel {
     pub config: AuditConfig,
@@ -84,10 +87,10 @@ pub struct PrivacyPanel {
     run: Option<AuditRun>,
     eta: Option<Duration>,
     textures: BTreeMap<(String, usize), (TextureHandle, TextureHandle)>,
-    picked: (Sender<(PathField, PathBuf)>, Receiver<(PathField, PathBuf)>),
-    export_picked: (Sender<PathBuf>, Receiver<PathBuf>),
+    picked: Channel<(PathField, PathBuf)>,
+    export_picked: Channel<PathBuf>,
     /// Result of a PNG export, from the screenshot callback.
-    png_written: (Sender<Result<PathBuf, String>>, Receiver<Result<PathBuf, String>>),
+    png_written: Channel<Result<PathBuf, String>>,
 }
 
 impl Default for PrivacyPanel {
@@ -124,11 +127,8 @@ fn join(values: &[usize]) -> String {
 }
 
 fn parse_list(text: &str, what: &str) -> Result<Vec<usize>, String> {
-    let values: Result<Vec<usize>, _> = text
-        .split([',', ' '])
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<usize>())
-        .collect();
+    let values: Result<Vec<usize>, _> =
+        text.split([',', ' ']).filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse::<usize>()).collect();
     match values {
         Ok(v) if !v.is_empty() => Ok(v),
         _ => Err(format!("{what}: expected whole numbers separated by commas, got {text:?}")),
@@ -175,8 +175,8 @@ impl PrivacyPanel {
             match event {
                 AuditEvent::Progress { message, done, total } => {
                     let elapsed = run.elapsed();
-                    self.eta = (done > 0 && total >= done)
-                        .then(|| elapsed.mul_f64((total - done) as f64 / done as f64));
+                    self.eta =
+                        (done > 0 && total >= done).then(|| elapsed.mul_f64((total - done) as f64 / done as f64));
                     if self.state != RunState::Cancelling {
                         self.state = RunState::Running { message, done, total };
                     }
@@ -258,11 +258,8 @@ impl PrivacyPanel {
                     self.config.nonmembers.clone(),
                     preset,
                 );
-                self.config = AuditConfig {
-                    attacks: self.config.attacks.clone(),
-                    batch_size: INTERACTIVE_BATCH,
-                    ..fresh
-                };
+                self.config =
+                    AuditConfig { attacks: self.config.attacks.clone(), batch_size: INTERACTIVE_BATCH, ..fresh };
                 self.loss_timesteps = join(&self.config.loss.timesteps);
                 self.trajectory_strengths = join(&self.config.trajectory.strengths);
                 self.preset = preset;
@@ -279,11 +276,7 @@ impl PrivacyPanel {
                 match AuditRun::start(config, ctx) {
                     Ok(run) => {
                         self.run = Some(run);
-                        self.state = RunState::Running {
-                            message: "starting".into(),
-                            done: 0,
-                            total: 0,
-                        };
+                        self.state = RunState::Running { message: "starting".into(), done: 0, total: 0 };
                         self.eta = None;
                         self.report = None;
                         self.gallery.clear();
@@ -357,10 +350,7 @@ impl PrivacyPanel {
         if let Err(e) = report.write_json(&json).and_then(|()| report.write_csv(&csv)) {
             return vec![(MessageLevel::Error, format!("Cannot export the report: {e}"))];
         }
-        let mut messages = vec![(
-            MessageLevel::Info,
-            format!("Wrote {} and {}", json.display(), csv.display()),
-        )];
+        let mut messages = vec![(MessageLevel::Info, format!("Wrote {} and {}", json.display(), csv.display()))];
         match self.plot_rect {
             Some(_) => {
                 // Not now: these messages will move the plot down on the next frame.
@@ -376,24 +366,20 @@ impl PrivacyPanel {
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
-        egui::Panel::left("privacy_setup")
-            .default_size(360.0)
-            .show(ui, |ui| {
-                egui::ScrollArea::vertical()
-                    .auto_shrink([false, false])
-                    .show(ui, |ui| self.setup_ui(ui, commands));
-            });
+        egui::Panel::left("privacy_setup").default_size(360.0).show(ui, |ui| {
+            egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| self.setup_ui(ui, commands));
+        });
         egui::CentralPanel::default().show(ui, |ui| {
-            egui::ScrollArea::vertical()
-                .auto_shrink([false, false])
-                .show(ui, |ui| self.results_ui(ui, commands));
+            egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| self.results_ui(ui, commands));
         });
     }
 
     fn setup_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
         let send = |commands: &mut Vec<Command>, c: PrivacyCommand| commands.push(Command::Privacy(c));
         ui.heading("Privacy audit");
-        ui.label(RichText::new("Membership inference on a diffusion model: can its training images be told apart?").small());
+        ui.label(
+            RichText::new("Membership inference on a diffusion model: can its training images be told apart?").small(),
+        );
         let running = self.is_running();
         ui.add_enabled_ui(!running, |ui| {
             ui.separator();
@@ -412,11 +398,7 @@ impl PrivacyPanel {
                 commands,
                 &[("npz…", PathField::NonmembersFile), ("Folder…", PathField::NonmembersFolder)],
             );
-            if ui
-                .button("Use the demo model and sets")
-                .on_hover_text(demo_dir().display().to_string())
-                .clicked()
-            {
+            if ui.button("Use the demo model and sets").on_hover_text(demo_dir().display().to_string()).clicked() {
                 send(commands, PrivacyCommand::UseDemo);
             }
             ui.separator();
@@ -446,11 +428,7 @@ impl PrivacyPanel {
         });
         ui.separator();
         ui.horizontal(|ui| {
-            if ui
-                .add_enabled(!running, egui::Button::new("Run"))
-                .on_hover_text("Ctrl+Enter")
-                .clicked()
-            {
+            if ui.add_enabled(!running, egui::Button::new("Run")).on_hover_text("Ctrl+Enter").clicked() {
                 send(commands, PrivacyCommand::Run);
             }
             if ui
@@ -473,11 +451,7 @@ impl PrivacyPanel {
                 let fraction = if *total > 0 { *done as f32 / *total as f32 } else { 0.0 };
                 let eta = self.eta.map_or_else(String::new, |d| format!(" · ETA {}", format_duration(d)));
                 let elapsed = self.run.as_ref().map_or(Duration::ZERO, AuditRun::elapsed);
-                ui.add(
-                    egui::ProgressBar::new(fraction)
-                        .show_percentage()
-                        .animate(true),
-                );
+                ui.add(egui::ProgressBar::new(fraction).show_percentage().animate(true));
                 let message = super::drawable(ui.ctx(), message);
                 ui.label(format!("{message} ({done}/{total}) · {} elapsed{eta}", format_duration(elapsed)));
             }
@@ -539,7 +513,10 @@ impl PrivacyPanel {
         let send = |commands: &mut Vec<Command>, c: PrivacyCommand| commands.push(Command::Privacy(c));
         self.plot_rect = None;
         let Some(report) = &self.report else {
-            ui.label(RichText::new("Run an audit to see its ROC curves, metrics and most exposed members.").color(Color32::GRAY));
+            ui.label(
+                RichText::new("Run an audit to see its ROC curves, metrics and most exposed members.")
+                    .color(Color32::GRAY),
+            );
             return;
         };
         ui.horizontal(|ui| {
@@ -587,7 +564,10 @@ impl PrivacyPanel {
         let response = plot.show(ui, |plot| {
             // Always the whole unit square (or its log): curves are compared, not explored.
             let margin = (hi - lo) * 0.02;
-            plot.set_plot_bounds(egui_plot::PlotBounds::from_min_max([lo - margin, lo - margin], [hi + margin, hi + margin]));
+            plot.set_plot_bounds(egui_plot::PlotBounds::from_min_max(
+                [lo - margin, lo - margin],
+                [hi + margin, hi + margin],
+            ));
             plot.line(
                 Line::new("chance", PlotPoints::from(vec![[lo, lo], [hi, hi]]))
                     .style(LineStyle::dashed_loose())
@@ -653,20 +633,15 @@ impl PrivacyPanel {
         ui.horizontal(|ui| {
             ui.heading("Most exposed members");
             let current = self.gallery_attack.clone().unwrap_or_default();
-            egui::ComboBox::from_id_salt("gallery_attack")
-                .selected_text(&current)
-                .show_ui(ui, |ui| {
-                    for attack in &report.attacks {
-                        if ui.selectable_label(attack.name == current, &attack.name).clicked() {
-                            send(commands, PrivacyCommand::SetGalleryAttack(attack.name.clone()));
-                        }
+            egui::ComboBox::from_id_salt("gallery_attack").selected_text(&current).show_ui(ui, |ui| {
+                for attack in &report.attacks {
+                    if ui.selectable_label(attack.name == current, &attack.name).clicked() {
+                        send(commands, PrivacyCommand::SetGalleryAttack(attack.name.clone()));
                     }
-                });
+                }
+            });
         });
-        let Some((attack, items)) = self
-            .gallery
-            .iter()
-            .find(|(name, _)| Some(name) == self.gallery_attack.as_ref())
+        let Some((attack, items)) = self.gallery.iter().find(|(name, _)| Some(name) == self.gallery_attack.as_ref())
         else {
             if self.is_running() {
                 ui.horizontal(|ui| {
@@ -676,7 +651,10 @@ impl PrivacyPanel {
             }
             return;
         };
-        ui.label(RichText::new("Highest member scores; left the training image, right the model's reconstruction from it").small());
+        ui.label(
+            RichText::new("Highest member scores; left the training image, right the model's reconstruction from it")
+                .small(),
+        );
         // Groups do not wrap in a wrapping layout: a grid as wide as the panel allows.
         let columns = ((ui.available_width() / 180.0).floor() as usize).max(1);
         egui::Grid::new("exposed_gallery").num_columns(columns).show(ui, |ui| {
@@ -691,7 +669,10 @@ impl PrivacyPanel {
                     ui.vertical(|ui| {
                         ui.horizontal(|ui| {
                             let size = Vec2::splat(72.0);
-                            ui.add(egui::Image::from_texture(egui::load::SizedTexture::from_handle(original)).fit_to_exact_size(size));
+                            ui.add(
+                                egui::Image::from_texture(egui::load::SizedTexture::from_handle(original))
+                                    .fit_to_exact_size(size),
+                            );
                             ui.add(
                                 egui::Image::from_texture(egui::load::SizedTexture::from_handle(reconstruction))
                                     .fit_to_exact_size(size),
@@ -709,8 +690,7 @@ fn path_row(ui: &mut egui::Ui, label: &str, path: &Path, commands: &mut Vec<Comm
     ui.label(label);
     ui.horizontal(|ui| {
         let name = path.display().to_string();
-        ui.add(egui::Label::new(RichText::new(&name).monospace().small()).truncate())
-            .on_hover_text(&name);
+        ui.add(egui::Label::new(RichText::new(&name).monospace().small()).truncate()).on_hover_text(&name);
     });
     ui.horizontal(|ui| {
         for (text, field) in buttons {

@@ -39,12 +39,7 @@ impl SliceStack {
             .enumerate()
             .flat_map(|(image, decoded)| (0..decoded.frames).map(move |frame| SliceRef { image, frame }))
             .collect();
-        Self {
-            id,
-            description,
-            images,
-            slices,
-        }
+        Self { id, description, images, slices }
     }
 
     pub fn len(&self) -> usize {
@@ -69,10 +64,7 @@ impl SliceStack {
 
 /// True when every frame of the image can be sliced out of its value buffer.
 pub fn is_displayable(image: &MedicalImage) -> bool {
-    let frame_len = image
-        .rows
-        .checked_mul(image.cols)
-        .and_then(|n| n.checked_mul(image.channels));
+    let frame_len = image.rows.checked_mul(image.cols).and_then(|n| n.checked_mul(image.channels));
     let total = frame_len.and_then(|n| n.checked_mul(image.frames));
     matches!(image.channels, 1 | 3)
         && image.frames > 0
@@ -145,10 +137,7 @@ mod tests {
     #[test]
     fn large_frames_are_shrunk_to_the_limit() {
         let image = grey(10, 25, 1);
-        let voi = Voi::Window(Window {
-            center: 100.0,
-            width: 200.0,
-        });
+        let voi = Voi::Window(Window { center: 100.0, width: 200.0 });
         let small = render_color_image(&image, 0, &voi, 8).expect("renders");
         assert!(small.size[0] <= 8 && small.size[1] <= 8, "{:?}", small.size);
         let full = render_color_image(&image, 0, &voi, 4096).expect("renders");

@@ -34,9 +34,7 @@ impl TagBrowser {
     pub fn ui(&mut self, ui: &mut egui::Ui, meta: Option<&ImageMeta>) {
         ui.heading("Tags");
         ui.add(
-            TextEdit::singleline(&mut self.filter)
-                .hint_text("Filter: tag, name or value")
-                .desired_width(f32::INFINITY),
+            TextEdit::singleline(&mut self.filter).hint_text("Filter: tag, name or value").desired_width(f32::INFINITY),
         );
         let Some(meta) = meta else {
             ui.label("No image open.");
@@ -47,17 +45,15 @@ impl TagBrowser {
         ui.label(format!("{} of {} elements", rows.len(), meta.tags.len()));
         ui.separator();
         let row_height = ui.text_style_height(&egui::TextStyle::Monospace);
-        ScrollArea::both()
-            .auto_shrink([false, false])
-            .show_rows(ui, row_height, rows.len(), |ui, range| {
-                for entry in rows.get(range).unwrap_or_default() {
-                    ui.horizontal(|ui| {
-                        ui.add_space(entry.depth as f32 * INDENT_PER_DEPTH);
-                        let text = format!("{} {:<2} {}: {}", entry.tag_string(), entry.vr, entry.name, entry.value);
-                        ui.add(egui::Label::new(RichText::new(text).monospace()).truncate());
-                    });
-                }
-            });
+        ScrollArea::both().auto_shrink([false, false]).show_rows(ui, row_height, rows.len(), |ui, range| {
+            for entry in rows.get(range).unwrap_or_default() {
+                ui.horizontal(|ui| {
+                    ui.add_space(entry.depth as f32 * INDENT_PER_DEPTH);
+                    let text = format!("{} {:<2} {}: {}", entry.tag_string(), entry.vr, entry.name, entry.value);
+                    ui.add(egui::Label::new(RichText::new(text).monospace()).truncate());
+                });
+            }
+        });
     }
 }
 

@@ -54,10 +54,7 @@ impl Default for ViewerState {
     fn default() -> Self {
         Self {
             slice: 0,
-            voi: Voi::Window(Window {
-                center: 0.5,
-                width: 1.0,
-            }),
+            voi: Voi::Window(Window { center: 0.5, width: 1.0 }),
             preset: WindowPreset::FromHeader,
             zoom: 1.0,
             pan: Vec2::ZERO,
@@ -159,10 +156,7 @@ impl Viewer {
     /// Shows a newly loaded series from its first slice, fitted, with the preferred preset
     /// (a CT preset is not applied to other modalities: it would show nothing useful).
     pub fn set_stack(&mut self, stack: SliceStack) {
-        self.state = ViewerState {
-            preset: self.state.preset,
-            ..ViewerState::default()
-        };
+        self.state = ViewerState { preset: self.state.preset, ..ViewerState::default() };
         self.texture = None;
         self.phi_free_meta = None;
         self.pending_wheel_lines = 0.0;
@@ -198,9 +192,7 @@ impl Viewer {
         match command {
             ViewerCommand::GoToSlice(index) => self.state.slice = index.min(last),
             ViewerCommand::StepSlice(delta) => {
-                let target = i64::try_from(self.state.slice)
-                    .unwrap_or(i64::MAX)
-                    .saturating_add(delta);
+                let target = i64::try_from(self.state.slice).unwrap_or(i64::MAX).saturating_add(delta);
                 self.state.slice = usize::try_from(target.max(0)).unwrap_or(usize::MAX).min(last);
             }
             ViewerCommand::ApplyPreset(preset) => {
@@ -257,12 +249,7 @@ impl Viewer {
     }
 
     fn shown_meta(&self, hide_patient_details: bool) -> Option<&ImageMeta> {
-        shown_meta(
-            self.stack.as_ref(),
-            self.phi_free_meta.as_ref(),
-            self.state.slice,
-            hide_patient_details,
-        )
+        shown_meta(self.stack.as_ref(), self.phi_free_meta.as_ref(), self.state.slice, hide_patient_details)
     }
 
     fn meta_key(&self) -> Option<(u64, usize)> {
@@ -295,19 +282,8 @@ impl Viewer {
         if self.show_tags {
             egui::Panel::right("viewer_tags").default_size(420.0).show(ui, |ui| {
                 // Split borrows: the browser's filter changes while the metadata is read.
-                let Viewer {
-                    tags,
-                    stack,
-                    phi_free_meta,
-                    state,
-                    ..
-                } = self;
-                let meta = shown_meta(
-                    stack.as_ref(),
-                    phi_free_meta.as_ref(),
-                    state.slice,
-                    hide_patient_details,
-                );
+                let Viewer { tags, stack, phi_free_meta, state, .. } = self;
+                let meta = shown_meta(stack.as_ref(), phi_free_meta.as_ref(), state.slice, hide_patient_details);
                 tags.ui(ui, meta);
             });
         }
@@ -318,38 +294,24 @@ impl Viewer {
         ui.horizontal_wrapped(|ui| {
             let enabled = self.stack.is_some();
             ui.add_enabled_ui(enabled, |ui| {
-                egui::ComboBox::from_label("Window preset")
-                    .selected_text(self.state.preset.label())
-                    .show_ui(ui, |ui| {
+                egui::ComboBox::from_label("Window preset").selected_text(self.state.preset.label()).show_ui(
+                    ui,
+                    |ui| {
                         for preset in WindowPreset::ALL {
-                            if ui
-                                .selectable_label(self.state.preset == preset, preset.label())
-                                .clicked()
-                            {
+                            if ui.selectable_label(self.state.preset == preset, preset.label()).clicked() {
                                 commands.push(Command::Viewer(ViewerCommand::ApplyPreset(preset)));
                             }
                         }
-                    });
-                if ui
-                    .button("Fit")
-                    .on_hover_text("Fit the image to the view (double-click the image)")
-                    .clicked()
-                {
+                    },
+                );
+                if ui.button("Fit").on_hover_text("Fit the image to the view (double-click the image)").clicked() {
                     commands.push(Command::Viewer(ViewerCommand::Fit));
                 }
-                if ui
-                    .button("1:1")
-                    .on_hover_text("One image pixel per screen pixel")
-                    .clicked()
-                {
+                if ui.button("1:1").on_hover_text("One image pixel per screen pixel").clicked() {
                     commands.push(Command::Viewer(ViewerCommand::ActualSize));
                 }
             });
-            if ui
-                .selectable_label(self.show_tags, "Tags")
-                .on_hover_text("Show the tag browser")
-                .clicked()
-            {
+            if ui.selectable_label(self.show_tags, "Tags").on_hover_text("Show the tag browser").clicked() {
                 commands.push(Command::Viewer(ViewerCommand::ToggleTags));
             }
             let count = self.slice_count();
@@ -357,9 +319,8 @@ impl Viewer {
                 ui.separator();
                 // Shown 1-based, as the overlays count slices.
                 let mut one_based = self.state.slice + 1;
-                let slider = egui::Slider::new(&mut one_based, 1..=count)
-                    .text("Slice")
-                    .clamping(egui::SliderClamping::Always);
+                let slider =
+                    egui::Slider::new(&mut one_based, 1..=count).text("Slice").clamping(egui::SliderClamping::Always);
                 if ui.add(slider).changed() {
                     commands.push(Command::Viewer(ViewerCommand::GoToSlice(one_based.saturating_sub(1))));
                 }
@@ -378,12 +339,7 @@ impl Viewer {
                     }
                     ui.label(format!("{} × {}", image.cols, image.rows));
                     ui.separator();
-                    ui.label(
-                        self.state
-                            .probe
-                            .as_deref()
-                            .unwrap_or("Move the cursor over the image for pixel values"),
-                    );
+                    ui.label(self.state.probe.as_deref().unwrap_or("Move the cursor over the image for pixel values"));
                 }
                 None => {
                     ui.label("No image");
@@ -418,9 +374,7 @@ impl Viewer {
             return;
         };
         if self.state.fit {
-            self.state.zoom = (rect.width() / cols)
-                .min(rect.height() / rows)
-                .clamp(MIN_ZOOM, MAX_ZOOM);
+            self.state.zoom = (rect.width() / cols).min(rect.height() / rows).clamp(MIN_ZOOM, MAX_ZOOM);
             self.state.pan = Vec2::ZERO;
         }
         let image_size = Vec2::new(cols, rows) * self.state.zoom;
@@ -441,16 +395,12 @@ impl Viewer {
                 }
             }
             None => {
-                ui.put(
-                    rect,
-                    egui::Label::new("This slice cannot be displayed").selectable(false),
-                );
+                ui.put(rect, egui::Label::new("This slice cannot be displayed").selectable(false));
             }
         }
 
-        if let Some(pointer) = ui
-            .input(|i| i.pointer.hover_pos())
-            .filter(|p| ui.rect_contains_pointer(rect) && rect.contains(*p))
+        if let Some(pointer) =
+            ui.input(|i| i.pointer.hover_pos()).filter(|p| ui.rect_contains_pointer(rect) && rect.contains(*p))
         {
             let at = (pointer - image_rect.min) / self.state.zoom;
             if at.x >= 0.0 && at.y >= 0.0 {
@@ -495,10 +445,7 @@ impl Viewer {
         let delta = response.drag_delta();
         if delta != Vec2::ZERO {
             if response.dragged_by(PointerButton::Secondary) {
-                send(ViewerCommand::AdjustWindow {
-                    dx: delta.x,
-                    dy: delta.y,
-                });
+                send(ViewerCommand::AdjustWindow { dx: delta.x, dy: delta.y });
             } else if response.dragged_by(PointerButton::Primary) || response.dragged_by(PointerButton::Middle) {
                 send(ViewerCommand::Pan(delta));
             }
@@ -515,9 +462,7 @@ impl Viewer {
                 i.events
                     .iter()
                     .filter_map(|event| match event {
-                        egui::Event::MouseWheel {
-                            unit, delta, modifiers, ..
-                        } => Some((*unit, *delta, *modifiers)),
+                        egui::Event::MouseWheel { unit, delta, modifiers, .. } => Some((*unit, *delta, *modifiers)),
                         _ => None,
                     })
                     .collect()
@@ -539,10 +484,7 @@ impl Viewer {
                         send(ViewerCommand::StepSlice(steps as i64));
                     }
                 } else if lines != 0.0 {
-                    send(ViewerCommand::ZoomAt {
-                        factor: ZOOM_PER_LINE.powf(lines),
-                        anchor,
-                    });
+                    send(ViewerCommand::ZoomAt { factor: ZOOM_PER_LINE.powf(lines), anchor });
                 }
             }
         }
@@ -589,18 +531,10 @@ impl Viewer {
         };
         let count = self.slice_count();
 
-        let top_left = if hide_patient_details {
-            Vec::new()
-        } else {
-            overlay::patient_lines(meta)
-        };
+        let top_left = if hide_patient_details { Vec::new() } else { overlay::patient_lines(meta) };
         let top_right = overlay::study_lines(meta);
         let single_file = self.stack.as_ref().is_some_and(|s| s.images.len() == 1);
-        let mut bottom_left = vec![overlay::position_line(
-            self.state.slice,
-            count,
-            single_file && count > 1,
-        )];
+        let mut bottom_left = vec![overlay::position_line(self.state.slice, count, single_file && count > 1)];
         if !image.is_color() {
             bottom_left.push(overlay::window_line(self.state.window()));
         }
@@ -660,11 +594,7 @@ fn corner(ui: &mut egui::Ui, rect: Rect, layout: Layout, lines: &[String]) {
     // Bottom-up layouts stack upwards: add the last line first so the text reads downwards.
     let bottom_up = layout.main_dir() == egui::Direction::BottomUp;
     corner_ui.spacing_mut().item_spacing.y = 0.0;
-    let ordered: Vec<&String> = if bottom_up {
-        lines.iter().rev().collect()
-    } else {
-        lines.iter().collect()
-    };
+    let ordered: Vec<&String> = if bottom_up { lines.iter().rev().collect() } else { lines.iter().collect() };
     for line in ordered {
         corner_ui.add(overlay_label(line));
     }
@@ -674,9 +604,7 @@ fn overlay_label(text: &str) -> egui::Label {
     // A dark outline is not available for labels; a translucent backing keeps the text
     // readable on bright images.
     egui::Label::new(
-        RichText::new(text)
-            .color(Color32::from_rgb(235, 235, 200))
-            .background_color(Color32::from_black_alpha(150)),
+        RichText::new(text).color(Color32::from_rgb(235, 235, 200)).background_color(Color32::from_black_alpha(150)),
     )
     .selectable(false)
     .wrap_mode(egui::TextWrapMode::Extend)

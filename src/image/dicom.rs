@@ -6,12 +6,12 @@ use dicom_core::header::Header;
 use dicom_core::value::Value as DicomValue;
 use dicom_core::{DataDictionary, Tag, VR};
 use dicom_dictionary_std::{tags, StandardDataDictionary};
-use dicom_object::meta::FileMetaTableBuilder;
+use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::file::ReadPreamble;
+use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::{entries, TransferSyntaxRegistry};
-use dicom_encoding::TransferSyntaxIndex;
 
 use super::meta::{is_phi_tag, ImageMeta, TagEntry, VoiLut, Window};
 use super::{jpeg_ls, LoadOptions, MedicalImage};
@@ -98,12 +98,12 @@ fn inflate_deflated_dataset(body: &[u8]) -> Option<Result<DefaultDicomObject>> {
     }
     let compressed = &body[cursor.position() as usize..];
     let mut inflated = Vec::new();
-    let read = flate2::read::DeflateDecoder::new(compressed)
-        .take(MAX_INFLATED_BYTES + 1)
-        .read_to_end(&mut inflated);
+    let read = flate2::read::DeflateDecoder::new(compressed).take(MAX_INFLATED_BYTES + 1).read_to_end(&mut inflated);
     Some(match read {
         Err(e) => Err(Error::Parse(format!("deflated data set: {e}"))),
-        Ok(_) if inflated.len() as u64 > MAX_INFLATED_BYTES => Err(Error::TooLarge("deflated data set inflates past 2 GiB".into())),
+        Ok(_) if inflated.len() as u64 > MAX_INFLATED_BYTES => {
+            Err(Error::TooLarge("deflated data set inflates past 2 GiB".into()))
+        }
         Ok(_) => {
             let ts = entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
             guarded(inflated.len(), || InMemDicomObject::read_dataset_with_ts(&inflated[..], &ts))
@@ -146,7 +146,11 @@ fn parse_with_other_encoding(body: &[u8]) -> Option<(DefaultDicomObject, bool)> 
     // Only the encoding the first element shows: reading explicit data as implicit (or the
     // reverse) yields garbage lengths and gigabyte allocations.
     let explicit = rest.len() >= 6 && VR::from_binary([rest[4], rest[5]]).is_some() && rest[4].is_ascii_uppercase();
-    let fallback = if explicit { entries::EXPLICIT_VR_LITTLE_ENDIAN.erased() } else { entries::IMPLICIT_VR_LITTLE_ENDIAN.erased() };
+    let fallback = if explicit {
+        entries::EXPLICIT_VR_LITTLE_ENDIAN.erased()
+    } else {
+        entries::IMPLICIT_VR_LITTLE_ENDIAN.erased()
+    };
     let declared_explicit = lenient.transfer_syntax != entries::IMPLICIT_VR_LITTLE_ENDIAN.uid();
     let dicom_rs_read_meta = dicom_object::meta::FileMetaTable::from_reader(body).is_ok();
     if dicom_rs_read_meta && explicit == declared_explicit {
@@ -228,7 +232,9 @@ fn parse_without_meta(bytes: &[u8]) -> Result<DefaultDicomObject> {
     if bytes.len() < 8 {
         return Err(Error::NotDicom("file too short".into()));
     }
-    let explicit = bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase() && VR::from_binary([bytes[4], bytes[5]]).is_some();
+    let explicit = bytes[4].is_ascii_uppercase()
+        && bytes[5].is_ascii_uppercase()
+        && VR::from_binary([bytes[4], bytes[5]]).is_some();
     let group_le = u16::from_le_bytes([bytes[0], bytes[1]]);
     let group_be = u16::from_be_bytes([bytes[0], bytes[1]]);
     let little = group_le <= group_be;
@@ -266,17 +272,15 @@ fn strings_of(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
         return Vec::new();
     };
     match elem.value().to_multi_str() {
-        Ok(values) => values.iter().map(|s| s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string()).collect(),
+        Ok(values) => {
+            values.iter().map(|s| s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string()).collect()
+        }
         Err(_) => Vec::new(),
     }
 }
 
 fn f64s_of(obj: &InMemDicomObject, tag: Tag) -> Vec<f64> {
-    strings_of(obj, tag)
-        .iter()
-        .filter_map(|s| s.parse::<f64>().ok())
-        .filter(|v| v.is_finite())
-        .collect()
+    strings_of(obj, tag).iter().filter_map(|s| s.parse::<f64>().ok()).filter(|v| v.is_finite()).collect()
 }
 
 fn f64_of(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
@@ -293,15 +297,15 @@ fn int_of(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
         VR::US | VR::SS | VR::UL | VR::SL => elem.value().to_int::<i64>().ok(),
         _ => {
             let s = string_of(obj, tag)?;
-            s.parse::<i64>().ok().or_else(|| s.parse::<f64>().ok().filter(|v| v.fract() == 0.0 && v.is_finite()).map(|v| v as i64))
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().filter(|v| v.fract() == 0.0 && v.is_finite()).map(|v| v as i64))
         }
     }
 }
 
 fn required_u16(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<u16> {
-    int_of(obj, tag)
-        .and_then(|v| u16::try_from(v).ok())
-        .ok_or(Error::MissingAttribute(name))
+    int_of(obj, tag).and_then(|v| u16::try_from(v).ok()).ok_or(Error::MissingAttribute(name))
 }
 
 /// u16 words of a LUT Data element, whatever VR (OW, US, SS) it was stored as.
@@ -338,10 +342,8 @@ fn lut_descriptor(obj: &InMemDicomObject, tag: Tag, signed_first: bool) -> Optio
 
 fn read_meta(obj: &DefaultDicomObject, inferred: bool) -> ImageMeta {
     let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    let ts_name = TransferSyntaxRegistry
-        .get(&ts_uid)
-        .map(|ts| ts.name().to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let ts_name =
+        TransferSyntaxRegistry.get(&ts_uid).map(|ts| ts.name().to_string()).unwrap_or_else(|| "unknown".into());
     let modality = string_of(obj, tags::MODALITY).unwrap_or_default();
     let signed = int_of(obj, tags::PIXEL_REPRESENTATION) == Some(1);
     let slope = f64_of(obj, tags::RESCALE_SLOPE).unwrap_or(1.0);
@@ -450,10 +452,13 @@ fn tag_entries(obj: &DefaultDicomObject) -> Vec<TagEntry> {
 }
 
 fn tag_name(tag: Tag) -> String {
-    StandardDataDictionary
-        .by_tag(tag)
-        .map(|e| e.alias.to_string())
-        .unwrap_or_else(|| if tag.group() % 2 == 1 { "Private".into() } else { "Unknown".into() })
+    StandardDataDictionary.by_tag(tag).map(|e| e.alias.to_string()).unwrap_or_else(|| {
+        if tag.group() % 2 == 1 {
+            "Private".into()
+        } else {
+            "Unknown".into()
+        }
+    })
 }
 
 fn clip(s: &str) -> String {
@@ -476,7 +481,9 @@ fn walk_tags(obj: &InMemDicomObject, depth: usize, inherited_phi: bool, rows: &m
             DicomValue::Sequence(seq) => format!("{} item(s)", seq.items().len()),
             DicomValue::PixelSequence(seq) => format!("{} fragment(s)", seq.fragments().len()),
             DicomValue::Primitive(p) => match elem.vr() {
-                VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN => format!("<{} bytes>", p.calculate_byte_len()),
+                VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN => {
+                    format!("<{} bytes>", p.calculate_byte_len())
+                }
                 _ => clip(&p.to_str()),
             },
         };
@@ -553,10 +560,7 @@ fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOptions) -> Re
 
 fn decode_with_dicom_rs(obj: &DefaultDicomObject, g: &Geometry, meta: &ImageMeta) -> Result<Samples> {
     let Geometry { rows, cols, spp, frames, bits_allocated, bits_stored } = *g;
-    let encapsulated = matches!(
-        obj.element(tags::PIXEL_DATA).map(|e| e.value()),
-        Ok(DicomValue::PixelSequence(_))
-    );
+    let encapsulated = matches!(obj.element(tags::PIXEL_DATA).map(|e| e.value()), Ok(DicomValue::PixelSequence(_)));
     let decoded = obj.decode_pixel_data().map_err(|e| decode_error(&e.to_string(), meta))?;
     let data = decoded.data();
     let pixels = rows * cols;
@@ -637,7 +641,10 @@ impl OwnCodec {
     fn for_transfer_syntax(uid: &str) -> Option<OwnCodec> {
         match uid {
             JPEG_LS_LOSSLESS | JPEG_LS_NEAR_LOSSLESS => Some(OwnCodec::JpegLs),
-            "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => Some(OwnCodec::Jpeg),
+            "1.2.840.10008.1.2.4.50"
+            | "1.2.840.10008.1.2.4.51"
+            | "1.2.840.10008.1.2.4.57"
+            | "1.2.840.10008.1.2.4.70" => Some(OwnCodec::Jpeg),
             "1.2.840.10008.1.2.5" => Some(OwnCodec::Rle),
             _ => None,
         }
@@ -667,7 +674,11 @@ fn decode_encapsulated(obj: &DefaultDicomObject, codec: OwnCodec, g: &Geometry, 
     } else {
         let offsets = seq.offset_table();
         if offsets.len() != g.frames {
-            return Err(Error::Decode(format!("{} fragments for {} frames and no usable offset table", fragments.len(), g.frames)));
+            return Err(Error::Decode(format!(
+                "{} fragments for {} frames and no usable offset table",
+                fragments.len(),
+                g.frames
+            )));
         }
         split_by_offsets(fragments, offsets)?
     };
@@ -711,10 +722,15 @@ fn decode_jpeg_frame(stream: &[u8], g: &Geometry, meta: &ImageMeta) -> Result<Ve
     };
     let info = decoder.info().ok_or_else(|| Error::Decode("JPEG stream without a frame header".into()))?;
     if usize::from(info.width) != g.cols || usize::from(info.height) != g.rows {
-        return Err(Error::Decode(format!("JPEG frame is {}×{}, header says {}×{}", info.width, info.height, g.cols, g.rows)));
+        return Err(Error::Decode(format!(
+            "JPEG frame is {}×{}, header says {}×{}",
+            info.width, info.height, g.cols, g.rows
+        )));
     }
     Ok(match info.pixel_format {
-        jpeg_decoder::PixelFormat::L16 => pixels.chunks_exact(2).map(|c| u32::from(u16::from_ne_bytes([c[0], c[1]]))).collect(),
+        jpeg_decoder::PixelFormat::L16 => {
+            pixels.chunks_exact(2).map(|c| u32::from(u16::from_ne_bytes([c[0], c[1]]))).collect()
+        }
         jpeg_decoder::PixelFormat::CMYK32 => return Err(Error::Unsupported("4-component JPEG".into())),
         _ => pixels.into_iter().map(u32::from).collect(),
     })
@@ -746,7 +762,9 @@ fn has_colour_marker(stream: &[u8]) -> bool {
         let len = usize::from(u16::from_be_bytes([stream[i + 2], stream[i + 3]]));
         // A complete Adobe segment holds its transform flag at byte 11; a truncated one says nothing.
         let payload = &stream[(i + 4).min(stream.len())..(i + 2 + len).min(stream.len())];
-        if (marker == 0xE0 && payload.starts_with(b"JFIF")) || (marker == 0xEE && payload.starts_with(b"Adobe") && payload.len() >= 12) {
+        if (marker == 0xE0 && payload.starts_with(b"JFIF"))
+            || (marker == 0xEE && payload.starts_with(b"Adobe") && payload.len() >= 12)
+        {
             return true;
         }
         i += 2 + len;
@@ -762,7 +780,9 @@ fn decode_rle_frame(stream: &[u8], g: &Geometry) -> Result<Vec<u32>> {
     if stream.len() < 64 {
         return Err(Error::Decode("RLE header truncated".into()));
     }
-    let word = |i: usize| u32::from_le_bytes([stream[4 * i], stream[4 * i + 1], stream[4 * i + 2], stream[4 * i + 3]]) as usize;
+    let word = |i: usize| {
+        u32::from_le_bytes([stream[4 * i], stream[4 * i + 1], stream[4 * i + 2], stream[4 * i + 3]]) as usize
+    };
     let segments = word(0);
     if segments != segments_needed || segments > 15 {
         return Err(Error::Decode(format!("RLE frame has {segments} segments, expected {segments_needed}")));
@@ -893,17 +913,26 @@ fn apply_palette(obj: &DefaultDicomObject, values: &[f64], signed: bool) -> Resu
         words.truncate(entries);
         Ok((entries, first, words))
     };
-    let red = channel(tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, "Red Palette LUT")?;
-    let green = channel(tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, "Green Palette LUT")?;
-    let blue = channel(tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, "Blue Palette LUT")?;
+    let red = channel(
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        "Red Palette LUT",
+    )?;
+    let green = channel(
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        "Green Palette LUT",
+    )?;
+    let blue = channel(
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        "Blue Palette LUT",
+    )?;
     let lookup = |(entries, first, data): &(usize, f64, Vec<u16>), v: f64| -> f32 {
         let index = (v - first).clamp(0.0, (*entries - 1) as f64) as usize;
         f32::from(data[index])
     };
-    Ok(values
-        .iter()
-        .flat_map(|&v| [lookup(&red, v), lookup(&green, v), lookup(&blue, v)])
-        .collect())
+    Ok(values.iter().flat_map(|&v| [lookup(&red, v), lookup(&green, v), lookup(&blue, v)]).collect())
 }
 
 /// Rescale slope/intercept, or the Modality LUT Sequence when present (it takes precedence).

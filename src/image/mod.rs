@@ -40,10 +40,7 @@ impl Default for LoadLimits {
 
 impl LoadLimits {
     /// 2^30 samples (4 GiB of f32 values, e.g. a 2,048-slice 512² CT) and 10,000 frames.
-    pub const BUILT_IN: Self = Self {
-        max_samples: 1 << 30,
-        max_frames: 10_000,
-    };
+    pub const BUILT_IN: Self = Self { max_samples: 1 << 30, max_frames: 10_000 };
 
     /// The built-in limits with `MELO_MAX_SAMPLES` / `MELO_MAX_FRAMES` applied; a value that is
     /// not a positive integer is an error naming the variable.
@@ -63,8 +60,8 @@ impl LoadLimits {
             limits.max_samples = v;
         }
         if let Some(v) = read(MAX_FRAMES_ENV)? {
-            limits.max_frames = u32::try_from(v)
-                .map_err(|_| Error::Invalid(format!("{MAX_FRAMES_ENV}={v} exceeds {}", u32::MAX)))?;
+            limits.max_frames =
+                u32::try_from(v).map_err(|_| Error::Invalid(format!("{MAX_FRAMES_ENV}={v} exceeds {}", u32::MAX)))?;
         }
         Ok(limits)
     }
@@ -135,16 +132,12 @@ impl MedicalImage {
 
     /// Minimum and maximum value over every frame.
     pub fn value_range(&self) -> (f32, f32) {
-        self.values
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+        self.values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
     }
 
     /// Minimum and maximum of one frame.
     pub fn frame_range(&self, frame: usize) -> (f32, f32) {
-        self.frame(frame)
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+        self.frame(frame).iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
     }
 }
 

@@ -18,9 +18,7 @@ pub(crate) fn load_raster_bytes(bytes: &[u8], options: &LoadOptions) -> Result<M
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(options.limits.max_samples.saturating_mul(4));
     reader.limits(limits);
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| Error::Decode(e.to_string()))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| Error::Decode(e.to_string()))?;
     options.limits.check(u64::from(h), u64::from(w), 1, 3)?;
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -44,12 +42,5 @@ pub(crate) fn load_raster_bytes(bytes: &[u8], options: &LoadOptions) -> Result<M
         bits_stored: if values.iter().any(|&v| v > 255.0) { 16 } else { 8 },
         ..ImageMeta::default()
     };
-    Ok(MedicalImage {
-        meta,
-        frames: 1,
-        rows: h as usize,
-        cols: w as usize,
-        channels,
-        values,
-    })
+    Ok(MedicalImage { meta, frames: 1, rows: h as usize, cols: w as usize, channels, values })
 }

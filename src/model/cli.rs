@@ -136,7 +136,10 @@ const NO_ADAPTERS_HINT: &str = "adapters are trained per task (a later step) or 
 
 /// Loads the backbone and registers the adapters folder; refuses early (before loading the
 /// backbone) when the folder holds no adapter file.
-fn engine_with_adapters(backbone: &Option<PathBuf>, adapters: &Option<PathBuf>) -> Result<(Engine, PathBuf, Vec<Rejected>)> {
+fn engine_with_adapters(
+    backbone: &Option<PathBuf>,
+    adapters: &Option<PathBuf>,
+) -> Result<(Engine, PathBuf, Vec<Rejected>)> {
     let dir = adapters_dir(adapters).ok_or_else(|| Error::NoAdapters {
         hint: format!(" (no adapters folder found: pass --adapters DIR or set MELO_ADAPTERS); {NO_ADAPTERS_HINT}"),
     })?;
@@ -256,7 +259,9 @@ pub fn adapters(args: &AdaptersArgs) -> Result<()> {
             options.alpha = Some(*alpha);
             Adapter::import_melo(file, &options)
         }),
-        Some(AdaptersAction::ImportPeft { folder, common }) => import(args, common, |options| Adapter::import_peft(folder, &options)),
+        Some(AdaptersAction::ImportPeft { folder, common }) => {
+            import(args, common, |options| Adapter::import_peft(folder, &options))
+        }
     }
 }
 
@@ -269,7 +274,9 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
         } else {
             match &dir {
                 Some(d) => println!("No adapters in {}.\n{NO_ADAPTERS_HINT}.", d.display()),
-                None => println!("No adapters folder found (pass --adapters DIR or set MELO_ADAPTERS).\n{NO_ADAPTERS_HINT}."),
+                None => println!(
+                    "No adapters folder found (pass --adapters DIR or set MELO_ADAPTERS).\n{NO_ADAPTERS_HINT}."
+                ),
             }
         }
         return Ok(());
@@ -282,17 +289,19 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
             adapters: engine
                 .adapters()
                 .iter()
-                .map(|a| AdapterEntry {
-                    metadata: a.metadata(),
-                    parameters: a.parameter_count(),
-                })
+                .map(|a| AdapterEntry { metadata: a.metadata(), parameters: a.parameter_count() })
                 .collect(),
             rejected,
         };
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         return Ok(());
     }
-    println!("{} ({} adapter(s), backbone {})", dir.display(), engine.adapters().len(), &engine.backbone().sha256()[..12]);
+    println!(
+        "{} ({} adapter(s), backbone {})",
+        dir.display(),
+        engine.adapters().len(),
+        &engine.backbone().sha256()[..12]
+    );
     for a in engine.adapters() {
         let m = a.metadata();
         println!("\n{}  [{}]", m.task, if m.modality.is_empty() { "any modality" } else { &m.modality });
@@ -307,7 +316,10 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
             m.target,
             a.parameter_count()
         );
-        println!("    input      {0}×{0}, mean {1:?}, std {2:?}, pooling {3:?}", m.input_size, m.mean, m.std, m.pooling);
+        println!(
+            "    input      {0}×{0}, mean {1:?}, std {2:?}, pooling {3:?}",
+            m.input_size, m.mean, m.std, m.pooling
+        );
         if !m.training.dataset.is_empty() {
             println!("    trained on {}", m.training.dataset);
         }
@@ -326,11 +338,8 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
 }
 
 fn import(args: &AdaptersArgs, common: &ImportArgs, read: impl FnOnce(ImportOptions) -> Result<Adapter>) -> Result<()> {
-    let file_stem: String = common
-        .task
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect();
+    let file_stem: String =
+        common.task.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     if file_stem.trim_matches('_').is_empty() {
         return Err(Error::Config(format!("task name {:?} gives no usable file name", common.task)));
     }
@@ -348,7 +357,13 @@ fn import(args: &AdaptersArgs, common: &ImportArgs, read: impl FnOnce(ImportOpti
     engine.register(adapter.clone())?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     adapter.save(&target)?;
-    println!("imported '{}' ({} labels, {} parameters) to {}", adapter.task(), adapter.labels().len(), adapter.parameter_count(), target.display());
+    println!(
+        "imported '{}' ({} labels, {} parameters) to {}",
+        adapter.task(),
+        adapter.labels().len(),
+        adapter.parameter_count(),
+        target.display()
+    );
     Ok(())
 }
 

@@ -40,11 +40,11 @@ pub struct Prediction {
 impl Prediction {
     /// The most probable label and its probability.
     pub fn top(&self) -> (&str, f32) {
-        let (i, p) = self
-            .probabilities
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best });
+        let (i, p) =
+            self.probabilities
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best });
         (self.labels.get(i).map(String::as_str).unwrap_or(""), p)
     }
 }
@@ -97,12 +97,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub fn new(vit: VisionTransformer) -> Self {
-        Self {
-            vit,
-            adapters: Vec::new(),
-            by_task: HashMap::new(),
-            active: None,
-        }
+        Self { vit, adapters: Vec::new(), by_task: HashMap::new(), active: None }
     }
 
     /// Loads the backbone of a folder holding `config.json` (a [`Config`], plus a `weights`
@@ -137,10 +132,7 @@ impl Engine {
                 found: self.vit.sha256().to_string(),
             });
         }
-        let bad = |reason: String| Error::Adapter {
-            path: PathBuf::from(&meta.task),
-            reason,
-        };
+        let bad = |reason: String| Error::Adapter { path: PathBuf::from(&meta.task), reason };
         self.vit.check_lora(adapter.lora()).map_err(|e| bad(e.to_string()))?;
         let patch = self.vit.config().patch_size;
         if meta.input_size < patch || !meta.input_size.is_multiple_of(patch) {
@@ -168,10 +160,7 @@ impl Engine {
         for path in paths {
             let outcome = Adapter::load(&path).and_then(|a| self.register(a));
             if let Err(e) = outcome {
-                rejected.push(Rejected {
-                    path,
-                    reason: e.to_string(),
-                });
+                rejected.push(Rejected { path, reason: e.to_string() });
             }
         }
         Ok(rejected)
@@ -186,20 +175,14 @@ impl Engine {
     }
 
     pub fn adapter(&self, task: &str) -> Result<&Adapter> {
-        self.by_task
-            .get(task)
-            .map(|&i| &self.adapters[i])
-            .ok_or_else(|| self.unknown(task))
+        self.by_task.get(task).map(|&i| &self.adapters[i]).ok_or_else(|| self.unknown(task))
     }
 
     fn unknown(&self, task: &str) -> Error {
         if self.adapters.is_empty() {
             return Error::NoAdapters { hint: String::new() };
         }
-        Error::UnknownTask {
-            task: task.to_string(),
-            available: self.tasks().collect::<Vec<_>>().join(", "),
-        }
+        Error::UnknownTask { task: task.to_string(), available: self.tasks().collect::<Vec<_>>().join(", ") }
     }
 
     /// Makes `task` the active one: a hash lookup and an index store, nothing else.
@@ -257,10 +240,7 @@ impl Engine {
         let mut out = Vec::with_capacity(self.adapters.len());
         for adapter in &self.adapters {
             let m = adapter.metadata();
-            let key = (
-                m.input_size,
-                [m.mean[0], m.mean[1], m.mean[2], m.std[0], m.std[1], m.std[2]].map(f32::to_bits),
-            );
+            let key = (m.input_size, [m.mean[0], m.mean[1], m.mean[2], m.std[0], m.std[1], m.std[2]].map(f32::to_bits));
             let pixels = match prepared.get(&key) {
                 Some(p) => p.clone(),
                 None => {
@@ -285,14 +265,7 @@ impl Engine {
         let values = upsample_bilinear(&grid, grid_rows, grid_cols, image.rows, image.cols);
         Ok(Explanation {
             prediction,
-            heatmap: Heatmap {
-                rows: image.rows,
-                cols: image.cols,
-                values,
-                grid_rows,
-                grid_cols,
-                grid,
-            },
+            heatmap: Heatmap { rows: image.rows, cols: image.cols, values, grid_rows, grid_cols, grid },
         })
     }
 }
@@ -370,10 +343,9 @@ fn unit_rgb_or_grey(image: &MedicalImage, frame: usize) -> Result<Vec<f32>> {
     }
     let len = pixels * channels;
     let start = frame * len;
-    let values = image
-        .values
-        .get(start..start + len)
-        .ok_or_else(|| Error::Image(format!("pixel data holds {} values, frame {frame} needs {}", image.values.len(), start + len)))?;
+    let values = image.values.get(start..start + len).ok_or_else(|| {
+        Error::Image(format!("pixel data holds {} values, frame {frame} needs {}", image.values.len(), start + len))
+    })?;
     let clean = |v: f64| if v.is_finite() { v.clamp(0.0, 1.0) as f32 } else { 0.0 };
     if channels == 1 {
         let voi = default_voi(image, frame);
@@ -387,11 +359,7 @@ fn unit_rgb_or_grey(image: &MedicalImage, frame: usize) -> Result<Vec<f32>> {
             .collect())
     } else {
         let bits = image.meta.bits_stored;
-        let max = if (1..=16).contains(&bits) {
-            f64::from((1u32 << bits) - 1)
-        } else {
-            255.0
-        };
+        let max = if (1..=16).contains(&bits) { f64::from((1u32 << bits) - 1) } else { 255.0 };
         Ok(values.iter().map(|&v| clean(f64::from(v) / max)).collect())
     }
 }

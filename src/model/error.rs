@@ -49,17 +49,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub(crate) fn weights(context: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Weights {
-            context: context.into(),
-            reason: reason.into(),
-        }
+        Error::Weights { context: context.into(), reason: reason.into() }
     }
 }
 

@@ -175,20 +175,20 @@ fn rows_per_task(width: usize) -> usize {
 }
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("{op}: f32 only, got {:?}", storage.dtype())
-    };
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: f32 only, got {:?}", storage.dtype()) };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&values[start..end]),
         None => candle_core::bail!("{op}: operand must be contiguous"),
     }
 }
 
-fn contiguous_f32_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a mut [f32]> {
+fn contiguous_f32_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
     let dtype = storage.dtype();
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("{op}: f32 only, got {dtype:?}")
-    };
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: f32 only, got {dtype:?}") };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&mut values[start..end]),
         None => candle_core::bail!("{op}: destination must be contiguous"),
@@ -239,9 +239,7 @@ impl InplaceOp2 for AddRepeated {
         if pattern.is_empty() || dst.len() % pattern.len() != 0 {
             candle_core::bail!("{}: {} values are not a whole number of {}", self.name(), dst.len(), pattern.len())
         }
-        dst.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, chunk)| add_cyclic(chunk, pattern, i * CHUNK, None));
+        dst.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| add_cyclic(chunk, pattern, i * CHUNK, None));
         Ok(())
     }
 }
@@ -297,15 +295,13 @@ impl InplaceOp2 for AddColumns {
             candle_core::bail!("{}: shapes do not agree", self.name())
         }
         let rows = (CHUNK / width).max(1);
-        dst.par_chunks_mut(rows * width)
-            .zip(src.par_chunks(rows * w))
-            .for_each(|(d, s)| {
-                for (drow, srow) in d.chunks_exact_mut(width).zip(s.chunks_exact(w)) {
-                    for (o, &v) in drow[offset..offset + w].iter_mut().zip(srow) {
-                        *o += v;
-                    }
+        dst.par_chunks_mut(rows * width).zip(src.par_chunks(rows * w)).for_each(|(d, s)| {
+            for (drow, srow) in d.chunks_exact_mut(width).zip(s.chunks_exact(w)) {
+                for (o, &v) in drow[offset..offset + w].iter_mut().zip(srow) {
+                    *o += v;
                 }
-            });
+            }
+        });
         Ok(())
     }
 }
@@ -387,7 +383,24 @@ impl CustomOp1 for Attention {
                 unsafe {
                     // scores = q kᵀ: kᵀ[i, j] = k[j, i] → row stride 1, column stride 3·D.
                     gemm::gemm(
-                        t, t, hd, scores.as_mut_ptr(), 1, t_i, false, q, 1, rs, k, rs, 1, 0.0f32, 1.0f32, false, false, false,
+                        t,
+                        t,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        t_i,
+                        false,
+                        q,
+                        1,
+                        rs,
+                        k,
+                        rs,
+                        1,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
                         gemm::Parallelism::None,
                     );
                 }
@@ -400,8 +413,25 @@ impl CustomOp1 for Attention {
                 unsafe {
                     // y[bi·T.., h·hd..] = scores v.
                     gemm::gemm(
-                        t, hd, t, base.ptr().add(bi * t * d + h * hd), 1, d as isize, false, scores.as_ptr(), 1, t_i, v, 1, rs,
-                        0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                        t,
+                        hd,
+                        t,
+                        base.ptr().add(bi * t * d + h * hd),
+                        1,
+                        d as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        t_i,
+                        v,
+                        1,
+                        rs,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                 }
             },
@@ -413,11 +443,21 @@ impl CustomOp1 for Attention {
 /// Attention core of a ViT block: qkv [B·T, 3·D] (q | k | v column blocks, head h at columns
 /// h·hd..) → y [B·T, D] with heads side by side, and, if asked, the attention probabilities
 /// [B, H, T, T]. softmax(scale · q kᵀ) v per head.
-pub(crate) fn attention(qkv: &Tensor, batch: usize, tokens: usize, heads: usize, scale: f32, keep_probabilities: bool) -> Result<(Tensor, Option<Tensor>)> {
+pub(crate) fn attention(
+    qkv: &Tensor,
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    scale: f32,
+    keep_probabilities: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let (rows, three_d) = qkv.dims2()?;
     let d = three_d / 3;
     if rows != batch * tokens || three_d != 3 * d || heads == 0 || d % heads != 0 {
-        return Err(super::error::Error::weights("attention", format!("qkv {:?} for {batch}×{tokens} tokens, {heads} heads", qkv.dims())));
+        return Err(super::error::Error::weights(
+            "attention",
+            format!("qkv {:?} for {batch}×{tokens} tokens, {heads} heads", qkv.dims()),
+        ));
     }
     if !fast_path(&[qkv]) {
         // Reference path (other devices or types): candle ops.
@@ -428,13 +468,7 @@ pub(crate) fn attention(qkv: &Tensor, batch: usize, tokens: usize, heads: usize,
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows, d))?;
         return Ok((y, keep_probabilities.then_some(probs)));
     }
-    let op = Attention {
-        batch,
-        tokens,
-        heads,
-        scale,
-        keep_probabilities,
-    };
+    let op = Attention { batch, tokens, heads, scale, keep_probabilities };
     let out = qkv.apply_op1_no_bwd(&op)?;
     let y = out.narrow(0, 0, rows * d)?.reshape((rows, d))?;
     let probs = if keep_probabilities {
@@ -475,14 +509,18 @@ pub(crate) fn add_columns_(y: Tensor, delta: &Tensor, offset: usize) -> Result<T
     let (m, width) = y.dims2()?;
     let (md, w) = delta.dims2()?;
     if m != md || offset + w > width {
-        return Err(super::error::Error::weights("LoRA", format!("delta {:?} does not fit columns {offset}.. of {:?}", delta.dims(), y.dims())));
+        return Err(super::error::Error::weights(
+            "LoRA",
+            format!("delta {:?} does not fit columns {offset}.. of {:?}", delta.dims(), y.dims()),
+        ));
     }
     let delta = delta.contiguous()?;
     if fast_path(&[&y, &delta]) {
         y.inplace_op2(&delta, &AddColumns { offset, dst_width: width })?;
         Ok(y)
     } else {
-        let parts = [y.narrow(1, 0, offset)?, (y.narrow(1, offset, w)? + delta)?, y.narrow(1, offset + w, width - offset - w)?];
+        let parts =
+            [y.narrow(1, 0, offset)?, (y.narrow(1, offset, w)? + delta)?, y.narrow(1, offset + w, width - offset - w)?];
         Ok(Tensor::cat(&parts, 1)?)
     }
 }
@@ -529,7 +567,12 @@ mod tests {
     #[test]
     fn fused_bias_gelu_equals_add_then_gelu() {
         // 64 × 67: rows not a multiple of the SIMD width.
-        let x = Tensor::arange(0f32, 64.0 * 67.0, &Device::Cpu).unwrap().affine(0.003, -6.0).unwrap().reshape((64, 67)).unwrap();
+        let x = Tensor::arange(0f32, 64.0 * 67.0, &Device::Cpu)
+            .unwrap()
+            .affine(0.003, -6.0)
+            .unwrap()
+            .reshape((64, 67))
+            .unwrap();
         let b = Tensor::arange(0f32, 67.0, &Device::Cpu).unwrap().affine(0.05, -1.5).unwrap();
         let fused = bias_gelu_erf(x.copy().unwrap(), &b).unwrap();
         let plain = x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
@@ -575,7 +618,8 @@ mod tests {
         let (q, k, v) = (r.get(0).unwrap(), r.get(1).unwrap(), r.get(2).unwrap());
         let p = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t().unwrap()).unwrap() * 0.35).unwrap()).unwrap();
         let want = p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b * t, d)).unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let max_diff =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(max_diff(&y, &want) < 1e-5, "{}", max_diff(&y, &want));
         assert!(max_diff(probs.as_ref().unwrap(), &p) < 1e-6);
         let (y2, none) = attention(&qkv, b, t, heads, 0.35, false).unwrap();

@@ -200,7 +200,14 @@ impl ImportOptions {
         }
     }
 
-    fn metadata(&self, labels_count: usize, rank: usize, alpha: f64, target: LoraTarget, source: String) -> Result<AdapterMetadata> {
+    fn metadata(
+        &self,
+        labels_count: usize,
+        rank: usize,
+        alpha: f64,
+        target: LoraTarget,
+        source: String,
+    ) -> Result<AdapterMetadata> {
         let labels = match &self.labels {
             Some(l) if l.len() != labels_count => {
                 return Err(Error::Config(format!("{} labels given, the head has {labels_count} outputs", l.len())))
@@ -244,11 +251,13 @@ pub struct Adapter {
 impl Adapter {
     /// Assembles an adapter, checking that tensors and metadata agree (rank, target, scale,
     /// number of labels). Whether it fits a backbone is checked when it is registered.
-    pub fn new(metadata: AdapterMetadata, blocks: Vec<QkvLora>, head_weight: Tensor, head_bias: Tensor) -> Result<Self> {
-        let fail = |reason: String| Error::Adapter {
-            path: PathBuf::from(&metadata.task),
-            reason,
-        };
+    pub fn new(
+        metadata: AdapterMetadata,
+        blocks: Vec<QkvLora>,
+        head_weight: Tensor,
+        head_bias: Tensor,
+    ) -> Result<Self> {
+        let fail = |reason: String| Error::Adapter { path: PathBuf::from(&metadata.task), reason };
         metadata.validate().map_err(fail)?;
         if blocks.is_empty() {
             return Err(fail("no LoRA blocks".into()));
@@ -271,9 +280,9 @@ impl Adapter {
                 }
             }
         }
-        let (classes, features) = head_weight
-            .dims2()
-            .map_err(|_| fail(format!("head weight has shape {:?}, expected [classes, features]", head_weight.dims())))?;
+        let (classes, features) = head_weight.dims2().map_err(|_| {
+            fail(format!("head weight has shape {:?}, expected [classes, features]", head_weight.dims()))
+        })?;
         if head_bias.dims() != [classes] {
             return Err(fail(format!("head bias has shape {:?}, expected [{classes}]", head_bias.dims())));
         }
@@ -385,10 +394,7 @@ impl Adapter {
     /// Reads an adapter file written by [`save`](Self::save).
     pub fn load(path: &Path) -> Result<Self> {
         let file = read_bounded(path)?;
-        let fail = |reason: String| Error::Adapter {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let fail = |reason: String| Error::Adapter { path: path.to_path_buf(), reason };
         match file.metadata.get("format").map(String::as_str) {
             Some(FORMAT) => {}
             _ => {
@@ -401,7 +407,9 @@ impl Adapter {
         }
         match file.metadata.get("format_version").map(String::as_str) {
             Some(FORMAT_VERSION) => {}
-            other => return Err(fail(format!("format version {other:?} is not supported (expected {FORMAT_VERSION})"))),
+            other => {
+                return Err(fail(format!("format version {other:?} is not supported (expected {FORMAT_VERSION})")))
+            }
         }
         let json = file.metadata.get("adapter").ok_or_else(|| fail("no `adapter` metadata".into()))?;
         let metadata: AdapterMetadata = serde_json::from_str(json).map_err(|e| fail(format!("metadata: {e}")))?;
@@ -421,10 +429,9 @@ impl Adapter {
         let mut blocks = Vec::new();
         for i in 0.. {
             let block = match metadata.target {
-                LoraTarget::QV if file.contains(&format!("blocks.{i}.attn.q.lora_A")) => QkvLora::QV {
-                    q: pair(&format!("blocks.{i}.attn.q"))?,
-                    v: pair(&format!("blocks.{i}.attn.v"))?,
-                },
+                LoraTarget::QV if file.contains(&format!("blocks.{i}.attn.q.lora_A")) => {
+                    QkvLora::QV { q: pair(&format!("blocks.{i}.attn.q"))?, v: pair(&format!("blocks.{i}.attn.v"))? }
+                }
                 LoraTarget::Qkv if file.contains(&format!("blocks.{i}.attn.qkv.lora_A")) => {
                     QkvLora::Fused(pair(&format!("blocks.{i}.attn.qkv"))?)
                 }
@@ -433,10 +440,8 @@ impl Adapter {
             blocks.push(block);
         }
         // A gap in the numbering would silently drop the blocks after it.
-        let last_block = file
-            .names()
-            .filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
-            .max();
+        let last_block =
+            file.names().filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok()).max();
         if let Some(last) = last_block {
             if last >= blocks.len() {
                 return Err(fail(format!(
@@ -499,10 +504,7 @@ impl Adapter {
     /// the file's metadata (not part of MeLo's format), else the import is refused.
     pub fn import_melo(path: &Path, options: &ImportOptions) -> Result<Self> {
         let file = read_bounded(path)?;
-        let fail = |reason: String| Error::Adapter {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let fail = |reason: String| Error::Adapter { path: path.to_path_buf(), reason };
         let alpha = match options.alpha {
             Some(a) => a,
             None => match file.metadata.get("alpha").map(|s| s.parse::<f64>()) {
@@ -529,9 +531,8 @@ impl Adapter {
             return Err(fail(format!("expected one fc_{{dim}}in_{{C}}out head tensor, found {heads:?}")));
         };
         let head_weight = file.f32_any(head_name)?;
-        let (classes, dim) = head_weight
-            .dims2()
-            .map_err(|_| fail(format!("{head_name} has shape {:?}", head_weight.dims())))?;
+        let (classes, dim) =
+            head_weight.dims2().map_err(|_| fail(format!("{head_name} has shape {:?}", head_weight.dims())))?;
         if *head_name != format!("fc_{dim}in_{classes}out") {
             return Err(fail(format!("{head_name} has shape [{classes}, {dim}], its name says otherwise")));
         }
@@ -553,10 +554,7 @@ impl Adapter {
         };
         let mut blocks = Vec::with_capacity(count / 2);
         for i in 0..count / 2 {
-            blocks.push(QkvLora::QV {
-                q: factor(2 * i)?,
-                v: factor(2 * i + 1)?,
-            });
+            blocks.push(QkvLora::QV { q: factor(2 * i)?, v: factor(2 * i + 1)? });
         }
         if file.names().filter(|n| n.starts_with("w_b_")).count() != count {
             return Err(fail("numbers of w_a_XXX and w_b_XXX tensors differ".into()));
@@ -577,13 +575,9 @@ impl Adapter {
             (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
         };
         let config_path = dir.join("adapter_config.json");
-        let fail = |reason: String| Error::Adapter {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let fail = |reason: String| Error::Adapter { path: path.to_path_buf(), reason };
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: PeftConfig =
-            serde_json::from_str(&text).map_err(|e| fail(format!("adapter_config.json: {e}")))?;
+        let config: PeftConfig = serde_json::from_str(&text).map_err(|e| fail(format!("adapter_config.json: {e}")))?;
         config.check().map_err(&fail)?;
         let file = read_bounded(&weights)?;
 
@@ -593,7 +587,10 @@ impl Adapter {
         // PEFT's config is authoritative for alpha; a different one given by the caller is an error.
         let alpha = config.lora_alpha;
         if options.alpha.is_some_and(|a| a != alpha) {
-            return Err(fail(format!("alpha {:?} given, but adapter_config.json says lora_alpha = {alpha}", options.alpha)));
+            return Err(fail(format!(
+                "alpha {:?} given, but adapter_config.json says lora_alpha = {alpha}",
+                options.alpha
+            )));
         }
         let rank = config.r;
         let scale = if config.use_rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 };

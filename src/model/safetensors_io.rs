@@ -30,10 +30,7 @@ impl TensorFile {
 
     /// Parses bytes already in memory; `path` is only used in messages.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let bad = |reason: String| Error::NotSafetensors {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| Error::NotSafetensors { path: path.to_path_buf(), reason };
         // `deserialize` checks the header length, the JSON, and that every tensor's byte range
         // lies inside the buffer and matches its shape and type: truncated files fail here.
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
@@ -49,11 +46,7 @@ impl TensorFile {
                 .map_err(|e| bad(format!("tensor '{name}': {e}")))?;
             tensors.insert(name, tensor);
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            tensors,
-            metadata,
-        })
+        Ok(Self { path: path.to_path_buf(), tensors, metadata })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -82,9 +75,10 @@ impl TensorFile {
 
     /// The tensor `name` as contiguous f32, whatever its shape.
     pub fn f32_any(&self, name: &str) -> Result<Tensor> {
-        let tensor = self.tensors.get(name).ok_or_else(|| {
-            Error::weights(self.path.display().to_string(), format!("tensor '{name}' is missing"))
-        })?;
+        let tensor = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::weights(self.path.display().to_string(), format!("tensor '{name}' is missing")))?;
         if !matches!(tensor.dtype(), DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
             return Err(Error::weights(
                 self.path.display().to_string(),
@@ -131,10 +125,7 @@ pub(crate) fn serialize_f32(tensors: &BTreeMap<String, Tensor>, metadata: HashMa
     for (name, tensor) in tensors {
         let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        prepared.push((name.clone(), F32Bytes {
-            shape: tensor.dims().to_vec(),
-            bytes,
-        }));
+        prepared.push((name.clone(), F32Bytes { shape: tensor.dims().to_vec(), bytes }));
     }
     let views = prepared.iter().map(|(name, t)| (name.as_str(), t));
     safetensors::tensor::serialize(views, Some(metadata))

@@ -129,8 +129,8 @@ impl Config {
     /// Reads a JSON config (e.g. `assets/backbone/config.json`); unknown keys are ignored.
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Config = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let config: Config =
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         config.validate()?;
         Ok(config)
     }
@@ -209,11 +209,7 @@ impl LowRank {
         if !scale.is_finite() {
             return Err(Error::weights("LoRA", format!("scale {scale} is not finite")));
         }
-        Ok(Self {
-            a: a.to_dtype(DType::F32)?.contiguous()?,
-            b: b.to_dtype(DType::F32)?.contiguous()?,
-            scale,
-        })
+        Ok(Self { a: a.to_dtype(DType::F32)?.contiguous()?, b: b.to_dtype(DType::F32)?.contiguous()?, scale })
     }
 
     pub fn a(&self) -> &Tensor {
@@ -271,10 +267,7 @@ struct Linear {
 impl Linear {
     /// From a PyTorch weight [out, in].
     fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
-            bias,
-        })
+        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
     }
 
     /// x [M, in] → [M, out]; the bias is added in place into the fresh matmul output.
@@ -520,7 +513,12 @@ impl VisionTransformer {
                 eps: config.layer_norm_eps as f32,
             })
         };
-        let linear = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+        let linear = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+                      prefix: &str,
+                      out: usize,
+                      inp: usize,
+                      bias: bool|
+         -> Result<Linear> {
             let weight = get(&format!("{prefix}.weight"), &[out, inp])?;
             let bias = if bias { Some(get(&format!("{prefix}.bias"), &[out])?) } else { None };
             Linear::new(weight, bias)
@@ -539,14 +537,7 @@ impl VisionTransformer {
                 proj = proj.scale_outputs(&get(&format!("{b}.ls1.gamma"), &[d])?)?;
                 fc2 = fc2.scale_outputs(&get(&format!("{b}.ls2.gamma"), &[d])?)?;
             }
-            blocks.push(Block {
-                norm1,
-                qkv,
-                proj,
-                norm2,
-                fc1,
-                fc2,
-            });
+            blocks.push(Block { norm1, qkv, proj, norm2, fc1, fc2 });
         }
         let final_norm = norm(&mut get, "norm")?;
 
@@ -558,7 +549,12 @@ impl VisionTransformer {
                 let bias = if file.contains("head.bias") { Some(get("head.bias", &[shape[0]])?) } else { None };
                 Some(Linear::new(weight, bias)?)
             }
-            Some(shape) => return Err(Error::weights("head.weight", format!("shape {shape:?} does not read a {d}-wide CLS token"))),
+            Some(shape) => {
+                return Err(Error::weights(
+                    "head.weight",
+                    format!("shape {shape:?} does not read a {d}-wide CLS token"),
+                ))
+            }
             None => None,
         };
         let mut unexpected: Vec<&str> = file.names().filter(|n| !used.contains(*n)).collect();
@@ -616,15 +612,8 @@ impl VisionTransformer {
 
     /// The weights, for a differentiable re-implementation of [`forward`](Self::forward).
     pub fn weights(&self) -> VitWeights {
-        let lin = |l: &Linear| LinearWeights {
-            weight_t: l.weight_t.clone(),
-            bias: l.bias.clone(),
-        };
-        let norm = |n: &LayerNorm| NormWeights {
-            weight: n.weight.clone(),
-            bias: n.bias.clone(),
-            eps: n.eps,
-        };
+        let lin = |l: &Linear| LinearWeights { weight_t: l.weight_t.clone(), bias: l.bias.clone() };
+        let norm = |n: &LayerNorm| NormWeights { weight: n.weight.clone(), bias: n.bias.clone(), eps: n.eps };
         VitWeights {
             patch_weight: self.patch_weight.clone(),
             patch_bias: self.patch_bias.clone(),
@@ -657,7 +646,10 @@ impl VisionTransformer {
     pub fn check_lora(&self, lora: &[QkvLora]) -> Result<()> {
         let d = self.config.embed_dim;
         if lora.len() != self.config.depth {
-            return Err(Error::weights("LoRA", format!("{} blocks of updates for a {}-block model", lora.len(), self.config.depth)));
+            return Err(Error::weights(
+                "LoRA",
+                format!("{} blocks of updates for a {}-block model", lora.len(), self.config.depth),
+            ));
         }
         for (i, block) in lora.iter().enumerate() {
             let ok = match block {
@@ -737,11 +729,8 @@ impl VisionTransformer {
 
         // Patch embedding: [B,C,gh,p,gw,p] → [B·gh·gw, C·p·p] · Wᵀ.
         let x = pixels.to_dtype(DType::F32)?.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
-        let patches = x
-            .reshape((b, c, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b * n, c * p * p))?;
+        let patches =
+            x.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((b * n, c * p * p))?;
         let patches = add_repeated_(patches.matmul(&self.patch_weight)?, &self.patch_bias)?;
         let cls = self.cls_token.broadcast_as((b, 1, d))?;
         let tokens = Tensor::cat(&[&cls, &patches.reshape((b, n, d))?], 1)?;
@@ -754,11 +743,7 @@ impl VisionTransformer {
             x = self.block_forward(block, &x, b, t, block_lora, keep_attention.then_some(&mut attention))?;
         }
         let tokens = self.norm.forward(&x)?.reshape((b, t, d))?;
-        Ok(VitOutput {
-            tokens,
-            grid: (gh, gw),
-            attention,
-        })
+        Ok(VitOutput { tokens, grid: (gh, gw), attention })
     }
 
     /// One pre-norm block on x [B·T, dim].
@@ -777,7 +762,7 @@ impl VisionTransformer {
 
         let h = block.norm1.forward(x)?;
         let mut qkv = block.qkv.forward(&h)?; // [B·T, 3·dim], columns q | k | v
-        // LoRA deltas go into the fresh qkv output, before it is split into heads.
+                                              // LoRA deltas go into the fresh qkv output, before it is split into heads.
         match lora {
             Some(QkvLora::Fused(update)) => qkv = add_columns_(qkv, &update.delta(&h)?, 0)?,
             Some(QkvLora::QV { q, v }) => {
@@ -826,7 +811,8 @@ pub fn bicubic_matrix(n_in: usize, n_out: usize) -> Vec<f64> {
         let src = (o as f64 + 0.5) * scale - 0.5;
         let i0 = src.floor();
         let frac = src - i0;
-        let weights = [cubic_kernel(frac + 1.0), cubic_kernel(frac), cubic_kernel(1.0 - frac), cubic_kernel(2.0 - frac)];
+        let weights =
+            [cubic_kernel(frac + 1.0), cubic_kernel(frac), cubic_kernel(1.0 - frac), cubic_kernel(2.0 - frac)];
         for (k, w) in weights.iter().enumerate() {
             let tap = (i0 as i64 - 1 + k as i64).clamp(0, n_in as i64 - 1) as usize;
             m[o * n_in + tap] += w;
@@ -903,8 +889,10 @@ mod tests {
         assert_eq!(timm.image_size, 32);
         assert!(!timm.layer_scale);
         assert_eq!(timm.mlp_hidden_dim(), 256);
-        let dino: Config = serde_json::from_str(r#"{"image_size": 224, "patch_size": 14, "embed_dim": 384, "depth": 12,
-            "num_heads": 6, "layerscale": true, "pos_embed_grid": 37}"#)
+        let dino: Config = serde_json::from_str(
+            r#"{"image_size": 224, "patch_size": 14, "embed_dim": 384, "depth": 12,
+            "num_heads": 6, "layerscale": true, "pos_embed_grid": 37}"#,
+        )
         .unwrap();
         assert!(dino.layer_scale);
         assert_eq!(dino, Config::dinov2_vits14());

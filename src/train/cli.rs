@@ -120,7 +120,8 @@ impl TrainArgs {
     pub fn options(&self) -> Result<TrainOptions> {
         let backbone = match &self.backbone {
             Some(b) => b.clone(),
-            None => default_backbone_dir().ok_or_else(|| Error::Options("no backbone folder found; pass --backbone DIR".into()))?,
+            None => default_backbone_dir()
+                .ok_or_else(|| Error::Options("no backbone folder found; pass --backbone DIR".into()))?,
         };
         let task = match &self.task {
             Some(t) => t.clone(),
@@ -155,11 +156,7 @@ impl TrainArgs {
             pooling: self.pooling.into(),
             backbone,
             limit: self.limit,
-            split: SplitFractions {
-                val: self.val_fraction,
-                test: self.test_fraction,
-                seed: self.seed,
-            },
+            split: SplitFractions { val: self.val_fraction, test: self.test_fraction, seed: self.seed },
             resume: self.resume,
             stop_after: self.stop_after,
             head_epochs: self.head_epochs,

@@ -61,11 +61,7 @@ pub struct SplitFractions {
 
 impl Default for SplitFractions {
     fn default() -> Self {
-        Self {
-            val: 0.1,
-            test: 0.2,
-            seed: 0,
-        }
+        Self { val: 0.1, test: 0.2, seed: 0 }
     }
 }
 
@@ -136,16 +132,17 @@ impl DataSource {
     /// (default `class_0` …) and must match the folder names of an ImageFolder if given.
     pub fn open(path: &Path, labels: Option<&[String]>, fractions: SplitFractions) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let source = if meta.is_dir() {
-            Self::open_folder(path, fractions)?
-        } else {
-            Self::open_npz(path, labels)?
-        };
+        let source = if meta.is_dir() { Self::open_folder(path, fractions)? } else { Self::open_npz(path, labels)? };
         if let Some(labels) = labels {
             if labels.len() != source.classes.len() {
                 return Err(Error::data(
                     path,
-                    format!("{} labels given ({}), the data has {} classes", labels.len(), labels.join(","), source.classes.len()),
+                    format!(
+                        "{} labels given ({}), the data has {} classes",
+                        labels.len(),
+                        labels.join(","),
+                        source.classes.len()
+                    ),
                 ));
             }
         }
@@ -195,7 +192,14 @@ impl DataSource {
 
     /// Decodes and preprocesses a split (in parallel), at most `limit` items (the first ones).
     /// Items that fail to decode are skipped and listed.
-    pub fn prepare(&self, split: Split, size: usize, mean: [f32; 3], std: [f32; 3], limit: Option<usize>) -> Result<Prepared> {
+    pub fn prepare(
+        &self,
+        split: Split,
+        size: usize,
+        mean: [f32; 3],
+        std: [f32; 3],
+        limit: Option<usize>,
+    ) -> Result<Prepared> {
         let n = self.len(split).min(limit.unwrap_or(usize::MAX));
         let results: Vec<std::result::Result<Vec<f32>, String>> = (0..n)
             .into_par_iter()
@@ -241,7 +245,12 @@ impl DataSource {
                     Some(c) if *c != names => {
                         return Err(Error::data(
                             dir,
-                            format!("{} has classes [{}] but train has [{}]", split.name(), names.join(", "), c.join(", ")),
+                            format!(
+                                "{} has classes [{}] but train has [{}]",
+                                split.name(),
+                                names.join(", "),
+                                c.join(", ")
+                            ),
                         ))
                     }
                     Some(_) => {}
@@ -255,11 +264,7 @@ impl DataSource {
             let classes = classes.unwrap_or_default();
             check_classes(dir, &classes)?;
             let [train, val, test]: [Vec<(PathBuf, usize)>; 3] = parts.try_into().expect("three splits");
-            return Ok(Self {
-                path: dir.to_path_buf(),
-                classes,
-                items: Items::Files([train, val, test]),
-            });
+            return Ok(Self { path: dir.to_path_buf(), classes, items: Items::Files([train, val, test]) });
         }
         // One folder of class folders: a stratified split, the same for the same seed.
         if !(fractions.val >= 0.0 && fractions.test >= 0.0 && fractions.val + fractions.test < 1.0) {
@@ -273,7 +278,8 @@ impl DataSource {
         check_classes(dir, &classes)?;
         let mut parts: [Vec<(PathBuf, usize)>; 3] = Default::default();
         for (label, (_, mut files)) in found.into_iter().enumerate() {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(fractions.seed.wrapping_mul(1_000_003).wrapping_add(label as u64));
+            let mut rng =
+                rand::rngs::StdRng::seed_from_u64(fractions.seed.wrapping_mul(1_000_003).wrapping_add(label as u64));
             files.shuffle(&mut rng);
             let n = files.len();
             let n_test = ((n as f64) * fractions.test).round() as usize;
@@ -282,15 +288,17 @@ impl DataSource {
                 return Err(Error::data(dir, format!("class {} has {n} images, too few to split", classes[label])));
             }
             for (k, f) in files.into_iter().enumerate() {
-                let split = if k < n_test { 2 } else if k < n_test + n_val { 1 } else { 0 };
+                let split = if k < n_test {
+                    2
+                } else if k < n_test + n_val {
+                    1
+                } else {
+                    0
+                };
                 parts[split].push((f, label));
             }
         }
-        Ok(Self {
-            path: dir.to_path_buf(),
-            classes,
-            items: Items::Files(parts),
-        })
+        Ok(Self { path: dir.to_path_buf(), classes, items: Items::Files(parts) })
     }
 
     fn open_npz(path: &Path, labels: Option<&[String]>) -> Result<Self> {
@@ -298,17 +306,21 @@ impl DataSource {
         let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| Error::data(path, format!("not a .npz (zip) archive and not a folder: {e}")))?;
         let mut read_npy = |name: &str| -> Result<(Vec<u64>, String, Vec<u8>)> {
-            let mut entry = archive
-                .by_name(&format!("{name}.npy"))
-                .map_err(|_| Error::data(path, format!("no `{name}` array (expected MedMNIST keys train/val/test_images, _labels)")))?;
+            let mut entry = archive.by_name(&format!("{name}.npy")).map_err(|_| {
+                Error::data(path, format!("no `{name}` array (expected MedMNIST keys train/val/test_images, _labels)"))
+            })?;
             // Bounded read: MedMNIST files are megabytes; a lying entry must not exhaust memory.
             const LIMIT: u64 = 4 << 30;
             if entry.size() > LIMIT {
-                return Err(Error::data(path, format!("`{name}` is {} bytes uncompressed, over the 4 GiB limit", entry.size())));
+                return Err(Error::data(
+                    path,
+                    format!("`{name}` is {} bytes uncompressed, over the 4 GiB limit", entry.size()),
+                ));
             }
             let mut bytes = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut bytes).map_err(|e| Error::data(path, format!("`{name}`: {e}")))?;
-            let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| Error::data(path, format!("`{name}` is not a .npy array: {e}")))?;
+            let npy = npyz::NpyFile::new(&bytes[..])
+                .map_err(|e| Error::data(path, format!("`{name}` is not a .npy array: {e}")))?;
             if npy.order() != npyz::Order::C && npy.shape().len() > 1 {
                 return Err(Error::data(path, format!("`{name}` is stored in Fortran order; save it C-contiguous")));
             }
@@ -327,7 +339,10 @@ impl DataSource {
                 other => {
                     return Err(Error::data(
                         path,
-                        format!("{}_images has shape {other:?}; expected [N, H, W] (grey) or [N, H, W, 3] (RGB)", split.name()),
+                        format!(
+                            "{}_images has shape {other:?}; expected [N, H, W] (grey) or [N, H, W, 3] (RGB)",
+                            split.name()
+                        ),
                     ))
                 }
             };
@@ -345,23 +360,19 @@ impl DataSource {
                 other => {
                     return Err(Error::data(
                         path,
-                        format!("{}_labels has shape {other:?}; expected [N] or [N, 1] (one class index per image)", split.name()),
+                        format!(
+                            "{}_labels has shape {other:?}; expected [N] or [N, 1] (one class index per image)",
+                            split.name()
+                        ),
                     ))
                 }
             };
             if n_labels != n_images {
-                return Err(Error::data(
-                    path,
-                    format!("{}: {n_images} images but {n_labels} labels", split.name()),
-                ));
+                return Err(Error::data(path, format!("{}: {n_images} images but {n_labels} labels", split.name())));
             }
-            let labels = read_int_labels(&lbytes, &ldtype).map_err(|reason| Error::data(path, format!("{}_labels: {reason}", split.name())))?;
-            images.push(NpzImages {
-                pixels,
-                rows,
-                cols,
-                channels,
-            });
+            let labels = read_int_labels(&lbytes, &ldtype)
+                .map_err(|reason| Error::data(path, format!("{}_labels: {reason}", split.name())))?;
+            images.push(NpzImages { pixels, rows, cols, channels });
             all_labels.push(labels);
         }
         // Classes are 0 ..= the largest label; `open` checks given names against that count.
@@ -372,18 +383,14 @@ impl DataSource {
         train_classes.sort_unstable();
         train_classes.dedup();
         if train_classes.len() < 2 {
-            return Err(Error::data(path, format!("the training split has {} class(es); a classifier needs at least 2", train_classes.len())));
+            return Err(Error::data(
+                path,
+                format!("the training split has {} class(es); a classifier needs at least 2", train_classes.len()),
+            ));
         }
         let [a, b, c]: [NpzImages; 3] = images.try_into().expect("three splits");
         let [la, lb, lc]: [Vec<usize>; 3] = all_labels.try_into().expect("three splits");
-        Ok(Self {
-            path: path.to_path_buf(),
-            classes,
-            items: Items::Npz {
-                images: [a, b, c],
-                labels: [la, lb, lc],
-            },
-        })
+        Ok(Self { path: path.to_path_buf(), classes, items: Items::Npz { images: [a, b, c], labels: [la, lb, lc] } })
     }
 }
 
@@ -396,14 +403,7 @@ fn raster_like(values: Vec<f32>, rows: usize, cols: usize, channels: usize) -> M
         bits_stored: 8,
         ..ImageMeta::default()
     };
-    MedicalImage {
-        meta,
-        frames: 1,
-        rows,
-        cols,
-        channels,
-        values,
-    }
+    MedicalImage { meta, frames: 1, rows, cols, channels, values }
 }
 
 /// Integer labels of any NumPy integer dtype, as class indices.
@@ -421,10 +421,7 @@ fn read_int_labels(bytes: &[u8], dtype: &str) -> std::result::Result<Vec<usize>,
         other => return Err(format!("dtype {other} is not an integer type")),
     }
     .map_err(|e| e.to_string())?;
-    values
-        .into_iter()
-        .map(|v| usize::try_from(v).map_err(|_| format!("negative label {v}")))
-        .collect()
+    values.into_iter().map(|v| usize::try_from(v).map_err(|_| format!("negative label {v}"))).collect()
 }
 
 /// The class folders of `dir` (sorted by name) with their image files (sorted).

@@ -85,20 +85,15 @@ impl Linear {
             }
             None => None,
         };
-        Ok(Self {
-            weight_t: weight.as_tensor().clone(),
-            frozen: None,
-            bias,
-        })
+        Ok(Self { weight_t: weight.as_tensor().clone(), frozen: None, bias })
     }
 
     /// x [M, in] → [M, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.frozen {
-            Some(f) => x.contiguous()?.apply_op1(FrozenMatmul {
-                weight_t: f.weight_t.clone(),
-                weight: f.weight.clone(),
-            })?,
+            Some(f) => {
+                x.contiguous()?.apply_op1(FrozenMatmul { weight_t: f.weight_t.clone(), weight: f.weight.clone() })?
+            }
             None => x.matmul(&self.weight_t)?,
         };
         Ok(match &self.bias {
@@ -126,11 +121,7 @@ impl Norm {
             }
             None => (n.weight.clone(), n.bias.clone()),
         };
-        Ok(Self {
-            weight,
-            bias,
-            eps: f64::from(n.eps),
-        })
+        Ok(Self { weight, bias, eps: f64::from(n.eps) })
     }
 
     /// LayerNorm over the last dimension, from primitive (differentiable) ops.
@@ -209,10 +200,7 @@ impl GradVit {
             }
         };
         let patch = lin(
-            &LinearWeights {
-                weight_t: w.patch_weight.clone(),
-                bias: Some(w.patch_bias.clone()),
-            },
+            &LinearWeights { weight_t: w.patch_weight.clone(), bias: Some(w.patch_bias.clone()) },
             &mut backbone_vars,
             "patch_embed",
         )?;
@@ -233,14 +221,7 @@ impl GradVit {
             let norm2 = Norm::new(&b.norm2, if full { Some((&mut backbone_vars, n2.as_str())) } else { None })?;
             let fc1 = lin(&b.fc1, &mut backbone_vars, &name("mlp.fc1"))?;
             let fc2 = lin(&b.fc2, &mut backbone_vars, &name("mlp.fc2"))?;
-            blocks.push(Block {
-                norm1,
-                qkv,
-                proj,
-                norm2,
-                fc1,
-                fc2,
-            });
+            blocks.push(Block { norm1, qkv, proj, norm2, fc1, fc2 });
         }
         let norm = Norm::new(&w.norm, if full { Some((&mut backbone_vars, "norm")) } else { None })?;
         let (lora, lora_scale) = match trainable {
@@ -297,11 +278,8 @@ impl GradVit {
         let n = gh * gw;
         let t = n + 1;
         let x = pixels.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
-        let patches = x
-            .reshape((b, c, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b * n, c * p * p))?;
+        let patches =
+            x.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((b * n, c * p * p))?;
         let patches = self.patch.forward(&patches)?;
         let d = patches.dim(1)?;
         let cls = self.cls_token.broadcast_as((b, 1, d))?;
@@ -320,7 +298,15 @@ impl GradVit {
         })
     }
 
-    fn block(&self, block: &Block, lora: Option<&BlockLora>, x: &Tensor, b: usize, t: usize, d: usize) -> Result<Tensor> {
+    fn block(
+        &self,
+        block: &Block,
+        lora: Option<&BlockLora>,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        d: usize,
+    ) -> Result<Tensor> {
         let nh = self.num_heads;
         let hd = d / nh;
         let h = block.norm1.forward(x)?;

@@ -57,17 +57,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub(crate) fn data(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Data {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Error::Data { path: path.into(), reason: reason.into() }
     }
 }
 

@@ -193,13 +193,7 @@ impl AdamW {
     fn new(params: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
         let m = params.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         let v = m.clone();
-        Ok(Self {
-            params,
-            m,
-            v,
-            step: 0,
-            weight_decay,
-        })
+        Ok(Self { params, m, v, step: 0, weight_decay })
     }
 
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
@@ -242,10 +236,7 @@ pub fn learning_rate(step: usize, total: usize, lr: f64, min_lr: f64, warmup: f6
 pub fn class_weights(counts: &[usize]) -> Vec<f32> {
     let n: usize = counts.iter().sum();
     let present = counts.iter().filter(|&&c| c > 0).count().max(1);
-    counts
-        .iter()
-        .map(|&c| if c == 0 { 0.0 } else { n as f32 / (present as f32 * c as f32) })
-        .collect()
+    counts.iter().map(|&c| if c == 0 { 0.0 } else { n as f32 / (present as f32 * c as f32) }).collect()
 }
 
 /// Mean weighted cross-entropy with label smoothing ε: targets (1 − ε)·onehot + ε / C, each
@@ -342,7 +333,10 @@ fn check_options(o: &TrainOptions) -> Result<()> {
     if !(o.lr > 0.0 && o.lr.is_finite()) || !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
         return bad(format!("--lr {} must be positive and at least --min-lr {}", o.lr, o.min_lr));
     }
-    if !(0.0..1.0).contains(&o.label_smoothing) || !(0.0..1.0).contains(&o.warmup) || !(o.weight_decay >= 0.0 && o.weight_decay < 1.0) {
+    if !(0.0..1.0).contains(&o.label_smoothing)
+        || !(0.0..1.0).contains(&o.warmup)
+        || !(o.weight_decay >= 0.0 && o.weight_decay < 1.0)
+    {
         return bad("--label-smoothing, --warmup and --weight-decay must be in [0, 1)".into());
     }
     if o.method == Method::Lora && (o.rank == 0 || !o.alpha.is_finite()) {
@@ -441,10 +435,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
     let head = Head::new(c, feature_dim, &mut rng)?;
     let lora_scale = o.alpha / o.rank.max(1) as f64;
     let trainable = match o.method {
-        Method::Lora => Trainable::Lora {
-            rank: o.rank,
-            scale: lora_scale,
-        },
+        Method::Lora => Trainable::Lora { rank: o.rank, scale: lora_scale },
         Method::Linear => Trainable::Head,
         Method::Full => Trainable::Full,
     };
@@ -453,7 +444,11 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
     let t_train = Instant::now();
     let model = match o.method {
         Method::Linear => {
-            let bar = progress_bar(o.progress, (train_set.len() * flip_variants(o.augment) + val_set.len() + test_set.len()) as u64, "features");
+            let bar = progress_bar(
+                o.progress,
+                (train_set.len() * flip_variants(o.augment) + val_set.len() + test_set.len()) as u64,
+                "features",
+            );
             let mut variants: [Option<Tensor>; 4] = Default::default();
             for (k, slot) in variants.iter_mut().enumerate().take(flip_variants(o.augment)) {
                 let flip = (k & 1 == 1, k & 2 == 2);
@@ -514,13 +509,11 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
     let first_epoch = meta.epochs_done;
     for epoch in meta.epochs_done..o.epochs {
         if o.stop_after.is_some_and(|n| epoch >= first_epoch + n) {
-            return Err(Error::Stopped {
-                epochs_done: epoch,
-                checkpoint: ckpt,
-            });
+            return Err(Error::Stopped { epochs_done: epoch, checkpoint: ckpt });
         }
         let t_epoch = Instant::now();
-        let mut erng = rand::rngs::StdRng::seed_from_u64(o.seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)));
+        let mut erng =
+            rand::rngs::StdRng::seed_from_u64(o.seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)));
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         order.shuffle(&mut erng);
         let flips: Vec<(bool, bool)> = order
@@ -560,11 +553,18 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
             meta.step += 1;
             let l = f64::from(loss.to_scalar::<f32>()?);
             if !l.is_finite() {
-                return Err(Error::Options(format!("the loss became {l} at epoch {} (learning rate {lr:.2e} too high?)", epoch + 1)));
+                return Err(Error::Options(format!(
+                    "the loss became {l} at epoch {} (learning rate {lr:.2e} too high?)",
+                    epoch + 1
+                )));
             }
             loss_sum += l * chunk.len() as f64;
             let done = (s * o.batch + chunk.len()) as f64;
-            bar.set_message(format!("loss {:.4}  {:.1} img/s", loss_sum / done, done / t_epoch.elapsed().as_secs_f64()));
+            bar.set_message(format!(
+                "loss {:.4}  {:.1} img/s",
+                loss_sum / done,
+                done / t_epoch.elapsed().as_secs_f64()
+            ));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -601,11 +601,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
             meta.best_val_auc = auc;
             meta.best_val_loss = val.loss;
             meta.best_epoch = epoch + 1;
-            best = opt
-                .params
-                .iter()
-                .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
-                .collect::<Result<_>>()?;
+            best = opt.params.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect::<Result<_>>()?;
         }
         meta.history.push(record);
         meta.epochs_done = epoch + 1;
@@ -622,7 +618,8 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
     let val = evaluate(&val_probs, &val_set.labels, &classes);
     let test_probs = predict_split(&model, &head, vit, &test_set, Split::Test, o, lora_scale, &pos)?;
     let test = evaluate(&test_probs, &test_set.labels, &classes);
-    let test_probabilities_head: Vec<Vec<f32>> = test_probs.chunks(c).take(REPORT_TEST_HEAD).map(<[f32]>::to_vec).collect();
+    let test_probabilities_head: Vec<Vec<f32>> =
+        test_probs.chunks(c).take(REPORT_TEST_HEAD).map(<[f32]>::to_vec).collect();
     eprintln!(
         "best epoch {} (val AUC {:.4}); test: accuracy {:.4}, macro F1 {:.4}, macro AUC {}",
         meta.best_epoch,
@@ -696,7 +693,9 @@ fn head_phase(
     let total = steps_per_epoch * o.head_epochs;
     let mut best: Option<(f64, f64, Vec<Tensor>)> = None;
     for epoch in 0..o.head_epochs {
-        let mut erng = rand::rngs::StdRng::seed_from_u64(o.seed ^ 0xA5A5_5A5A ^ (epoch as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut erng = rand::rngs::StdRng::seed_from_u64(
+            o.seed ^ 0xA5A5_5A5A ^ (epoch as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        );
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         order.shuffle(&mut erng);
         for (s, chunk) in order.chunks(o.batch).enumerate() {
@@ -705,14 +704,19 @@ fn head_phase(
                 .map(|&i| train[erng.random_range(0..variants)].get(i))
                 .collect::<candle_core::Result<_>>()?;
             let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
-            let loss = smoothed_cross_entropy(&head.forward(&Tensor::stack(&rows, 0)?)?, &labels, weights, o.label_smoothing)?;
+            let loss =
+                smoothed_cross_entropy(&head.forward(&Tensor::stack(&rows, 0)?)?, &labels, weights, o.label_smoothing)?;
             let lr = learning_rate(epoch * steps_per_epoch + s, total, o.head_lr, o.min_lr, o.warmup);
             opt.step(&loss.backward()?, lr)?;
         }
         let e = evaluate(&softmax_rows(&head.forward(&val)?)?, &val_set.labels, classes);
         let auc = e.macro_auc.unwrap_or(e.accuracy);
         if best.as_ref().is_none_or(|(a, l, _)| auc > *a || (auc == *a && e.loss < *l)) {
-            best = Some((auc, e.loss, head.vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?));
+            best = Some((
+                auc,
+                e.loss,
+                head.vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?,
+            ));
         }
     }
     let Some((auc, _, tensors)) = best else { return Ok(None) };
@@ -736,7 +740,9 @@ fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(prefix.to_string());
@@ -755,7 +761,8 @@ fn count_backbone_parameters(vit: &VisionTransformer) -> Result<usize> {
 /// kept frozen (it is resized bicubically to each input grid).
 fn count_trained_backbone_parameters(vit: &VisionTransformer) -> usize {
     let w = vit.weights();
-    let lin = |l: &crate::model::vit::LinearWeights| l.weight_t.elem_count() + l.bias.as_ref().map_or(0, Tensor::elem_count);
+    let lin =
+        |l: &crate::model::vit::LinearWeights| l.weight_t.elem_count() + l.bias.as_ref().map_or(0, Tensor::elem_count);
     let norm = |n: &crate::model::vit::NormWeights| n.weight.elem_count() + n.bias.elem_count();
     w.patch_weight.elem_count()
         + w.patch_bias.elem_count()
@@ -768,7 +775,13 @@ fn count_trained_backbone_parameters(vit: &VisionTransformer) -> usize {
 }
 
 /// Pooled frozen features [N, F] of a prepared split, by the engine's inference pass.
-fn frozen_features(vit: &VisionTransformer, data: &Prepared, flip: (bool, bool), pooling: Pooling, bar: &indicatif::ProgressBar) -> Result<Tensor> {
+fn frozen_features(
+    vit: &VisionTransformer,
+    data: &Prepared,
+    flip: (bool, bool),
+    pooling: Pooling,
+    bar: &indicatif::ProgressBar,
+) -> Result<Tensor> {
     let mut parts = Vec::new();
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(32) {
@@ -818,7 +831,16 @@ fn current_lora(model: &Model, vit: &VisionTransformer, scale: f64) -> Result<(V
 /// Probabilities [n × C] on a prepared split with the current weights. Adapters (LoRA, linear)
 /// go through the engine's inference path; full fine-tuning through the differentiable one.
 #[allow(clippy::too_many_arguments)]
-fn predict_split(model: &Model, head: &Head, vit: &VisionTransformer, data: &Prepared, split: Split, o: &TrainOptions, scale: f64, pos: &Tensor) -> Result<Vec<f32>> {
+fn predict_split(
+    model: &Model,
+    head: &Head,
+    vit: &VisionTransformer,
+    data: &Prepared,
+    split: Split,
+    o: &TrainOptions,
+    scale: f64,
+    pos: &Tensor,
+) -> Result<Vec<f32>> {
     let idx: Vec<usize> = (0..data.len()).collect();
     let mut probs = Vec::with_capacity(data.len() * 8);
     match model {
@@ -876,7 +898,14 @@ fn metrics_map(report: &TrainReport) -> BTreeMap<String, f64> {
     m
 }
 
-fn build_adapter(model: &Model, head: &Head, vit: &VisionTransformer, o: &TrainOptions, report: &TrainReport, scale: f64) -> Result<Adapter> {
+fn build_adapter(
+    model: &Model,
+    head: &Head,
+    vit: &VisionTransformer,
+    o: &TrainOptions,
+    report: &TrainReport,
+    scale: f64,
+) -> Result<Adapter> {
     let (blocks, rank, alpha) = current_lora(model, vit, scale)?;
     let mut metadata = AdapterMetadata::for_backbone(&o.task, report.classes.clone(), vit);
     metadata.description = o.description.clone();
@@ -946,13 +975,15 @@ fn save_checkpoint(path: &Path, meta: &CheckpointMeta, opt: &AdamW, best: &HashM
     write_safetensors(path, tensors, HashMap::from([("checkpoint".to_string(), json)]))
 }
 
-fn load_checkpoint(path: &Path, fingerprint: &str, opt: &mut AdamW) -> Result<(CheckpointMeta, HashMap<String, Tensor>)> {
-    let fail = |reason: String| Error::Resume {
-        path: path.to_path_buf(),
-        reason,
-    };
+fn load_checkpoint(
+    path: &Path,
+    fingerprint: &str,
+    opt: &mut AdamW,
+) -> Result<(CheckpointMeta, HashMap<String, Tensor>)> {
+    let fail = |reason: String| Error::Resume { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fail(format!("not a checkpoint: {e}")))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fail(format!("not a checkpoint: {e}")))?;
     let json = header
         .metadata()
         .as_ref()
@@ -968,9 +999,15 @@ fn load_checkpoint(path: &Path, fingerprint: &str, opt: &mut AdamW) -> Result<(C
     let mut best = HashMap::new();
     for (i, (name, var)) in opt.params.iter().enumerate() {
         let get = |prefix: &str| -> Result<Tensor> {
-            let t = tensors.get(&format!("{prefix}.{name}")).ok_or_else(|| fail(format!("tensor {prefix}.{name} missing")))?;
+            let t = tensors
+                .get(&format!("{prefix}.{name}"))
+                .ok_or_else(|| fail(format!("tensor {prefix}.{name} missing")))?;
             if t.dims() != var.dims() {
-                return Err(fail(format!("tensor {prefix}.{name} has shape {:?}, expected {:?}", t.dims(), var.dims())));
+                return Err(fail(format!(
+                    "tensor {prefix}.{name} has shape {:?}, expected {:?}",
+                    t.dims(),
+                    var.dims()
+                )));
             }
             Ok(t.clone())
         };

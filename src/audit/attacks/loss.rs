@@ -60,6 +60,10 @@ impl Attack for LossAttack {
             }
         }
         let m = (p.timesteps.len() * p.draws) as f64;
-        Ok(AttackOutput { evaluated: (0..n).collect(), scores: acc.iter().map(|a| -a / m).collect(), notes: Vec::new() })
+        Ok(AttackOutput {
+            evaluated: (0..n).collect(),
+            scores: acc.iter().map(|a| -a / m).collect(),
+            notes: Vec::new(),
+        })
     }
 }

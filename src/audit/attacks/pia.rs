@@ -49,10 +49,8 @@ impl Attack for PiaAttack {
         runner.label = format!("PIA: ε_θ(x_t, {t})");
         let eps_t = runner.eps(&x_t, t)?;
         let diff = rows(&(eps0 - eps_t)?)?;
-        let scores = diff
-            .iter()
-            .map(|r| -r.iter().map(|&v| (v as f64).abs().powf(p)).sum::<f64>().powf(1.0 / p))
-            .collect();
+        let scores =
+            diff.iter().map(|r| -r.iter().map(|&v| (v as f64).abs().powf(p)).sum::<f64>().powf(1.0 / p)).collect();
         Ok(AttackOutput { evaluated: (0..input.is_member.len()).collect(), scores, notes: Vec::new() })
     }
 }

@@ -64,7 +64,13 @@ pub fn trajectory_timesteps(t_start: usize, steps: usize) -> Vec<usize> {
 
 /// Noises `x0` to `t_start` with `noise` and runs DDIM back down; returns x̂₀ after every step
 /// (the last is the final reconstruction).
-pub fn generate_back(runner: &mut QueryRunner, x0: &Tensor, noise: &Tensor, t_start: usize, steps: usize) -> Result<Vec<Tensor>> {
+pub fn generate_back(
+    runner: &mut QueryRunner,
+    x0: &Tensor,
+    noise: &Tensor,
+    t_start: usize,
+    steps: usize,
+) -> Result<Vec<Tensor>> {
     let schedule = runner.model.schedule.clone();
     let ts = trajectory_timesteps(t_start, steps);
     let mut x = schedule.add_noise(x0, noise, t_start)?;
@@ -177,7 +183,10 @@ impl Attack for TrajectoryAttack {
         for &t in &p.strengths {
             check_timestep(runner.model, t, "trajectory strength")?;
             if t < p.steps {
-                return Err(Error::Params(format!("trajectory strength t₀ = {t} is smaller than its {} steps", p.steps)));
+                return Err(Error::Params(format!(
+                    "trajectory strength t₀ = {t} is smaller than its {} steps",
+                    p.steps
+                )));
             }
         }
         // Split first: a bad split should fail before any model call.
@@ -221,8 +230,5 @@ pub fn reconstruction(
     let mut ignore = |_: crate::audit::Progress| {};
     let mut runner = QueryRunner::new(model, 1, &cancel, &mut ignore, steps);
     let estimates = generate_back(&mut runner, &x0, &noise, t_start, steps)?;
-    estimates
-        .iter()
-        .map(|e| Ok(Image2d::from_chw(&rows(e)?[0], c, h, w)))
-        .collect()
+    estimates.iter().map(|e| Ok(Image2d::from_chw(&rows(e)?[0], c, h, w))).collect()
 }

@@ -54,3 +54,23 @@ fn every_fixture_still_decodes_under_the_cap() {
     // 19 of the fixtures decode (tests/dicom_pydicom_parity.rs checks their values).
     assert_eq!(decoded, 19);
 }
+
+/// Fuzzing finds (tests/data/fuzz/README.md): each gives a clear error, without aborting and
+/// without a gigabyte allocation.
+#[test]
+fn fuzz_regressions_are_clear_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz");
+    for (name, expected) in [
+        ("dicom_abort_string_length_implicit.dcm", "claims 2013265926 bytes"),
+        ("dicom_abort_string_length_no_meta.dcm", "claims 285278480 bytes"),
+    ] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let err = melo::image::load_image_bytes(&bytes, &LoadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+    let npz = dir.join("npz_lying_entry_size.npz");
+    let opened = melo::train::data::DataSource::open(&npz, None, melo::train::data::SplitFractions::default());
+    let err = opened.err().expect("a mutated npz is refused").to_string();
+    assert!(err.contains("npz_lying_entry_size.npz"), "{err}");
+    assert!(peak_rss_mib() < 512, "peak RSS {} MiB", peak_rss_mib());
+}

@@ -87,10 +87,16 @@ impl SampleSet {
                 Err(zip::result::ZipError::FileNotFound) => return Ok(None),
                 Err(e) => return Err(Error::Data(format!("{}: cannot read {name} ({e})", path.display()))),
             };
+            // Bounded: a zip bomb stops here instead of exhausting memory.
+            const MAX_ENTRY_BYTES: u64 = 4 << 30;
             let mut bytes = Vec::new();
-            entry
+            (&mut entry)
+                .take(MAX_ENTRY_BYTES + 1)
                 .read_to_end(&mut bytes)
                 .map_err(|e| Error::Data(format!("{}: cannot read {name} ({e})", path.display())))?;
+            if bytes.len() as u64 > MAX_ENTRY_BYTES {
+                return Err(Error::Data(format!("{}: {name} inflates past 4 GiB", path.display())));
+            }
             Ok(Some(bytes))
         };
         let bytes = read_entry(&mut zip, "images.npy")?

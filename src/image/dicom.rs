@@ -70,6 +70,16 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
 }
 
 fn parse_plain(bytes: &[u8], body: Option<&[u8]>) -> Result<(DefaultDicomObject, bool)> {
+    if let Some(lenient) = body.and_then(read_meta_leniently) {
+        let body = body.unwrap_or_default();
+        check_value_lengths(&body[4..lenient.dataset_offset], true, true)?;
+        let rest = &body[lenient.dataset_offset..];
+        let (_, little) = encoding_of(&lenient.transfer_syntax);
+        // The VR form the first element shows, as parse_with_other_encoding reads it: some
+        // writers declare one and write the other.
+        let explicit = rest.len() >= 6 && rest[4].is_ascii_uppercase() && VR::from_binary([rest[4], rest[5]]).is_some();
+        check_value_lengths(rest, explicit, little)?;
+    }
     match body {
         Some(body) => match OpenFileOptions::new().read_preamble(ReadPreamble::Never).from_reader(body) {
             Ok(obj) => Ok((obj, false)),
@@ -247,6 +257,7 @@ fn parse_without_meta(bytes: &[u8]) -> Result<DefaultDicomObject> {
         (true, true) => entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
         (true, false) => entries::EXPLICIT_VR_BIG_ENDIAN.erased(),
     };
+    check_value_lengths(bytes, explicit, little)?;
     let dataset = InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| Error::Parse(e.to_string()))?;
     let sop_class = string_of(&dataset, tags::SOP_CLASS_UID).unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.7".into());
     let sop_instance = string_of(&dataset, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "2.25.0".into());
@@ -962,4 +973,121 @@ fn modality_lut_sequence(obj: &DefaultDicomObject, signed: bool) -> Option<(usiz
     }
     data.truncate(entries);
     Some((entries, first, data))
+}
+
+/// Values dicom-rs reads into a buffer sized from the header with a fallible reservation (the
+/// allocation cap turns a lying length into an error); every other VR goes through an
+/// infallible `resize`, where the cap would abort instead.
+fn read_fallibly(vr: VR) -> bool {
+    matches!(vr, VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN)
+}
+
+/// Walks a data set's element headers before dicom-rs reads it and refuses one whose non-byte
+/// value (text, numbers, tags) claims more bytes than the file has left: dicom-rs would
+/// zero-fill a buffer of that size before the read fails (up to 4 GiB per element; found by
+/// `fuzz/dicom_decode`). Only a clear lie is refused: where the walk cannot follow the
+/// encoding (unknown VR, undefined-length UN) it stops and leaves the verdict to dicom-rs.
+fn check_value_lengths(data: &[u8], explicit: bool, little: bool) -> Result<()> {
+    use dicom_core::dictionary::{DataDictionaryEntry, VirtualVr};
+    let u16_at = |p: usize, le: bool| {
+        let b = [data[p], data[p + 1]];
+        if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }
+    };
+    let u32_at = |p: usize, le: bool| {
+        let b = [data[p], data[p + 1], data[p + 2], data[p + 3]];
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let mut pos = 0usize;
+    let mut in_fragments = false;
+    while pos + 8 <= data.len() {
+        // Group 0002 (file meta) is always explicit little endian.
+        let meta = u16_at(pos, true) == 0x0002;
+        let (explicit, le) = if meta { (true, true) } else { (explicit, little) };
+        let (group, element) = (u16_at(pos, le), u16_at(pos + 2, le));
+        if group == 0xFFFE {
+            let len = u32_at(pos + 4, le);
+            pos += 8;
+            match element {
+                // Fragments of encapsulated pixel data are raw bytes; items of a sequence
+                // hold elements, walked in turn.
+                0xE000 if in_fragments && len != u32::MAX => pos = pos.saturating_add(len as usize),
+                0xE0DD => in_fragments = false,
+                _ => {}
+            }
+            continue;
+        }
+        let tag = Tag(group, element);
+        let (vr, len, header) = if explicit {
+            let Some(vr) = VR::from_binary([data[pos + 4], data[pos + 5]]) else { return Ok(()) };
+            let long = matches!(
+                vr,
+                VR::OB
+                    | VR::OD
+                    | VR::OF
+                    | VR::OL
+                    | VR::OV
+                    | VR::OW
+                    | VR::SQ
+                    | VR::SV
+                    | VR::UC
+                    | VR::UN
+                    | VR::UR
+                    | VR::UT
+                    | VR::UV
+            );
+            if long {
+                if pos + 12 > data.len() {
+                    return Ok(());
+                }
+                (Some(vr), u32_at(pos + 8, le), 12)
+            } else {
+                (Some(vr), u32::from(u16_at(pos + 6, le)), 8)
+            }
+        } else {
+            let vr = match StandardDataDictionary.by_tag(tag).map(|e| e.vr()) {
+                Some(VirtualVr::Exact(vr)) => Some(vr),
+                _ => None, // private, pixel-dependent or unknown: dicom-rs reads bytes
+            };
+            (vr, u32_at(pos + 4, le), 8)
+        };
+        pos += header;
+        if len == u32::MAX {
+            if tag == tags::PIXEL_DATA {
+                in_fragments = true;
+            } else if vr == Some(VR::UN) {
+                return Ok(()); // implicit VR inside: beyond this walk
+            }
+            continue; // a sequence: its items are walked next
+        }
+        if vr == Some(VR::SQ) {
+            continue;
+        }
+        let remaining = data.len() - pos;
+        if let Some(vr) = vr.filter(|&vr| !read_fallibly(vr)) {
+            if len as usize > remaining {
+                return Err(Error::Parse(format!(
+                    "element ({group:04X},{element:04X}) {vr:?} claims {len} bytes, only {remaining} remain in the file"
+                )));
+            }
+        }
+        pos = pos.saturating_add(len as usize);
+    }
+    Ok(())
+}
+
+/// The encoding of a transfer syntax, for [`check_value_lengths`]: (explicit VR, little endian).
+fn encoding_of(transfer_syntax: &str) -> (bool, bool) {
+    match transfer_syntax.trim_end_matches(['\0', ' ']) {
+        "1.2.840.10008.1.2" => (false, true),
+        "1.2.840.10008.1.2.2" => (true, false),
+        _ => (true, true),
+    }
 }

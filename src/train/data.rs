@@ -317,8 +317,9 @@ impl DataSource {
                     format!("`{name}` is {} bytes uncompressed, over the 4 GiB limit", entry.size()),
                 ));
             }
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut bytes).map_err(|e| Error::data(path, format!("`{name}`: {e}")))?;
+            // The declared size may lie: reserve at most 64 MiB up front, let the read grow it.
+            let mut bytes = Vec::with_capacity(entry.size().min(64 << 20) as usize);
+            entry.take(LIMIT).read_to_end(&mut bytes).map_err(|e| Error::data(path, format!("`{name}`: {e}")))?;
             let npy = npyz::NpyFile::new(&bytes[..])
                 .map_err(|e| Error::data(path, format!("`{name}` is not a .npy array: {e}")))?;
             if npy.order() != npyz::Order::C && npy.shape().len() > 1 {

@@ -306,7 +306,7 @@ impl DataSource {
         let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| Error::data(path, format!("not a .npz (zip) archive and not a folder: {e}")))?;
         let mut read_npy = |name: &str| -> Result<(Vec<u64>, String, Vec<u8>)> {
-            let mut entry = archive.by_name(&format!("{name}.npy")).map_err(|_| {
+            let entry = archive.by_name(&format!("{name}.npy")).map_err(|_| {
                 Error::data(path, format!("no `{name}` array (expected MedMNIST keys train/val/test_images, _labels)"))
             })?;
             // Bounded read: MedMNIST files are megabytes; a lying entry must not exhaust memory.

@@ -63,6 +63,7 @@ fn fuzz_regressions_are_clear_errors() {
     for (name, expected) in [
         ("dicom_abort_string_length_implicit.dcm", "claims 2013265926 bytes"),
         ("dicom_abort_string_length_no_meta.dcm", "claims 285278480 bytes"),
+        ("dicom_abort_private_or_virtual_vr.dcm", "claims 1191118597 bytes"),
     ] {
         let bytes = std::fs::read(dir.join(name)).unwrap();
         let err = melo::image::load_image_bytes(&bytes, &LoadOptions::default()).unwrap_err().to_string();

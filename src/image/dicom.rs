@@ -975,11 +975,42 @@ fn modality_lut_sequence(obj: &DefaultDicomObject, signed: bool) -> Option<(usiz
     Some((entries, first, data))
 }
 
-/// Values dicom-rs reads into a buffer sized from the header with a fallible reservation (the
-/// allocation cap turns a lying length into an error); every other VR goes through an
-/// infallible `resize`, where the cap would abort instead.
-fn read_fallibly(vr: VR) -> bool {
-    matches!(vr, VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN)
+/// Text values: dicom-rs sizes their buffer from the header with an infallible `resize`
+/// (bytes and numbers go through a fallible reservation, which the allocation cap turns into an
+/// error; for text the cap would abort instead).
+fn is_text_vr(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::AE
+            | VR::AS
+            | VR::CS
+            | VR::DA
+            | VR::DS
+            | VR::DT
+            | VR::IS
+            | VR::LO
+            | VR::LT
+            | VR::PN
+            | VR::SH
+            | VR::ST
+            | VR::TM
+            | VR::UC
+            | VR::UI
+            | VR::UR
+            | VR::UT
+    )
+}
+
+/// Bytes dicom-rs consumes for a value of `len` bytes: numeric values are read as whole numbers,
+/// so a length that is not a multiple of the number size leaves the rest unread (and the reader
+/// one to seven bytes behind the header's end). The walk must follow the same path.
+fn consumed_by_dicom_rs(vr: VR, len: usize) -> usize {
+    match vr {
+        VR::SS | VR::US | VR::OW => len & !1,
+        VR::AT | VR::FL | VR::UL | VR::SL | VR::OF | VR::OL => len & !3,
+        VR::FD | VR::OD | VR::UV | VR::SV | VR::OV => len & !7,
+        _ => len,
+    }
 }
 
 /// Walks a data set's element headers before dicom-rs reads it and refuses one whose non-byte
@@ -988,7 +1019,7 @@ fn read_fallibly(vr: VR) -> bool {
 /// `fuzz/dicom_decode`). Only a clear lie is refused: where the walk cannot follow the
 /// encoding (unknown VR, undefined-length UN) it stops and leaves the verdict to dicom-rs.
 fn check_value_lengths(data: &[u8], explicit: bool, little: bool) -> Result<()> {
-    use dicom_core::dictionary::{DataDictionaryEntry, VirtualVr};
+    use dicom_core::dictionary::DataDictionaryEntry;
     let u16_at = |p: usize, le: bool| {
         let b = [data[p], data[p + 1]];
         if le {
@@ -1052,10 +1083,14 @@ fn check_value_lengths(data: &[u8], explicit: bool, little: bool) -> Result<()> 
                 (Some(vr), u32::from(u16_at(pos + 6, le)), 8)
             }
         } else {
-            let vr = match StandardDataDictionary.by_tag(tag).map(|e| e.vr()) {
-                Some(VirtualVr::Exact(vr)) => Some(vr),
-                _ => None, // private, pixel-dependent or unknown: dicom-rs reads bytes
+            // As dicom-rs's implicit VR decoder resolves it (pixel and overlay data are OW, the
+            // rest from the dictionary with virtual VRs made concrete, unknown tags UN).
+            let vr = if tag == tags::PIXEL_DATA || (group >> 8 == 0x60 && element == 0x3000) {
+                VR::OW
+            } else {
+                StandardDataDictionary.by_tag(tag).map(|e| e.vr().relaxed()).unwrap_or(VR::UN)
             };
+            let vr = Some(vr);
             (vr, u32_at(pos + 4, le), 8)
         };
         pos += header;
@@ -1071,14 +1106,14 @@ fn check_value_lengths(data: &[u8], explicit: bool, little: bool) -> Result<()> 
             continue;
         }
         let remaining = data.len() - pos;
-        if let Some(vr) = vr.filter(|&vr| !read_fallibly(vr)) {
+        if let Some(vr) = vr.filter(|&vr| is_text_vr(vr)) {
             if len as usize > remaining {
                 return Err(Error::Parse(format!(
                     "element ({group:04X},{element:04X}) {vr:?} claims {len} bytes, only {remaining} remain in the file"
                 )));
             }
         }
-        pos = pos.saturating_add(len as usize);
+        pos = pos.saturating_add(vr.map_or(len as usize, |vr| consumed_by_dicom_rs(vr, len as usize)));
     }
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! MeLo Workstation library: everything the `melo` binary does, free of any GUI toolkit
 //! except the `gui` module, which is the egui shell over the rest.
 
-pub mod alloc_guard;
 pub mod atomic;
 pub mod audit;
 pub mod cli;

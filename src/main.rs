@@ -3,10 +3,6 @@
 use clap::Parser;
 use melo::cli::{run, Cli};
 
-// Caps dicom-rs's header-driven allocations while it parses (see melo::alloc_guard).
-#[global_allocator]
-static ALLOCATOR: melo::alloc_guard::GuardedAllocator = melo::alloc_guard::GuardedAllocator;
-
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {

@@ -6,9 +6,6 @@ use melo::model::lora::ImportOptions;
 use melo::model::Pooling;
 use std::io::Write;
 
-#[global_allocator]
-static ALLOCATOR: melo::alloc_guard::GuardedAllocator = melo::alloc_guard::GuardedAllocator;
-
 fn melo_options() -> ImportOptions {
     // The shipped backbone's geometry, without loading 44 MB per process.
     ImportOptions {

@@ -15,7 +15,3 @@ pub fn convert_in_memory(image: &melo::image::MedicalImage) {
         let _ = melo::export::encode_png(image, frame, &voi);
     }
 }
-
-// As in the `melo` binary: dicom-rs's header-driven allocations are capped while it parses.
-#[global_allocator]
-static ALLOCATOR: melo::alloc_guard::GuardedAllocator = melo::alloc_guard::GuardedAllocator;

@@ -4,9 +4,6 @@
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 
-#[global_allocator]
-static ALLOCATOR: melo::alloc_guard::GuardedAllocator = melo::alloc_guard::GuardedAllocator;
-
 fuzz_target!(|data: &[u8]| {
     let mut file = tempfile::Builder::new().suffix(".npz").tempfile_in("/dev/shm").unwrap();
     file.write_all(data).unwrap();

@@ -42,17 +42,6 @@ pub fn parse_header(bytes: &[u8]) -> Result<ImageMeta> {
     Ok(read_meta(&obj, inferred))
 }
 
-/// No value in a data set can be larger than the bytes it was read from; dicom-rs's
-/// allocations while parsing are capped a little above that (see `crate::alloc_guard`).
-fn parse_allocation_limit(input_len: usize) -> usize {
-    input_len.saturating_add(64 << 20)
-}
-
-/// Runs a dicom-rs parse of `input_len` bytes under [`parse_allocation_limit`].
-fn guarded<T>(input_len: usize, f: impl FnOnce() -> T) -> T {
-    crate::alloc_guard::with_allocation_limit(parse_allocation_limit(input_len), f)
-}
-
 pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
     let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
         Some(&bytes[128..])
@@ -61,12 +50,10 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
     } else {
         None
     };
-    // Not under the cap as a whole: the inflated data set may rightly be larger than the file
-    // (it is bounded by MAX_INFLATED_BYTES instead); its dicom-rs reads are capped inside.
     if let Some(inflated) = body.and_then(inflate_deflated_dataset) {
         return inflated.map(|obj| (obj, false));
     }
-    guarded(bytes.len(), || parse_plain(bytes, body))
+    parse_plain(bytes, body)
 }
 
 fn parse_plain(bytes: &[u8], body: Option<&[u8]>) -> Result<(DefaultDicomObject, bool)> {
@@ -102,7 +89,7 @@ const MAX_INFLATED_BYTES: u64 = 1 << 31;
 fn inflate_deflated_dataset(body: &[u8]) -> Option<Result<DefaultDicomObject>> {
     use std::io::Read;
     let mut cursor = std::io::Cursor::new(body);
-    let mut meta = guarded(body.len(), || dicom_object::meta::FileMetaTable::from_reader(&mut cursor)).ok()?;
+    let mut meta = dicom_object::meta::FileMetaTable::from_reader(&mut cursor).ok()?;
     if meta.transfer_syntax() != DEFLATED_EXPLICIT_LE {
         return None;
     }
@@ -116,7 +103,7 @@ fn inflate_deflated_dataset(body: &[u8]) -> Option<Result<DefaultDicomObject>> {
         }
         Ok(_) => {
             let ts = entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
-            guarded(inflated.len(), || InMemDicomObject::read_dataset_with_ts(&inflated[..], &ts))
+            InMemDicomObject::read_dataset_with_ts(&inflated[..], &ts)
                 .map_err(|e| Error::Parse(format!("deflated data set: {e}")))
                 .map(|dataset| {
                     meta.set_transfer_syntax(&ts);
@@ -975,9 +962,7 @@ fn modality_lut_sequence(obj: &DefaultDicomObject, signed: bool) -> Option<(usiz
     Some((entries, first, data))
 }
 
-/// Text values: dicom-rs sizes their buffer from the header with an infallible `resize`
-/// (bytes and numbers go through a fallible reservation, which the allocation cap turns into an
-/// error; for text the cap would abort instead).
+/// Text values: dicom-rs sizes their buffer from the header and zero-fills it before reading.
 fn is_text_vr(vr: VR) -> bool {
     matches!(
         vr,
@@ -1013,11 +998,12 @@ fn consumed_by_dicom_rs(vr: VR, len: usize) -> usize {
     }
 }
 
-/// Walks a data set's element headers before dicom-rs reads it and refuses one whose non-byte
-/// value (text, numbers, tags) claims more bytes than the file has left: dicom-rs would
-/// zero-fill a buffer of that size before the read fails (up to 4 GiB per element; found by
-/// `fuzz/dicom_decode`). Only a clear lie is refused: where the walk cannot follow the
-/// encoding (unknown VR, undefined-length UN) it stops and leaves the verdict to dicom-rs.
+/// Walks a data set's element headers before dicom-rs reads it and refuses one whose text
+/// value claims more bytes than the file has left: dicom-rs would zero-fill a buffer of that
+/// size before the read fails (up to 4 GiB per element; found by `fuzz/dicom_decode`). Only a
+/// clear lie is refused: where the walk cannot follow the encoding (unknown VR, undefined-length
+/// UN) it stops and leaves the verdict to dicom-rs. dicom-rs's byte and number values have the
+/// same weakness; they are not refused here (see docs/reliability.md).
 fn check_value_lengths(data: &[u8], explicit: bool, little: bool) -> Result<()> {
     use dicom_core::dictionary::DataDictionaryEntry;
     let u16_at = |p: usize, le: bool| {

@@ -56,6 +56,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
     parse_plain(bytes, body)
 }
 
+/// Whether a data set's first element carries a VR (explicit VR) rather than a length there.
+fn first_element_is_explicit(data: &[u8]) -> bool {
+    data.len() >= 6 && data[4].is_ascii_uppercase() && VR::from_binary([data[4], data[5]]).is_some()
+}
+
 fn parse_plain(bytes: &[u8], body: Option<&[u8]>) -> Result<(DefaultDicomObject, bool)> {
     if let Some(lenient) = body.and_then(read_meta_leniently) {
         let body = body.unwrap_or_default();
@@ -64,7 +69,7 @@ fn parse_plain(bytes: &[u8], body: Option<&[u8]>) -> Result<(DefaultDicomObject,
         let (_, little) = encoding_of(&lenient.transfer_syntax);
         // The VR form the first element shows, as parse_with_other_encoding reads it: some
         // writers declare one and write the other.
-        let explicit = rest.len() >= 6 && rest[4].is_ascii_uppercase() && VR::from_binary([rest[4], rest[5]]).is_some();
+        let explicit = first_element_is_explicit(rest);
         check_value_lengths(rest, explicit, little)?;
     }
     match body {
@@ -142,7 +147,7 @@ fn parse_with_other_encoding(body: &[u8]) -> Option<(DefaultDicomObject, bool)> 
     let declared = TransferSyntaxRegistry.get(&lenient.transfer_syntax);
     // Only the encoding the first element shows: reading explicit data as implicit (or the
     // reverse) yields garbage lengths and gigabyte allocations.
-    let explicit = rest.len() >= 6 && VR::from_binary([rest[4], rest[5]]).is_some() && rest[4].is_ascii_uppercase();
+    let explicit = first_element_is_explicit(rest);
     let fallback = if explicit {
         entries::EXPLICIT_VR_LITTLE_ENDIAN.erased()
     } else {

@@ -323,6 +323,48 @@ fn differentiable_forward_matches_the_engine_and_its_gradients_are_right() {
     assert!(rel < 0.02, "analytic {analytic} vs numeric {numeric}");
 }
 
+#[test]
+fn hand_written_backward_matches_candle_autograd() {
+    use melo::train::backprop::{FrozenBackbone, LoraFactors};
+    let engine = Engine::open(&backbone_dir()).unwrap();
+    let vit = engine.backbone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let scale = 2.0;
+    let g = GradVit::new(vit, Trainable::Lora { rank: 4, scale }, &mut rng).unwrap();
+    for l in g.lora() {
+        let noise = |v: &Var| Tensor::randn(0f32, 0.05, v.dims(), &Device::Cpu).unwrap();
+        l.q_b.set(&noise(&l.q_b)).unwrap();
+        l.v_b.set(&noise(&l.v_b)).unwrap();
+    }
+    // 3 images at 70 px (26 tokens: not a multiple of any SIMD width), every pooling.
+    let pixels = Tensor::randn(0f32, 1.0, (3, 3, 70, 70), &Device::Cpu).unwrap();
+    let pos = vit.position_embedding(5, 5).unwrap();
+    let fast = FrozenBackbone::new(vit).unwrap();
+    let factors = LoraFactors::of(g.lora()).unwrap();
+    // A loss with a gradient that differs per feature: Σ w ⊙ f with a fixed random w.
+    for pooling in [Pooling::Cls, Pooling::MeanPatch, Pooling::ClsMeanPatch] {
+        let reference = g.features(&pixels, &pos, pooling).unwrap();
+        let weight = Tensor::randn(0f32, 1.0, reference.dims(), &Device::Cpu).unwrap();
+        let grads = (&reference * &weight).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ours, tape) = fast.forward(&pixels, &pos, &factors, scale as f32, pooling).unwrap();
+        let diff = (&ours - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let top = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-4 * top, "{pooling:?} features: max |diff| {diff} vs max |ref| {top}");
+        let ours = fast.backward(tape, &factors, &weight).unwrap();
+        for (i, (l, o)) in g.lora().iter().zip(&ours).enumerate() {
+            for (name, var, got) in
+                [("q_a", &l.q_a, &o.q_a), ("q_b", &l.q_b, &o.q_b), ("v_a", &l.v_a, &o.v_a), ("v_b", &l.v_b, &o.v_b)]
+            {
+                let want = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(top > 0.0, "{pooling:?} block {i} {name}: zero reference gradient");
+                assert!(err <= 2e-3 * top, "{pooling:?} block {i} {name}: max |diff| {err} vs max |ref| {top}");
+            }
+        }
+    }
+}
+
 // ---- end to end ------------------------------------------------------------------------
 
 fn options(data: PathBuf, out: PathBuf, method: Method, epochs: usize) -> TrainOptions {

@@ -7,14 +7,18 @@
 //!   `melo predict` sees;
 //! - [`metrics`]: accuracy, macro F1, one-vs-rest macro AUC (ties as half), per-class
 //!   sensitivity / specificity, confusion matrix;
+//! - [`backprop`]: LoRA training on the frozen backbone with a hand-written backward pass
+//!   (activation gradients and low-rank factor gradients only), what `--method lora` runs;
 //! - [`grad`]: a differentiable forward pass of the backbone on candle's autograd, with the
-//!   frozen matrices behind an op that never computes their gradient;
+//!   frozen matrices behind an op that never computes their gradient (full fine-tuning, and
+//!   the reference the hand-written pass is tested against);
 //! - [`trainer`]: AdamW, cosine schedule, label smoothing, class weights, augmentation,
 //!   per-epoch validation, best-epoch selection, checkpoints for `--resume`, atomic saves;
 //! - [`cli`]: the `melo train` arguments.
 //!
 //! Nothing here depends on egui.
 
+pub mod backprop;
 pub mod cli;
 pub mod data;
 pub mod grad;

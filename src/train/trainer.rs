@@ -29,6 +29,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::backprop::{FrozenBackbone, LoraFactors};
 use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::grad::{uniform, GradVit, Trainable};
 use super::metrics::{evaluate, Evaluation};
@@ -219,6 +220,13 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+fn check_finite_loss(loss: f64, epoch: usize, lr: f64) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(Error::Options(format!("the loss became {loss} at epoch {} (learning rate {lr:.2e} too high?)", epoch + 1)))
 }
 
 /// Learning rate at `step` of `total`: linear warm-up, then cosine to `min_lr`.
@@ -461,6 +469,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
         }
         _ => Model::Backbone(GradVit::new(vit, trainable, &mut rng)?),
     };
+    let fast = if o.method == Method::Lora { Some(FrozenBackbone::new(vit)?) } else { None };
     let ckpt = checkpoint_path(&o.out);
     let resuming = o.resume && ckpt.is_file();
     let mut head_phase_val_auc = None;
@@ -530,6 +539,46 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
         for (s, chunk) in order.chunks(o.batch).enumerate() {
             let fl = &flips[s * o.batch..s * o.batch + chunk.len()];
             let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
+            if let (Model::Backbone(g), Some(fast)) = (&model, &fast) {
+                // LoRA: the hand-written backward pass; candle only for head and loss.
+                let factors = LoraFactors::of(g.lora())?;
+                let pixels = batch_pixels(&train_set, chunk, fl)?;
+                let (features, tape) = fast.forward(&pixels, &pos, &factors, lora_scale as f32, o.pooling)?;
+                let features = Var::from_tensor(&features)?;
+                let logits = head.forward(features.as_tensor())?;
+                let loss = smoothed_cross_entropy(&logits, &labels, &weights, o.label_smoothing)?;
+                let mut grads = loss.backward()?;
+                let d_features = grads
+                    .remove(features.as_tensor())
+                    .ok_or_else(|| Error::Options("no gradient reached the pooled features".into()))?;
+                let lora_grads = fast.backward(tape, &factors, &d_features)?;
+                let d = cfg.embed_dim;
+                for (l, gr) in g.lora().iter().zip(lora_grads) {
+                    let r = gr.q_a.len() / d;
+                    for (var, grad, shape) in [
+                        (&l.q_a, gr.q_a, (r, d)),
+                        (&l.q_b, gr.q_b, (d, r)),
+                        (&l.v_a, gr.v_a, (r, d)),
+                        (&l.v_b, gr.v_b, (d, r)),
+                    ] {
+                        grads.insert(var.as_tensor(), Tensor::from_vec(grad, shape, &Device::Cpu)?);
+                    }
+                }
+                lr = learning_rate(meta.step, total_steps, o.lr, o.min_lr, o.warmup);
+                opt.step(&grads, lr)?;
+                meta.step += 1;
+                let l = f64::from(loss.to_scalar::<f32>()?);
+                check_finite_loss(l, epoch, lr)?;
+                loss_sum += l * chunk.len() as f64;
+                let done = (s * o.batch + chunk.len()) as f64;
+                bar.set_message(format!(
+                    "loss {:.4}  {:.1} img/s",
+                    loss_sum / done,
+                    done / t_epoch.elapsed().as_secs_f64()
+                ));
+                bar.inc(1);
+                continue;
+            }
             let features = match &model {
                 Model::Linear { train, .. } => {
                     // Per-sample flip variant: gather rows from the matching feature table.
@@ -552,12 +601,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
             opt.step(&grads, lr)?;
             meta.step += 1;
             let l = f64::from(loss.to_scalar::<f32>()?);
-            if !l.is_finite() {
-                return Err(Error::Options(format!(
-                    "the loss became {l} at epoch {} (learning rate {lr:.2e} too high?)",
-                    epoch + 1
-                )));
-            }
+            check_finite_loss(l, epoch, lr)?;
             loss_sum += l * chunk.len() as f64;
             let done = (s * o.batch + chunk.len()) as f64;
             bar.set_message(format!(

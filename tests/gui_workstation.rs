@@ -376,8 +376,20 @@ fn settings_survive_a_restart_without_patient_data() {
     assert_eq!(restarted.diagnosis.selected, selected);
     assert_eq!(restarted.viewer.preferred_preset, melo::display::WindowPreset::CtLung);
     assert_eq!(restarted.diagnosis.heatmap_opacity, 0.3);
-    assert_eq!(restarted.last_folder, harness.state().last_folder);
+    // Patient details hidden (the default): the image folder is not stored.
+    assert!(harness.state().last_folder.is_some());
+    assert_eq!(restarted.last_folder, None);
+    assert!(!stored.contains("tests/data/dicom"), "no image folder while details are hidden: {stored}");
     assert_eq!(restarted.settings(), harness.state().settings());
+
+    // Details shown: the folder is remembered across runs.
+    harness.state_mut().send(Command::SetHidePatientDetails(false));
+    harness.run_steps(2);
+    let mut storage = MemoryStorage::default();
+    harness.state_mut().save(&mut storage);
+    let mut restarted = MeloApp::with_options(AppOptions { paths: Vec::new(), backbone_dir: None, adapters_dir: None });
+    restarted.restore(&storage);
+    assert_eq!(restarted.last_folder, harness.state().last_folder);
     let _: Settings = restarted.settings();
 }
 

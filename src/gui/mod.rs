@@ -294,7 +294,9 @@ impl MeloApp {
     /// What [`eframe::App::save`] stores.
     pub fn settings(&self) -> Settings {
         Settings {
-            last_folder: self.last_folder.clone(),
+            // Sites name folders after patients: with patient details hidden (the default)
+            // the image folder is remembered for this run only, never written to disk.
+            last_folder: if self.hide_patient_details { None } else { self.last_folder.clone() },
             preset: Some(self.viewer.preferred_preset),
             task: self.diagnosis.selected.clone(),
             adapter_folder: self.diagnosis.adapter_folder.clone(),

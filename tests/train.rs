@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use melo::model::{Adapter, Engine, Pooling};
 use melo::train::data::{DataSource, Split, SplitFractions};
 use melo::train::grad::{GradVit, Trainable};

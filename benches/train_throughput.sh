@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Training throughput of `melo train` against PyTorch + timm + PEFT on the same machine, back to
+# back (docs/benchmarks.md, "Training throughput"). Needs a release build and the pip packages
+# torch, timm, peft. Usage: benches/train_throughput.sh [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2}
+data=../shared/data/medmnist/breastmnist.npz
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+ours() { # method size limit
+    ./target/release/melo train --quiet --data "$data" --method "$1" --size "$2" --batch 32 --epochs 1 \
+        --limit "$3" --head-epochs 0 ${4:+--lr $4} --out "$out/$1_$2.safetensors" --task bench >/dev/null 2>&1
+    python3 -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['train_images_per_second']:.2f}\")" "$out/$1_$2.report.json"
+}
+for round in $(seq "$rounds"); do
+    echo "round $round (load $(cut -d' ' -f1 /proc/loadavg))"
+    for size in 224 56; do
+        limit=$([ "$size" = 224 ] && echo 128 || echo 320)
+        steps=$([ "$size" = 224 ] && echo 4 || echo 10)
+        echo "  lora ${size}px  melo: $(ours lora "$size" "$limit") img/s"
+        echo "  lora ${size}px  $(python3 benches/torch_train.py --method lora --size "$size" --batch 32 --steps "$steps" 2>/dev/null | tail -1)"
+    done
+    echo "  full 56px  melo: $(ours full 56 192 5e-5) img/s"
+    echo "  full 56px  $(python3 benches/torch_train.py --method full --size 56 --batch 32 --steps 6 2>/dev/null | tail -1)"
+done

@@ -22,6 +22,19 @@ fn lying_text_lengths_are_refused_before_any_allocation() {
     }
 }
 
+/// File meta elements whose header claims more than the file holds: dicom-object's own meta
+/// reader zero-filled the claimed size (4.0 GiB and 0.76 GiB peaks) before failing.
+#[test]
+fn lying_meta_lengths_are_refused_before_any_allocation() {
+    for (name, expected) in [
+        ("dicom_oom_meta_uid_length.dcm", "file meta element (0002,0012) claims 4294959104 bytes"),
+        ("dicom_oom_meta_instance_uid_length.dcm", "file meta element (0002,0003) claims 774963264 bytes"),
+    ] {
+        let err = load_dicom_bytes(&fuzz_file(name), &LoadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+}
+
 /// Byte values and headers the length walk cannot follow: dicom-rs 0.10.1 zero-filled the
 /// claimed size before reading (peaks of 3.5 GiB and 1.2 GiB); the vendored dicom-parser
 /// (`vendor/README.md`) grows its buffers only with the bytes actually read. Each file is decoded

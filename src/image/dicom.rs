@@ -50,6 +50,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
     } else {
         None
     };
+    if let Some(body) = body {
+        check_meta_lengths(body)?;
+    }
     if let Some(inflated) = body.and_then(inflate_deflated_dataset) {
         return inflated.map(|obj| (obj, false));
     }
@@ -1001,6 +1004,73 @@ fn consumed_by_dicom_rs(vr: VR, len: usize) -> usize {
         VR::FD | VR::OD | VR::UV | VR::SV | VR::OV => len & !7,
         _ => len,
     }
+}
+
+/// dicom-object reads the file meta group with its own reader (not the patched dicom-parser),
+/// which sizes each value's buffer from its declared length before reading: a 252-byte file
+/// claiming 4 GiB made it zero-fill 4 GiB (found by `fuzz/dicom_decode`). Walks the group's
+/// headers as that reader decodes them (explicit VR little endian, an unknown VR read as UN)
+/// and refuses an element claiming more bytes than the file has left. The walk covers group
+/// 0002 and everything inside the declared group length, which is what that reader consumes.
+fn check_meta_lengths(body: &[u8]) -> Result<()> {
+    let data = body.get(4..).unwrap_or_default(); // after "DICM"
+    let mut pos = 0usize;
+    let mut group_end: Option<usize> = None;
+    while pos + 8 <= data.len() {
+        let group = u16::from_le_bytes([data[pos], data[pos + 1]]);
+        let within_group_length = group_end.is_some_and(|end| pos < end);
+        if group != 0x0002 && !within_group_length {
+            break;
+        }
+        let element = u16::from_le_bytes([data[pos + 2], data[pos + 3]]);
+        let vr = VR::from_binary([data[pos + 4], data[pos + 5]]).unwrap_or(VR::UN);
+        let short_length = matches!(
+            vr,
+            VR::AE
+                | VR::AS
+                | VR::AT
+                | VR::CS
+                | VR::DA
+                | VR::DS
+                | VR::DT
+                | VR::FL
+                | VR::FD
+                | VR::IS
+                | VR::LO
+                | VR::LT
+                | VR::PN
+                | VR::SH
+                | VR::SL
+                | VR::SS
+                | VR::ST
+                | VR::TM
+                | VR::UI
+                | VR::UL
+                | VR::US
+        );
+        let (header, len) = if short_length {
+            (8, u32::from(u16::from_le_bytes([data[pos + 6], data[pos + 7]])))
+        } else if pos + 12 <= data.len() {
+            (12, u32::from_le_bytes([data[pos + 8], data[pos + 9], data[pos + 10], data[pos + 11]]))
+        } else {
+            break;
+        };
+        if len == u32::MAX {
+            break; // undefined length: that reader refuses it without allocating
+        }
+        let remaining = data.len() - pos - header;
+        if len as usize > remaining {
+            return Err(Error::Parse(format!(
+                "file meta element (0002,{element:04X}) claims {len} bytes but only {remaining} follow"
+            )));
+        }
+        if (group, element) == (0x0002, 0x0000) && len == 4 && group_end.is_none() {
+            let value = [data[pos + 8], data[pos + 9], data[pos + 10], data[pos + 11]];
+            group_end = Some((pos + 12).saturating_add(u32::from_le_bytes(value) as usize));
+        }
+        pos += header + len as usize;
+    }
+    Ok(())
 }
 
 /// Walks a data set's element headers before dicom-rs reads it and refuses one whose text

@@ -328,14 +328,14 @@ impl InplaceOp2 for BiasGeluErf {
 
 /// A raw pointer that may cross threads; each task writes a disjoint block through it.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(crate) struct SharedMut(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint (row, column) blocks of the buffer, checked by construction.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// Through a method, so closures capture the whole (Sync) wrapper, not the raw field.
-    fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
 }

@@ -26,7 +26,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{Error, Result};
-use crate::model::kernels::{erf_f32, exp_f32, gelu_erf_f32};
+use crate::model::kernels::{erf_f32, exp_f32, gelu_erf_f32, SharedMut};
 use crate::model::vit::{LinearWeights, NormWeights};
 use crate::model::{Pooling, VisionTransformer};
 
@@ -271,18 +271,6 @@ fn layer_norm_backward(dy: &[f32], xhat: &[f32], rstd: &[f32], gamma: &[f32], d:
 fn gelu_erf_grad(a: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     0.5 * (1.0 + erf_f32(a * std::f32::consts::FRAC_1_SQRT_2)) + a * INV_SQRT_2PI * exp_f32(-0.5 * a * a)
-}
-
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: the parallel tasks below write disjoint (row, column) blocks, by construction.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Shapes of one attention call.

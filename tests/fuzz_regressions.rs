@@ -97,3 +97,15 @@ fn every_fixture_still_decodes_after_the_length_walk() {
     // 19 of the fixtures decode (tests/dicom_pydicom_parity.rs checks their values).
     assert_eq!(decoded, 19);
 }
+
+/// A scheduler config claiming 5 × 10¹² training timesteps: building its noise schedule tried
+/// to allocate 20 TB and aborted (found by `fuzz/diffusers_config`); now refused as a config
+/// error.
+#[test]
+fn scheduler_with_a_huge_timestep_count_is_refused() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/fuzz/scheduler_huge_num_train_timesteps.json");
+    // Reading the config validates it (as `melo audit` reads a model folder).
+    let err = melo::diffusion::SchedulerConfig::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("num_train_timesteps 5144444444444"), "{err}");
+}

@@ -46,6 +46,9 @@ fn default_leading() -> String {
 
 /// `scheduler_config.json` of a `DDPMScheduler` or `DDIMScheduler` (the keys of both; each
 /// scheduler reads the ones it has).
+
+/// Upper bound on a scheduler's training timesteps (diffusers models use 1000–4000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SchedulerConfig {
     #[serde(rename = "_class_name", default)]
@@ -107,6 +110,14 @@ impl SchedulerConfig {
         }
         if self.num_train_timesteps < 2 {
             return Err(Error::Config(format!("num_train_timesteps {} (need at least 2)", self.num_train_timesteps)));
+        }
+        // The schedule holds several f64 tables of this length: a lying config would have them
+        // allocate terabytes (found by fuzz/diffusers_config). Published models use 1000–4000.
+        if self.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+            return Err(Error::Config(format!(
+                "num_train_timesteps {} (at most {MAX_TRAIN_TIMESTEPS})",
+                self.num_train_timesteps
+            )));
         }
         if !matches!(self.timestep_spacing.as_str(), "leading" | "trailing" | "linspace") {
             return Err(Error::Unsupported(format!("timestep_spacing '{}'", self.timestep_spacing)));

@@ -44,11 +44,11 @@ fn default_leading() -> String {
     "leading".into()
 }
 
-/// `scheduler_config.json` of a `DDPMScheduler` or `DDIMScheduler` (the keys of both; each
-/// scheduler reads the ones it has).
-
 /// Upper bound on a scheduler's training timesteps (diffusers models use 1000–4000).
 pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
+/// `scheduler_config.json` of a `DDPMScheduler` or `DDIMScheduler` (the keys of both; each
+/// scheduler reads the ones it has).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SchedulerConfig {
     #[serde(rename = "_class_name", default)]

@@ -109,3 +109,15 @@ fn scheduler_with_a_huge_timestep_count_is_refused() {
     let err = melo::diffusion::SchedulerConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("num_train_timesteps 5144444444444"), "{err}");
 }
+
+/// A JPEG 2000 file whose decoded component is larger than its DICOM Rows × Columns: dicom-rs
+/// 0.10.1's JPEG 2000 adapter indexes past its output buffer and panics (found by
+/// `fuzz/dicom_decode`). Not fixed at the source (open, docs/reliability.md): the decoder call
+/// is contained, so the file gives an error and nothing else is affected.
+#[test]
+fn jpeg2000_component_overrun_is_contained_as_an_error() {
+    let err = load_dicom_bytes(&fuzz_file("dicom_panic_jpeg2k_component_overrun.dcm"), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("decoder crashed on malformed pixel data"), "{err}");
+}

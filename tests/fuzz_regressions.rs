@@ -111,13 +111,12 @@ fn scheduler_with_a_huge_timestep_count_is_refused() {
 }
 
 /// A JPEG 2000 file whose decoded component is larger than its DICOM Rows × Columns: dicom-rs
-/// 0.10.1's JPEG 2000 adapter indexes past its output buffer and panics (found by
-/// `fuzz/dicom_decode`). Not fixed at the source (open, docs/reliability.md): the decoder call
-/// is contained, so the file gives an error and nothing else is affected.
+/// 0.10.1's JPEG 2000 adapter indexed past its output buffer and panicked (found by
+/// `fuzz/dicom_decode`); the codestream's size is now checked before decoding.
 #[test]
-fn jpeg2000_component_overrun_is_contained_as_an_error() {
+fn jpeg2000_frame_larger_than_the_header_is_refused() {
     let err = load_dicom_bytes(&fuzz_file("dicom_panic_jpeg2k_component_overrun.dcm"), &LoadOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("decoder crashed on malformed pixel data"), "{err}");
+    assert!(err.contains("JPEG 2000 frame is"), "{err}");
 }

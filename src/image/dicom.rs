@@ -567,6 +567,11 @@ fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOptions) -> Re
 fn decode_with_dicom_rs(obj: &DefaultDicomObject, g: &Geometry, meta: &ImageMeta) -> Result<Samples> {
     let Geometry { rows, cols, spp, frames, bits_allocated, bits_stored } = *g;
     let encapsulated = matches!(obj.element(tags::PIXEL_DATA).map(|e| e.value()), Ok(DicomValue::PixelSequence(_)));
+    if let Ok(DicomValue::PixelSequence(seq)) = obj.element(tags::PIXEL_DATA).map(|e| e.value()) {
+        for fragment in seq.fragments() {
+            check_jpeg2000_size(fragment, g)?;
+        }
+    }
     let decoded = obj.decode_pixel_data().map_err(|e| decode_error(&e.to_string(), meta))?;
     let data = decoded.data();
     let pixels = rows * cols;
@@ -655,6 +660,28 @@ impl OwnCodec {
             _ => None,
         }
     }
+}
+
+/// dicom-rs 0.10.1's JPEG 2000 adapter copies each decoded component into a buffer sized
+/// from Rows × Columns without a bounds check, and panics when the codestream is larger (found
+/// by `fuzz/dicom_decode`). Reads the codestream's SIZ marker (ISO 15444-1 A.5.1: image and
+/// offset sizes, component count; big endian, right after SOC) and refuses a frame larger
+/// than the header's geometry before decoding.
+fn check_jpeg2000_size(fragment: &[u8], g: &Geometry) -> Result<()> {
+    if fragment.len() < 42 || fragment[..4] != [0xFF, 0x4F, 0xFF, 0x51] {
+        return Ok(()); // not a bare JPEG 2000 codestream
+    }
+    let u32_at = |p: usize| u32::from_be_bytes([fragment[p], fragment[p + 1], fragment[p + 2], fragment[p + 3]]);
+    let width = u32_at(8).saturating_sub(u32_at(16)) as usize;
+    let height = u32_at(12).saturating_sub(u32_at(20)) as usize;
+    let components = u16::from_be_bytes([fragment[40], fragment[41]]) as usize;
+    if width.saturating_mul(height) > g.rows * g.cols || components > g.spp {
+        return Err(Error::Decode(format!(
+            "JPEG 2000 frame is {width}×{height} with {components} component(s); the header says {}×{} with {}",
+            g.cols, g.rows, g.spp
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

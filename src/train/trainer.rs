@@ -539,7 +539,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
         for (s, chunk) in order.chunks(o.batch).enumerate() {
             let fl = &flips[s * o.batch..s * o.batch + chunk.len()];
             let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
-            if let (Model::Backbone(g), Some(fast)) = (&model, &fast) {
+            let (loss, grads) = if let (Model::Backbone(g), Some(fast)) = (&model, &fast) {
                 // LoRA: the hand-written backward pass; candle only for head and loss.
                 let factors = LoraFactors::of(g.lora())?;
                 let pixels = batch_pixels(&train_set, chunk, fl)?;
@@ -564,39 +564,28 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
                         grads.insert(var.as_tensor(), Tensor::from_vec(grad, shape, &Device::Cpu)?);
                     }
                 }
-                lr = learning_rate(meta.step, total_steps, o.lr, o.min_lr, o.warmup);
-                opt.step(&grads, lr)?;
-                meta.step += 1;
-                let l = f64::from(loss.to_scalar::<f32>()?);
-                check_finite_loss(l, epoch, lr)?;
-                loss_sum += l * chunk.len() as f64;
-                let done = (s * o.batch + chunk.len()) as f64;
-                bar.set_message(format!(
-                    "loss {:.4}  {:.1} img/s",
-                    loss_sum / done,
-                    done / t_epoch.elapsed().as_secs_f64()
-                ));
-                bar.inc(1);
-                continue;
-            }
-            let features = match &model {
-                Model::Linear { train, .. } => {
-                    // Per-sample flip variant: gather rows from the matching feature table.
-                    let rows: Vec<Tensor> = chunk
-                        .iter()
-                        .zip(fl)
-                        .map(|(&i, &(h, v))| {
-                            let k = usize::from(h) | (usize::from(v) << 1);
-                            train[k].as_ref().unwrap_or_else(|| train[0].as_ref().expect("plain features")).get(i)
-                        })
-                        .collect::<candle_core::Result<_>>()?;
-                    Tensor::stack(&rows, 0)?
-                }
-                Model::Backbone(g) => g.features(&batch_pixels(&train_set, chunk, fl)?, &pos, o.pooling)?,
+                (loss, grads)
+            } else {
+                let features = match &model {
+                    Model::Linear { train, .. } => {
+                        // Per-sample flip variant: gather rows from the matching feature table.
+                        let rows: Vec<Tensor> = chunk
+                            .iter()
+                            .zip(fl)
+                            .map(|(&i, &(h, v))| {
+                                let k = usize::from(h) | (usize::from(v) << 1);
+                                train[k].as_ref().unwrap_or_else(|| train[0].as_ref().expect("plain features")).get(i)
+                            })
+                            .collect::<candle_core::Result<_>>()?;
+                        Tensor::stack(&rows, 0)?
+                    }
+                    Model::Backbone(g) => g.features(&batch_pixels(&train_set, chunk, fl)?, &pos, o.pooling)?,
+                };
+                let logits = head.forward(&features)?;
+                let loss = smoothed_cross_entropy(&logits, &labels, &weights, o.label_smoothing)?;
+                let grads = loss.backward()?;
+                (loss, grads)
             };
-            let logits = head.forward(&features)?;
-            let loss = smoothed_cross_entropy(&logits, &labels, &weights, o.label_smoothing)?;
-            let grads = loss.backward()?;
             lr = learning_rate(meta.step, total_steps, o.lr, o.min_lr, o.warmup);
             opt.step(&grads, lr)?;
             meta.step += 1;

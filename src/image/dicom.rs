@@ -997,6 +997,27 @@ fn modality_lut_sequence(obj: &DefaultDicomObject, signed: bool) -> Option<(usiz
     Some((entries, first, data))
 }
 
+/// Explicit VR: whether the header has 2 reserved bytes and a 32-bit length (12 bytes in all)
+/// rather than a 16-bit length (8 bytes), as PS3.5 7.1.2 and dicom-rs's decoder read it.
+fn has_long_length(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::OB
+            | VR::OD
+            | VR::OF
+            | VR::OL
+            | VR::OV
+            | VR::OW
+            | VR::SQ
+            | VR::SV
+            | VR::UC
+            | VR::UN
+            | VR::UR
+            | VR::UT
+            | VR::UV
+    )
+}
+
 /// Text values: dicom-rs sizes their buffer from the header and zero-fills it before reading.
 fn is_text_vr(vr: VR) -> bool {
     matches!(
@@ -1051,31 +1072,7 @@ fn check_meta_lengths(body: &[u8]) -> Result<()> {
         }
         let element = u16::from_le_bytes([data[pos + 2], data[pos + 3]]);
         let vr = VR::from_binary([data[pos + 4], data[pos + 5]]).unwrap_or(VR::UN);
-        let short_length = matches!(
-            vr,
-            VR::AE
-                | VR::AS
-                | VR::AT
-                | VR::CS
-                | VR::DA
-                | VR::DS
-                | VR::DT
-                | VR::FL
-                | VR::FD
-                | VR::IS
-                | VR::LO
-                | VR::LT
-                | VR::PN
-                | VR::SH
-                | VR::SL
-                | VR::SS
-                | VR::ST
-                | VR::TM
-                | VR::UI
-                | VR::UL
-                | VR::US
-        );
-        let (header, len) = if short_length {
+        let (header, len) = if !has_long_length(vr) {
             (8, u32::from(u16::from_le_bytes([data[pos + 6], data[pos + 7]])))
         } else if pos + 12 <= data.len() {
             (12, u32::from_le_bytes([data[pos + 8], data[pos + 9], data[pos + 10], data[pos + 11]]))
@@ -1146,23 +1143,7 @@ fn check_value_lengths(data: &[u8], explicit: bool, little: bool) -> Result<()> 
         let tag = Tag(group, element);
         let (vr, len, header) = if explicit {
             let Some(vr) = VR::from_binary([data[pos + 4], data[pos + 5]]) else { return Ok(()) };
-            let long = matches!(
-                vr,
-                VR::OB
-                    | VR::OD
-                    | VR::OF
-                    | VR::OL
-                    | VR::OV
-                    | VR::OW
-                    | VR::SQ
-                    | VR::SV
-                    | VR::UC
-                    | VR::UN
-                    | VR::UR
-                    | VR::UT
-                    | VR::UV
-            );
-            if long {
+            if has_long_length(vr) {
                 if pos + 12 > data.len() {
                     return Ok(());
                 }

@@ -1,13 +1,9 @@
 #![no_main]
-//! DICOM open + pixel decode (every transfer syntax we take) + convert to .npy / .png.
+//! cargo-fuzz target; the body is `targets::dicom_decode`, shared with `tests/fuzz_smoke.rs`.
 use libfuzzer_sys::fuzz_target;
 
-#[path = "common.rs"]
-mod common;
+#[path = "targets.rs"]
+#[allow(dead_code)]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = melo::image::parse_header_bytes(data);
-    if let Ok(image) = melo::image::load_dicom_bytes(data, &common::fuzz_options()) {
-        common::convert_in_memory(&image);
-    }
-});
+fuzz_target!(|data: &[u8]| targets::dicom_decode(data));

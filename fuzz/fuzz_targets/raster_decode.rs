@@ -1,12 +1,9 @@
 #![no_main]
-//! PNG / JPEG load (the same entry point the window and `melo convert` use) + convert.
+//! cargo-fuzz target; the body is `targets::raster_decode`, shared with `tests/fuzz_smoke.rs`.
 use libfuzzer_sys::fuzz_target;
 
-#[path = "common.rs"]
-mod common;
+#[path = "targets.rs"]
+#[allow(dead_code)]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(image) = melo::image::load_image_bytes(data, &common::fuzz_options()) {
-        common::convert_in_memory(&image);
-    }
-});
+fuzz_target!(|data: &[u8]| targets::raster_decode(data));

@@ -12,12 +12,14 @@
 //! - [`grad`]: a differentiable forward pass of the backbone on candle's autograd, with the
 //!   frozen matrices behind an op that never computes their gradient (full fine-tuning, and
 //!   the reference the hand-written pass is tested against);
+//! - [`augment`]: flips and the small random affine transform of training images;
 //! - [`trainer`]: AdamW, cosine schedule, label smoothing, class weights, augmentation,
 //!   per-epoch validation, best-epoch selection, checkpoints for `--resume`, atomic saves;
 //! - [`cli`]: the `melo train` arguments.
 //!
 //! Nothing here depends on egui.
 
+pub mod augment;
 pub mod backprop;
 pub mod cli;
 pub mod data;

@@ -29,6 +29,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub use super::augment::Augment;
+use super::augment::Transform;
 use super::backprop::{FrozenBackbone, LoraFactors};
 use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::grad::{uniform, GradVit, Trainable};
@@ -48,18 +50,6 @@ pub enum Method {
     Linear,
     /// Every weight (full fine-tuning).
     Full,
-}
-
-/// Training-time augmentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Augment {
-    None,
-    /// Horizontal flip with probability ½ (MeLo's only augmentation).
-    Hflip,
-    /// Horizontal and vertical flips, each with probability ½ (microscopy, fundus: no
-    /// preferred orientation).
-    Flips,
 }
 
 /// Everything `melo train` needs.
@@ -270,29 +260,13 @@ fn softmax_rows(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(candle_nn::ops::softmax_last_dim(&logits.contiguous()?)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// A batch [B, 3, S, S] from items `idx`, each flipped as `flips` says (h, v).
-fn batch_pixels(data: &Prepared, idx: &[usize], flips: &[(bool, bool)]) -> Result<Tensor> {
+/// A batch [B, 3, S, S] from items `idx`, each transformed as `transforms` says (none where
+/// `transforms` is shorter).
+fn batch_pixels(data: &Prepared, idx: &[usize], transforms: &[Transform]) -> Result<Tensor> {
     let s = data.size;
-    let plane = s * s;
-    let mut out = Vec::with_capacity(idx.len() * 3 * plane);
+    let mut out = Vec::with_capacity(idx.len() * 3 * s * s);
     for (k, &i) in idx.iter().enumerate() {
-        let src = data.item(i);
-        let (h, v) = flips.get(k).copied().unwrap_or((false, false));
-        if !h && !v {
-            out.extend_from_slice(src);
-            continue;
-        }
-        for c in 0..3 {
-            for y in 0..s {
-                let sy = if v { s - 1 - y } else { y };
-                let row = &src[c * plane + sy * s..c * plane + sy * s + s];
-                if h {
-                    out.extend(row.iter().rev());
-                } else {
-                    out.extend_from_slice(row);
-                }
-            }
-        }
+        transforms.get(k).copied().unwrap_or_default().apply(data.item(i), s, &mut out);
     }
     Ok(Tensor::from_vec(out, (idx.len(), 3, s, s), &Device::Cpu)?)
 }
@@ -454,16 +428,16 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
         Method::Linear => {
             let bar = progress_bar(
                 o.progress,
-                (train_set.len() * flip_variants(o.augment) + val_set.len() + test_set.len()) as u64,
+                (train_set.len() * o.augment.flip_variants() + val_set.len() + test_set.len()) as u64,
                 "features",
             );
             let mut variants: [Option<Tensor>; 4] = Default::default();
-            for (k, slot) in variants.iter_mut().enumerate().take(flip_variants(o.augment)) {
-                let flip = (k & 1 == 1, k & 2 == 2);
+            for (k, slot) in variants.iter_mut().enumerate().take(o.augment.flip_variants()) {
+                let flip = Transform::flips(k & 1 == 1, k & 2 == 2);
                 *slot = Some(frozen_features(vit, &train_set, flip, o.pooling, &bar)?);
             }
-            let val = frozen_features(vit, &val_set, (false, false), o.pooling, &bar)?;
-            let test = frozen_features(vit, &test_set, (false, false), o.pooling, &bar)?;
+            let val = frozen_features(vit, &val_set, Transform::default(), o.pooling, &bar)?;
+            let test = frozen_features(vit, &test_set, Transform::default(), o.pooling, &bar)?;
             bar.finish_and_clear();
             Model::Linear { train: variants, val, test }
         }
@@ -525,19 +499,12 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
             rand::rngs::StdRng::seed_from_u64(o.seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)));
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         order.shuffle(&mut erng);
-        let flips: Vec<(bool, bool)> = order
-            .iter()
-            .map(|_| {
-                let h = matches!(o.augment, Augment::Hflip | Augment::Flips) && erng.random_bool(0.5);
-                let v = matches!(o.augment, Augment::Flips) && erng.random_bool(0.5);
-                (h, v)
-            })
-            .collect();
+        let transforms: Vec<Transform> = order.iter().map(|_| o.augment.sample(&mut erng)).collect();
         let bar = progress_bar(o.progress, steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, o.epochs));
         let mut loss_sum = 0.0;
         let mut lr = o.lr;
         for (s, chunk) in order.chunks(o.batch).enumerate() {
-            let fl = &flips[s * o.batch..s * o.batch + chunk.len()];
+            let fl = &transforms[s * o.batch..s * o.batch + chunk.len()];
             let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
             let (loss, grads) = if let (Model::Backbone(g), Some(fast)) = (&model, &fast) {
                 // LoRA: the hand-written backward pass; candle only for head and loss.
@@ -572,8 +539,8 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
                         let rows: Vec<Tensor> = chunk
                             .iter()
                             .zip(fl)
-                            .map(|(&i, &(h, v))| {
-                                let k = usize::from(h) | (usize::from(v) << 1);
+                            .map(|(&i, t)| {
+                                let k = usize::from(t.hflip) | (usize::from(t.vflip) << 1);
                                 train[k].as_ref().unwrap_or_else(|| train[0].as_ref().expect("plain features")).get(i)
                             })
                             .collect::<candle_core::Result<_>>()?;
@@ -714,12 +681,12 @@ fn head_phase(
     weights: &[f32],
     o: &TrainOptions,
 ) -> Result<Option<f64>> {
-    let variants = flip_variants(o.augment);
+    let variants = o.augment.flip_variants();
     let bar = progress_bar(o.progress, (train_set.len() * variants + val_set.len()) as u64, "head phase: features");
     let train: Vec<Tensor> = (0..variants)
-        .map(|k| frozen_features(vit, train_set, (k & 1 == 1, k & 2 == 2), o.pooling, &bar))
+        .map(|k| frozen_features(vit, train_set, Transform::flips(k & 1 == 1, k & 2 == 2), o.pooling, &bar))
         .collect::<Result<_>>()?;
-    let val = frozen_features(vit, val_set, (false, false), o.pooling, &bar)?;
+    let val = frozen_features(vit, val_set, Transform::default(), o.pooling, &bar)?;
     bar.finish_and_clear();
     let mut opt = AdamW::new(head.vars(), o.weight_decay)?;
     let steps_per_epoch = train_set.len().div_ceil(o.batch);
@@ -758,14 +725,6 @@ fn head_phase(
     }
     eprintln!("head phase: {} epochs on frozen features, kept val AUC {auc:.4}", o.head_epochs);
     Ok(Some(auc))
-}
-
-fn flip_variants(augment: Augment) -> usize {
-    match augment {
-        Augment::None => 1,
-        Augment::Hflip => 2,
-        Augment::Flips => 4,
-    }
 }
 
 fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
@@ -811,15 +770,15 @@ fn count_trained_backbone_parameters(vit: &VisionTransformer) -> usize {
 fn frozen_features(
     vit: &VisionTransformer,
     data: &Prepared,
-    flip: (bool, bool),
+    transform: Transform,
     pooling: Pooling,
     bar: &indicatif::ProgressBar,
 ) -> Result<Tensor> {
     let mut parts = Vec::new();
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(32) {
-        let flips = vec![flip; chunk.len()];
-        let out = vit.forward(&batch_pixels(data, chunk, &flips)?, None)?;
+        let transforms = vec![transform; chunk.len()];
+        let out = vit.forward(&batch_pixels(data, chunk, &transforms)?, None)?;
         parts.push(out.pooled(pooling)?);
         bar.inc(chunk.len() as u64);
     }

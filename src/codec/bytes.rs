@@ -3,6 +3,10 @@
 
 use super::CodecError;
 
+/// Restart markers RST0…RST7 (T.81 B.1.1.3, T.87 C.1.2), in both JPEG and JPEG-LS scans.
+pub(crate) const RST0: u8 = 0xD0;
+pub(crate) const RST7: u8 = 0xD7;
+
 /// A position in a codestream, for reading header fields.
 pub(crate) struct ByteCursor<'a> {
     data: &'a [u8],
@@ -66,6 +70,16 @@ impl<'a> ByteCursor<'a> {
                 _ => return Ok(code),
             }
         }
+    }
+
+    /// The restart marker RST`expected` (0…7) that must come next in a scan with restart
+    /// intervals; the cursor is left on the first entropy-coded byte after it.
+    pub(crate) fn read_restart_marker(&mut self, expected: u8) -> Result<(), CodecError> {
+        let marker = self.read_marker().map_err(|_| CodecError::Truncated("restart marker missing".into()))?;
+        if marker != RST0 + expected {
+            return Err(CodecError::Invalid(format!("expected RST{expected}, found marker 0xFF{marker:02X}")));
+        }
+        Ok(())
     }
 
     /// The payload of a marker segment whose marker was just read: a two-byte length

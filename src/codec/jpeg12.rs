@@ -15,7 +15,7 @@
 //! rounded, level-shifted by 2^(P-1) and clamped to 0..2^P - 1. Decoders with integer IDCTs
 //! (libjpeg's and others) differ from it by at most 1 in an occasional sample.
 
-use super::bytes::ByteCursor;
+use super::bytes::{ByteCursor, RST0, RST7};
 use super::{checked_sample_count, CodecError, Frame};
 
 // Marker codes (T.81 Table B.1).
@@ -28,8 +28,6 @@ const DRI: u8 = 0xDD;
 const DHT: u8 = 0xC4;
 const SOF0: u8 = 0xC0;
 const SOF1: u8 = 0xC1;
-const RST0: u8 = 0xD0;
-const RST7: u8 = 0xD7;
 
 /// Zig-zag order (T.81 Figure A.6): `ZIGZAG[k]` is the row-major index of the k-th
 /// coefficient in the coded order.
@@ -481,10 +479,7 @@ impl<'a> HuffmanBitReader<'a> {
     /// that RSTm with `m = expected` follows, and continues after it.
     fn consume_restart_marker(&mut self, expected: u8) -> Result<(), CodecError> {
         let mut cursor = ByteCursor::new(self.data, self.marker_position());
-        let marker = cursor.read_marker().map_err(|_| CodecError::Truncated("restart marker missing".into()))?;
-        if marker != RST0 + expected {
-            return Err(CodecError::Invalid(format!("expected RST{expected}, found marker 0xFF{marker:02X}")));
-        }
+        cursor.read_restart_marker(expected)?;
         *self = HuffmanBitReader::new(self.data, cursor.position());
         Ok(())
     }

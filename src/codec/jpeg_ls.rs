@@ -15,7 +15,7 @@
 //! syntax). The decoder mirrors the encoding procedures of Annex A step by step; each
 //! decoding step is the inverse of the encoding step it cites.
 
-use super::bytes::ByteCursor;
+use super::bytes::{ByteCursor, RST0, RST7};
 use super::{checked_sample_count, CodecError, Frame};
 
 // Marker codes (T.81 Table B.1, T.87 Table C.1).
@@ -24,8 +24,6 @@ const EOI: u8 = 0xD9;
 const SOS: u8 = 0xDA;
 const DNL: u8 = 0xDC;
 const DRI: u8 = 0xDD;
-const RST0: u8 = 0xD0;
-const RST7: u8 = 0xD7;
 const APP8: u8 = 0xE8;
 const SOF55: u8 = 0xF7;
 const LSE: u8 = 0xF8;
@@ -671,10 +669,7 @@ impl<'a> BitReader<'a> {
     /// continues after it.
     fn consume_restart_marker(&mut self, expected: u8) -> Result<(), CodecError> {
         let mut cursor = ByteCursor::new(self.data, self.marker_position());
-        let marker = cursor.read_marker().map_err(|_| CodecError::Truncated("restart marker missing".into()))?;
-        if marker != RST0 + expected {
-            return Err(CodecError::Invalid(format!("expected RST{expected}, found marker 0xFF{marker:02X}")));
-        }
+        cursor.read_restart_marker(expected)?;
         *self = BitReader::new(self.data, cursor.position());
         Ok(())
     }

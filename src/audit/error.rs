@@ -5,12 +5,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// The target model could not be loaded or run.
     #[error("target model: {0}")]
     Model(#[from] crate::diffusion::Error),
@@ -35,7 +31,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io(crate::error::IoError { path: path.into(), source })
     }
 }
 
@@ -44,7 +40,7 @@ impl From<Error> for crate::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Melo(inner) => inner,
-            Error::Io { path, source } => crate::Error::Io { path, source },
+            Error::Io(e) => crate::Error::Io(e),
             other => crate::Error::Invalid(other.to_string()),
         }
     }

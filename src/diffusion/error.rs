@@ -6,12 +6,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// A `config.json` / `scheduler_config.json` that is not JSON or not the expected object.
     #[error("{path}: not a valid {what} ({reason})")]
     Json { path: PathBuf, what: &'static str, reason: String },
@@ -35,7 +31,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io(crate::error::IoError { path: path.into(), source })
     }
 }
 
@@ -43,7 +39,7 @@ impl Error {
 impl From<Error> for crate::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::Io { path, source } => crate::Error::Io { path, source },
+            Error::Io(e) => crate::Error::Io(e),
             other => crate::Error::Invalid(other.to_string()),
         }
     }

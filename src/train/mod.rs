@@ -33,12 +33,8 @@ use std::path::PathBuf;
 /// act on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// The data set is unusable (layout, labels, class counts).
     #[error("data set {path}: {reason}")]
     Data { path: PathBuf, reason: String },
@@ -63,7 +59,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io(crate::error::IoError { path: path.into(), source })
     }
 
     pub(crate) fn data(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
@@ -77,7 +73,7 @@ impl From<Error> for crate::Error {
         match e {
             Error::Melo(inner) => inner,
             Error::Model(inner) => inner.into(),
-            Error::Io { path, source } => crate::Error::Io { path, source },
+            Error::Io(e) => crate::Error::Io(e),
             other => crate::Error::Invalid(other.to_string()),
         }
     }

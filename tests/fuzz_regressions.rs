@@ -120,3 +120,16 @@ fn jpeg2000_frame_larger_than_the_header_is_refused() {
         .to_string();
     assert!(err.contains("JPEG 2000 frame is"), "{err}");
 }
+
+/// A baseline JPEG frame whose Adobe APP14 segment has a length below 2 (fuzzer mutation of a
+/// corpus file, `fuzz/dicom_decode` round 3): the colour-marker look-ahead sliced backwards and
+/// panicked (contained, but a panic). Now the look-ahead stops and the JPEG decoder refuses
+/// the stream, as pydicom's plugins do ("Huffman table length must be at least two bytes").
+#[test]
+fn jpeg_segment_shorter_than_its_length_field_is_an_error_not_a_panic() {
+    let err = load_dicom_bytes(&fuzz_file("dicom_panic_jpeg_segment_length.dcm"), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("decoder crashed"), "the look-ahead still panics: {err}");
+    assert!(err.contains("JPEG"), "{err}");
+}

@@ -793,6 +793,11 @@ fn has_colour_marker(stream: &[u8]) -> bool {
             break;
         }
         let len = usize::from(u16::from_be_bytes([stream[i + 2], stream[i + 3]]));
+        if len < 2 {
+            // The length counts its own two bytes; anything less is malformed, and the
+            // decoder, not this look-ahead, says so.
+            return false;
+        }
         // A complete Adobe segment holds its transform flag at byte 11; a truncated one says nothing.
         let payload = &stream[(i + 4).min(stream.len())..(i + 2 + len).min(stream.len())];
         if (marker == 0xE0 && payload.starts_with(b"JFIF"))

@@ -121,7 +121,7 @@ fn jpeg2000_frame_larger_than_the_header_is_refused() {
     assert!(err.contains("JPEG 2000 frame is"), "{err}");
 }
 
-/// A baseline JPEG frame whose Adobe APP14 segment has a length below 2 (fuzzer mutation of a
+/// A baseline JPEG frame whose DHT segment declares length 0 (fuzzer mutation of a
 /// corpus file, `fuzz/dicom_decode` round 3): the colour-marker look-ahead sliced backwards and
 /// panicked (contained, but a panic). Now the look-ahead stops and the JPEG decoder refuses
 /// the stream, as pydicom's plugins do ("Huffman table length must be at least two bytes").

@@ -18,9 +18,9 @@ use rand::{Rng, SeedableRng};
 #[allow(dead_code)]
 mod targets;
 
-/// Mutations per seed file. The sum over seeds stays in the low thousands per target so the
-/// whole file runs in seconds even with the crate itself unoptimised.
-const MUTATIONS_PER_SEED: usize = 150;
+/// Inputs per target, spread evenly over its seeds: a few thousand keeps the whole file at
+/// seconds even with the crate itself unoptimised.
+const INPUTS_PER_TARGET: usize = 3000;
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
@@ -116,7 +116,7 @@ fn count_panics() {
     });
 }
 
-/// Runs `target` on every seed and on `MUTATIONS_PER_SEED` mutations of each. An input that
+/// Runs `target` on every seed and on mutations of each, `INPUTS_PER_TARGET` in all. An input that
 /// panics, whether or not the panic is caught inside the program, fails the test with the seed
 /// and input named; the input is kept in `tests/out/fuzz_smoke/`.
 fn smoke(name: &str, target: fn(&[u8]), seeds: Vec<(String, Vec<u8>)>) {
@@ -125,8 +125,9 @@ fn smoke(name: &str, target: fn(&[u8]), seeds: Vec<(String, Vec<u8>)>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED ^ name.len() as u64);
     let mut failures = Vec::new();
     let mut runs = 0;
+    let mutations_per_seed = INPUTS_PER_TARGET / seeds.len() - 1;
     for (seed_name, seed) in &seeds {
-        let inputs = std::iter::once(seed.clone()).chain((0..MUTATIONS_PER_SEED).map(|_| mutate(seed, &mut rng)));
+        let inputs = std::iter::once(seed.clone()).chain((0..mutations_per_seed).map(|_| mutate(seed, &mut rng)));
         for (k, input) in inputs.enumerate() {
             runs += 1;
             let before = PANICS.load(Ordering::SeqCst);

@@ -56,7 +56,7 @@ def print_seed_table(rs):
     groups = {k: sorted(v, key=lambda r: r["options"]["seed"]) for k, v in groups.items() if len(v) > 1}
     if not groups:
         return
-    print("\nThe same recipe with other seeds (seed 0 is the row above; the seed changes the head's and LoRA's")
+    print("\nThe same recipes with other seeds (seed 0 is the matching row above; the seed changes the head's and LoRA's")
     print("initialisation, the shuffles and the augmentation draws):\n")
     print("| recipe | input | epochs | seeds | val macro AUC (kept epoch) | test macro AUC | mean ± sd of test AUC |")
     print("|---|---|---|---|---|---|---|")

@@ -404,3 +404,26 @@ fn presets_apply_fixed_ct_windows() {
     assert_eq!(harness.state().viewer.preferred_preset, WindowPreset::CtLung, "remembered for the next series");
     assert!(label_shown(&harness, "W 1500  L -600"));
 }
+
+/// Sites name folders after patients, and error messages carry the paths they were given:
+/// while patient details are hidden the window cuts the folders and keeps the file name.
+#[test]
+fn error_messages_show_no_folder_names_while_patient_details_are_hidden() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("DOE^JANE 1970");
+    std::fs::create_dir(&folder).expect("folder");
+    let mut harness = open(vec![folder.join("missing.dcm")]);
+    let error = harness.state().messages.iter().find(|m| m.level == MessageLevel::Error).expect("an error");
+    let lines = error.details.join("\n");
+    assert!(lines.contains("DOE^JANE 1970"), "the message itself keeps the path: {lines}");
+    harness.get_by_label_contains("Details (").click();
+    harness.run();
+
+    assert!(harness.state().hide_patient_details, "hidden by default");
+    assert!(label_shown(&harness, "missing.dcm"), "the file name is shown");
+    assert!(!label_shown(&harness, "DOE^JANE"), "the folder is not");
+
+    harness.get_by_label("Hide patient details").click();
+    harness.run();
+    assert!(label_shown(&harness, "DOE^JANE 1970"), "shown in full when details are shown");
+}

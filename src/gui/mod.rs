@@ -685,6 +685,16 @@ impl MeloApp {
         });
     }
 
+    /// A message as the window shows it: folders cut from its paths while patient details are
+    /// hidden (sites name folders after patients; the messages keep the whole text).
+    fn shown_message_text(&self, text: &str) -> String {
+        if self.hide_patient_details {
+            crate::error::hide_folders(text)
+        } else {
+            text.to_string()
+        }
+    }
+
     fn messages_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
         for message in &self.messages {
             ui.horizontal(|ui| {
@@ -696,7 +706,7 @@ impl MeloApp {
                 if ui.button("Dismiss").clicked() {
                     commands.push(Command::DismissMessage(message.id));
                 }
-                let text = drawable(ui.ctx(), &message.text);
+                let text = drawable(ui.ctx(), &self.shown_message_text(&message.text));
                 ui.label(RichText::new(format!("{prefix}: {text}")).color(color));
             });
             if !message.details.is_empty() {
@@ -707,7 +717,7 @@ impl MeloApp {
                             ui,
                             |ui| {
                                 for line in &message.details {
-                                    ui.label(drawable(ui.ctx(), line));
+                                    ui.label(drawable(ui.ctx(), &self.shown_message_text(line)));
                                 }
                             },
                         );

@@ -82,6 +82,9 @@ impl Transform {
     /// Appends `src` ([channels, size, size]) transformed to `out`.
     pub fn apply(&self, src: &[f32], size: usize, out: &mut Vec<f32>) {
         let plane = size * size;
+        if plane == 0 {
+            return;
+        }
         debug_assert_eq!(src.len() % plane, 0);
         let Some(affine) = self.affine else {
             self.apply_flips(src, size, out);

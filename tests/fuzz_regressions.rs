@@ -133,3 +133,14 @@ fn jpeg_segment_shorter_than_its_length_field_is_an_error_not_a_panic() {
     assert!(!err.contains("decoder crashed"), "the look-ahead still panics: {err}");
     assert!(err.contains("JPEG"), "{err}");
 }
+
+/// A palette PNG whose PLTE chunk is 40 bytes, not whole RGB entries (fuzzer mutation,
+/// `fuzz/raster_decode` round 3): png 0.18.1 slices past it and panicked, and the raster path
+/// had no `catch_unwind`, so `melo info` / `melo convert` crashed. The palette is checked
+/// before decoding now (Pillow refuses the file too).
+#[test]
+fn png_palette_of_partial_entries_is_an_error_not_a_panic() {
+    let err =
+        load_image_bytes(&fuzz_file("png_panic_palette_length.png"), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("PNG palette (PLTE) of 40 bytes"), "{err}");
+}

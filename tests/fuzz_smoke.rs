@@ -152,7 +152,7 @@ fn dicom_decode_survives_mutated_dicom_files() {
 
 #[test]
 fn raster_decode_survives_mutated_png_and_jpeg_files() {
-    let mut seeds = seeds(&["codec"], &[".jpg"], 40_000);
+    let mut seeds = seeds(&["codec", "fuzz"], &[".jpg", ".png"], 40_000);
     // No PNG is committed as a fixture: encode two with the `image` crate (8-bit grey with a
     // gradient, 16-bit RGB), the two PNG kinds the loader handles differently.
     for (name, img) in [

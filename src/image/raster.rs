@@ -14,6 +14,32 @@ pub fn load_raster(path: &Path, options: &LoadOptions) -> Result<MedicalImage> {
 
 pub(crate) fn load_raster_bytes(bytes: &[u8], options: &LoadOptions) -> Result<MedicalImage> {
     let format = image::guess_format(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    if format == image::ImageFormat::Png {
+        check_png_palette(bytes)?;
+    }
+    // As for DICOM pixel data: a third-party decoder that panics on hostile data fails this
+    // file only.
+    std::panic::catch_unwind(|| decode_raster(bytes, format, options))
+        .map_err(|_| Error::Decode("decoder crashed on malformed image data".into()))?
+}
+
+/// png 0.18.1 copies a `PLTE` palette three bytes at a time without checking that it holds
+/// whole RGB entries, and panics on one that does not (a 40-byte palette: fuzz finding,
+/// `tests/data/fuzz/png_panic_palette_length.png`). PNG allows 1–256 entries of 3 bytes.
+/// Anything else the header reader rejects is left to the full decode, which says so.
+fn check_png_palette(bytes: &[u8]) -> Result<()> {
+    let Ok(reader) = png::Decoder::new(std::io::Cursor::new(bytes)).read_info() else {
+        return Ok(());
+    };
+    match reader.info().palette.as_deref() {
+        Some(palette) if palette.is_empty() || palette.len() % 3 != 0 || palette.len() > 3 * 256 => {
+            Err(Error::Decode(format!("PNG palette (PLTE) of {} bytes is not 1 to 256 RGB entries", palette.len())))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn decode_raster(bytes: &[u8], format: image::ImageFormat, options: &LoadOptions) -> Result<MedicalImage> {
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(options.limits.max_samples.saturating_mul(4));

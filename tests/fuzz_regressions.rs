@@ -144,3 +144,15 @@ fn png_palette_of_partial_entries_is_an_error_not_a_panic() {
         load_image_bytes(&fuzz_file("png_panic_palette_length.png"), &LoadOptions::default()).unwrap_err().to_string();
     assert!(err.contains("PNG palette (PLTE) of 40 bytes"), "{err}");
 }
+
+/// 115 bytes, found by `fuzz/raster_decode` (round 3): the group length (0002,0000) has an
+/// unknown VR, so its value sits after a 12-byte header; the meta walk read it from the 8-byte
+/// position, ended the group early and missed a (0002,0002) claiming 4,076,863,492 bytes,
+/// which dicom-object's meta reader then zero-filled (peak 3.8 GiB).
+#[test]
+fn group_length_with_an_unknown_vr_does_not_hide_a_lying_meta_length() {
+    let err = load_image_bytes(&fuzz_file("dicom_oom_meta_group_length_vr.dcm"), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("file meta element (0002,0002) claims 4076863492 bytes"), "{err}");
+}

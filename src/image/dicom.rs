@@ -1094,8 +1094,10 @@ fn check_meta_lengths(body: &[u8]) -> Result<()> {
             )));
         }
         if (group, element) == (0x0002, 0x0000) && len == 4 && group_end.is_none() {
-            let value = [data[pos + 8], data[pos + 9], data[pos + 10], data[pos + 11]];
-            group_end = Some((pos + 12).saturating_add(u32::from_le_bytes(value) as usize));
+            // The value follows the header, whichever form the (possibly wrong) VR gave it.
+            let at = pos + header;
+            let value = [data[at], data[at + 1], data[at + 2], data[at + 3]];
+            group_end = Some((at + 4).saturating_add(u32::from_le_bytes(value) as usize));
         }
         pos += header + len as usize;
     }

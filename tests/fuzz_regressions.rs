@@ -156,3 +156,14 @@ fn group_length_with_an_unknown_vr_does_not_hide_a_lying_meta_length() {
         .to_string();
     assert!(err.contains("file meta element (0002,0002) claims 4076863492 bytes"), "{err}");
 }
+
+/// An RGB baseline JPEG without JFIF/Adobe marker whose second component is sampled 3 × 1
+/// (fuzzer mutation of a corpus file, `fuzz/dicom_decode` round 3): asked for no colour
+/// transform, jpeg-decoder 0.3.2 overran its output row and panicked (contained, but a panic).
+/// A subsampled stream now keeps the codec's own colour rule and decodes.
+#[test]
+fn subsampled_rgb_jpeg_without_colour_marker_decodes_without_a_panic() {
+    let image = load_dicom_bytes(&fuzz_file("dicom_panic_jpeg_subsampled_rgb.dcm"), &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((image.rows, image.cols, image.channels), (256, 256, 3));
+}

@@ -743,7 +743,12 @@ fn decode_encapsulated(obj: &DefaultDicomObject, codec: OwnCodec, g: &Geometry, 
 /// says RGB is taken as RGB — libjpeg, pydicom's codec, does the same.
 fn decode_jpeg_frame(stream: &[u8], g: &Geometry, meta: &ImageMeta) -> Result<Vec<u32>> {
     let mut decoder = jpeg_decoder::Decoder::new(stream);
-    if meta.photometric == "RGB" && !has_colour_marker(stream) {
+    // jpeg-decoder 0.3.2 handles "no colour transform" only for full-resolution components:
+    // with a subsampled one it overruns its output row and panics (fuzz finding), so such a
+    // stream keeps the codec's own rule (YCbCr), as libjpeg does for component ids other
+    // than 'R', 'G', 'B'.
+    let hints = jpeg_colour_hints(stream);
+    if meta.photometric == "RGB" && !hints.colour_marker && hints.full_resolution {
         decoder.set_color_transform(jpeg_decoder::ColorTransform::None);
     }
     let pixels = match decoder.decode() {
@@ -784,8 +789,16 @@ fn decode_jpeg12_frame(stream: &[u8], g: &Geometry) -> Result<Vec<u32>> {
     Ok(frame.samples.into_iter().map(u32::from).collect())
 }
 
-/// Whether the JPEG stream has a JFIF (APP0) or Adobe (APP14) marker before its first scan.
-fn has_colour_marker(stream: &[u8]) -> bool {
+/// What the JPEG stream's header says about colour, read up to its first scan.
+struct JpegColourHints {
+    /// A JFIF (APP0) or Adobe (APP14) marker: the codec's own colour rules apply.
+    colour_marker: bool,
+    /// The frame header (SOF) was reached and every component is sampled 1 × 1.
+    full_resolution: bool,
+}
+
+fn jpeg_colour_hints(stream: &[u8]) -> JpegColourHints {
+    let mut hints = JpegColourHints { colour_marker: false, full_resolution: false };
     let mut i = 2;
     while i + 4 <= stream.len() && stream[i] == 0xFF {
         let marker = stream[i + 1];
@@ -796,18 +809,24 @@ fn has_colour_marker(stream: &[u8]) -> bool {
         if len < 2 {
             // The length counts its own two bytes; anything less is malformed, and the
             // decoder, not this look-ahead, says so.
-            return false;
+            break;
         }
         // A complete Adobe segment holds its transform flag at byte 11; a truncated one says nothing.
         let payload = &stream[(i + 4).min(stream.len())..(i + 2 + len).min(stream.len())];
         if (marker == 0xE0 && payload.starts_with(b"JFIF"))
             || (marker == 0xEE && payload.starts_with(b"Adobe") && payload.len() >= 12)
         {
-            return true;
+            hints.colour_marker = true;
+        }
+        if matches!(marker, 0xC0 | 0xC1) && payload.len() >= 6 {
+            // SOF: precision, height, width, component count, then (id, HV sampling, table).
+            let count = usize::from(payload[5]);
+            let components = payload[6..].chunks_exact(3).take(count);
+            hints.full_resolution = components.len() == count && components.clone().all(|c| c[1] == 0x11);
         }
         i += 2 + len;
     }
-    false
+    hints
 }
 
 /// DICOM RLE (PS3.5 Annex G): up to 15 PackBits segments, one per byte plane, most

@@ -167,3 +167,15 @@ fn subsampled_rgb_jpeg_without_colour_marker_decodes_without_a_panic() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((image.rows, image.cols, image.channels), (256, 256, 3));
 }
+
+/// 2,493 bytes, header 512 × 400, whose JPEG Lossless frame header says 65023 × 64623
+/// (`fuzz/dicom_decode` round 3): jpeg-decoder decoded the whole frame before our size check,
+/// and `melo info` grew to 24 GB before it was killed. The frame size is now read from the
+/// codestream and compared before decoding, as for JPEG 2000.
+#[test]
+fn jpeg_frame_larger_than_the_header_is_refused_before_decoding() {
+    let err = load_dicom_bytes(&fuzz_file("dicom_oom_jpeg_lossless_frame_size.dcm"), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("JPEG frame is 65023×64623, header says 512×400"), "{err}");
+}

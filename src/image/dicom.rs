@@ -747,7 +747,12 @@ fn decode_jpeg_frame(stream: &[u8], g: &Geometry, meta: &ImageMeta) -> Result<Ve
     // with a subsampled one it overruns its output row and panics (fuzz finding), so such a
     // stream keeps the codec's own rule (YCbCr), as libjpeg does for component ids other
     // than 'R', 'G', 'B'.
-    let hints = jpeg_colour_hints(stream);
+    let hints = jpeg_header_hints(stream);
+    // A frame larger than the header's geometry would be decoded in full before the size
+    // check below (a 2.5 KB file claiming 65023 × 64623 grew to 24 GB: fuzz finding).
+    if let Some((width, height)) = hints.frame_size.filter(|&size| size != (g.cols, g.rows)) {
+        return Err(Error::Decode(format!("JPEG frame is {width}×{height}, header says {}×{}", g.cols, g.rows)));
+    }
     if meta.photometric == "RGB" && !hints.colour_marker && hints.full_resolution {
         decoder.set_color_transform(jpeg_decoder::ColorTransform::None);
     }
@@ -789,18 +794,25 @@ fn decode_jpeg12_frame(stream: &[u8], g: &Geometry) -> Result<Vec<u32>> {
     Ok(frame.samples.into_iter().map(u32::from).collect())
 }
 
-/// What the JPEG stream's header says about colour, read up to its first scan.
-struct JpegColourHints {
+/// What the JPEG stream's header says, read up to its first scan, before decoding.
+struct JpegHeaderHints {
     /// A JFIF (APP0) or Adobe (APP14) marker: the codec's own colour rules apply.
     colour_marker: bool,
     /// The frame header (SOF) was reached and every component is sampled 1 × 1.
     full_resolution: bool,
+    /// Width and height of the frame header, if reached.
+    frame_size: Option<(usize, usize)>,
 }
 
-fn jpeg_colour_hints(stream: &[u8]) -> JpegColourHints {
-    let mut hints = JpegColourHints { colour_marker: false, full_resolution: false };
+fn jpeg_header_hints(stream: &[u8]) -> JpegHeaderHints {
+    let mut hints = JpegHeaderHints { colour_marker: false, full_resolution: false, frame_size: None };
     let mut i = 2;
-    while i + 4 <= stream.len() && stream[i] == 0xFF {
+    while i + 4 <= stream.len() {
+        // Bytes between segments and fill bytes are skipped, as the decoders do.
+        if stream[i] != 0xFF || stream[i + 1] == 0xFF {
+            i += 1;
+            continue;
+        }
         let marker = stream[i + 1];
         if marker == 0xDA {
             break;
@@ -818,11 +830,15 @@ fn jpeg_colour_hints(stream: &[u8]) -> JpegColourHints {
         {
             hints.colour_marker = true;
         }
-        if matches!(marker, 0xC0 | 0xC1) && payload.len() >= 6 {
-            // SOF: precision, height, width, component count, then (id, HV sampling, table).
+        // SOF0…SOF15 but DHT (C4), JPG (C8) and DAC (CC): precision, height, width, component
+        // count, then (id, HV sampling, table) per component.
+        if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) && payload.len() >= 6 {
             let count = usize::from(payload[5]);
             let components = payload[6..].chunks_exact(3).take(count);
             hints.full_resolution = components.len() == count && components.clone().all(|c| c[1] == 0x11);
+            let height = usize::from(u16::from_be_bytes([payload[1], payload[2]]));
+            let width = usize::from(u16::from_be_bytes([payload[3], payload[4]]));
+            hints.frame_size = Some((width, height));
         }
         i += 2 + len;
     }

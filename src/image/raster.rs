@@ -54,9 +54,9 @@ fn decode_raster(bytes: &[u8], format: image::ImageFormat, options: &LoadOptions
     let color = decoded.color();
     let (channels, values): (usize, Vec<f32>) = if color.has_color() {
         let rgb = decoded.to_rgb32f();
-        let scale = if color.bytes_per_pixel() / color.channel_count() as u8 > 1 { 65535.0 } else { 255.0 };
+        let scale = if color.bytes_per_pixel() / color.channel_count() > 1 { 65535.0 } else { 255.0 };
         (3, rgb.into_raw().into_iter().map(|v| (v * scale).round()).collect())
-    } else if color.bytes_per_pixel() / color.channel_count() as u8 > 1 {
+    } else if color.bytes_per_pixel() / color.channel_count() > 1 {
         (1, decoded.to_luma16().into_raw().into_iter().map(f32::from).collect())
     } else {
         (1, decoded.to_luma8().into_raw().into_iter().map(f32::from).collect())

@@ -8,6 +8,16 @@ fn fuzz_file(name: &str) -> Vec<u8> {
     std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz").join(name)).unwrap()
 }
 
+/// The error the DICOM loader gives for a regression file (it must give one).
+fn dicom_error(name: &str) -> String {
+    load_dicom_bytes(&fuzz_file(name), &LoadOptions::default()).unwrap_err().to_string()
+}
+
+/// The error the window's entry point (any format) gives for a regression file.
+fn image_error(name: &str) -> String {
+    load_image_bytes(&fuzz_file(name), &LoadOptions::default()).unwrap_err().to_string()
+}
+
 /// Text values whose header claims more than the file holds are refused before dicom-rs
 /// zero-fills a buffer of that size (without the check: 285 MB – 2 GB per file).
 #[test]
@@ -17,7 +27,7 @@ fn lying_text_lengths_are_refused_before_any_allocation() {
         ("dicom_abort_string_length_no_meta.dcm", "claims 285278480 bytes"),
         ("dicom_abort_private_or_virtual_vr.dcm", "claims 1191118597 bytes"),
     ] {
-        let err = load_image_bytes(&fuzz_file(name), &LoadOptions::default()).unwrap_err().to_string();
+        let err = image_error(name);
         assert!(err.contains(expected), "{name}: {err}");
     }
 }
@@ -30,7 +40,7 @@ fn lying_meta_lengths_are_refused_before_any_allocation() {
         ("dicom_oom_meta_uid_length.dcm", "file meta element (0002,0012) claims 4294959104 bytes"),
         ("dicom_oom_meta_instance_uid_length.dcm", "file meta element (0002,0003) claims 774963264 bytes"),
     ] {
-        let err = load_dicom_bytes(&fuzz_file(name), &LoadOptions::default()).unwrap_err().to_string();
+        let err = dicom_error(name);
         assert!(err.contains(expected), "{name}: {err}");
     }
 }
@@ -115,9 +125,7 @@ fn scheduler_with_a_huge_timestep_count_is_refused() {
 /// `fuzz/dicom_decode`); the codestream's size is now checked before decoding.
 #[test]
 fn jpeg2000_frame_larger_than_the_header_is_refused() {
-    let err = load_dicom_bytes(&fuzz_file("dicom_panic_jpeg2k_component_overrun.dcm"), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = dicom_error("dicom_panic_jpeg2k_component_overrun.dcm");
     assert!(err.contains("JPEG 2000 frame is"), "{err}");
 }
 
@@ -127,9 +135,7 @@ fn jpeg2000_frame_larger_than_the_header_is_refused() {
 /// the stream, as pydicom's plugins do ("Huffman table length must be at least two bytes").
 #[test]
 fn jpeg_segment_shorter_than_its_length_field_is_an_error_not_a_panic() {
-    let err = load_dicom_bytes(&fuzz_file("dicom_panic_jpeg_segment_length.dcm"), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = dicom_error("dicom_panic_jpeg_segment_length.dcm");
     assert!(!err.contains("decoder crashed"), "the look-ahead still panics: {err}");
     assert!(err.contains("JPEG"), "{err}");
 }
@@ -140,8 +146,7 @@ fn jpeg_segment_shorter_than_its_length_field_is_an_error_not_a_panic() {
 /// before decoding now (Pillow refuses the file too).
 #[test]
 fn png_palette_of_partial_entries_is_an_error_not_a_panic() {
-    let err =
-        load_image_bytes(&fuzz_file("png_panic_palette_length.png"), &LoadOptions::default()).unwrap_err().to_string();
+    let err = image_error("png_panic_palette_length.png");
     assert!(err.contains("PNG palette (PLTE) of 40 bytes"), "{err}");
 }
 
@@ -151,9 +156,7 @@ fn png_palette_of_partial_entries_is_an_error_not_a_panic() {
 /// which dicom-object's meta reader then zero-filled (peak 3.8 GiB).
 #[test]
 fn group_length_with_an_unknown_vr_does_not_hide_a_lying_meta_length() {
-    let err = load_image_bytes(&fuzz_file("dicom_oom_meta_group_length_vr.dcm"), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = image_error("dicom_oom_meta_group_length_vr.dcm");
     assert!(err.contains("file meta element (0002,0002) claims 4076863492 bytes"), "{err}");
 }
 
@@ -174,8 +177,6 @@ fn subsampled_rgb_jpeg_without_colour_marker_decodes_without_a_panic() {
 /// codestream and compared before decoding, as for JPEG 2000.
 #[test]
 fn jpeg_frame_larger_than_the_header_is_refused_before_decoding() {
-    let err = load_dicom_bytes(&fuzz_file("dicom_oom_jpeg_lossless_frame_size.dcm"), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = dicom_error("dicom_oom_jpeg_lossless_frame_size.dcm");
     assert!(err.contains("JPEG frame is 65023×64623, header says 512×400"), "{err}");
 }

@@ -566,11 +566,13 @@ fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOptions) -> Re
 
 fn decode_with_dicom_rs(obj: &DefaultDicomObject, g: &Geometry, meta: &ImageMeta) -> Result<Samples> {
     let Geometry { rows, cols, spp, frames, bits_allocated, bits_stored } = *g;
-    let encapsulated = matches!(obj.element(tags::PIXEL_DATA).map(|e| e.value()), Ok(DicomValue::PixelSequence(_)));
-    if let Ok(DicomValue::PixelSequence(seq)) = obj.element(tags::PIXEL_DATA).map(|e| e.value()) {
-        for fragment in seq.fragments() {
-            check_jpeg2000_size(fragment, g)?;
-        }
+    let fragments = match obj.element(tags::PIXEL_DATA).map(|e| e.value()) {
+        Ok(DicomValue::PixelSequence(seq)) => Some(seq.fragments()),
+        _ => None,
+    };
+    let encapsulated = fragments.is_some();
+    for fragment in fragments.into_iter().flatten() {
+        check_jpeg2000_size(fragment, g)?;
     }
     let decoded = obj.decode_pixel_data().map_err(|e| decode_error(&e.to_string(), meta))?;
     let data = decoded.data();

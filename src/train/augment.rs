@@ -158,6 +158,11 @@ mod tests {
         (0..channels * size * size).map(|i| ((i * 7919) % 251) as f32 / 25.0 - 5.0).collect()
     }
 
+    /// The affine part alone, no flips.
+    fn affine_only(rotation_deg: f64, scale: f64, shift: (f64, f64)) -> Transform {
+        Transform { affine: Some(Affine { rotation_deg, scale, shift }), ..Default::default() }
+    }
+
     fn apply(t: Transform, src: &[f32], size: usize) -> Vec<f32> {
         let mut out = Vec::new();
         t.apply(src, size, &mut out);
@@ -167,10 +172,7 @@ mod tests {
     #[test]
     fn identity_affine_is_exact() {
         let src = image(3, 9);
-        let t = Transform {
-            affine: Some(Affine { rotation_deg: 0.0, scale: 1.0, shift: (0.0, 0.0) }),
-            ..Default::default()
-        };
+        let t = affine_only(0.0, 1.0, (0.0, 0.0));
         assert_eq!(apply(t, &src, 9), src);
     }
 
@@ -191,14 +193,7 @@ mod tests {
         // output is the source pixel at (y, s-1-x).
         let s = 7;
         let src = image(1, s);
-        let out = apply(
-            Transform {
-                affine: Some(Affine { rotation_deg: 90.0, scale: 1.0, shift: (0.0, 0.0) }),
-                ..Default::default()
-            },
-            &src,
-            s,
-        );
+        let out = apply(affine_only(90.0, 1.0, (0.0, 0.0)), &src, s);
         for y in 0..s {
             for x in 0..s {
                 let expected = src[(s - 1 - x) * s + y];
@@ -212,14 +207,7 @@ mod tests {
         let s = 10;
         let src = image(1, s);
         // +0.2 of 10 px = content moves 2 px right.
-        let out = apply(
-            Transform {
-                affine: Some(Affine { rotation_deg: 0.0, scale: 1.0, shift: (0.2, 0.0) }),
-                ..Default::default()
-            },
-            &src,
-            s,
-        );
+        let out = apply(affine_only(0.0, 1.0, (0.2, 0.0)), &src, s);
         for y in 0..s {
             for x in 0..s {
                 let sx = x.saturating_sub(2);
@@ -233,14 +221,7 @@ mod tests {
         let s = 5;
         // A horizontal ramp: bilinear sampling of a linear function is exact.
         let src: Vec<f32> = (0..s * s).map(|i| (i % s) as f32).collect();
-        let out = apply(
-            Transform {
-                affine: Some(Affine { rotation_deg: 0.0, scale: 2.0, shift: (0.0, 0.0) }),
-                ..Default::default()
-            },
-            &src,
-            s,
-        );
+        let out = apply(affine_only(0.0, 2.0, (0.0, 0.0)), &src, s);
         let row: Vec<f32> = out[2 * s..3 * s].to_vec();
         assert_eq!(row, vec![1.0, 1.5, 2.0, 2.5, 3.0]);
     }

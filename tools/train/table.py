@@ -33,12 +33,18 @@ def ips(r):
     return "(features once)" if r["method"] == "linear" else f"{r['train_images_per_second']:.1f}"
 
 
+DEFAULT_LR = {"linear": 3e-3, "lora": 1e-3, "full": 5e-5}
+
+
 def label(r):
     o = r["options"]
     h = o.get("head_epochs", 0)
     text = r["method"] + (f", head first ({h} ep.)" if h else "")
     if o.get("augment") == "affine":
         text += ", affine aug."
+    # The documented learning rate of each method; a row trained with another one says so.
+    if o["lr"] != DEFAULT_LR[r["method"]]:
+        text += f", lr {o['lr']:g}"
     return text
 
 
@@ -87,7 +93,7 @@ def main(paths):
         all_seeds = unique
         # One row per recipe: the seed-0 run (other seeds go to the table below).
         rs = [r for r in unique if r["options"]["seed"] == 0]
-        rs = sorted(rs, key=lambda r: (order[r["method"]], r["options"]["size"], r["options"].get("head_epochs", 0), r["options"].get("augment") == "affine"))
+        rs = sorted(rs, key=lambda r: (order[r["method"]], r["options"]["size"], r["options"].get("head_epochs", 0), r["options"].get("augment") == "affine", r["options"]["lr"], r["options"]["epochs"]))
         r0 = rs[0]
         print(f"\n**{data}** — {len(r0['classes'])} classes, train / val / test {r0['train_samples']} / {r0['val_samples']} / {r0['test_samples']}\n")
         print("| method | input | trainable parameters | share | file on disk | epochs (best) | training time | train img/s | test ACC | test macro AUC | test macro F1 |")

@@ -752,8 +752,8 @@ fn decode_jpeg_frame(stream: &[u8], g: &Geometry, meta: &ImageMeta) -> Result<Ve
     let hints = jpeg_header_hints(stream);
     // A frame larger than the header's geometry would be decoded in full before the size
     // check below (a 2.5 KB file claiming 65023 × 64623 grew to 24 GB: fuzz finding).
-    if let Some((width, height)) = hints.frame_size.filter(|&size| size != (g.cols, g.rows)) {
-        return Err(Error::Decode(format!("JPEG frame is {width}×{height}, header says {}×{}", g.cols, g.rows)));
+    if let Some((width, height)) = hints.frame_size {
+        check_jpeg_frame_size(width, height, g)?;
     }
     if meta.photometric == "RGB" && !hints.colour_marker && hints.full_resolution {
         decoder.set_color_transform(jpeg_decoder::ColorTransform::None);
@@ -766,12 +766,8 @@ fn decode_jpeg_frame(stream: &[u8], g: &Geometry, meta: &ImageMeta) -> Result<Ve
         Err(e) => return Err(decode_error(&e.to_string(), meta)),
     };
     let info = decoder.info().ok_or_else(|| Error::Decode("JPEG stream without a frame header".into()))?;
-    if usize::from(info.width) != g.cols || usize::from(info.height) != g.rows {
-        return Err(Error::Decode(format!(
-            "JPEG frame is {}×{}, header says {}×{}",
-            info.width, info.height, g.cols, g.rows
-        )));
-    }
+    // Again after decoding: the look-ahead may not have reached the frame header.
+    check_jpeg_frame_size(usize::from(info.width), usize::from(info.height), g)?;
     Ok(match info.pixel_format {
         jpeg_decoder::PixelFormat::L16 => {
             pixels.chunks_exact(2).map(|c| u32::from(u16::from_ne_bytes([c[0], c[1]]))).collect()
@@ -779,6 +775,14 @@ fn decode_jpeg_frame(stream: &[u8], g: &Geometry, meta: &ImageMeta) -> Result<Ve
         jpeg_decoder::PixelFormat::CMYK32 => return Err(Error::Unsupported("4-component JPEG".into())),
         _ => pixels.into_iter().map(u32::from).collect(),
     })
+}
+
+/// A JPEG frame must be exactly the DICOM header's Rows × Columns.
+fn check_jpeg_frame_size(width: usize, height: usize, g: &Geometry) -> Result<()> {
+    if (width, height) != (g.cols, g.rows) {
+        return Err(Error::Decode(format!("JPEG frame is {width}×{height}, header says {}×{}", g.cols, g.rows)));
+    }
+    Ok(())
 }
 
 /// 12-bit DCT JPEG (process 4) through the project's own decoder: components as coded.

@@ -1,6 +1,11 @@
 //! MeLo Workstation library: everything the `melo` binary does, free of any GUI toolkit
 //! except the `gui` module, which is the egui shell over the rest.
 
+// Unsafe code is confined to the two kernel modules (`model::kernels`, `train::backprop`),
+// where raw-pointer gemm calls write disjoint blocks from parallel tasks; each opts in with
+// its own `#![allow(unsafe_code)]` and a SAFETY comment per block.
+#![deny(unsafe_code)]
+
 pub mod atomic;
 pub mod audit;
 pub mod cli;

@@ -1,5 +1,7 @@
 //! `melo`: with no subcommand, opens the workstation window.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use melo::cli::{run, Cli};
 

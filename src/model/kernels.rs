@@ -23,6 +23,9 @@
 //! spread over the rayon pool in chunks. In-place kernels are only ever applied to tensors
 //! the caller has just created (matmul outputs), never to weights or shared tensors.
 
+// One of the two modules allowed unsafe code (see the crate root): raw-pointer gemm calls.
+#![allow(unsafe_code)]
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -326,10 +329,23 @@ impl InplaceOp2 for BiasGeluErf {
     }
 }
 
-/// A raw pointer that may cross threads; each task writes a disjoint block through it.
+/// A raw pointer into one `f32` buffer that parallel tasks write through.
+///
+/// Sending it to other threads is sound only under what every use site must guarantee:
+/// 1. the buffer outlives the parallel loop and nothing else reads or writes it during the
+///    loop (it comes from a `&mut` borrow or a local `Vec` held across the loop);
+/// 2. each task writes only its own block, every block lies inside the buffer (the site
+///    checks the buffer's length against the shape first), and no two tasks' blocks overlap;
+/// 3. no task reads another task's block.
+///
+/// Use sites: `Attention::cpu_fwd` here (each (image, head) task writes its hd columns of
+/// its image's rows of y, and its own T×T probability slice), `attention_forward` and
+/// `attention_backward` in `train::backprop` (the same per-(image, head) column blocks of y
+/// and of ∂qkv's three thirds).
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(pub(crate) *mut f32);
-// SAFETY: tasks write disjoint (row, column) blocks of the buffer, checked by construction.
+// SAFETY: see the type's documentation; each use site upholds points 1–3 with a size check
+// before the loop and a SAFETY comment at each write.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 

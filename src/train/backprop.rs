@@ -21,6 +21,9 @@
 //! [`FrozenBackbone::backward`]. The gradients are checked against candle's autograd on the
 //! same weights in `tests/train.rs`.
 
+// One of the two modules allowed unsafe code (see the crate root): raw-pointer gemm calls.
+#![allow(unsafe_code)]
+
 use candle_core::{Device, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -288,7 +291,13 @@ struct Heads {
 fn attention_forward(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
     let (t, d) = (s.tokens, s.dim);
     let hd = d / s.heads;
-    assert!(qkv.len() == s.batch * t * 3 * d && y.len() == s.batch * t * d && probs.len() == s.batch * s.heads * t * t);
+    assert!(
+        qkv.len() == s.batch * t * 3 * d
+            && y.len() == s.batch * t * d
+            && probs.len() == s.batch * s.heads * t * t
+            && s.heads > 0
+            && d % s.heads == 0
+    );
     let out = SharedMut(y.as_mut_ptr());
     probs.par_chunks_mut(t * t).enumerate().for_each(|(task, p)| {
         let (bi, h) = (task / s.heads, task % s.heads);
@@ -319,7 +328,16 @@ fn attention_forward(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
 fn attention_backward(qkv: &[f32], probs: &[f32], dy: &[f32], s: Heads, dqkv: &mut [f32]) {
     let (t, d) = (s.tokens, s.dim);
     let hd = d / s.heads;
-    assert!(dqkv.len() == qkv.len() && dy.len() == s.batch * t * d && probs.len() == s.batch * s.heads * t * t);
+    // The same size check as the forward pass: every block the tasks write through `out`
+    // (rows of dqkv at stride 3·D) must lie inside dqkv.
+    assert!(
+        qkv.len() == s.batch * t * 3 * d
+            && dqkv.len() == qkv.len()
+            && dy.len() == s.batch * t * d
+            && probs.len() == s.batch * s.heads * t * t
+            && s.heads > 0
+            && d % s.heads == 0
+    );
     let out = SharedMut(dqkv.as_mut_ptr());
     (0..s.batch * s.heads).into_par_iter().for_each_init(
         || vec![0f32; t * t],

@@ -225,6 +225,11 @@ fn name_or_identifier(row: &TagEntry) -> Option<&str> {
     (wanted && value.chars().count() >= 4).then_some(value)
 }
 
+/// (group, element, depth) of an element pydicom lists.
+type Position = (u16, u16, usize);
+/// Its Table E.1-1 code, and the tag of the sequence holding it.
+type Listed<'a> = (&'a str, Option<(u16, u16)>);
+
 /// The reader nests sequences 8 deep at most; deeper elements are not shown at all.
 const SHOWN_DEPTH: usize = 8;
 
@@ -270,8 +275,7 @@ fn corpus_files_hide_every_element_pydicom_lists() {
             let tag = u32::from_str_radix(text.as_str()?, 16).ok()?;
             Some(((tag >> 16) as u16, tag as u16))
         };
-        // (group, element, depth) -> (code, the sequence holding it)
-        let mut listed: BTreeMap<(u16, u16, usize), (&str, Option<(u16, u16)>)> = BTreeMap::new();
+        let mut listed: BTreeMap<Position, Listed> = BTreeMap::new();
         for element in elements {
             let depth = element[0].as_u64().expect("depth") as usize;
             let (group, elem) = hex(&element[1]).expect("hex tag");
@@ -348,4 +352,80 @@ fn corpus_files_hide_every_element_pydicom_lists() {
     assert_eq!(checked_files + refused.len(), readable);
     assert!(checked_files >= 100, "only {checked_files} files read; refused: {refused:#?}");
     assert!(checked_elements >= 3000, "only {checked_elements} elements checked");
+}
+
+mod window {
+    //! The real window, headless: what the overlays, the series strip, the status bar and the
+    //! tag browser show of a file with a study description, an institution and a patient's
+    //! name in a private attribute.
+
+    use std::time::{Duration, Instant};
+
+    use egui::Vec2;
+    use egui_kittest::kittest::Queryable;
+    use egui_kittest::Harness;
+    use melo::gui::MeloApp;
+
+    /// NM file from pydicom's test data: Study Description "Whole Body Bone", Institution
+    /// Name "Hospital Name", private (0009,1040) "Patient,The" (values read with pydicom).
+    const FILE: &str = "tests/data/dicom/JPEG2000.dcm";
+    const SOP_INSTANCE_UID: &str = "1.3.6.1.4.1.5962.1.1.8.1.3.20040826185059.5457";
+    /// (value, the tag row that holds it)
+    const SECRETS: [(&str, &str); 5] = [
+        ("Whole Body Bone", "(0008,1030)"),
+        ("Hospital Name", "(0008,0080)"),
+        ("Patient,The", "(0009,1040)"),
+        ("CompressedSamples", "(0010,0010)"),
+        (SOP_INSTANCE_UID, "(0008,0018)"),
+    ];
+
+    fn label_shown(harness: &Harness<'_, MeloApp>, text: &str) -> bool {
+        harness.query_all_by_label_contains(text).next().is_some()
+    }
+
+    fn tag_row_for(harness: &mut Harness<'_, MeloApp>, value: &str, tag: &str) -> bool {
+        harness.state_mut().viewer.tags.filter = value.into();
+        harness.run();
+        label_shown(harness, tag)
+    }
+
+    #[test]
+    fn hidden_details_leave_no_description_name_or_uid_in_the_window() {
+        let file = super::common::repo().join(FILE);
+        assert!(file.is_file(), "{} is missing", file.display());
+        let mut harness = Harness::builder()
+            .with_size(Vec2::new(1280.0, 800.0))
+            .with_max_steps(32)
+            .build_ui_state(|ui, app: &mut MeloApp| app.show(ui), MeloApp::with_paths(vec![file]));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while harness.state().is_busy() {
+            assert!(Instant::now() < deadline, "loading did not finish");
+            harness.step();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        harness.run();
+        harness.get_by_label("Tags").click();
+        harness.run();
+
+        assert!(harness.state().hide_patient_details, "hidden by default");
+        assert!(label_shown(&harness, "Series 1\nNM · 1 file"), "the strip shows position, modality, count");
+        assert!(label_shown(&harness, "NM WHOLE BODY"), "modality and body part stay in the overlay");
+        assert!(!label_shown(&harness, "Whole Body Bone"), "no study description while hidden");
+        assert!(!label_shown(&harness, "JPEG2000.dcm"), "no file name while hidden");
+        for (value, tag) in SECRETS {
+            assert!(!tag_row_for(&mut harness, value, tag), "{tag} {value:?} listed while hidden");
+        }
+        // The UID row stays, replaced.
+        assert!(tag_row_for(&mut harness, "2.25.", "(0008,0018)"), "SOP Instance UID replaced, not dropped");
+
+        harness.state_mut().viewer.tags.filter.clear();
+        harness.get_by_label("Hide patient details").click();
+        harness.run();
+        assert!(!harness.state().hide_patient_details);
+        assert!(label_shown(&harness, "Whole Body Bone"), "the study description is shown when not hidden");
+        assert!(label_shown(&harness, "JPEG2000.dcm"), "the file name is shown when not hidden");
+        for (value, tag) in SECRETS {
+            assert!(tag_row_for(&mut harness, value, tag), "{tag} {value:?} listed when not hidden");
+        }
+    }
 }

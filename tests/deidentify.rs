@@ -185,7 +185,7 @@ fn series_strip_label_hides_the_description() {
     let shown = series.strip_label(2, false);
     assert!(shown.contains("Rossi^Maria CHEST FOLLOW-UP") && shown.contains("CT · 2 files"), "{shown}");
     let hidden = series.strip_label(2, true);
-    assert_eq!(hidden, "Series 3\nCT · 2 files");
+    assert_eq!(hidden, "#3\nCT · 2 files");
 }
 
 fn corpus() -> PathBuf {
@@ -408,7 +408,7 @@ mod window {
         harness.run();
 
         assert!(harness.state().hide_patient_details, "hidden by default");
-        assert!(label_shown(&harness, "Series 1\nNM · 1 file"), "the strip shows position, modality, count");
+        assert!(label_shown(&harness, "#1\nNM · 1 file"), "the strip shows position, modality, count");
         assert!(label_shown(&harness, "NM WHOLE BODY"), "modality and body part stay in the overlay");
         assert!(!label_shown(&harness, "Whole Body Bone"), "no study description while hidden");
         assert!(!label_shown(&harness, "JPEG2000.dcm"), "no file name while hidden");

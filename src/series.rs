@@ -15,6 +15,25 @@ pub struct Series {
     pub files: Vec<PathBuf>,
 }
 
+impl Series {
+    /// The series strip's text for the series at `index` (0-based) of the list. Shown:
+    /// its description, then modality and file count. Hidden: the description is Series
+    /// Description (0008,103E), which the basic confidentiality profile removes, or a file
+    /// name (which can be a patient's name or a SOP Instance UID), so only the position in
+    /// the list ("#3", not to be read as the DICOM Series Number the overlay shows), the
+    /// modality (kept by the profile) and the count remain.
+    pub fn strip_label(&self, index: usize, hide_patient_details: bool) -> String {
+        let files = self.files.len();
+        let modality = if self.modality.trim().is_empty() { "?" } else { self.modality.trim() };
+        let counts = format!("{modality} · {files} file{}", if files == 1 { "" } else { "s" });
+        if hide_patient_details {
+            format!("#{}\n{counts}", index + 1)
+        } else {
+            format!("{}\n{counts}", self.description)
+        }
+    }
+}
+
 /// A file that could not be read while scanning, with the reason.
 #[derive(Debug, Clone)]
 pub struct Skipped {

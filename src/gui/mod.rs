@@ -732,10 +732,7 @@ impl MeloApp {
             let side = THUMBNAIL_SIDE as f32 * 0.75;
             for (index, entry) in self.series.iter().enumerate() {
                 let series = &entry.series;
-                let files = series.files.len();
-                let modality = if series.modality.is_empty() { "?" } else { series.modality.as_str() };
-                let text =
-                    format!("{}\n{modality} · {files} file{}", series.description, if files == 1 { "" } else { "s" });
+                let text = series.strip_label(index, self.hide_patient_details);
                 let selected = self.selected_series == Some(index);
                 let button = match &entry.thumbnail {
                     Some(texture) => {
@@ -750,11 +747,14 @@ impl MeloApp {
                         egui::Button::selectable(selected, (placeholder, text))
                     }
                 };
-                if ui
-                    .add(button)
-                    .on_hover_text(short_name(series.files.first().map_or(Path::new(""), |p| p.as_path())))
-                    .clicked()
-                {
+                let mut response = ui.add(button);
+                // The first file's name, unless patient details are hidden: names can be a
+                // patient's name or a SOP Instance UID.
+                if !self.hide_patient_details {
+                    response =
+                        response.on_hover_text(short_name(series.files.first().map_or(Path::new(""), |p| p.as_path())));
+                }
+                if response.clicked() {
                     commands.push(Command::SelectSeries(index));
                 }
             }

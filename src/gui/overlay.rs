@@ -17,7 +17,9 @@ pub fn patient_lines(meta: &ImageMeta) -> Vec<String> {
     .collect()
 }
 
-/// Modality, series and study description.
+/// Modality and body part, series number, series and study description: whichever of them
+/// `meta` has. Metadata that went through `without_phi` has no descriptions (the basic
+/// confidentiality profile removes them) but keeps the rest.
 pub fn study_lines(meta: &ImageMeta) -> Vec<String> {
     let mut lines = Vec::new();
     let modality = meta.modality.trim();
@@ -27,6 +29,9 @@ pub fn study_lines(meta: &ImageMeta) -> Vec<String> {
         (false, true) => lines.push(modality.to_string()),
         (true, false) => lines.push(body_part.to_string()),
         (true, true) => {}
+    }
+    if let Some(number) = meta.series_number {
+        lines.push(format!("Series {number}"));
     }
     for text in [&meta.series_description, &meta.study_description] {
         if !text.trim().is_empty() {
@@ -116,6 +121,34 @@ mod tests {
         assert_eq!(patient_lines(&meta), vec!["Doe^Jane".to_string()]);
         meta = meta.without_phi();
         assert!(patient_lines(&meta).is_empty());
+    }
+
+    /// What the top corners show of a header with patient details shown and hidden: the
+    /// descriptions, name, ID and birth date go, modality, body part and series number stay.
+    #[test]
+    fn hidden_overlay_shows_no_description_or_name() {
+        let meta = ImageMeta {
+            modality: "MR".into(),
+            body_part: "HEAD".into(),
+            series_number: Some(7),
+            series_description: "T1 SAG Rossi follow-up".into(),
+            study_description: "BRAIN Dr. Weiss protocol".into(),
+            patient_name: "Rossi Maria".into(),
+            patient_id: "PID-4711".into(),
+            patient_birth_date: "19520314".into(),
+            ..ImageMeta::default()
+        };
+        let shown = [patient_lines(&meta), study_lines(&meta)].concat().join("\n");
+        for secret in ["T1 SAG Rossi follow-up", "BRAIN Dr. Weiss protocol", "Rossi Maria", "PID-4711", "19520314"] {
+            assert!(shown.contains(secret), "{secret:?} shown while not hidden: {shown}");
+        }
+
+        let hidden_meta = meta.without_phi();
+        let hidden = [patient_lines(&hidden_meta), study_lines(&hidden_meta)].concat().join("\n");
+        for secret in ["Rossi", "Weiss", "T1 SAG", "BRAIN", "PID-4711", "19520314"] {
+            assert!(!hidden.contains(secret), "{secret:?} shown while hidden: {hidden}");
+        }
+        assert_eq!(study_lines(&hidden_meta), vec!["MR HEAD".to_string(), "Series 7".to_string()]);
     }
 
     #[test]

@@ -278,7 +278,7 @@ impl Viewer {
         self.refresh_phi_free_meta(hide_patient_details);
 
         egui::Panel::top("viewer_toolbar").show(ui, |ui| self.toolbar_ui(ui, commands));
-        egui::Panel::bottom("viewer_status").show(ui, |ui| self.status_ui(ui));
+        egui::Panel::bottom("viewer_status").show(ui, |ui| self.status_ui(ui, hide_patient_details));
         if self.show_tags {
             egui::Panel::right("viewer_tags").default_size(420.0).show(ui, |ui| {
                 // Split borrows: the browser's filter changes while the metadata is read.
@@ -328,12 +328,16 @@ impl Viewer {
         });
     }
 
-    fn status_ui(&self, ui: &mut egui::Ui) {
+    fn status_ui(&self, ui: &mut egui::Ui, hide_patient_details: bool) {
         ui.horizontal(|ui| {
             match self.current() {
                 Some((image, _)) => {
-                    // The file name only: folder names can carry patient names.
-                    if let Some(name) = image.meta.source.as_ref().and_then(|p| p.file_name()) {
+                    // The file name only (folder names can carry patient names), and not even
+                    // that while patient details are hidden: file names can be a patient's
+                    // name or the SOP Instance UID the tag browser shows replaced.
+                    if let Some(name) =
+                        image.meta.source.as_ref().and_then(|p| p.file_name()).filter(|_| !hide_patient_details)
+                    {
                         ui.label(name.to_string_lossy());
                         ui.separator();
                     }

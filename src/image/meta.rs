@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::deidentify::{basic_profile_action, element_action, replacement_uid, session_salt, Action};
+
 /// A VOI window from the header (or a preset): centre/width in modality units.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Window {
@@ -30,7 +32,8 @@ pub struct TagEntry {
     pub value: String,
     /// Nesting depth inside sequences (0 = top level).
     pub depth: usize,
-    /// Identifies the patient (hidden when patient details are hidden).
+    /// The basic confidentiality profile changes the value, here or in a sequence holding it
+    /// (hidden, or a UID replaced, when patient details are hidden).
     pub phi: bool,
 }
 
@@ -89,61 +92,81 @@ impl ImageMeta {
         self.photometric == "MONOCHROME1"
     }
 
-    /// Patient-identifying fields set to empty, tag rows marked PHI dropped.
+    /// What may be shown with patient details hidden: every field and tag row the basic
+    /// profile of DICOM PS3.15 (see [`deidentify`](super::deidentify)) does not keep is
+    /// hidden, UIDs replaced by session-salted stand-ins, and the source reduced to its file
+    /// name. Rows nested in a hidden sequence go with it.
     pub fn without_phi(&self) -> ImageMeta {
+        self.without_phi_salted(session_salt())
+    }
+
+    /// [`without_phi`](Self::without_phi) with the UID replacements under `salt`.
+    pub fn without_phi_salted(&self, salt: &[u8]) -> ImageMeta {
         let mut m = self.clone();
-        for field in [
-            &mut m.patient_name,
-            &mut m.patient_id,
-            &mut m.patient_birth_date,
-            &mut m.patient_sex,
-            &mut m.patient_age,
-            &mut m.institution,
-            &mut m.study_date,
-            &mut m.accession_number,
-        ] {
-            field.clear();
+        for (field, (group, element)) in m.text_fields_mut() {
+            match basic_profile_action(group, element) {
+                None => {}
+                Some(Action::ReplaceUid) => *field = replacement_uid(field, salt),
+                Some(_) => field.clear(),
+            }
         }
-        m.tags.retain(|t| !t.phi);
+        m.tags = tags_without_phi(&self.tags, salt);
         m.source = m.source.as_ref().and_then(|p| p.file_name().map(PathBuf::from));
         m
     }
+
+    /// The text fields read from one attribute each, with that attribute's tag: the fields
+    /// `without_phi` decides on through the profile's list, like the tag rows.
+    fn text_fields_mut(&mut self) -> [(&mut String, (u16, u16)); 17] {
+        [
+            (&mut self.modality, (0x0008, 0x0060)),
+            (&mut self.photometric, (0x0028, 0x0004)),
+            (&mut self.transfer_syntax, (0x0002, 0x0010)),
+            (&mut self.units, (0x0028, 0x1054)),
+            (&mut self.series_uid, (0x0020, 0x000E)),
+            (&mut self.study_uid, (0x0020, 0x000D)),
+            (&mut self.series_description, (0x0008, 0x103E)),
+            (&mut self.study_description, (0x0008, 0x1030)),
+            (&mut self.body_part, (0x0018, 0x0015)),
+            (&mut self.patient_name, (0x0010, 0x0010)),
+            (&mut self.patient_id, (0x0010, 0x0020)),
+            (&mut self.patient_birth_date, (0x0010, 0x0030)),
+            (&mut self.patient_sex, (0x0010, 0x0040)),
+            (&mut self.patient_age, (0x0010, 0x1010)),
+            (&mut self.institution, (0x0008, 0x0080)),
+            (&mut self.study_date, (0x0008, 0x0020)),
+            (&mut self.accession_number, (0x0008, 0x0050)),
+        ]
+    }
 }
 
-/// Tags that identify a patient or could be used to (DICOM PS3.15 Annex E, the basic profile,
-/// restricted to what appears in viewer overlays and headers). All of group 0010 counts too.
-const PHI_TAGS: &[(u16, u16)] = &[
-    (0x0008, 0x0020), // Study Date
-    (0x0008, 0x0021), // Series Date
-    (0x0008, 0x0022), // Acquisition Date
-    (0x0008, 0x0023), // Content Date
-    (0x0008, 0x0030), // Study Time
-    (0x0008, 0x0031),
-    (0x0008, 0x0032),
-    (0x0008, 0x0033),
-    (0x0008, 0x002A), // Acquisition DateTime
-    (0x0008, 0x0050), // Accession Number
-    (0x0008, 0x0080), // Institution Name
-    (0x0008, 0x0081), // Institution Address
-    (0x0008, 0x0090), // Referring Physician
-    (0x0008, 0x0092),
-    (0x0008, 0x0094),
-    (0x0008, 0x1010), // Station Name
-    (0x0008, 0x1040), // Institutional Department
-    (0x0008, 0x1048), // Physician(s) of Record
-    (0x0008, 0x1050), // Performing Physician
-    (0x0008, 0x1060), // Reading Physician
-    (0x0008, 0x1070), // Operators' Name
-    (0x0018, 0x1000), // Device Serial Number
-    (0x0020, 0x0010), // Study ID
-    (0x0032, 0x1032), // Requesting Physician
-    (0x0038, 0x0010), // Admission ID
-    (0x0040, 0x0006), // Scheduled Performing Physician
-    (0x0040, 0x0244), // Performed Procedure Step Start Date
-    (0x0040, 0x0253), // Performed Procedure Step ID
-    (0x4008, 0x0114), // Physician Approving Interpretation
-];
+/// Tag rows (pre-order, with depths) as they may be shown: rows the profile replaces with a
+/// UID keep their place with the replacement, every other listed row is dropped with all
+/// rows nested under it, and so is a row the reader marked (inside a hidden sequence).
+fn tags_without_phi(rows: &[TagEntry], salt: &[u8]) -> Vec<TagEntry> {
+    let mut kept = Vec::with_capacity(rows.len());
+    // Depth of the hidden row whose nested rows are being skipped.
+    let mut hidden_at: Option<usize> = None;
+    for row in rows {
+        match hidden_at {
+            Some(depth) if row.depth > depth => continue,
+            _ => hidden_at = None,
+        }
+        match element_action(row.group, row.element, &row.vr) {
+            Some(Action::ReplaceUid) => {
+                let value = row.value.split('\\').map(|uid| replacement_uid(uid, salt)).collect::<Vec<_>>().join("\\");
+                kept.push(TagEntry { value, ..row.clone() });
+            }
+            Some(_) => hidden_at = Some(row.depth),
+            None if row.phi => hidden_at = Some(row.depth),
+            None => kept.push(row.clone()),
+        }
+    }
+    kept
+}
 
+/// Whether the basic profile changes this attribute's value (removes, empties, replaces it),
+/// wherever it is nested. The reader marks such rows; [`ImageMeta::without_phi`] hides them.
 pub fn is_phi_tag(group: u16, element: u16) -> bool {
-    group == 0x0010 || PHI_TAGS.contains(&(group, element))
+    basic_profile_action(group, element).is_some()
 }

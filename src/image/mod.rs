@@ -3,6 +3,8 @@
 //! One `MedicalImage` is one file: DICOM (any frame count) or a PNG/JPEG raster. Values are
 //! `f32` in the modality's units (HU for CT), interleaved RGB for colour images.
 
+pub mod deidentify;
+mod deidentify_table;
 mod dicom;
 mod jpeg_ls;
 mod meta;

@@ -280,7 +280,9 @@ fn load_series_job(
         let message = match problems.first() {
             Some(first) if problems.len() == 1 => capitalise(first),
             Some(first) => format!("{} (and {} more files)", capitalise(first), problems.len() - 1),
-            None => format!("{}: no displayable images", series.description),
+            // Not the series description: messages are shown whatever "hide patient details" says,
+            // and a description (or the file name it falls back to) can identify the patient.
+            None => format!("{}: no displayable images", series.strip_label(series_index, true).replace('\n', " ")),
         };
         send(LoaderEvent::Failed { job, message });
     } else {

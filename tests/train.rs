@@ -329,10 +329,11 @@ fn assert_close(what: &str, ours: &[f64], torch: &[f64], tol: f64) {
 }
 
 // f32 carries 24 bits (ε ≈ 1.2e-7); the loss and the gradients are sums of a few dozen terms
-// of magnitude ≤ 3, so 2e-6 is ~16 ε: far below any difference of definition (the previous
+// of magnitude ≤ 3, so 1e-6 is ~8 ε (measured: at most 1.6e-7): far below any difference of
+// definition (the previous
 // smoothing weighted by the sample's class was 0.9 % off; a missing bias correction moves a
 // parameter by ~2 · lr).
-const F32_TOL: f64 = 2e-6;
+const F32_TOL: f64 = 1e-6;
 
 #[test]
 fn loss_gradients_adamw_and_schedule_match_pytorch() {
@@ -628,6 +629,13 @@ fn bad_options_are_refused_before_any_work() {
     assert!(!o.out.exists());
 }
 
+/// A learning check on real images: a head phase and one LoRA epoch on breast ultrasound
+/// (BreastMNIST at 28 px: the first 200 training images, 47 malignant; all 78 validation and
+/// 156 test images) must separate the classes clearly better than chance. Measured with seed 1:
+/// head-phase validation AUC 0.841, test AUC 0.818 after the LoRA epoch. The bound 0.75 leaves
+/// room for another CPU's rounding yet is over 3 standard deviations of a chance AUC above 0.5
+/// (≈ 0.074 on the validation split, ≈ 0.052 on the test split), so a model that does not
+/// learn, or learns the labels backwards, fails.
 #[test]
 fn head_phase_trains_the_head_before_lora() {
     let Some(data) = medmnist("breastmnist.npz") else {
@@ -636,10 +644,17 @@ fn head_phase_trains_the_head_before_lora() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lpft.safetensors");
     let mut o = options(data, out.clone(), Method::Lora, 1);
-    o.head_epochs = 4;
+    o.limit = Some(200);
+    o.batch = 32;
+    // Head epochs cost little (the frozen features are computed once); the LoRA epoch is what
+    // takes the time.
+    o.head_epochs = 30;
     let report = train(&o).unwrap();
-    let auc = report.head_phase_val_auc.expect("the head phase ran");
-    assert!((0.0..=1.0).contains(&auc));
+    let head_auc = report.head_phase_val_auc.expect("the head phase ran");
+    assert!(head_auc >= 0.75, "head phase validation AUC {head_auc}");
+    // The test split was used for nothing (no epoch selection): its AUC is the honest one.
+    let test_auc = report.test.macro_auc.expect("both classes in the test split");
+    assert!(test_auc >= 0.75, "test AUC after the LoRA epoch {test_auc}");
     // LoRA B starts at zero, so the model entering the LoRA phase is exactly that probe; the
     // kept epoch is chosen on validation AUC among the LoRA epochs.
     assert_eq!(report.history.len(), 1);

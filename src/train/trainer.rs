@@ -167,8 +167,9 @@ struct CheckpointMeta {
     train_seconds: f64,
 }
 
-/// AdamW with its moments exposed (for checkpoints).
-struct AdamW {
+/// AdamW with its moments exposed (for checkpoints). Public so that the tests can compare its
+/// steps with `torch.optim.AdamW`'s.
+pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -181,13 +182,15 @@ impl AdamW {
     const BETA2: f64 = 0.999;
     const EPS: f64 = 1e-8;
 
-    fn new(params: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
+    /// Zero moments for `params` (named); `weight_decay` applies to matrices only.
+    pub fn new(params: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
         let m = params.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         let v = m.clone();
         Ok(Self { params, m, v, step: 0, weight_decay })
     }
 
-    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update of every parameter that has a gradient in `grads`, at learning rate `lr`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - Self::BETA1.powi(t);
@@ -237,18 +240,24 @@ pub fn class_weights(counts: &[usize]) -> Vec<f32> {
     counts.iter().map(|&c| if c == 0 { 0.0 } else { n as f32 / (present as f32 * c as f32) }).collect()
 }
 
-/// Mean weighted cross-entropy with label smoothing ε: targets (1 − ε)·onehot + ε / C, each
-/// sample weighted by its class's weight, normalised by the sum of the weights.
+/// PyTorch's `F.cross_entropy(logits, labels, weight=weights, label_smoothing=smoothing)`
+/// ('mean' reduction), the loss of MeLo's and its baselines' PyTorch recipes:
+///
+///   L = Σᵢ [ (1 − ε) · w_yᵢ · (−log pᵢ,yᵢ) + (ε / C) · Σₖ w_k · (−log pᵢ,ₖ) ] / Σᵢ w_yᵢ
+///
+/// The smoothing term weights each class's log-probability by that class's weight (not by the
+/// sample's), and the whole sum is divided by the summed weights of the batch's labels.
+/// Tested against PyTorch's values (`tests/data/train/torch_reference.json`).
 pub fn smoothed_cross_entropy(logits: &Tensor, labels: &[usize], weights: &[f32], smoothing: f64) -> Result<Tensor> {
     let (b, c) = logits.dims2()?;
     let mut target = vec![0f32; b * c];
     let mut total = 0f32;
     for (i, &y) in labels.iter().enumerate() {
-        let w = weights[y];
-        total += w;
-        for k in 0..c {
-            let q = smoothing / c as f64 + if k == y { 1.0 - smoothing } else { 0.0 };
-            target[i * c + k] = w * q as f32;
+        total += weights[y];
+        for (k, &w_k) in weights.iter().enumerate().take(c) {
+            let q = smoothing / c as f64 * f64::from(w_k)
+                + if k == y { (1.0 - smoothing) * f64::from(weights[y]) } else { 0.0 };
+            target[i * c + k] = q as f32;
         }
     }
     let target = Tensor::from_vec(target, (b, c), logits.device())?;

@@ -91,8 +91,7 @@ impl Report {
     /// `params.report_file_names`.
     pub fn shareable(&self) -> Report {
         let mut r = self.clone();
-        let name_only = |p: &Path| p.file_name().map(PathBuf::from).unwrap_or_default();
-        r.params.target = name_only(&self.params.target);
+        r.params.target = self.params.target.file_name().map(PathBuf::from).unwrap_or_default();
         r.target.dir = r.params.target.display().to_string();
         r.params.members = PathBuf::new();
         r.params.nonmembers = PathBuf::new();

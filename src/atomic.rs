@@ -161,6 +161,18 @@ mod tests {
     }
 
     #[test]
+    fn the_next_save_removes_what_a_killed_save_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let left = dir.path().join(".melo-x1Y2z3.partial");
+        let file = std::fs::File::create(&left).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(2 * 3600)).unwrap();
+        drop(file);
+        write_bytes_atomic(&dir.path().join("out.json"), b"{}").unwrap();
+        assert!(!left.exists(), "stale temporary removed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn outputs_onto_or_inside_inputs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let scan = dir.path().join("scan.png");

@@ -18,6 +18,17 @@ const TASKS: [&str; 4] = ["blood_cell_type", "breast_malignancy", "pneumonia", "
 /// Test images re-predicted per task (the report holds up to 64).
 const CHECKED: usize = 16;
 
+/// Where the data set a shipped report names lies under `../shared/data`.
+fn data_folder(name: &str) -> &'static str {
+    match name {
+        "PBC (Acevedo et al. 2020), 8-class subset" => "pbc",
+        "BreastMNIST (MedMNIST v2)" => "medmnist/breastmnist.npz",
+        "PneumoniaMNIST (MedMNIST v2)" => "medmnist/pneumoniamnist.npz",
+        "RetinaMNIST (MedMNIST v2)" => "medmnist/retinamnist.npz",
+        other => panic!("no known location for the data set {other:?}"),
+    }
+}
+
 #[test]
 fn shipped_adapters_reproduce_their_recorded_test_predictions() {
     let repo = common::repo();
@@ -36,13 +47,14 @@ fn shipped_adapters_reproduce_their_recorded_test_predictions() {
         assert_eq!(metrics["test_accuracy"], report.test.accuracy, "{task}");
         assert_eq!(metrics.get("test_macro_auc").copied(), report.test.macro_auc, "{task}");
         assert_eq!(metrics["test_samples"], report.test_samples as f64, "{task}");
+        // The adapter names the report's data set and carries its counts.
+        let meta = adapter.metadata();
+        assert_eq!(meta.training.dataset, report.data, "{task}");
+        assert_eq!(meta.data_set.counts, report.class_counts, "{task}");
+        assert_eq!(meta.data_set.licence, report.data_licence, "{task}");
 
-        let data = if report.options.data.is_absolute() {
-            report.options.data.clone()
-        } else {
-            repo.join(&report.options.data)
-        };
-        let data: PathBuf = data;
+        // Reports name their data set, never its path: the test knows where each one lives.
+        let data: PathBuf = repo.join("../shared/data").join(data_folder(&report.data));
         assert!(data.exists(), "{task}: data set {} is missing (see ../shared/data/README.md)", data.display());
         let source = DataSource::open(&data, report.options.labels.as_deref(), report.options.split).unwrap();
         assert_eq!(source.classes, adapter.labels(), "{task}");

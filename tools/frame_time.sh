@@ -15,6 +15,8 @@ mode=${1:-audit}
 secs=${2:-40}
 display=:78
 log=target/frame_log_$mode.csv
+# The window appends to its frame log; this measurement starts a fresh one.
+rm -f "$log"
 Xvfb $display -screen 0 1400x900x24 >/dev/null 2>&1 &
 xvfb=$!
 trap 'kill $xvfb 2>/dev/null || true' EXIT
@@ -45,7 +47,7 @@ python3 - "$log" "$mode" <<'PY'
 import csv, statistics, sys
 path, mode = sys.argv[1], sys.argv[2]
 lines = open(path).read().splitlines()
-notes = [l[2:] for l in lines if l.startswith("# ")]
+notes = [l[2:] for l in lines if l.startswith("# ") and l != "# run"]
 rows = list(csv.DictReader(l for l in lines if not l.startswith("#")))
 if mode == "audit":
     rows = [r for r in rows if r["audit_running"] == "1"]

@@ -46,6 +46,10 @@ pub struct AuditArgs {
     /// Also write per-sample scores as CSV.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Name samples in the report and CSV by their file name (or .npz index) instead of a
+    /// pseudonym (member-0001, nonmember-0001); only for reports that stay with the auditor.
+    #[arg(long)]
+    pub report_file_names: bool,
     /// Parameter preset; the options below override it.
     #[arg(long, value_enum, default_value = "full")]
     pub preset: PresetArg,
@@ -133,6 +137,7 @@ pub fn config_from_args(args: &AuditArgs) -> Result<AuditConfig> {
         )
     };
     c.attacks = parse_attacks(&args.attack)?;
+    c.report_file_names = args.report_file_names;
     if let Some(n) = args.n {
         c.max_per_set = Some(n);
     }
@@ -184,20 +189,22 @@ pub fn config_from_args(args: &AuditArgs) -> Result<AuditConfig> {
     Ok(c)
 }
 
-fn check_output(path: &Path, config: &AuditConfig) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(Error::Params(format!("{}: the output folder does not exist", path.display())));
-    }
-    for input in [&config.members, &config.nonmembers] {
-        if let (Ok(a), Ok(b)) = (path.canonicalize(), input.canonicalize()) {
-            if a == b {
-                return Err(Error::Params(format!("{}: would overwrite an input", path.display())));
-            }
+/// Refuses, before any work, an output whose folder is missing, that is an input, lies inside
+/// the target, members or non-members folder, or (`--out` vs `--csv`) is the other output.
+fn check_outputs(out: &Path, csv: Option<&Path>, config: &AuditConfig) -> Result<()> {
+    let inputs = [config.target.as_path(), config.members.as_path(), config.nonmembers.as_path()];
+    for (what, path) in std::iter::once(("--out", out)).chain(csv.map(|c| ("--csv", c))) {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(Error::Params(format!("{}: the output folder does not exist", path.display())));
         }
+        crate::atomic::refuse_overwriting_inputs(what, path, &inputs)?;
+    }
+    if let Some(csv) = csv {
+        crate::atomic::refuse_same_output("--out and --csv", out, csv)?;
     }
     Ok(())
 }
@@ -208,10 +215,7 @@ pub fn audit(args: &AuditArgs) -> Result<()> {
         return bench_forward(&config.target, batch);
     }
     let out = args.out.as_ref().ok_or_else(|| Error::Params("--out is required".into()))?;
-    check_output(out, &config)?;
-    if let Some(csv) = &args.csv {
-        check_output(csv, &config)?;
-    }
+    check_outputs(out, args.csv.as_deref(), &config)?;
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} model calls  {elapsed_precise}  {msg}")

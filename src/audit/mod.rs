@@ -124,6 +124,11 @@ pub struct AuditConfig {
     /// Images per model call.
     pub batch_size: usize,
     pub bootstrap_resamples: usize,
+    /// Written reports name each sample by its file name (or `.npz` index) instead of a
+    /// pseudonym (`member-0001`): off by default, since a file name next to a membership score
+    /// can identify a patient in the training set.
+    #[serde(default)]
+    pub report_file_names: bool,
 }
 
 impl AuditConfig {
@@ -146,6 +151,7 @@ impl AuditConfig {
             seed: 0,
             batch_size: 100,
             bootstrap_resamples: 2000,
+            report_file_names: false,
         };
         if preset == Preset::Quick {
             c.max_per_set = Some(200);
@@ -212,7 +218,14 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// Checks the two sets against each other and the model; returns warnings (overlap).
+/// The name a written report gives sample `index` of the member (or non-member) set unless
+/// file names were asked for: `member-0001`, `nonmember-0001` (1-based, in load order).
+pub fn pseudonym(member: bool, index: usize) -> String {
+    format!("{}-{:04}", if member { "member" } else { "nonmember" }, index + 1)
+}
+
+/// Checks the two sets against each other and the model; returns warnings (overlap, samples
+/// named by [`pseudonym`], since warnings go into written reports).
 fn check_samples(model: &DiffusionModel, members: &SampleSet, nonmembers: &SampleSet) -> Result<Vec<String>> {
     for (set, what) in [(members, "members"), (nonmembers, "non-members")] {
         if set.len() < 2 {
@@ -254,11 +267,8 @@ fn check_samples(model: &DiffusionModel, members: &SampleSet, nonmembers: &Sampl
     let mut warnings = Vec::new();
     let overlap = members.exact_overlap(nonmembers);
     if !overlap.is_empty() {
-        let examples: Vec<String> = overlap
-            .iter()
-            .take(3)
-            .map(|&(i, j)| format!("member {} = non-member {}", members.ids[i], nonmembers.ids[j]))
-            .collect();
+        let examples: Vec<String> =
+            overlap.iter().take(3).map(|&(i, j)| format!("{} = {}", pseudonym(true, i), pseudonym(false, j))).collect();
         warnings.push(format!(
             "{} image(s) appear in both sets ({}{}): the sets overlap, so no attack can tell those apart and the \
              AUC is biased toward 0.5",

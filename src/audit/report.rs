@@ -1,8 +1,14 @@
 //! The audit report: parameters, per-attack metrics and ROC points, per-sample scores, timings.
 //! Serialised as JSON (`--out`) and optionally as a CSV of scores (`--csv`), both written
 //! atomically.
+//!
+//! Written reports are made to be shared, so they carry no input path: the target model by
+//! its folder's name, the sample sets by their kind and count, and every sample by a
+//! pseudonym ([`super::pseudonym`]) unless `report_file_names` was asked for (see
+//! [`Report::shareable`]). The report in memory keeps everything, for the window.
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -80,27 +86,101 @@ impl Report {
         members
     }
 
+    /// The report as it is written: input paths dropped (the target by its folder's name, the
+    /// sets by their kind), and sample ids replaced by pseudonyms unless
+    /// `params.report_file_names`.
+    pub fn shareable(&self) -> Report {
+        let mut r = self.clone();
+        r.params.target = self.params.target.file_name().map(PathBuf::from).unwrap_or_default();
+        r.target.dir = r.params.target.display().to_string();
+        r.params.members = PathBuf::new();
+        r.params.nonmembers = PathBuf::new();
+        r.members = set_kind(&self.params.members).into();
+        r.nonmembers = set_kind(&self.params.nonmembers).into();
+        if !self.params.report_file_names {
+            for a in &mut r.attacks {
+                for s in &mut a.scores {
+                    s.id = super::pseudonym(s.member, s.index);
+                }
+            }
+        }
+        r
+    }
+
+    /// Writes [`shareable`](Self::shareable) as JSON.
     pub fn write_json(&self, path: &Path) -> Result<()> {
+        let shared = self.shareable();
         crate::atomic::write_atomic(path, |w| {
-            serde_json::to_writer_pretty(&mut *w, self).map_err(std::io::Error::other)?;
+            serde_json::to_writer_pretty(&mut *w, &shared).map_err(std::io::Error::other)?;
             w.write_all(b"\n")
         })?;
         Ok(())
     }
 
-    /// One row per (attack, sample): `attack,set,index,id,score`.
+    /// One row per (attack, sample) of [`shareable`](Self::shareable):
+    /// `attack,set,index,id,score`, text fields escaped by [`csv_field`].
     pub fn write_csv(&self, path: &Path) -> Result<()> {
+        let shared = self.shareable();
         crate::atomic::write_atomic(path, |w| {
             writeln!(w, "attack,set,index,id,score")?;
-            for a in &self.attacks {
+            for a in &shared.attacks {
                 for s in &a.scores {
                     let set = if s.member { "member" } else { "nonmember" };
-                    let id = s.id.replace(['"', ',', '\n'], "_");
-                    writeln!(w, "{},{set},{},{id},{}", a.name, s.index, s.score)?;
+                    writeln!(w, "{},{set},{},{},{}", csv_field(&a.name), s.index, csv_field(&s.id), s.score)?;
                 }
             }
             Ok(())
         })?;
         Ok(())
+    }
+}
+
+/// How a sample set is stored, for a written report (its path stays out).
+fn set_kind(path: &Path) -> &'static str {
+    if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
+        "npz archive"
+    } else {
+        "image folder"
+    }
+}
+
+/// A text field for a CSV cell that a spreadsheet opens as text (OWASP, CSV injection): a
+/// value starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'` so it is
+/// not run as a formula, and a value holding a comma, quote, CR or LF is quoted with its
+/// quotes doubled (RFC 4180).
+pub fn csv_field(value: &str) -> Cow<'_, str> {
+    let formula = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quote = value.contains([',', '"', '\r', '\n']);
+    if !formula && !quote {
+        return Cow::Borrowed(value);
+    }
+    let text = if formula { format!("'{value}") } else { value.to_string() };
+    if quote {
+        Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
+    } else {
+        Cow::Owned(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_cannot_become_formulas_or_break_rows() {
+        for (value, want) in [
+            ("member-0001", "member-0001"),
+            ("=HYPERLINK(\"http://x\")", "\"'=HYPERLINK(\"\"http://x\"\")\""),
+            ("+1", "'+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tcmd", "'\tcmd"),
+            ("a\rb", "\"a\rb\""),
+            ("a,b", "\"a,b\""),
+            ("a\nb", "\"a\nb\""),
+            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+        ] {
+            assert_eq!(csv_field(value), want, "{value:?}");
+        }
     }
 }

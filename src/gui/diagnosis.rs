@@ -534,8 +534,8 @@ impl DiagnosisPanel {
                     });
                 });
         }
-        if !info.training_dataset.is_empty() {
-            ui.label(RichText::new(format!("Trained on {}", info.training_dataset)).small());
+        if let Some(text) = trained_on_text(&info.training_dataset) {
+            ui.label(RichText::new(text).small());
         }
 
         let current = viewer.current().map(|(image, _)| image.meta.modality.clone());
@@ -819,6 +819,14 @@ fn heat_rgb(v: f32) -> [f32; 3] {
     [r, g, b]
 }
 
+/// "Trained on NAME" for the adapter panel, or nothing when the adapter names no data set or
+/// its name is a path (adapters load with such values cleared; this keeps the panel free of
+/// paths whatever the source, whether or not patient details are hidden).
+fn trained_on_text(dataset: &str) -> Option<String> {
+    let name = dataset.trim();
+    (!name.is_empty() && !crate::model::lora::looks_like_path(name)).then(|| format!("Trained on {name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -840,5 +848,13 @@ mod tests {
         let hot = heat_colour(1.0).to_srgba_unmultiplied();
         assert_eq!(hot, [255, 0, 0, 230]);
         assert_eq!(heat_colour(f32::NAN), heat_colour(0.0));
+    }
+
+    #[test]
+    fn the_panel_names_the_data_set_never_a_path() {
+        assert_eq!(trained_on_text("PneumoniaMNIST (MedMNIST v2)").unwrap(), "Trained on PneumoniaMNIST (MedMNIST v2)");
+        assert_eq!(trained_on_text("/data/DOE^JANE/train"), None);
+        assert_eq!(trained_on_text(r"C:\Scans\DOE^JANE"), None);
+        assert_eq!(trained_on_text("  "), None);
     }
 }

@@ -1,6 +1,10 @@
 //! Frame timing for measurements (`MELO_FRAME_LOG=FILE`): one CSV line per frame with the time
 //! the UI code took, the time since the previous frame, and whether an audit or a prediction
 //! was running. `tools/frame_time.sh` drives the real window and summarises the file.
+//!
+//! The file is appended to, never truncated: a mistyped `MELO_FRAME_LOG` naming an existing
+//! file adds lines at its end instead of destroying it. Each run starts with a `# run` line
+//! (and the column header when the file is new), so runs can be told apart.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -27,8 +31,14 @@ impl FrameLog {
     }
 
     fn create(path: &Path) -> std::io::Result<Self> {
-        let mut out = BufWriter::new(File::create(path)?);
-        writeln!(out, "t_s,ui_ms,interval_ms,audit_running,diagnosis_busy")?;
+        let file = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+        let new = file.metadata()?.len() == 0;
+        let mut out = BufWriter::new(file);
+        if new {
+            writeln!(out, "t_s,ui_ms,interval_ms,audit_running,diagnosis_busy")?;
+        }
+        writeln!(out, "# run")?;
+        out.flush()?;
         Ok(Self { out, started: Instant::now(), last_frame: None })
     }
 
@@ -52,5 +62,30 @@ impl FrameLog {
             u8::from(diagnosis_busy)
         );
         let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_file_is_appended_to_never_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.csv");
+        std::fs::write(&path, "keep me\n").unwrap();
+        let mut log = FrameLog::create(&path).unwrap();
+        log.record(Instant::now(), false, true);
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..2], ["keep me", "# run"], "{text}");
+        assert!(lines[2].ends_with(",0,1"), "{text}");
+
+        // A new file gets the column header first.
+        let fresh = dir.path().join("frames.csv");
+        FrameLog::create(&fresh).unwrap();
+        let text = std::fs::read_to_string(&fresh).unwrap();
+        assert!(text.starts_with("t_s,ui_ms,interval_ms,audit_running,diagnosis_busy\n# run\n"), "{text}");
     }
 }

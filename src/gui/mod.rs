@@ -293,19 +293,21 @@ impl MeloApp {
 
     /// What [`eframe::App::save`] stores.
     pub fn settings(&self) -> Settings {
+        // Sites name folders after patients (and audit sets after studies): with patient
+        // details hidden (the default) every folder is remembered for this run only, never
+        // written to disk.
+        let kept = |path: Option<&PathBuf>| if self.hide_patient_details { None } else { path.cloned() };
         Settings {
-            // Sites name folders after patients: with patient details hidden (the default)
-            // the image folder is remembered for this run only, never written to disk.
-            last_folder: if self.hide_patient_details { None } else { self.last_folder.clone() },
+            last_folder: kept(self.last_folder.as_ref()),
             preset: Some(self.viewer.preferred_preset),
             task: self.diagnosis.selected.clone(),
-            adapter_folder: self.diagnosis.adapter_folder.clone(),
+            adapter_folder: kept(self.diagnosis.adapter_folder.as_ref()),
             heatmap_opacity: Some(self.diagnosis.heatmap_opacity),
             diagnosis_panel: Some(self.diagnosis.visible),
-            audit_target: Some(self.privacy.config.target.clone()),
-            audit_members: Some(self.privacy.config.members.clone()),
-            audit_nonmembers: Some(self.privacy.config.nonmembers.clone()),
-            audit_export_folder: self.privacy.export_folder.clone(),
+            audit_target: kept(Some(&self.privacy.config.target)),
+            audit_members: kept(Some(&self.privacy.config.members)),
+            audit_nonmembers: kept(Some(&self.privacy.config.nonmembers)),
+            audit_export_folder: kept(self.privacy.export_folder.as_ref()),
         }
     }
 

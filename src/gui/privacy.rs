@@ -258,8 +258,12 @@ impl PrivacyPanel {
                     self.config.nonmembers.clone(),
                     preset,
                 );
-                self.config =
-                    AuditConfig { attacks: self.config.attacks.clone(), batch_size: INTERACTIVE_BATCH, ..fresh };
+                self.config = AuditConfig {
+                    attacks: self.config.attacks.clone(),
+                    batch_size: INTERACTIVE_BATCH,
+                    report_file_names: self.config.report_file_names,
+                    ..fresh
+                };
                 self.loss_timesteps = join(&self.config.loss.timesteps);
                 self.trajectory_strengths = join(&self.config.trajectory.strengths);
                 self.preset = preset;
@@ -347,6 +351,15 @@ impl PrivacyPanel {
         };
         let json = folder.join("melo_audit_report.json");
         let csv = folder.join("melo_audit_scores.csv");
+        // The inputs of the audit shown, not of the form (which may have been edited since).
+        let p = &report.params;
+        let inputs = [p.target.as_path(), p.members.as_path(), p.nonmembers.as_path()];
+        if let Err(e) = crate::atomic::refuse_overwriting_inputs("The export folder", &json, &inputs) {
+            return vec![(MessageLevel::Error, format!("Cannot export the report: {e}"))];
+        }
+        // The checkbox as it is now: it may have been changed after the run.
+        let mut report = report.clone();
+        report.params.report_file_names = self.config.report_file_names;
         if let Err(e) = report.write_json(&json).and_then(|()| report.write_csv(&csv)) {
             return vec![(MessageLevel::Error, format!("Cannot export the report: {e}"))];
         }
@@ -426,6 +439,10 @@ impl PrivacyPanel {
             });
             egui::CollapsingHeader::new("Parameters").show(ui, |ui| self.parameters_ui(ui));
         });
+        ui.checkbox(&mut self.config.report_file_names, "Exported reports name samples by file name").on_hover_text(
+            "Off: samples are member-0001, nonmember-0001, … in the exported JSON and CSV, so a shared report does \
+             not say which patient's image was in the training set",
+        );
         ui.separator();
         ui.horizontal(|ui| {
             if ui.add_enabled(!running, egui::Button::new("Run")).on_hover_text("Ctrl+Enter").clicked() {

@@ -163,6 +163,14 @@ struct PredictReport<'a> {
 }
 
 pub fn predict(args: &PredictArgs) -> Result<()> {
+    if let Some(out) = &args.heatmap {
+        // Before any work: the heatmap must not replace the scan or an adapter file (a heatmap
+        // beside them, in the same folder, is fine).
+        let adapters = adapters_dir(&args.adapters).map(|d| adapter_files(&d)).unwrap_or_default();
+        let inputs: Vec<&Path> =
+            std::iter::once(args.image.as_path()).chain(adapters.iter().map(PathBuf::as_path)).collect();
+        crate::atomic::refuse_overwriting_inputs("--heatmap", out, &inputs)?;
+    }
     let image = load_image(&args.image, &LoadOptions::default())?;
     let (mut engine, dir, rejected) = engine_with_adapters(&args.backbone, &args.adapters)?;
     if engine.adapters().is_empty() {
@@ -321,7 +329,8 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
             m.input_size, m.mean, m.std, m.pooling
         );
         if !m.training.dataset.is_empty() {
-            println!("    trained on {}", m.training.dataset);
+            let licence = if m.data_set.licence.is_empty() { "licence not stated" } else { &m.data_set.licence };
+            println!("    trained on {} ({licence})", m.training.dataset);
         }
         if !m.metrics.is_empty() {
             let metrics: Vec<String> = m.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();

@@ -51,6 +51,9 @@ pub enum LoraTarget {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct TrainingSummary {
+    /// The data set's name (e.g. `PneumoniaMNIST (MedMNIST v2)`), never a path: adapters are
+    /// shared, and sites name folders after patients. Versions before issue 20 stored the
+    /// `--data` path here; [`Adapter::load`] drops such a value.
     pub dataset: String,
     pub train_samples: Option<u64>,
     pub validation_samples: Option<u64>,
@@ -60,6 +63,25 @@ pub struct TrainingSummary {
     /// How the kept checkpoint was chosen (e.g. "best validation AUC").
     pub selection: String,
     pub notes: String,
+}
+
+/// What an adapter was trained on, beyond its name ([`TrainingSummary::dataset`]): the
+/// licence and how many images of each class each split held. No paths, no file names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct DataSetSummary {
+    /// The data set's licence as given (`--data-licence`), e.g. `CC BY 4.0`; empty: not stated.
+    pub licence: String,
+    /// Images used per split and class: `{"train": {"normal": 1214, …}, "val": …, "test": …}`.
+    pub counts: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Files of the data set that could not be read and were left out (all splits).
+    pub skipped_files: u64,
+}
+
+/// Whether `text` holds a path separator: such a value in a field meant for a name came from
+/// a path and is not kept.
+pub fn looks_like_path(text: &str) -> bool {
+    text.contains(['/', '\\'])
 }
 
 /// Everything an adapter file says about itself.
@@ -95,6 +117,9 @@ pub struct AdapterMetadata {
     pub multi_label: bool,
     #[serde(default)]
     pub training: TrainingSummary,
+    /// Licence and per-split, per-class image counts of the training data.
+    #[serde(default)]
+    pub data_set: DataSetSummary,
     /// Test-set metrics, e.g. {"test_accuracy": 0.93, "test_macro_auc": 0.99}.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
@@ -124,6 +149,7 @@ impl AdapterMetadata {
             pooling: Pooling::Cls,
             multi_label: false,
             training: TrainingSummary::default(),
+            data_set: DataSetSummary::default(),
             metrics: BTreeMap::new(),
             source: String::new(),
         }
@@ -136,6 +162,16 @@ impl AdapterMetadata {
         } else {
             self.alpha / self.rank as f64
         }
+    }
+
+    /// Drops what adapters written before issue 20 recorded about the machine they were made
+    /// on: a data-set "name" that is a path (the `--data` argument as typed) is cleared, and
+    /// the folders of any path in `source` (an import's location) are cut to `...`.
+    pub fn forget_paths(&mut self) {
+        if looks_like_path(&self.training.dataset) {
+            self.training.dataset.clear();
+        }
+        self.source = crate::error::hide_folders(&self.source);
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
@@ -231,6 +267,7 @@ impl ImportOptions {
             pooling: self.pooling,
             multi_label: false,
             training: TrainingSummary::default(),
+            data_set: DataSetSummary::default(),
             metrics: BTreeMap::new(),
             source,
         })
@@ -412,8 +449,9 @@ impl Adapter {
             }
         }
         let json = file.metadata.get("adapter").ok_or_else(|| fail("no `adapter` metadata".into()))?;
-        let metadata: AdapterMetadata = serde_json::from_str(json).map_err(|e| fail(format!("metadata: {e}")))?;
+        let mut metadata: AdapterMetadata = serde_json::from_str(json).map_err(|e| fail(format!("metadata: {e}")))?;
         metadata.validate().map_err(&fail)?;
+        metadata.forget_paths();
         let scale = metadata.scale();
 
         let mut used = Vec::new();
@@ -541,10 +579,8 @@ impl Adapter {
             rank,
             alpha,
             LoraTarget::QV,
-            format!(
-                "imported from MeLo file {} (alpha {alpha}; head bias not stored by MeLo, set to 0)",
-                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-            ),
+            // Not the file's path or name: the adapter is shared, the import's location is not.
+            format!("imported from a MeLo file (alpha {alpha}; head bias not stored by MeLo, set to 0)"),
         )?;
         let scale = metadata.scale();
         let factor = |k: usize| -> Result<LowRank> {
@@ -638,7 +674,7 @@ impl Adapter {
             rank,
             alpha,
             LoraTarget::Qkv,
-            format!("imported from PEFT {} adapter {}", config.peft_version.as_deref().unwrap_or("?"), dir.display()),
+            format!("imported from a PEFT {} adapter", config.peft_version.as_deref().unwrap_or("?")),
         )?;
         meta.rslora = config.use_rslora;
         Self::new(meta, blocks, head_weight, head_bias)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::data::SplitFractions;
-use super::trainer::{report_path, train, Augment, Method, TrainOptions};
+use super::trainer::{report_path, train_with, Augment, DataSetInfo, Method, TrainOptions};
 use super::{Error, Result};
 use crate::model::engine::default_backbone_dir;
 use crate::model::Pooling;
@@ -17,6 +17,13 @@ pub struct TrainArgs {
     /// by --seed) or a MedMNIST-style .npz.
     #[arg(long)]
     pub data: PathBuf,
+    /// The data set's name, recorded in the adapter and its report instead of the --data path
+    /// (default: the official name of a MedMNIST .npz, else "unnamed").
+    #[arg(long)]
+    pub data_name: Option<String>,
+    /// The data set's licence, recorded beside its name (e.g. "CC BY 4.0").
+    #[arg(long, default_value = "")]
+    pub data_licence: String,
     /// The adapter to write (`.safetensors`; a report is written beside it as `.report.json`).
     #[arg(long)]
     pub out: PathBuf,
@@ -116,6 +123,16 @@ impl From<PoolingArg> for Pooling {
 }
 
 impl TrainArgs {
+    /// The name and licence recorded for `--data`.
+    pub fn data_set(&self) -> DataSetInfo {
+        let mut info = DataSetInfo::default_for(&self.data);
+        if let Some(name) = &self.data_name {
+            info.name = name.clone();
+        }
+        info.licence = self.data_licence.clone();
+        info
+    }
+
     /// The options these arguments describe.
     pub fn options(&self) -> Result<TrainOptions> {
         let backbone = match &self.backbone {
@@ -177,7 +194,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let options = args.options()?;
-    let report = train(&options)?;
+    let data_set = args.data_set();
+    if args.data_name.is_none() {
+        eprintln!("note: the adapter records the data set as '{}' (name it with --data-name)", data_set.name);
+    }
+    let report = train_with(&options, &data_set)?;
     let t = &report.test;
     println!(
         "{}: {:?} on {} — test accuracy {:.4}, macro F1 {:.4}, macro AUC {}; {} trainable parameters ({:.3} %), {} bytes; \
@@ -195,6 +216,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         report.train_images_per_second,
         report.best_epoch
     );
-    println!("wrote {} and {}", report.file.display(), report_path(&report.file).display());
+    println!("wrote {} and {}", options.out.display(), report_path(&options.out).display());
     Ok(())
 }

@@ -467,3 +467,44 @@ fn check_classes(dir: &Path, classes: &[String]) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// The official names of the MedMNIST v2 data sets, by file stem.
+const MEDMNIST: [(&str, &str); 18] = [
+    ("pathmnist", "PathMNIST"),
+    ("chestmnist", "ChestMNIST"),
+    ("dermamnist", "DermaMNIST"),
+    ("octmnist", "OCTMNIST"),
+    ("pneumoniamnist", "PneumoniaMNIST"),
+    ("retinamnist", "RetinaMNIST"),
+    ("breastmnist", "BreastMNIST"),
+    ("bloodmnist", "BloodMNIST"),
+    ("tissuemnist", "TissueMNIST"),
+    ("organamnist", "OrganAMNIST"),
+    ("organcmnist", "OrganCMNIST"),
+    ("organsmnist", "OrganSMNIST"),
+    ("organmnist3d", "OrganMNIST3D"),
+    ("nodulemnist3d", "NoduleMNIST3D"),
+    ("adrenalmnist3d", "AdrenalMNIST3D"),
+    ("fracturemnist3d", "FractureMNIST3D"),
+    ("vesselmnist3d", "VesselMNIST3D"),
+    ("synapsemnist3d", "SynapseMNIST3D"),
+];
+
+/// `PneumoniaMNIST (MedMNIST v2)` for `…/pneumoniamnist.npz`, `BloodMNIST (MedMNIST v2, 224 px)`
+/// for `bloodmnist_224.npz`; `None` for any other file or a folder. Only the file name is
+/// looked at, and only names on MedMNIST's own list are recognised.
+pub fn medmnist_name(path: &Path) -> Option<String> {
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?.to_ascii_lowercase();
+    let (base, size) = match stem.rsplit_once('_') {
+        Some((b, s)) if ["64", "128", "224"].contains(&s) => (b, Some(s)),
+        _ => (stem.as_str(), None),
+    };
+    let (_, name) = MEDMNIST.iter().find(|(key, _)| *key == base)?;
+    Some(match size {
+        Some(px) => format!("{name} (MedMNIST v2, {px} px)"),
+        None => format!("{name} (MedMNIST v2)"),
+    })
+}

@@ -36,7 +36,7 @@ use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::grad::{uniform, GradVit, Trainable};
 use super::metrics::{evaluate, Evaluation};
 use super::{Error, Result};
-use crate::model::lora::{LoraTarget, TrainingSummary};
+use crate::model::lora::{DataSetSummary, LoraTarget, TrainingSummary};
 use crate::model::vit::{LowRank, QkvLora};
 use crate::model::{Adapter, AdapterMetadata, Engine, Pooling, VisionTransformer};
 
@@ -52,9 +52,13 @@ pub enum Method {
     Full,
 }
 
-/// Everything `melo train` needs.
+/// Everything `melo train` needs. Serialised into the report (which is shared with the
+/// adapter) without its three paths: sites name folders after patients, and the build
+/// machine's folders are nobody's business. They still count for `--resume` (the
+/// checkpoint's fingerprint includes them).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainOptions {
+    #[serde(default, skip_serializing)]
     pub data: PathBuf,
     pub method: Method,
     pub rank: usize,
@@ -69,6 +73,7 @@ pub struct TrainOptions {
     /// Square input side (pixels); a multiple of the patch size (14) uses every pixel.
     pub size: usize,
     pub seed: u64,
+    #[serde(default, skip_serializing)]
     pub out: PathBuf,
     pub task: String,
     pub labels: Option<Vec<String>>,
@@ -80,6 +85,7 @@ pub struct TrainOptions {
     /// Weight the loss by n / (C · n_c) (on by default; off only when classes are balanced).
     pub class_weights: bool,
     pub pooling: Pooling,
+    #[serde(default, skip_serializing)]
     pub backbone: PathBuf,
     /// Use at most this many items of each split (quick runs and tests).
     pub limit: Option<usize>,
@@ -116,21 +122,68 @@ pub struct EpochRecord {
     pub learning_rate: f64,
 }
 
-/// What a run produced (also written as `OUT` with extension `.report.json`).
+/// The name and licence a run records for its data (never its path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSetInfo {
+    /// E.g. `PneumoniaMNIST (MedMNIST v2)`; no path separators.
+    pub name: String,
+    /// E.g. `CC BY 4.0`; empty: not stated.
+    pub licence: String,
+}
+
+impl DataSetInfo {
+    /// The name when none is given: a MedMNIST file's official name when the file name is one
+    /// of theirs (`pneumoniamnist.npz`, `bloodmnist_224.npz`), else `unnamed`. Never the
+    /// file's or folder's own name, which may be a patient's.
+    pub fn default_for(data: &Path) -> Self {
+        Self { name: super::data::medmnist_name(data).unwrap_or_else(|| "unnamed".into()), licence: String::new() }
+    }
+
+    fn check(&self) -> Result<()> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return Err(Error::Options("--data-name must be 1 to 200 printable characters".into()));
+        }
+        if crate::model::lora::looks_like_path(name) || crate::model::lora::looks_like_path(&self.licence) {
+            return Err(Error::Options(
+                "--data-name and --data-licence must not hold / or \\ (the adapter records a name, never a path)"
+                    .into(),
+            ));
+        }
+        if self.licence.chars().any(char::is_control) {
+            return Err(Error::Options("--data-licence must be printable".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What a run produced (also written as `OUT` with extension `.report.json`). Made to be
+/// shared with the adapter: the data set by name, licence and counts, the adapter by its file
+/// name, no paths.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
     pub task: String,
     pub method: Method,
     pub classes: Vec<String>,
+    /// The data set's name ([`DataSetInfo`]).
     pub data: String,
+    #[serde(default)]
+    pub data_licence: String,
     pub train_samples: usize,
     pub val_samples: usize,
     pub test_samples: usize,
-    pub skipped: Vec<(String, String)>,
+    /// Images used per split and class (as in the adapter's `data_set.counts`).
+    #[serde(default)]
+    pub class_counts: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Files that could not be read and were left out (all splits); which ones and why is
+    /// printed on the terminal, not recorded.
+    #[serde(default)]
+    pub skipped_files: usize,
     pub trainable_parameters: usize,
     pub backbone_parameters: usize,
     /// Trainable ÷ (backbone + head) parameters, in percent.
     pub trainable_percent: f64,
+    /// The adapter's file name (not its folder).
     pub file: PathBuf,
     pub file_bytes: u64,
     /// Wall time of the epochs (feature extraction included for linear probes; data loading
@@ -346,6 +399,11 @@ fn check_options(o: &TrainOptions) -> Result<()> {
     if !dir.is_dir() {
         return bad(format!("the folder of --out ({}) does not exist", dir.display()));
     }
+    // The adapter, its checkpoint and its report must not land on or inside what is read.
+    let inputs = [o.data.as_path(), o.backbone.as_path()];
+    for output in [o.out.clone(), checkpoint_path(&o.out), report_path(&o.out)] {
+        crate::atomic::refuse_overwriting_inputs("--out", &output, &inputs)?;
+    }
     Ok(())
 }
 
@@ -359,17 +417,33 @@ pub fn report_path(out: &Path) -> PathBuf {
     out.with_extension("report.json")
 }
 
+/// What a checkpoint must match to be resumed: every option (the paths too, which the
+/// serialisation leaves out) and the backbone.
 fn fingerprint(o: &TrainOptions, backbone_sha: &str) -> String {
     let mut o = o.clone();
     o.resume = false;
     o.stop_after = None;
     o.progress = false;
-    format!("{}|{backbone_sha}", serde_json::to_string(&o).unwrap_or_default())
+    format!(
+        "{}|{}|{}|{}|{backbone_sha}",
+        serde_json::to_string(&o).unwrap_or_default(),
+        o.data.display(),
+        o.out.display(),
+        o.backbone.display()
+    )
 }
 
-/// Trains, evaluates and saves; returns the report (also written beside `out`).
+/// Trains, evaluates and saves; returns the report (also written beside `out`). The data set
+/// is recorded under its default name ([`DataSetInfo::default_for`]).
 pub fn train(o: &TrainOptions) -> Result<TrainReport> {
+    train_with(o, &DataSetInfo::default_for(&o.data))
+}
+
+/// [`train`], recording the data set as `data_set` (name and licence) in the adapter and the
+/// report.
+pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainReport> {
     check_options(o)?;
+    data_set.check()?;
     let engine = Engine::open(&o.backbone)?;
     let vit = engine.backbone();
     let cfg = vit.config().clone();
@@ -638,19 +712,28 @@ pub fn train(o: &TrainOptions) -> Result<TrainReport> {
         test.macro_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
     );
 
+    let class_counts = [(Split::Train, &train_set), (Split::Val, &val_set), (Split::Test, &test_set)]
+        .iter()
+        .map(|(split, p)| {
+            let per_class = classes.iter().cloned().zip(p.class_counts(c).into_iter().map(|n| n as u64)).collect();
+            (split.name().to_string(), per_class)
+        })
+        .collect();
     let mut report = TrainReport {
         task: o.task.clone(),
         method: o.method,
         classes: classes.clone(),
-        data: o.data.display().to_string(),
+        data: data_set.name.trim().to_string(),
+        data_licence: data_set.licence.trim().to_string(),
         train_samples: train_set.len(),
         val_samples: val_set.len(),
         test_samples: test_set.len(),
-        skipped: [&train_set, &val_set, &test_set].iter().flat_map(|p| p.skipped.clone()).collect(),
+        class_counts,
+        skipped_files: [&train_set, &val_set, &test_set].iter().map(|p| p.skipped.len()).sum(),
         trainable_parameters,
         backbone_parameters,
         trainable_percent: 100.0 * trainable_parameters as f64 / (backbone_parameters + c * feature_dim + c) as f64,
-        file: o.out.clone(),
+        file: o.out.file_name().map(PathBuf::from).unwrap_or_default(),
         file_bytes: 0,
         train_seconds: meta.train_seconds,
         train_images_per_second: (train_set.len() * meta.history.len()) as f64
@@ -917,7 +1000,7 @@ fn build_adapter(
     metadata.modality = o.modality.clone();
     metadata.pooling = o.pooling;
     metadata.training = TrainingSummary {
-        dataset: o.data.display().to_string(),
+        dataset: report.data.clone(),
         train_samples: Some(report.train_samples as u64),
         validation_samples: Some(report.val_samples as u64),
         epochs: Some(o.epochs as u32),
@@ -938,6 +1021,11 @@ fn build_adapter(
             "method {:?}; trained by `melo train` (seed {}); {} trainable parameters",
             o.method, o.seed, report.trainable_parameters
         ),
+    };
+    metadata.data_set = DataSetSummary {
+        licence: report.data_licence.clone(),
+        counts: report.class_counts.clone(),
+        skipped_files: report.skipped_files as u64,
     };
     metadata.metrics = metrics_map(report);
     metadata.source = format!("melo train --method {:?}", o.method).to_lowercase();

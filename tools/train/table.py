@@ -14,13 +14,13 @@ from pathlib import Path
 
 # Published test metrics (AUC, ACC) on the same splits; see ../shared/docs/background.md §1.
 PUBLISHED = {
-    "breastmnist.npz": [("ResNet-18 (28 px), MedMNIST v2", 0.901, 0.863), ("Google AutoML Vision, MedMNIST v2", 0.919, 0.861)],
-    "pneumoniamnist.npz": [("ResNet-18 (28 px), MedMNIST v2", 0.944, 0.854), ("Google AutoML Vision, MedMNIST v2", 0.991, 0.946)],
-    "retinamnist.npz": [("ResNet-18 (28 px), MedMNIST v2", 0.717, 0.524), ("Google AutoML Vision, MedMNIST v2", 0.750, 0.531)],
-    "pbc": [("VGG-16, Acevedo et al. 2019 (full PBC)", None, 0.962)],
+    "BreastMNIST (MedMNIST v2)": [("ResNet-18 (28 px), MedMNIST v2", 0.901, 0.863), ("Google AutoML Vision, MedMNIST v2", 0.919, 0.861)],
+    "PneumoniaMNIST (MedMNIST v2)": [("ResNet-18 (28 px), MedMNIST v2", 0.944, 0.854), ("Google AutoML Vision, MedMNIST v2", 0.991, 0.946)],
+    "RetinaMNIST (MedMNIST v2)": [("ResNet-18 (28 px), MedMNIST v2", 0.717, 0.524), ("Google AutoML Vision, MedMNIST v2", 0.750, 0.531)],
+    "PBC (Acevedo et al. 2020), 8-class subset": [("VGG-16, Acevedo et al. 2019 (full PBC)", None, 0.962)],
 }
 # Linear probe of the same backbone at 224 px (sklearn logistic regression, background §4).
-PROBE_224 = {"breastmnist.npz": (0.854, 0.853), "pneumoniamnist.npz": (0.964, 0.866), "retinamnist.npz": (0.738, 0.510), "pbc": (0.997, 0.943)}
+PROBE_224 = {"BreastMNIST (MedMNIST v2)": (0.854, 0.853), "PneumoniaMNIST (MedMNIST v2)": (0.964, 0.866), "RetinaMNIST (MedMNIST v2)": (0.738, 0.510), "PBC (Acevedo et al. 2020), 8-class subset": (0.997, 0.943)}
 BACKBONE_PARAMS = 21_520_896 + 1370 * 384
 
 
@@ -80,7 +80,8 @@ def main(paths):
     reports = [json.loads(Path(p).read_text()) | {"_path": p} for p in paths]
     by_data = {}
     for r in reports:
-        by_data.setdefault(Path(r["data"]).name, []).append(r)
+        # The data set's name (reports before issue 20 held its path: its last component).
+        by_data.setdefault(r["data"] if "data_licence" in r else Path(r["data"]).name, []).append(r)
     order = {"linear": 0, "lora": 1, "full": 2}
     for data, rs in sorted(by_data.items()):
         # The shipped adapter and a copy of it kept in docs/training/ are one run.

@@ -130,9 +130,7 @@ pub fn convert(input: &std::path::Path, output: &std::path::Path, frame: usize, 
     if ext.as_deref() != Some("npy") && ext.as_deref() != Some("png") {
         return Err(Error::Invalid(format!("output must end in .npy or .png: {}", output.display())));
     }
-    if output.exists() && same_file(input, output) {
-        return Err(Error::Invalid("output would overwrite the input".into()));
-    }
+    crate::atomic::refuse_overwriting_inputs("output", output, &[input])?;
     let image = load_image(input, &LoadOptions::default())?;
     match ext.as_deref() {
         Some("npy") => crate::export::write_npy(&image, output),
@@ -146,13 +144,6 @@ pub fn convert(input: &std::path::Path, output: &std::path::Path, frame: usize, 
             };
             crate::export::write_png(&image, frame, &voi, output)
         }
-    }
-}
-
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
     }
 }
 

@@ -1,5 +1,5 @@
-//! No panic on any file, whole or truncated: every file of the fixtures (and of the shared
-//! corpus when present) is cut at several lengths and opened; each must decode or give an error.
+//! No panic on any file, whole or truncated: every file of the fixtures and of the shared
+//! corpus (`../shared/data`, required) is cut at several lengths and opened; each must decode or give an error.
 
 mod common;
 
@@ -73,11 +73,9 @@ fn truncated_fixtures_never_panic() {
 
 #[test]
 fn truncated_corpus_never_panics() {
-    let Some(data) = common::shared_data() else {
-        println!("SKIPPED: ../shared/data is absent");
-        return;
-    };
+    let data = common::require_shared_data("the truncated-corpus test");
     let files = files_under(&data.join("dicom"));
+    assert!(files.len() >= 100, "{} .dcm files under {}: the corpus is incomplete", files.len(), data.display());
     println!("{} truncations of {} files opened", open_truncations(&files), files.len());
 }
 

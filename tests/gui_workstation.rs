@@ -526,6 +526,8 @@ fn cancel_stops_a_running_audit() {
     harness.key_press(Key::Escape);
     wait_for(&mut harness, "the cancellation", Duration::from_secs(60), |app| !app.is_audit_running());
     let took = pressed.elapsed();
+    // How fast it stops is measured by `tools/frame_time.sh audit` (release build, the real
+    // window), not asserted here: a test's timing depends on the machine's load.
     println!("cancel took {:.3} s (debug build, busy machine)", took.as_secs_f64());
     let app = harness.state();
     assert!(
@@ -535,7 +537,6 @@ fn cancel_stops_a_running_audit() {
     );
     assert!(app.privacy.report.is_none());
     assert!(app.privacy.last_cancel_latency.is_some());
-    assert!(took < Duration::from_secs(10), "stopped promptly: {took:?}");
 }
 
 #[test]

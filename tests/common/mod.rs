@@ -7,8 +7,20 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/data` beside the repository, if present (CI and developer machines have it).
+/// `../shared/data` beside the repository, if present. A test that needs it must fail when it
+/// is absent (use [`require_shared_data`]), never pass without checking anything.
 pub fn shared_data() -> Option<PathBuf> {
     let p = repo().join("../shared/data");
     p.is_dir().then_some(p)
+}
+
+/// `../shared/data` beside the repository (CI and developer machines have it); panics with a
+/// message naming what is missing, so a run without it fails instead of skipping `what`.
+pub fn require_shared_data(what: &str) -> PathBuf {
+    shared_data().unwrap_or_else(|| {
+        panic!(
+            "{} is missing: {what} needs the shared data set beside the repository (see the README)",
+            repo().join("../shared/data").display()
+        )
+    })
 }

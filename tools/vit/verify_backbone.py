@@ -72,8 +72,9 @@ def resize_pos_embed(pos: np.ndarray, grid_out: int) -> np.ndarray:
     return np.concatenate([pos[:, :1].astype(np.float64), out], axis=1)
 
 
-def forward(w: dict, x: torch.Tensor, pos: torch.Tensor, cfg: dict) -> torch.Tensor:
-    """Plain DINOv2/timm ViT forward; returns final-norm tokens [B, 1+N, D]."""
+def forward(w: dict, x: torch.Tensor, pos: torch.Tensor, cfg: dict, attentions: list | None = None) -> torch.Tensor:
+    """Plain DINOv2/timm ViT forward; returns final-norm tokens [B, 1+N, D]. When `attentions`
+    is a list, each block's head-averaged attention probabilities [B, T, T] are appended to it."""
     d, h, eps = cfg["embed_dim"], cfg["num_heads"], cfg["layer_norm_eps"]
     hd = d // h
     b = x.shape[0]
@@ -86,6 +87,8 @@ def forward(w: dict, x: torch.Tensor, pos: torch.Tensor, cfg: dict) -> torch.Ten
         qkv = F.linear(y, w[bk + "attn.qkv.weight"], w[bk + "attn.qkv.bias"])
         q, k, v = qkv.reshape(b, -1, 3, h, hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         att = torch.softmax((q @ k.transpose(-2, -1)) * hd**-0.5, dim=-1)
+        if attentions is not None:
+            attentions.append(att.mean(dim=1))
         y = (att @ v).transpose(1, 2).reshape(b, -1, d)
         y = F.linear(y, w[bk + "attn.proj.weight"], w[bk + "attn.proj.bias"])
         t = t + w[bk + "ls1.gamma"] * y

@@ -72,7 +72,7 @@ fn check_config(config: &str) {
         let want_mask = numbers(&case["mask"]);
         let want_tokens: Vec<&str> = case["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         let got = tok.encode_padded(prompt).unwrap();
-        let got_tokens = tok.tokenize(prompt);
+        let got_tokens = tok.tokenize(prompt).unwrap();
         if got.ids != want_ids || got.attention_mask != want_mask || got_tokens != want_tokens {
             failures.push(format!(
                 "{prompt:?}\n  want ids  {want_ids:?}\n  got ids   {:?}\n  want mask {want_mask:?}\n  got mask  {:?}\n  want tokens {want_tokens:?}\n  got tokens  {got_tokens:?}",
@@ -146,12 +146,30 @@ fn mini_folder_loads_and_encodes() {
     // The bad-input tests below break one thing each of this folder.
     let dir = mini_folder();
     let tok = ClipTokenizer::load(dir.path()).unwrap();
-    assert_eq!(tok.tokenize("AB c!"), vec!["ab</w>", "c</w>", "!"]);
+    assert_eq!(tok.tokenize("AB c!").unwrap(), vec!["ab</w>", "c</w>", "!"]);
     let e = tok.encode_padded("AB c!").unwrap();
     assert_eq!(e.ids, vec![7, 6, 5, 9, 8, 9, 9, 9]);
     assert_eq!(e.attention_mask, vec![1, 1, 1, 1, 1, 0, 0, 0]);
     // Cut to model_max_length − 2 with EOS last.
     let e = tok.encode_padded("a a a a a a a a a").unwrap();
+    assert_eq!(e.ids, vec![7, 3, 3, 3, 3, 3, 3, 8]);
+    assert!(e.truncated);
+    let e = tok.encode_padded("a a a a a a").unwrap();
+    assert_eq!(e.ids, vec![7, 3, 3, 3, 3, 3, 3, 8]);
+    assert!(!e.truncated, "six ids fit exactly");
+}
+
+#[test]
+fn giant_word_is_refused_unless_past_the_cut() {
+    let dir = mini_folder();
+    let tok = ClipTokenizer::load(dir.path()).unwrap();
+    let giant = "b".repeat(5000);
+    let e = tok.encode(&giant).expect_err("a 5000-letter word must be refused");
+    assert!(matches!(e, Error::Input(_)), "{e}");
+    assert!(e.to_string().contains("the text has a word of 5000 bytes"), "{e}");
+    assert!(tok.encode_padded(&format!("x {giant}")).is_err());
+    // The pipeline's call stops at the cut, so a giant word after it is never looked at.
+    let e = tok.encode_padded(&format!("a a a a a a a {giant}")).unwrap();
     assert_eq!(e.ids, vec![7, 3, 3, 3, 3, 3, 3, 8]);
     assert!(e.truncated);
 }

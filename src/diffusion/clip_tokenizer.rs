@@ -47,6 +47,10 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// the bound only keeps a broken config from asking for gigantic padded batches.
 pub const MAX_MODEL_MAX_LENGTH: usize = 1 << 16;
 
+/// The longest word (one match of CLIP's pattern: a run of letters or of punctuation) that is
+/// tokenized; a 4 KB word of random letters takes about a second in a debug build.
+pub const MAX_WORD_BYTES: usize = 4096;
+
 /// transformers reads `merges.txt` as `read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]`:
 /// the first line (the `#version` header) is skipped unread and at most this many merges are
 /// used — CLIP's 49408-entry vocabulary is 256 bytes × 2 (with and without `</w>`), these merges
@@ -231,46 +235,27 @@ impl ClipTokenizer {
     }
 
     /// The BPE tokens of `text` (without BOS/EOS), as transformers' `tokenize` gives them.
-    pub fn tokenize(&self, text: &str) -> Vec<String> {
+    pub fn tokenize(&self, text: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for piece in self.split_added(text) {
-            match piece {
-                Piece::Added(a) => out.push(a.content.clone()),
-                Piece::Text(t) => self.tokenize_text(&t, &mut out),
-            }
-        }
-        out
+        self.walk(text, |tokens| {
+            out.extend_from_slice(tokens);
+            true
+        })?;
+        Ok(out)
     }
 
     /// The ids of `text` without BOS/EOS, uncut. A BPE token missing from the vocabulary becomes
     /// the unknown token's id; without one it is an error.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        for piece in self.split_added(text) {
-            match piece {
-                Piece::Added(a) => ids.push(a.id),
-                Piece::Text(t) => {
-                    let mut tokens = Vec::new();
-                    self.tokenize_text(&t, &mut tokens);
-                    for tok in tokens {
-                        let id = self.encoder.get(&tok).copied().or(self.unk_id).ok_or_else(|| {
-                            Error::Input(format!(
-                                "token {tok:?} is not in the vocabulary and the tokenizer has no unknown token"
-                            ))
-                        })?;
-                        ids.push(id);
-                    }
-                }
-            }
-        }
-        Ok(ids)
+        self.encode_up_to(text, usize::MAX)
     }
 
     /// `text` as a Stable Diffusion pipeline feeds it to the text encoder: BOS + ids (cut to
     /// `model_max_length − 2`) + EOS, padded to `model_max_length`.
     pub fn encode_padded(&self, text: &str) -> Result<Encoding> {
         let n = self.model_max_length;
-        let mut body = self.encode(text)?;
+        // One id past the cut tells whether the text was cut; the rest is never tokenized.
+        let mut body = self.encode_up_to(text, n - 1)?;
         let truncated = body.len() > n - 2;
         body.truncate(n - 2);
         let mut ids = Vec::with_capacity(n);
@@ -281,6 +266,66 @@ impl ClipTokenizer {
         attention_mask.resize(n, 0);
         ids.resize(n, self.pad_id);
         Ok(Encoding { ids, attention_mask, truncated })
+    }
+
+    /// The first ids of `text`, at least `limit` of them where the text has that many.
+    fn encode_up_to(&self, text: &str, limit: usize) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut unknown = None;
+        self.walk(text, |tokens| {
+            for tok in tokens {
+                match self.encoder.get(tok).copied().or(self.unk_id) {
+                    Some(id) => ids.push(id),
+                    None => {
+                        unknown = Some(tok.clone());
+                        return false;
+                    }
+                }
+            }
+            ids.len() < limit
+        })?;
+        match unknown {
+            Some(tok) => Err(Error::Input(format!(
+                "token {tok:?} is not in the vocabulary and the tokenizer has no unknown token"
+            ))),
+            None => Ok(ids),
+        }
+    }
+
+    /// Hands the tokens of `text` to `each`, one added token or one pre-token's BPE at a time,
+    /// until `each` returns false. transformers' `tokenize`, step by step.
+    fn walk(&self, text: &str, mut each: impl FnMut(&[String]) -> bool) -> Result<()> {
+        let mut tokens = Vec::new();
+        for piece in self.split_added(text) {
+            match piece {
+                Piece::Added(a) => {
+                    if !each(std::slice::from_ref(&a.content)) {
+                        return Ok(());
+                    }
+                }
+                Piece::Text(t) => {
+                    let cleaned = basic_tokenize(&t).join(" ");
+                    for m in self.pattern.find_iter(&cleaned) {
+                        // BPE takes time quadratic in a word's length; no caption has such a
+                        // word, and a file of garbage must not stall an audit for hours.
+                        if m.len() > MAX_WORD_BYTES {
+                            return Err(Error::Input(format!(
+                                "the text has a word of {} bytes (\"{}\"); at most {MAX_WORD_BYTES} are tokenized",
+                                m.len(),
+                                truncate_for_message(m.as_str())
+                            )));
+                        }
+                        let mapped: String = m.as_str().bytes().map(|b| self.byte_encoder[b as usize]).collect();
+                        tokens.clear();
+                        self.bpe(&mapped, &mut tokens);
+                        if !each(&tokens) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Cuts the raw text at the added tokens, leftmost first and the longest where several
@@ -320,15 +365,6 @@ impl ClipTokenizer {
         }
         pieces.retain(|p| !matches!(p, Piece::Text(t) if t.is_empty()));
         pieces
-    }
-
-    /// `_tokenize` of transformers' CLIPTokenizer for one piece between added tokens.
-    fn tokenize_text(&self, text: &str, out: &mut Vec<String>) {
-        let cleaned = basic_tokenize(text).join(" ");
-        for m in self.pattern.find_iter(&cleaned) {
-            let mapped: String = m.as_str().bytes().map(|b| self.byte_encoder[b as usize]).collect();
-            self.bpe(&mapped, out);
-        }
     }
 
     /// Merges the characters of one pre-token, the last one carrying `</w>`, by merge rank.

@@ -11,6 +11,9 @@ pub enum Error {
     /// A `config.json` / `scheduler_config.json` that is not JSON or not the expected object.
     #[error("{path}: not a valid {what} ({reason})")]
     Json { path: PathBuf, what: &'static str, reason: String },
+    /// A tokenizer file (`vocab.json`, `merges.txt`, the token configs) that cannot be used.
+    #[error("{path}: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
     /// A config whose values contradict each other or the model family.
     #[error("invalid configuration: {0}")]
     Config(String),

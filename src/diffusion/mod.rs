@@ -4,11 +4,15 @@
 //!   `diffusion_pytorch_model.safetensors`;
 //! - [`scheduler`]: `DDPMScheduler` / `DDIMScheduler` from `scheduler_config.json`, the noise
 //!   schedule, and the deterministic DDIM move (both directions) that the attacks build on;
-//! - [`DiffusionModel`]: both together, loaded from one folder — what `melo audit` calls a target.
+//! - [`DiffusionModel`]: both together, loaded from one folder — what `melo audit` calls a target;
+//! - [`clip_tokenizer`]: the CLIP BPE tokenizer of a Stable Diffusion pipeline's `tokenizer/`
+//!   folder (ids and attention mask as transformers' `CLIPTokenizer` gives them).
 //!
 //! Parity with diffusers is checked in `tests/diffusion_parity.rs` against fixtures in
-//! `tests/data/diffusion`. Nothing here depends on egui.
+//! `tests/data/diffusion`, the tokenizer's with transformers in `tests/sd_tokenizer.rs`
+//! against `tests/data/sd`. Nothing here depends on egui.
 
+pub mod clip_tokenizer;
 mod conv;
 mod error;
 pub mod scheduler;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+pub use clip_tokenizer::{ClipTokenizer, Encoding};
 pub use error::{Error, Result};
 pub use scheduler::{DdimScheduler, DdpmScheduler, NoiseSchedule, SchedulerConfig, StepOutput, SCHEDULER_CONFIG_FILE};
 pub use unet::{Config, UNet2DModel, CONFIG_FILE, WEIGHTS_FILE};

@@ -16,6 +16,7 @@ pub mod clip_tokenizer;
 mod conv;
 mod error;
 pub mod scheduler;
+pub mod sd;
 pub mod unet;
 
 use std::path::{Path, PathBuf};

@@ -1,31 +1,35 @@
 //! Faults on save: a full disk must give an error and keep the previous file whole, with no
 //! temporary left behind — through the atomic-write helper and through `melo convert`.
 //!
-//! A real full disk is made with a 64 KiB tmpfs. Mounting needs root (CI and this workstation's
-//! build machines run as root); where the mount fails the test fails with mount's own message,
-//! so a run that cannot make the full disk never passes without checking it.
+//! A real full disk is made with a 64 KiB tmpfs. As root (CI) the test mounts it directly;
+//! otherwise it re-runs itself inside a user + mount namespace (`unshare --user
+//! --map-root-user --mount`), where an unprivileged user may mount a tmpfs, and asserts that
+//! run passed. Where neither works the test fails with both reasons, so a run that cannot make
+//! the full disk never passes without checking it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Set in the re-run inside the namespace, so a failing mount there fails instead of recursing.
+const IN_NAMESPACE: &str = "MELO_FAULTS_IN_MOUNT_NAMESPACE";
 
 struct TinyFs {
     dir: tempfile::TempDir,
 }
 
 impl TinyFs {
-    fn mount(bytes: usize) -> Self {
+    fn mount(bytes: usize) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temporary folder for the tmpfs");
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
             .arg(dir.path())
             .output()
-            .unwrap_or_else(|e| panic!("cannot run mount for the disk-full test: {e}"));
-        assert!(
-            out.status.success(),
-            "cannot mount a {bytes}-byte tmpfs for the disk-full test (it needs root): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Self { dir }
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Self { dir })
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
     }
 
     fn path(&self) -> &Path {
@@ -39,6 +43,34 @@ impl Drop for TinyFs {
     }
 }
 
+/// A mounted `bytes`-byte tmpfs for test `name`, or `None` when the mount needs a namespace:
+/// then `name` has just been run (and has passed, asserted here) in a child process inside one.
+fn tiny_fs_for(name: &str, bytes: usize) -> Option<TinyFs> {
+    let direct = match TinyFs::mount(bytes) {
+        Ok(fs) => return Some(fs),
+        Err(e) => e,
+    };
+    assert!(
+        std::env::var_os(IN_NAMESPACE).is_none(),
+        "cannot mount a {bytes}-byte tmpfs for {name} even inside a user namespace: {direct}"
+    );
+    let exe = std::env::current_exe().expect("path of this test binary");
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount"])
+        .arg(exe)
+        .args(["--exact", name, "--test-threads=1"])
+        .env(IN_NAMESPACE, "1")
+        .output()
+        .unwrap_or_else(|e| panic!("mount failed ({direct}) and unshare cannot run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name}: mount failed ({direct}); the run in a user + mount namespace did not pass:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    None
+}
+
 fn entries(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     v.sort();
@@ -47,7 +79,8 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn disk_full_save_errors_and_keeps_previous_file() {
-    let fs = TinyFs::mount(64 * 1024);
+    // None: the test ran, and passed, in a mount namespace (see `tiny_fs_for`).
+    let Some(fs) = tiny_fs_for("disk_full_save_errors_and_keeps_previous_file", 64 * 1024) else { return };
     let target = fs.path().join("report.json");
     let small = vec![b'a'; 16 * 1024];
     melo::atomic::write_bytes_atomic(&target, &small).unwrap();
@@ -62,7 +95,10 @@ fn disk_full_save_errors_and_keeps_previous_file() {
 
 #[test]
 fn convert_onto_full_disk_exits_nonzero_and_keeps_previous_output() {
-    let fs = TinyFs::mount(64 * 1024);
+    // None: the test ran, and passed, in a mount namespace (see `tiny_fs_for`).
+    let Some(fs) = tiny_fs_for("convert_onto_full_disk_exits_nonzero_and_keeps_previous_output", 64 * 1024) else {
+        return;
+    };
     // The CT sample: 512×512 f32 = 1 MiB of .npy, which does not fit in 64 KiB.
     let ct = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/ct");
     let input = entries(&ct).into_iter().find(|p| p.is_file() && !p.ends_with("README.md")).expect("CT sample");

@@ -96,9 +96,11 @@ fn backbone_dir() -> PathBuf {
     common::repo().join("assets/backbone")
 }
 
-fn medmnist(name: &str) -> Option<PathBuf> {
-    let p = common::shared_data()?.join("medmnist").join(name);
-    p.is_file().then_some(p)
+/// A MedMNIST archive of `../shared/data`; a missing one fails the test that needs it.
+fn medmnist(name: &str) -> PathBuf {
+    let p = common::require_shared_data("training on MedMNIST").join("medmnist").join(name);
+    assert!(p.is_file(), "{} is missing (see ../shared/data/README.md)", p.display());
+    p
 }
 
 // ---- loaders ---------------------------------------------------------------------------
@@ -554,9 +556,7 @@ fn read_report(out: &Path) -> TrainReport {
 
 #[test]
 fn lora_training_saves_a_loadable_adapter_and_resume_equals_an_uninterrupted_run() {
-    let Some(data) = medmnist("breastmnist.npz") else {
-        panic!("../shared/data/medmnist/breastmnist.npz is missing (see ../shared/data/README.md)");
-    };
+    let data = medmnist("breastmnist.npz");
     let dir = tempfile::tempdir().unwrap();
     // The affine augmentation draws the most per image (flip, rotation, scale, shift): the
     // resumed run must draw exactly the same.
@@ -600,9 +600,7 @@ fn lora_training_saves_a_loadable_adapter_and_resume_equals_an_uninterrupted_run
 
 #[test]
 fn linear_probe_and_full_fine_tuning_run_and_count_parameters() {
-    let Some(data) = medmnist("breastmnist.npz") else {
-        panic!("../shared/data/medmnist/breastmnist.npz is missing (see ../shared/data/README.md)");
-    };
+    let data = medmnist("breastmnist.npz");
     let dir = tempfile::tempdir().unwrap();
     let linear = dir.path().join("linear.safetensors");
     let report = train(&options(data.clone(), linear.clone(), Method::Linear, 3)).unwrap();
@@ -652,9 +650,7 @@ fn bad_options_are_refused_before_any_work() {
 /// learn, or learns the labels backwards, fails.
 #[test]
 fn head_phase_trains_the_head_before_lora() {
-    let Some(data) = medmnist("breastmnist.npz") else {
-        panic!("../shared/data/medmnist/breastmnist.npz is missing (see ../shared/data/README.md)");
-    };
+    let data = medmnist("breastmnist.npz");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lpft.safetensors");
     let mut o = options(data, out.clone(), Method::Lora, 1);

@@ -3,30 +3,14 @@
 //! export folders nor the adapter folder, which sites name after patients and studies too
 //! (issue 20, item 11). With details shown they are remembered across runs.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use eframe::App;
 use melo::gui::{AppOptions, MeloApp};
 
+mod common;
+
 const PATIENT: &str = "DOE^JANE";
-
-/// eframe storage in memory, as the real window's would be on disk.
-#[derive(Default)]
-struct MemoryStorage(HashMap<String, String>);
-
-impl eframe::Storage for MemoryStorage {
-    fn get_string(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
-    }
-    fn set_string(&mut self, key: &str, value: String) {
-        self.0.insert(key.into(), value);
-    }
-    fn remove_string(&mut self, key: &str) {
-        self.0.remove(key);
-    }
-    fn flush(&mut self) {}
-}
 
 fn new_app() -> MeloApp {
     MeloApp::with_options(AppOptions { paths: Vec::new(), backbone_dir: None, adapters_dir: None })
@@ -57,7 +41,7 @@ fn hidden_patient_details_keep_every_folder_out_of_the_stored_settings() {
     let demo_target = app.privacy.config.target.clone();
     with_patient_folders(&mut app, root.path());
 
-    let mut storage = MemoryStorage::default();
+    let mut storage = common::MemoryStorage::default();
     app.save(&mut storage);
     let stored: String = storage.0.values().cloned().collect();
     assert!(!stored.is_empty(), "settings were stored");
@@ -80,7 +64,7 @@ fn shown_patient_details_remember_the_folders() {
     app.hide_patient_details = false;
     let folders = with_patient_folders(&mut app, root.path());
 
-    let mut storage = MemoryStorage::default();
+    let mut storage = common::MemoryStorage::default();
     app.save(&mut storage);
     let mut restarted = new_app();
     restarted.restore(&storage);

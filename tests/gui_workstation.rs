@@ -7,6 +7,8 @@
 //! to drive the GUI plumbing; the probabilities still come from the real backbone forward, and
 //! every number shown is checked against the engine run independently in the test.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -332,23 +334,6 @@ fn load_adapter_adds_a_workstation_file_and_refuses_a_peft_adapter_of_another_ba
     assert!(!harness.state().diagnosis.import.open, "the dialog closes on success");
 }
 
-/// eframe storage in memory, as the real window's would be on disk.
-#[derive(Default)]
-struct MemoryStorage(std::collections::HashMap<String, String>);
-
-impl eframe::Storage for MemoryStorage {
-    fn get_string(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
-    }
-    fn set_string(&mut self, key: &str, value: String) {
-        self.0.insert(key.into(), value);
-    }
-    fn remove_string(&mut self, key: &str) {
-        self.0.remove(key);
-    }
-    fn flush(&mut self) {}
-}
-
 #[test]
 fn settings_survive_a_restart_without_patient_data() {
     use eframe::App;
@@ -365,7 +350,7 @@ fn settings_survive_a_restart_without_patient_data() {
     harness.run_steps(2);
     let selected = harness.state().diagnosis.selected.clone();
 
-    let mut storage = MemoryStorage::default();
+    let mut storage = common::MemoryStorage::default();
     harness.state_mut().save(&mut storage);
     let stored: String = storage.0.values().cloned().collect();
     assert!(!stored.contains("CompressedSamples"), "no patient name: {stored}");
@@ -385,7 +370,7 @@ fn settings_survive_a_restart_without_patient_data() {
     // Details shown: the folder is remembered across runs.
     harness.state_mut().send(Command::SetHidePatientDetails(false));
     harness.run_steps(2);
-    let mut storage = MemoryStorage::default();
+    let mut storage = common::MemoryStorage::default();
     harness.state_mut().save(&mut storage);
     let mut restarted = MeloApp::with_options(AppOptions { paths: Vec::new(), backbone_dir: None, adapters_dir: None });
     restarted.restore(&storage);

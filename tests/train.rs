@@ -189,6 +189,35 @@ fn image_folder_without_splits_is_split_per_class_by_seed() {
     }
 }
 
+/// Most public sets ship train/ and test/ only: validation is carved out of train per class
+/// (stratified, seeded) and test stays exactly the test folder.
+#[test]
+fn train_and_test_folders_without_val_take_validation_from_train() {
+    let dir = tempfile::tempdir().unwrap();
+    write_class_folders(&dir.path().join("train"), &["a", "b", "c"], 10);
+    write_class_folders(&dir.path().join("test"), &["a", "b", "c"], 4);
+    let f = SplitFractions { val: 0.2, test: 0.5, seed: 3 };
+    let one = DataSource::open(dir.path(), None, f).unwrap();
+    assert_eq!(one.carved_validation, Some(0.2));
+    // The test fraction does not apply: test/ is used whole.
+    assert_eq!((one.len(Split::Train), one.len(Split::Val), one.len(Split::Test)), (24, 6, 12));
+    let names = |s: &DataSource, split| (0..s.len(split)).map(|i| s.item_name(split, i)).collect::<Vec<_>>();
+    let in_folder = |split: Split, folder: &str| names(&one, split).iter().all(|n| n.contains(&format!("/{folder}/")));
+    assert!(in_folder(Split::Val, "train") && in_folder(Split::Train, "train") && in_folder(Split::Test, "test"));
+    let val_labels: Vec<usize> = (0..6).map(|i| one.label(Split::Val, i)).collect();
+    for c in 0..3 {
+        assert_eq!(val_labels.iter().filter(|&&l| l == c).count(), 2, "stratified: 2 of each class");
+    }
+    let two = DataSource::open(dir.path(), None, f).unwrap();
+    assert_eq!(names(&one, Split::Val), names(&two, Split::Val), "same seed, same split");
+    let other = DataSource::open(dir.path(), None, SplitFractions { seed: 4, ..f }).unwrap();
+    assert_ne!(names(&one, Split::Val), names(&other, Split::Val), "another seed, another split");
+    // A folder with all three splits keeps its own val/.
+    write_class_folders(&dir.path().join("val"), &["a", "b", "c"], 1);
+    let full = DataSource::open(dir.path(), None, f).unwrap();
+    assert_eq!((full.carved_validation, full.len(Split::Train), full.len(Split::Val)), (None, 30, 3));
+}
+
 #[test]
 fn empty_class_folder_one_class_and_partial_splits_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,11 +231,12 @@ fn empty_class_folder_one_class_and_partial_splits_are_refused() {
     let err = DataSource::open(one.path(), None, SplitFractions::default()).unwrap_err().to_string();
     assert!(err.contains("only one class"), "{err}");
 
+    // train/ + val/ without test/: nothing to test on, refused (train/ + test/ is accepted).
     let partial = tempfile::tempdir().unwrap();
     write_class_folders(&partial.path().join("train"), &["a", "b"], 3);
-    write_class_folders(&partial.path().join("test"), &["a", "b"], 3);
+    write_class_folders(&partial.path().join("val"), &["a", "b"], 3);
     let err = DataSource::open(partial.path(), None, SplitFractions::default()).unwrap_err().to_string();
-    assert!(err.contains("not all three"), "{err}");
+    assert!(err.contains("expected train/ and test/"), "{err}");
 
     let mismatch = tempfile::tempdir().unwrap();
     write_class_folders(&mismatch.path().join("train"), &["a", "b"], 3);

@@ -78,7 +78,8 @@ pub struct TrainArgs {
     /// Use at most N images of each split (quick trials).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Validation and test fractions when --data is one folder of class folders.
+    /// Validation and test fractions when --data is one folder of class folders; with train/
+    /// and test/ but no val/, the validation fraction is taken out of train.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
     #[arg(long, default_value_t = 0.2)]

@@ -2,7 +2,8 @@
 //!
 //! - ImageFolder: `DIR/train/<class>/*`, `DIR/val/<class>/*`, `DIR/test/<class>/*` (the same
 //!   classes in each), or `DIR/<class>/*` split per class by a seeded shuffle into train / val /
-//!   test. Class names are the folder names, sorted. Files that do not decode are skipped and
+//!   test; `DIR/train/` + `DIR/test/` without `val/` (most public sets) takes validation out of
+//!   train the same way (`--val-fraction`), test untouched. Class names are the folder names, sorted. Files that do not decode are skipped and
 //!   counted, never fatal; an empty class folder is an error.
 //! - `.npz` (MedMNIST v2 layout): `{train,val,test}_images` u8 [N, H, W] (grey) or
 //!   [N, H, W, 3] (RGB), `{train,val,test}_labels` integers [N] or [N, 1].
@@ -87,6 +88,9 @@ pub struct DataSource {
     /// Class names, index = label.
     pub classes: Vec<String>,
     items: Items,
+    /// A `train/` + `test/` folder without `val/`: this fraction of each class of train was
+    /// set aside as the validation split (`--val-fraction`).
+    pub carved_validation: Option<f64>,
 }
 
 /// One split decoded and preprocessed for the network.
@@ -123,6 +127,81 @@ impl Prepared {
         }
         counts
     }
+}
+
+fn check_fractions(val: f64, test: f64) -> Result<()> {
+    if !(val >= 0.0 && test >= 0.0 && val + test < 1.0) {
+        return Err(Error::Options(format!(
+            "validation {val} + test {test} fractions must be non-negative and sum to less than 1"
+        )));
+    }
+    Ok(())
+}
+
+/// The labelled files of `dir/<split>/<class>/*`; the first split read fixes the class names,
+/// and every later one must have the same.
+fn split_folder(dir: &Path, split: Split, classes: &mut Option<Vec<String>>) -> Result<Vec<(PathBuf, usize)>> {
+    let found = class_folders(&dir.join(split.name()))?;
+    let names: Vec<String> = found.iter().map(|(n, _)| n.clone()).collect();
+    match classes {
+        None => *classes = Some(names),
+        Some(c) if *c != names => {
+            return Err(Error::data(
+                dir,
+                format!("{} has classes [{}] but train has [{}]", split.name(), names.join(", "), c.join(", ")),
+            ))
+        }
+        Some(_) => {}
+    }
+    Ok(found
+        .into_iter()
+        .enumerate()
+        .flat_map(|(label, (_, files))| files.into_iter().map(move |f| (f, label)))
+        .collect())
+}
+
+/// Labelled files regrouped per class (index = label), in their original order.
+fn by_class(items: Vec<(PathBuf, usize)>, classes: usize) -> Vec<Vec<PathBuf>> {
+    let mut per_class = vec![Vec::new(); classes];
+    for (file, label) in items {
+        per_class[label].push(file);
+    }
+    per_class
+}
+
+/// Each class's files shuffled by a seed of their own and cut into train / val / test by the
+/// fractions (rounded per class), so every split keeps the class proportions and the same seed
+/// gives the same split.
+fn stratified_split(
+    dir: &Path,
+    classes: &[String],
+    per_class: Vec<Vec<PathBuf>>,
+    val: f64,
+    test: f64,
+    seed: u64,
+) -> Result<[Vec<(PathBuf, usize)>; 3]> {
+    let mut parts: [Vec<(PathBuf, usize)>; 3] = Default::default();
+    for (label, mut files) in per_class.into_iter().enumerate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(label as u64));
+        files.shuffle(&mut rng);
+        let n = files.len();
+        let n_test = ((n as f64) * test).round() as usize;
+        let n_val = ((n as f64) * val).round() as usize;
+        if n_val + n_test >= n {
+            return Err(Error::data(dir, format!("class {} has {n} images, too few to split", classes[label])));
+        }
+        for (k, f) in files.into_iter().enumerate() {
+            let split = if k < n_test {
+                2
+            } else if k < n_test + n_val {
+                1
+            } else {
+                0
+            };
+            parts[split].push((f, label));
+        }
+    }
+    Ok(parts)
 }
 
 const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "dcm", "dicom", "bmp", "tif"];
@@ -228,77 +307,59 @@ impl DataSource {
     }
 
     fn open_folder(dir: &Path, fractions: SplitFractions) -> Result<Self> {
-        let has_splits = ["train", "val", "test"].iter().all(|s| dir.join(s).is_dir());
-        let any_split = ["train", "val", "test"].iter().any(|s| dir.join(s).is_dir());
-        if any_split && !has_splits {
-            return Err(Error::data(dir, "has some of train/, val/, test/ but not all three"));
-        }
-        if has_splits {
-            let mut parts = Vec::new();
-            let mut classes: Option<Vec<String>> = None;
-            for split in Split::ALL {
-                let sub = dir.join(split.name());
-                let found = class_folders(&sub)?;
-                let names: Vec<String> = found.iter().map(|(n, _)| n.clone()).collect();
-                match &classes {
-                    None => classes = Some(names),
-                    Some(c) if *c != names => {
-                        return Err(Error::data(
-                            dir,
-                            format!(
-                                "{} has classes [{}] but train has [{}]",
-                                split.name(),
-                                names.join(", "),
-                                c.join(", ")
-                            ),
-                        ))
-                    }
-                    Some(_) => {}
-                }
-                let mut items = Vec::new();
-                for (label, (_, files)) in found.into_iter().enumerate() {
-                    items.extend(files.into_iter().map(|f| (f, label)));
-                }
-                parts.push(items);
-            }
+        let present = |split: Split| dir.join(split.name()).is_dir();
+        let (train, val, test) = (present(Split::Train), present(Split::Val), present(Split::Test));
+        if train && val && test {
+            let mut classes = None;
+            let parts = [Split::Train, Split::Val, Split::Test].map(|split| split_folder(dir, split, &mut classes));
+            let [train, val, test] = parts;
             let classes = classes.unwrap_or_default();
             check_classes(dir, &classes)?;
-            let [train, val, test]: [Vec<(PathBuf, usize)>; 3] = parts.try_into().expect("three splits");
-            return Ok(Self { path: dir.to_path_buf(), classes, items: Items::Files([train, val, test]) });
+            return Ok(Self {
+                path: dir.to_path_buf(),
+                classes,
+                items: Items::Files([train?, val?, test?]),
+                carved_validation: None,
+            });
+        }
+        if train && test && !val {
+            // The layout of most public sets: carve validation out of train (stratified,
+            // seeded), never out of test, whose images must stay unseen until the end.
+            check_fractions(fractions.val, 0.0)?;
+            let mut classes = None;
+            let train_items = split_folder(dir, Split::Train, &mut classes)?;
+            let test_items = split_folder(dir, Split::Test, &mut classes)?;
+            let classes = classes.unwrap_or_default();
+            check_classes(dir, &classes)?;
+            let [train_items, val_items, _] = stratified_split(
+                dir,
+                &classes,
+                by_class(train_items, classes.len()),
+                fractions.val,
+                0.0,
+                fractions.seed,
+            )?;
+            return Ok(Self {
+                path: dir.to_path_buf(),
+                classes,
+                items: Items::Files([train_items, val_items, test_items]),
+                carved_validation: Some(fractions.val),
+            });
+        }
+        if train || val || test {
+            return Err(Error::data(
+                dir,
+                "has some of train/, val/, test/: expected train/ and test/ (val/ optional), or class folders only",
+            ));
         }
         // One folder of class folders: a stratified split, the same for the same seed.
-        if !(fractions.val >= 0.0 && fractions.test >= 0.0 && fractions.val + fractions.test < 1.0) {
-            return Err(Error::Options(format!(
-                "validation {} + test {} fractions must be non-negative and sum to less than 1",
-                fractions.val, fractions.test
-            )));
-        }
+        check_fractions(fractions.val, fractions.test)?;
         let found = class_folders(dir)?;
         let classes: Vec<String> = found.iter().map(|(n, _)| n.clone()).collect();
         check_classes(dir, &classes)?;
-        let mut parts: [Vec<(PathBuf, usize)>; 3] = Default::default();
-        for (label, (_, mut files)) in found.into_iter().enumerate() {
-            let mut rng =
-                rand::rngs::StdRng::seed_from_u64(fractions.seed.wrapping_mul(1_000_003).wrapping_add(label as u64));
-            files.shuffle(&mut rng);
-            let n = files.len();
-            let n_test = ((n as f64) * fractions.test).round() as usize;
-            let n_val = ((n as f64) * fractions.val).round() as usize;
-            if n_val + n_test >= n {
-                return Err(Error::data(dir, format!("class {} has {n} images, too few to split", classes[label])));
-            }
-            for (k, f) in files.into_iter().enumerate() {
-                let split = if k < n_test {
-                    2
-                } else if k < n_test + n_val {
-                    1
-                } else {
-                    0
-                };
-                parts[split].push((f, label));
-            }
-        }
-        Ok(Self { path: dir.to_path_buf(), classes, items: Items::Files(parts) })
+        let per_class = found.into_iter().map(|(_, files)| files).collect();
+        let parts = stratified_split(dir, &classes, per_class, fractions.val, fractions.test, fractions.seed)?;
+        Ok(Self { path: dir.to_path_buf(), classes, items: Items::Files(parts), carved_validation: None })
     }
 
     fn open_npz(path: &Path, labels: Option<&[String]>) -> Result<Self> {
@@ -391,7 +452,12 @@ impl DataSource {
         }
         let [a, b, c]: [NpzImages; 3] = images.try_into().expect("three splits");
         let [la, lb, lc]: [Vec<usize>; 3] = all_labels.try_into().expect("three splits");
-        Ok(Self { path: path.to_path_buf(), classes, items: Items::Npz { images: [a, b, c], labels: [la, lb, lc] } })
+        Ok(Self {
+            path: path.to_path_buf(),
+            classes,
+            items: Items::Npz { images: [a, b, c], labels: [la, lb, lc] },
+            carved_validation: None,
+        })
     }
 }
 

@@ -450,6 +450,13 @@ pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainRepor
     let (mean, std) = (cfg.mean, cfg.std);
 
     let source = DataSource::open(&o.data, o.labels.as_deref(), o.split)?;
+    if let Some(fraction) = source.carved_validation {
+        eprintln!(
+            "note: no val/ folder: {:.1} % of each class of train/ (seed {}) is the validation split; test/ is untouched",
+            fraction * 100.0,
+            o.split.seed
+        );
+    }
     let classes = source.classes.clone();
     let c = classes.len();
     let load = |split: Split| -> Result<Prepared> {

@@ -1,6 +1,7 @@
 //! Exports of decoded images: `.npy` float32 values after the modality LUT, and `.png` of the
 //! windowed display. Every write is atomic (see `atomic`).
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use npyz::WriterBuilder;
@@ -53,4 +54,45 @@ pub fn encode_png(image: &MedicalImage, frame: usize, voi: &Voi) -> Result<Vec<u
     )
     .map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(encoded)
+}
+
+/// A text field for a CSV cell that a spreadsheet opens as text (OWASP, CSV injection): a
+/// value starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'` so it is
+/// not run as a formula, and a value holding a comma, quote, CR or LF is quoted with its
+/// quotes doubled (RFC 4180).
+pub fn csv_field(value: &str) -> Cow<'_, str> {
+    let formula = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quote = value.contains([',', '"', '\r', '\n']);
+    if !formula && !quote {
+        return Cow::Borrowed(value);
+    }
+    let text = if formula { format!("'{value}") } else { value.to_string() };
+    if quote {
+        Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
+    } else {
+        Cow::Owned(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_cannot_become_formulas_or_break_rows() {
+        for (value, want) in [
+            ("member-0001", "member-0001"),
+            ("=HYPERLINK(\"http://x\")", "\"'=HYPERLINK(\"\"http://x\"\")\""),
+            ("+1", "'+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tcmd", "'\tcmd"),
+            ("a\rb", "\"a\rb\""),
+            ("a,b", "\"a,b\""),
+            ("a\nb", "\"a\nb\""),
+            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+        ] {
+            assert_eq!(csv_field(value), want, "{value:?}");
+        }
+    }
 }

@@ -7,9 +7,9 @@
 //! pseudonym ([`super::pseudonym`]) unless `report_file_names` was asked for (see
 //! [`Report::shareable`]). The report in memory keeps everything, for the window.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use crate::export::csv_field;
 use serde::{Deserialize, Serialize};
 
 use super::error::Result;
@@ -141,46 +141,5 @@ fn set_kind(path: &Path) -> &'static str {
         "npz archive"
     } else {
         "image folder"
-    }
-}
-
-/// A text field for a CSV cell that a spreadsheet opens as text (OWASP, CSV injection): a
-/// value starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'` so it is
-/// not run as a formula, and a value holding a comma, quote, CR or LF is quoted with its
-/// quotes doubled (RFC 4180).
-pub fn csv_field(value: &str) -> Cow<'_, str> {
-    let formula = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let quote = value.contains([',', '"', '\r', '\n']);
-    if !formula && !quote {
-        return Cow::Borrowed(value);
-    }
-    let text = if formula { format!("'{value}") } else { value.to_string() };
-    if quote {
-        Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
-    } else {
-        Cow::Owned(text)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::csv_field;
-
-    #[test]
-    fn csv_fields_cannot_become_formulas_or_break_rows() {
-        for (value, want) in [
-            ("member-0001", "member-0001"),
-            ("=HYPERLINK(\"http://x\")", "\"'=HYPERLINK(\"\"http://x\"\")\""),
-            ("+1", "'+1"),
-            ("-2+3", "'-2+3"),
-            ("@SUM(A1)", "'@SUM(A1)"),
-            ("\tcmd", "'\tcmd"),
-            ("a\rb", "\"a\rb\""),
-            ("a,b", "\"a,b\""),
-            ("a\nb", "\"a\nb\""),
-            ("say \"hi\"", "\"say \"\"hi\"\"\""),
-        ] {
-            assert_eq!(csv_field(value), want, "{value:?}");
-        }
     }
 }

@@ -11,20 +11,25 @@ use super::error::{Error, Result};
 use super::lora::{Adapter, AdapterMetadata, ImportOptions};
 use crate::image::{load_image, LoadOptions};
 
-/// `melo predict IMAGE [--task T | --all] [--json]`
+/// `melo predict IMAGE… [--task T | --all] [--json | --csv FILE]`
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// DICOM, PNG or JPEG file.
-    pub image: PathBuf,
+    /// DICOM, PNG or JPEG files, or folders (searched recursively, slices in series order).
+    /// One file prints its prediction; several, or a folder, print one line per image.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
     /// The task (adapter) to run; may be omitted when only one is registered.
     #[arg(long, conflicts_with = "all")]
     pub task: Option<String>,
     /// Run every registered task.
     #[arg(long)]
     pub all: bool,
-    /// Machine-readable output.
+    /// Machine-readable output: one JSON object for one image, JSON lines for several.
     #[arg(long)]
     pub json: bool,
+    /// Write one CSV row per image and task to FILE (atomically) instead of printing them.
+    #[arg(long, conflicts_with_all = ["json", "heatmap"])]
+    pub csv: Option<PathBuf>,
     /// Frame of a multi-frame image.
     #[arg(long, default_value_t = 0)]
     pub frame: usize,
@@ -163,43 +168,29 @@ struct PredictReport<'a> {
 }
 
 pub fn predict(args: &PredictArgs) -> Result<()> {
+    let single = match args.images.as_slice() {
+        [one] if !one.is_dir() && args.csv.is_none() => Some(one.as_path()),
+        _ => None,
+    };
+    let Some(image_path) = single else {
+        if args.heatmap.is_some() {
+            return Err(Error::Config("--heatmap takes one image file".into()));
+        }
+        return predict_many(args);
+    };
     if let Some(out) = &args.heatmap {
         // Before any work: the heatmap must not replace the scan or an adapter file (a heatmap
         // beside them, in the same folder, is fine).
         let adapters = adapters_dir(&args.adapters).map(|d| adapter_files(&d)).unwrap_or_default();
-        let inputs: Vec<&Path> =
-            std::iter::once(args.image.as_path()).chain(adapters.iter().map(PathBuf::as_path)).collect();
+        let inputs: Vec<&Path> = std::iter::once(image_path).chain(adapters.iter().map(PathBuf::as_path)).collect();
         crate::atomic::refuse_overwriting_inputs("--heatmap", out, &inputs)?;
     }
-    let image = load_image(&args.image, &LoadOptions::default())?;
-    let (mut engine, dir, rejected) = engine_with_adapters(&args.backbone, &args.adapters)?;
-    if engine.adapters().is_empty() {
-        return Err(Error::NoAdapters {
-            hint: format!(
-                " ({} has {} file(s), none usable: {})",
-                dir.display(),
-                rejected.len(),
-                rejected.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>().join("; ")
-            ),
-        });
-    }
-    for r in &rejected {
-        eprintln!("melo: skipped {}: {}", r.path.display(), one_line(&r.reason));
-    }
+    let image = load_image(image_path, &LoadOptions::default())?;
+    let (mut engine, rejected) = engine_for_predict(args)?;
     let predictions = if args.all {
         engine.predict_all(&image, args.frame)?
     } else {
-        let task = match &args.task {
-            Some(t) => t.clone(),
-            None if engine.adapters().len() == 1 => engine.adapters()[0].task().to_string(),
-            None => {
-                return Err(Error::Config(format!(
-                    "several tasks are registered; choose one with --task ({}) or run all with --all",
-                    engine.tasks().collect::<Vec<_>>().join(", ")
-                )))
-            }
-        };
-        engine.switch(&task)?;
+        engine.switch(&chosen_task(args, &engine)?)?;
         if let Some(out) = &args.heatmap {
             let explanation = engine.explain(&image, args.frame)?;
             write_heatmap_png(&explanation.heatmap, out)?;
@@ -210,7 +201,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     };
     if args.json {
         let report = PredictReport {
-            image: args.image.display().to_string(),
+            image: image_path.display().to_string(),
             frame: args.frame,
             backbone_sha256: engine.backbone().sha256(),
             predictions,
@@ -228,6 +219,155 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         if let Some(out) = &args.heatmap {
             println!("heatmap written to {}", out.display());
         }
+    }
+    Ok(())
+}
+
+/// The engine with the adapters folder registered; refused when no adapter is usable, and
+/// each rejected file reported on stderr.
+fn engine_for_predict(args: &PredictArgs) -> Result<(Engine, Vec<Rejected>)> {
+    let (engine, dir, rejected) = engine_with_adapters(&args.backbone, &args.adapters)?;
+    if engine.adapters().is_empty() {
+        return Err(Error::NoAdapters {
+            hint: format!(
+                " ({} has {} file(s), none usable: {})",
+                dir.display(),
+                rejected.len(),
+                rejected.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>().join("; ")
+            ),
+        });
+    }
+    for r in &rejected {
+        eprintln!("melo: skipped {}: {}", r.path.display(), one_line(&r.reason));
+    }
+    Ok((engine, rejected))
+}
+
+/// `--task`, or the only registered task.
+fn chosen_task(args: &PredictArgs, engine: &Engine) -> Result<String> {
+    match &args.task {
+        Some(t) => Ok(t.clone()),
+        None if engine.adapters().len() == 1 => Ok(engine.adapters()[0].task().to_string()),
+        None => Err(Error::Config(format!(
+            "several tasks are registered; choose one with --task ({}) or run all with --all",
+            engine.tasks().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// One line of `melo predict --json` over several images: the predictions, or why the image
+/// could not be classified.
+#[derive(Serialize)]
+struct PredictLine<'a> {
+    image: String,
+    frame: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predictions: Option<&'a [Prediction]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Several images (files, folders, series) through one resident engine: JSON lines, CSV rows
+/// or text lines, in series order, with a progress bar on a terminal. An image that cannot be
+/// read or classified becomes an error line and the run goes on; the command then fails with
+/// the count, after writing everything else.
+fn predict_many(args: &PredictArgs) -> Result<()> {
+    if let Some(csv) = &args.csv {
+        let inputs: Vec<&Path> = args.images.iter().map(PathBuf::as_path).collect();
+        crate::atomic::refuse_overwriting_inputs("--csv", csv, &inputs)?;
+    }
+    let scan = crate::series::scan_paths(&args.images)?;
+    let files: Vec<&Path> = scan.series.iter().flat_map(|s| s.files.iter().map(PathBuf::as_path)).collect();
+    // Files that are not images at all (READMEs, licences) are passed over, as the viewer does.
+    let unreadable: Vec<_> = scan.skipped.iter().filter(|s| s.looks_like_image).collect();
+    if files.is_empty() && unreadable.is_empty() {
+        return Err(Error::Config("no DICOM, PNG or JPEG image among the inputs".into()));
+    }
+    let (mut engine, _) = engine_for_predict(args)?;
+    if !args.all {
+        engine.switch(&chosen_task(args, &engine)?)?;
+    }
+    let bar = indicatif::ProgressBar::new((files.len() + unreadable.len()) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images, {eta} left")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut csv = String::from("image,frame,task,top_label,top_probability,probabilities\n");
+    let mut failed = 0usize;
+    let mut emit = |image: &Path, result: std::result::Result<Vec<Prediction>, String>| {
+        let name = image.display().to_string();
+        if result.is_err() {
+            failed += 1;
+        }
+        if args.csv.is_some() {
+            match &result {
+                Ok(predictions) => {
+                    for p in predictions {
+                        let (label, prob) = p.top();
+                        let all: Vec<String> =
+                            p.labels.iter().zip(&p.probabilities).map(|(l, q)| format!("{l}={q:.6}")).collect();
+                        csv.push_str(&format!(
+                            "{},{},{},{},{prob:.6},{}\n",
+                            crate::export::csv_field(&name),
+                            args.frame,
+                            crate::export::csv_field(&p.task),
+                            crate::export::csv_field(label),
+                            crate::export::csv_field(&all.join(";"))
+                        ));
+                    }
+                }
+                Err(e) => csv.push_str(&format!(
+                    "{},{},,,,{}\n",
+                    crate::export::csv_field(&name),
+                    args.frame,
+                    crate::export::csv_field(&format!("error: {e}"))
+                )),
+            }
+        } else if args.json {
+            let (predictions, error) = match &result {
+                Ok(p) => (Some(p.as_slice()), None),
+                Err(e) => (None, Some(e.clone())),
+            };
+            let line = PredictLine { image: name, frame: args.frame, predictions, error };
+            bar.suspend(|| println!("{}", serde_json::to_string(&line).unwrap_or_default()));
+        } else {
+            bar.suspend(|| match &result {
+                Ok(predictions) => {
+                    for p in predictions {
+                        let (label, prob) = p.top();
+                        println!("{name}: {}: {label} ({:.1} %)", p.task, 100.0 * prob);
+                    }
+                }
+                Err(e) => println!("{name}: error: {e}"),
+            });
+        }
+        bar.inc(1);
+    };
+    for skipped in &unreadable {
+        emit(&skipped.path, Err(one_line(&skipped.reason)));
+    }
+    for file in files {
+        let result =
+            load_image(file, &LoadOptions::default()).map_err(|e| one_line(&e.to_string())).and_then(|image| {
+                if args.all {
+                    engine.predict_all(&image, args.frame)
+                } else {
+                    engine.predict_frame(&image, args.frame).map(|p| vec![p])
+                }
+                .map_err(|e| one_line(&e.to_string()))
+            });
+        emit(file, result);
+    }
+    bar.finish_and_clear();
+    if let Some(out) = &args.csv {
+        crate::atomic::write_bytes_atomic(out, csv.as_bytes())?;
+        eprintln!("{} written", out.display());
+    }
+    let total = bar.length().unwrap_or(0) as usize;
+    if failed > 0 {
+        return Err(Error::Config(format!(
+            "{failed} of {total} images could not be classified (see their error lines)"
+        )));
     }
     Ok(())
 }

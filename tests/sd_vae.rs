@@ -126,14 +126,14 @@ fn batch_items_are_independent() {
     assert!(max_err("second image", &second.mean, &both.mean.narrow(0, 1, 1).unwrap()) < 1e-6);
 }
 
-/// A copy of a fixture folder whose config.json has `edit` applied.
-fn edited(variant: &str, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> tempfile::TempDir {
+/// A copy of a fixture folder whose config.json has `key` set to `value`.
+fn edited(variant: &str, key: &str, value: serde_json::Value) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = folder(variant);
     let text = std::fs::read_to_string(src.join("config.json"))
         .unwrap_or_else(|e| panic!("{}: {e} (made by tools/sd/make_vae_fixture.py)", src.display()));
     let mut cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
-    edit(&mut cfg);
+    cfg.insert(key.into(), value);
     std::fs::write(dir.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
     std::fs::copy(
         src.join("diffusion_pytorch_model.safetensors"),
@@ -153,26 +153,25 @@ fn load_err(dir: &Path) -> Error {
 #[test]
 fn unsupported_configs_are_refused_with_the_reason() {
     use serde_json::json;
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>)> = vec![
-        ("act_fn 'gelu'", Box::new(|c| drop(c.insert("act_fn".into(), json!("gelu"))))),
+    let three_down = json!(["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"]);
+    let cases = [
+        ("act_fn 'gelu'", "act_fn", json!("gelu")),
         (
             "down block type 'AttnDownEncoderBlock2D'",
-            Box::new(|c| drop(c.insert("down_block_types".into(), json!(["DownEncoderBlock2D", "AttnDownEncoderBlock2D"])))),
+            "down_block_types",
+            json!(["DownEncoderBlock2D", "AttnDownEncoderBlock2D"]),
         ),
-        (
-            "up block type 'AttnUpDecoderBlock2D'",
-            Box::new(|c| drop(c.insert("up_block_types".into(), json!(["UpDecoderBlock2D", "AttnUpDecoderBlock2D"])))),
-        ),
-        ("shift_factor", Box::new(|c| drop(c.insert("shift_factor".into(), json!(0.0609))))),
-        ("latents_mean", Box::new(|c| drop(c.insert("latents_mean".into(), json!([0.0, 0.0, 0.0, 0.0]))))),
-        ("config key 'norm_type'", Box::new(|c| drop(c.insert("norm_type".into(), json!("spatial"))))),
-        ("class 'AutoencoderTiny'", Box::new(|c| drop(c.insert("_class_name".into(), json!("AutoencoderTiny"))))),
-        ("does not divide", Box::new(|c| drop(c.insert("norm_num_groups".into(), json!(3))))),
-        ("3 down blocks and 2 up blocks", Box::new(|c| drop(c.insert("down_block_types".into(), json!(["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"]))))),
-        ("scaling_factor", Box::new(|c| drop(c.insert("scaling_factor".into(), json!(0.0))))),
+        ("up block type 'AttnUpDecoderBlock2D'", "up_block_types", json!(["UpDecoderBlock2D", "AttnUpDecoderBlock2D"])),
+        ("shift_factor", "shift_factor", json!(0.0609)),
+        ("latents_mean", "latents_mean", json!([0.0, 0.0, 0.0, 0.0])),
+        ("config key 'norm_type'", "norm_type", json!("spatial")),
+        ("class 'AutoencoderTiny'", "_class_name", json!("AutoencoderTiny")),
+        ("does not divide", "norm_num_groups", json!(3)),
+        ("3 down blocks and 2 up blocks", "down_block_types", three_down),
+        ("scaling_factor", "scaling_factor", json!(0.0)),
     ];
-    for (expected, edit) in cases {
-        let dir = edited("sd1", edit);
+    for (expected, key, value) in cases {
+        let dir = edited("sd1", key, value);
         let msg = load_err(dir.path()).to_string();
         assert!(msg.contains(expected), "expected '{expected}' in: {msg}");
         assert!(!msg.contains('\n'), "one-line reason: {msg}");
@@ -183,17 +182,17 @@ fn unsupported_configs_are_refused_with_the_reason() {
 fn weights_that_do_not_fit_the_config_are_refused() {
     use serde_json::json;
     // The config says no quant convs / no mid attention, the weights have them: not silently ignored.
-    let dir = edited("sd1", |c| drop(c.insert("use_quant_conv".into(), json!(false))));
+    let dir = edited("sd1", "use_quant_conv", json!(false));
     let msg = load_err(dir.path()).to_string();
     assert!(msg.contains("not used") && msg.contains("quant_conv"), "{msg}");
-    let dir = edited("sd1", |c| drop(c.insert("mid_block_add_attention".into(), json!(false))));
+    let dir = edited("sd1", "mid_block_add_attention", json!(false));
     assert!(load_err(dir.path()).to_string().contains("attentions.0"));
     // The config wants weights the file lacks.
-    let dir = edited("plain", |c| drop(c.insert("use_quant_conv".into(), json!(true))));
+    let dir = edited("plain", "use_quant_conv", json!(true));
     let msg = load_err(dir.path()).to_string();
     assert!(matches!(load_err(dir.path()), Error::Weights { .. }) && msg.contains("quant_conv"), "{msg}");
     // Wrong widths.
-    let dir = edited("sd1", |c| drop(c.insert("block_out_channels".into(), json!([4, 16]))));
+    let dir = edited("sd1", "block_out_channels", json!([4, 16]));
     assert!(matches!(load_err(dir.path()), Error::Weights { .. }));
     // No weights file at all.
     let dir = tempfile::tempdir().unwrap();
@@ -243,4 +242,26 @@ fn bad_inputs_get_an_error_not_a_panic() {
     // before any computation (the check looks at the shape only).
     let huge = Tensor::zeros((1, 4, 256, 256), DType::F32, &dev).unwrap();
     assert!(err(vae.decode(&huge)).contains("too large"));
+}
+
+#[test]
+fn f16_weights_are_widened_to_f32_at_load() {
+    // An fp16 checkpoint's values, widened once at load: the VAE built from f16 tensors must
+    // equal the one built from the same values already in f32 (computation stays f32), and stay
+    // near diffusers' f32 output (f16 rounding of the weights only, ~1e-3 relative).
+    let r = reference("sd1");
+    let path = folder("sd1").join("diffusion_pytorch_model.safetensors");
+    let f32_tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let half: HashMap<String, Tensor> =
+        f32_tensors.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::F16).unwrap())).collect();
+    let widened: HashMap<String, Tensor> =
+        half.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap())).collect();
+    let config = Config::from_file(&folder("sd1").join("config.json")).unwrap();
+    let from_half = AutoencoderKL::from_tensors(config.clone(), half, &Device::Cpu).unwrap();
+    let from_widened = AutoencoderKL::from_tensors(config, widened, &Device::Cpu).unwrap();
+    let a = from_half.decode(&r["z"]).unwrap();
+    assert_eq!(values(&a), values(&from_widened.decode(&r["z"]).unwrap()));
+    assert_eq!(a.dtype(), DType::F32);
+    let e = max_err("f16 decode", &a, &r["decoded"]);
+    assert!(e > 0.0 && e < 2e-2, "f16-rounded weights: error {e}");
 }

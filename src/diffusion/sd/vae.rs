@@ -179,9 +179,7 @@ impl Config {
             return unsupported(format!("up block type '{t}' (only UpDecoderBlock2D)"));
         }
         if self.shift_factor.is_some() {
-            return unsupported(
-                "shift_factor (an SD3 / Flux VAE; Stable Diffusion 1.x / 2.x VAEs have null)".into(),
-            );
+            return unsupported("shift_factor (an SD3 / Flux VAE; Stable Diffusion 1.x / 2.x VAEs have null)".into());
         }
         if self.latents_mean.as_ref().is_some_and(|v| !v.is_null())
             || self.latents_std.as_ref().is_some_and(|v| !v.is_null())
@@ -365,7 +363,9 @@ impl Encoder {
             out_ch = ch;
             let vbb = vb.pp(format!("down_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block)
-                .map(|j| ResnetBlock::new(if j == 0 { in_ch } else { out_ch }, out_ch, g, vbb.pp(format!("resnets.{j}"))))
+                .map(|j| {
+                    ResnetBlock::new(if j == 0 { in_ch } else { out_ch }, out_ch, g, vbb.pp(format!("resnets.{j}")))
+                })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let downsample = if i + 1 < n {
                 Some(Conv2d::load(out_ch, out_ch, 3, 2, 0, vbb.pp("downsamplers.0.conv"))?)
@@ -422,7 +422,9 @@ impl Decoder {
             out_ch = boc[n - 1 - i];
             let vbb = vb.pp(format!("up_blocks.{i}"));
             let resnets = (0..=cfg.layers_per_block)
-                .map(|j| ResnetBlock::new(if j == 0 { prev_out } else { out_ch }, out_ch, g, vbb.pp(format!("resnets.{j}"))))
+                .map(|j| {
+                    ResnetBlock::new(if j == 0 { prev_out } else { out_ch }, out_ch, g, vbb.pp(format!("resnets.{j}")))
+                })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let upsample = if i + 1 < n {
                 Some(Conv2d::load(out_ch, out_ch, 3, 1, 1, vbb.pp("upsamplers.0.conv"))?)
@@ -557,8 +559,11 @@ impl AutoencoderKL {
         let lc = config.latent_channels;
         let encoder = Encoder::new(&config, vb.pp("encoder"))?;
         let decoder = Decoder::new(&config, vb.pp("decoder"))?;
-        let quant_conv =
-            if config.use_quant_conv { Some(Conv2d::load(2 * lc, 2 * lc, 1, 1, 0, vb.pp("quant_conv"))?) } else { None };
+        let quant_conv = if config.use_quant_conv {
+            Some(Conv2d::load(2 * lc, 2 * lc, 1, 1, 0, vb.pp("quant_conv"))?)
+        } else {
+            None
+        };
         let post_quant_conv = if config.use_post_quant_conv {
             Some(Conv2d::load(lc, lc, 1, 1, 0, vb.pp("post_quant_conv"))?)
         } else {

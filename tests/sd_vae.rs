@@ -68,6 +68,9 @@ fn check_variant(variant: &str) -> f32 {
         let z = &r[if prefix.is_empty() { "z" } else { "wide_z" }];
         check(&format!("{prefix}decoded"), &vae.decode(z).unwrap(), &r[&format!("{prefix}decoded")]);
     }
+    let odd = vae.encode(&r["x_odd"]).unwrap();
+    check("odd-size mean", &odd.mean, &r["odd_mean"]);
+    check("odd-size logvar", &odd.logvar, &r["odd_logvar"]);
     check("latents", &vae.encode_latents(&r["x"], None).unwrap(), &r["latents"]);
     let sf = vae.scaling_factor();
     let sampled = vae.encode_latents(&r["x"], Some(&r["noise"])).unwrap();

@@ -12,6 +12,7 @@ it `reference.safetensors` with the inputs and diffusers' outputs (CPU, float32)
   wide_z     [1, C, h, 1.5 h]                         wide_decoded
   latents    mean * scaling_factor (what a training script feeds the UNet)
   latents_decoded  vae.decode(latents / scaling_factor).sample (what the pipeline does)
+  x_odd      [1, 3, 33, 22] (sizes not multiples of the downsampling), odd_mean, odd_logvar
 
 Variants:
   sd1      diffusers' StableDiffusionPipeline test dummy VAE (block_out_channels [4, 8],
@@ -114,6 +115,11 @@ def make(variant, seed):
         sf = vae.config.scaling_factor
         ref["latents"] = ref["mean"] * sf
         ref["latents_decoded"] = vae.decode(ref["latents"] / sf).sample
+        # Sizes that are not multiples of the downsampling factor: diffusers pads right/bottom
+        # before each stride-2 conv, so any size encodes (drawn last: the other values stay put).
+        ref["x_odd"] = torch.rand((1, 3, 33, 22), generator=gen) * 2 - 1
+        odd = vae.encode(ref["x_odd"]).latent_dist
+        ref["odd_mean"], ref["odd_logvar"] = odd.mean, odd.logvar
     ref = {k: v.contiguous().float() for k, v in ref.items()}
     save_file(ref, os.path.join(folder, "reference.safetensors"))
     lv = ref["logvar"]

@@ -251,10 +251,11 @@ impl Config {
     }
 }
 
-/// Named tensors that remember which ones the model asked for.
-struct TrackedTensors {
-    tensors: HashMap<String, Tensor>,
-    used: Arc<Mutex<HashSet<String>>>,
+/// Named tensors that remember which ones the model asked for (shared with the Stable
+/// Diffusion components, which refuse weights their config does not account for in the same way).
+pub(crate) struct TrackedTensors {
+    pub(crate) tensors: HashMap<String, Tensor>,
+    pub(crate) used: Arc<Mutex<HashSet<String>>>,
 }
 
 impl TrackedTensors {

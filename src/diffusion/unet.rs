@@ -252,9 +252,9 @@ impl Config {
 }
 
 /// Named tensors that remember which ones the model asked for.
-struct TrackedTensors {
-    tensors: HashMap<String, Tensor>,
-    used: Arc<Mutex<HashSet<String>>>,
+pub(crate) struct TrackedTensors {
+    pub(crate) tensors: HashMap<String, Tensor>,
+    pub(crate) used: Arc<Mutex<HashSet<String>>>,
 }
 
 impl TrackedTensors {

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -70,6 +70,11 @@ pub struct Config {
     /// refuses (the pooled output needs one EOS id).
     #[serde(default = "default_eos_token_id")]
     pub eos_token_id: serde_json::Value,
+    /// Not a transformers field: diffusers' `encode_prompt` passes the tokenizer's attention
+    /// mask to the encoder only when a text encoder config sets it true (none of the SD 1.x /
+    /// 2.x folders does). Read here so the pipeline can do the same.
+    #[serde(default)]
+    pub use_attention_mask: Option<bool>,
 }
 
 fn default_vocab_size() -> usize {

@@ -3,4 +3,5 @@
 //! safetensors weights, with no built-in presets, and checked against diffusers /
 //! transformers on tiny random pipelines (`tests/sd_*.rs`, fixtures in `tests/data/sd`).
 
+pub mod clip_text;
 pub mod vae;

@@ -35,6 +35,26 @@ pub struct Prediction {
     /// Softmax over labels (sums to 1), or independent sigmoids for multi-label tasks.
     pub probabilities: Vec<f32>,
     pub multi_label: bool,
+    /// The probabilities went through the adapter's fitted temperature; false: the raw
+    /// softmax of an adapter without calibration (shown as *uncalibrated*).
+    pub calibrated: bool,
+    /// The image checked against the adapter's training features; `None` when the adapter
+    /// carries no statistics (imported, or trained before they existed).
+    #[serde(flatten)]
+    pub ood: Option<OodCheck>,
+}
+
+/// Whether an image looks like the adapter's training data (issue 15): an out-of-distribution
+/// score on the resident backbone's features and the threshold fixed on validation images.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OodCheck {
+    /// Which detector produced the score, e.g. "mahalanobis".
+    pub ood_detector: String,
+    /// Higher = further from the training data.
+    pub ood_score: f32,
+    pub ood_threshold: f32,
+    /// `ood_score <= ood_threshold`.
+    pub in_distribution: bool,
 }
 
 impl Prediction {
@@ -285,6 +305,8 @@ fn to_prediction(adapter: &Adapter, logits: &Tensor) -> Result<Prediction> {
         labels: adapter.labels().to_vec(),
         probabilities,
         multi_label: adapter.metadata().multi_label,
+        calibrated: false,
+        ood: None,
     })
 }
 
@@ -434,6 +456,8 @@ mod tests {
             labels: vec!["a".into(), "b".into()],
             probabilities: vec![0.3, 0.7],
             multi_label: false,
+            calibrated: false,
+            ood: None,
         };
         assert_eq!(p.top(), ("b", 0.7));
     }

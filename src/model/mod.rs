@@ -18,7 +18,7 @@ pub mod lora;
 mod safetensors_io;
 pub mod vit;
 
-pub use engine::{Engine, Heatmap, Prediction};
+pub use engine::{Engine, Heatmap, OodCheck, Prediction};
 pub use error::{Error, Result};
 pub use lora::{Adapter, AdapterMetadata};
 pub use vit::{Config, Pooling, VisionTransformer};

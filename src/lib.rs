@@ -2,8 +2,9 @@
 //! except the `gui` module, which is the egui shell over the rest.
 
 // Unsafe code is confined to the two kernel modules (`model::kernels`, `train::backprop`),
-// where raw-pointer gemm calls write disjoint blocks from parallel tasks; each opts in with
-// its own `#![allow(unsafe_code)]` and a SAFETY comment per block.
+// where raw-pointer gemm calls write disjoint blocks from parallel tasks, and to the
+// memory-mapping of weight files (`diffusion::sd::weights`); each opts in with its own
+// `#![allow(unsafe_code)]` and a SAFETY comment per block.
 #![deny(unsafe_code)]
 
 pub mod atomic;

@@ -31,10 +31,8 @@ impl TensorFile {
     /// Parses bytes already in memory; `path` is only used in messages.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         let bad = |reason: String| Error::NotSafetensors { path: path.to_path_buf(), reason };
-        // `deserialize` checks the header length, the JSON, and that every tensor's byte range
-        // lies inside the buffer and matches its shape and type: truncated files fail here.
+        let (_, header) = check_header(path, bytes)?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
@@ -96,6 +94,17 @@ impl TensorFile {
         }
         Ok(tensor)
     }
+}
+
+/// Checks a whole safetensors file's bytes against its header before any tensor is touched:
+/// the header length lies inside the file (and under safetensors' 100 MB cap), the JSON
+/// parses, every tensor's byte range matches its shape and type, the ranges tile the data
+/// section exactly (no overlap, no gap, none past the end). A truncated file or a header that
+/// lies fails here. Returns the header length and the parsed header; tensor `i`'s bytes are
+/// `bytes[8 + len + start .. 8 + len + end]` with `(start, end)` its `data_offsets`.
+pub(crate) fn check_header(path: &Path, bytes: &[u8]) -> Result<(usize, safetensors::tensor::Metadata)> {
+    SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::NotSafetensors { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// One f32 tensor ready to serialise.

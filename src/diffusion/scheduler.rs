@@ -317,7 +317,8 @@ impl NoiseSchedule {
         } else {
             match config.beta_schedule.as_str() {
                 "linear" => linspace_f32(config.beta_start as f32, config.beta_end as f32, n),
-                "scaled_linear" => linspace_f32((config.beta_start as f32).sqrt(), (config.beta_end as f32).sqrt(), n)
+                // beta_start**0.5 is taken in Python floats, then torch.linspace runs in f32.
+                "scaled_linear" => linspace_f32(config.beta_start.sqrt() as f32, config.beta_end.sqrt() as f32, n)
                     .into_iter()
                     .map(|b| b * b)
                     .collect(),

@@ -317,6 +317,7 @@ pub fn inspect(dir: &Path) -> Result<PipelineIndex> {
         if found.is_empty() {
             // locate() says why (only .bin pickles, nothing at all).
             return Err(match weights::locate(&dir.join(sub), stem, Variant::Default) {
+                Err(Error::Weights { reason, .. }) => missing(dir, format!("weights of {sub}/ ({reason})")),
                 Err(e) => missing(dir, format!("weights of {sub}/ ({e})")),
                 Ok(_) => missing(dir, format!("weights of {sub}/")),
             });

@@ -135,13 +135,17 @@ fn sharded_weights_load_from_their_index() {
     assert_eq!(values(&vb.get(3, "c").unwrap()), [4.0, 5.0, 6.0]);
     assert_eq!(values(&vb.get(2, "a").unwrap()), [1.0, 2.0]);
     // The fp16 index name is diffusers' `_add_variant` of the index name.
-    std::fs::rename(tmp.path().join(INDEX), tmp.path().join("diffusion_pytorch_model.safetensors.index.fp16.json")).unwrap();
+    std::fs::rename(tmp.path().join(INDEX), tmp.path().join("diffusion_pytorch_model.safetensors.index.fp16.json"))
+        .unwrap();
     assert!(Weights::load(tmp.path(), DIFFUSERS_WEIGHTS, Variant::Fp16).is_ok());
 }
 
+/// Breaks a test folder in one way.
+type Breaker = Box<dyn Fn(&Path)>;
+
 #[test]
 fn shard_indexes_that_lie_are_refused() {
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    let cases: Vec<(&str, Breaker, &str)> = vec![
         ("missing shard", Box::new(|d: &Path| std::fs::remove_file(d.join(SHARD2)).unwrap()), SHARD2),
         (
             "parent path",
@@ -218,7 +222,10 @@ fn safetensors_headers_that_lie_are_refused_in_one_line_and_left_unchanged() {
                 12,
             ),
         ),
-        ("shape overflow", raw_safetensors(r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#, 8)),
+        (
+            "shape overflow",
+            raw_safetensors(r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#, 8),
+        ),
         ("truncated data", raw_safetensors(f32x2, 5)),
         ("not JSON", raw_safetensors("{nope", 0)),
         ("empty file", Vec::new()),
@@ -228,7 +235,10 @@ fn safetensors_headers_that_lie_are_refused_in_one_line_and_left_unchanged() {
         let path = tmp.path().join("diffusion_pytorch_model.safetensors");
         std::fs::write(&path, &bytes).unwrap();
         let msg = load_err(tmp.path(), DIFFUSERS_WEIGHTS, Variant::Default);
-        assert!(msg.contains("not a valid safetensors file") && msg.contains("diffusion_pytorch_model"), "{name}: {msg}");
+        assert!(
+            msg.contains("not a valid safetensors file") && msg.contains("diffusion_pytorch_model"),
+            "{name}: {msg}"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: the file was modified");
     }
     // Sanity: the same header with its 8 bytes is accepted.
@@ -307,7 +317,10 @@ fn write_pipeline(dir: &Path) {
             "sample_size": 64}),
     );
     tiny_weights(&dir.join("vae/diffusion_pytorch_model.safetensors"));
-    json(&dir.join("text_encoder/config.json"), serde_json::json!({"architectures": ["CLIPTextModel"], "hidden_size": 32}));
+    json(
+        &dir.join("text_encoder/config.json"),
+        serde_json::json!({"architectures": ["CLIPTextModel"], "hidden_size": 32}),
+    );
     tiny_weights(&dir.join("text_encoder/model.safetensors"));
     json(&dir.join("tokenizer/vocab.json"), serde_json::json!({"!": 0}));
     std::fs::write(dir.join("tokenizer/merges.txt"), "#version: 0.2\n").unwrap();
@@ -375,12 +388,12 @@ fn the_pixel_space_model_folder_is_told_apart() {
 }
 
 /// A folder broken by `edit`, with the words its refusal must contain.
-type Case = (&'static str, Box<dyn Fn(&Path)>, &'static [&'static str]);
+type Case = (&'static str, Breaker, &'static [&'static str]);
 
 #[test]
 fn other_families_and_broken_folders_get_a_one_line_reason() {
     let set_index = |edit: fn(&mut serde_json::Map<String, serde_json::Value>)| {
-        Box::new(move |d: &Path| edit_json(&d.join("model_index.json"), edit)) as Box<dyn Fn(&Path)>
+        Box::new(move |d: &Path| edit_json(&d.join("model_index.json"), edit)) as Breaker
     };
     let cases: Vec<Case> = vec![
         (
@@ -430,7 +443,11 @@ fn other_families_and_broken_folders_get_a_one_line_reason() {
             }),
             &["StableDiffusionInpaintPipeline"],
         ),
-        ("no vae folder", Box::new(|d: &Path| std::fs::remove_dir_all(d.join("vae")).unwrap()), &["missing component", "vae/"]),
+        (
+            "no vae folder",
+            Box::new(|d: &Path| std::fs::remove_dir_all(d.join("vae")).unwrap()),
+            &["missing component", "vae/"],
+        ),
         (
             "vae not listed",
             set_index(|m| {

@@ -75,9 +75,9 @@ impl PredictionType {
             "epsilon" => Ok(Self::Epsilon),
             "v_prediction" => Ok(Self::VPrediction),
             "sample" => Ok(Self::Sample),
-            other => Err(Error::Unsupported(format!(
-                "prediction_type '{other}' (known: epsilon, v_prediction, sample)"
-            ))),
+            other => {
+                Err(Error::Unsupported(format!("prediction_type '{other}' (known: epsilon, v_prediction, sample)")))
+            }
         }
     }
 
@@ -169,7 +169,9 @@ impl From<RawSchedulerConfig> for SchedulerConfig {
             prediction_type: r.prediction_type.unwrap_or_else(|| "epsilon".into()),
             variance_type: r.variance_type.unwrap_or_else(|| "fixed_small".into()),
             // PNDM and Euler have no clipping; DDPM and DDIM default to it.
-            clip_sample: r.clip_sample.unwrap_or(!matches!(kind, Some(SchedulerKind::Pndm | SchedulerKind::EulerDiscrete))),
+            clip_sample: r
+                .clip_sample
+                .unwrap_or(!matches!(kind, Some(SchedulerKind::Pndm | SchedulerKind::EulerDiscrete))),
             clip_sample_range: r.clip_sample_range.unwrap_or(1.0),
             set_alpha_to_one: r.set_alpha_to_one.unwrap_or(!pndm),
             steps_offset: r.steps_offset.unwrap_or(0),
@@ -282,7 +284,9 @@ impl SchedulerConfig {
                 (&self.final_sigmas_type, "final_sigmas_type", "zero"),
             ] {
                 if value != default {
-                    return Err(Error::Unsupported(format!("EulerDiscreteScheduler {key} '{value}' (only '{default}')")));
+                    return Err(Error::Unsupported(format!(
+                        "EulerDiscreteScheduler {key} '{value}' (only '{default}')"
+                    )));
                 }
             }
         }

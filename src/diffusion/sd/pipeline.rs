@@ -122,8 +122,11 @@ fn read_json(path: &Path, what: &'static str) -> Result<Map<String, Value>> {
         return Err(Error::Json { path: path.to_path_buf(), what, reason: format!("{size} bytes, too large") });
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Json { path: path.to_path_buf(), what, reason: e.to_string() })?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        what,
+        reason: e.to_string(),
+    })?;
     match value {
         Value::Object(map) => Ok(map),
         _ => Err(Error::Json { path: path.to_path_buf(), what, reason: "not a JSON object".into() }),
@@ -218,7 +221,9 @@ pub fn inspect(dir: &Path) -> Result<PipelineIndex> {
         .ok_or_else(|| unsupported(dir, format!("{MODEL_INDEX_FILE} has no _class_name")))?;
 
     // Other families first, by class and by the components that give them away.
-    let has = |k: &str| index.get(k).is_some_and(|v| !matches!(v.as_array().map(Vec::as_slice), Some([Value::Null, Value::Null])));
+    let has = |k: &str| {
+        index.get(k).is_some_and(|v| !matches!(v.as_array().map(Vec::as_slice), Some([Value::Null, Value::Null])))
+    };
     if class_name.contains("XL") || has("text_encoder_2") {
         return Err(unsupported(
             dir,
@@ -238,7 +243,10 @@ pub fn inspect(dir: &Path) -> Result<PipelineIndex> {
         ));
     }
     if class_name.contains("ControlNet") || has("controlnet") {
-        return Err(unsupported(dir, format!("a ControlNet pipeline ({class_name}): ControlNet pipelines are not supported")));
+        return Err(unsupported(
+            dir,
+            format!("a ControlNet pipeline ({class_name}): ControlNet pipelines are not supported"),
+        ));
     }
     if matches!(class_name, "DDPMPipeline" | "DDIMPipeline") {
         return Err(unsupported(
@@ -333,12 +341,13 @@ pub fn inspect(dir: &Path) -> Result<PipelineIndex> {
     let unet = read_json(&unet_path, "UNet config")?;
     let vae = read_json(&vae_path, "VAE config")?;
     let text = read_json(&text_path, "text encoder config")?;
-    for (config, path, expected) in
-        [(&unet, &unet_path, "UNet2DConditionModel"), (&vae, &vae_path, "AutoencoderKL")]
-    {
+    for (config, path, expected) in [(&unet, &unet_path, "UNet2DConditionModel"), (&vae, &vae_path, "AutoencoderKL")] {
         if let Some(found) = config.get("_class_name").and_then(Value::as_str) {
             if found != expected {
-                return Err(unsupported(dir, format!("{} is a {found}, {MODEL_INDEX_FILE} says {expected}", path.display())));
+                return Err(unsupported(
+                    dir,
+                    format!("{} is a {found}, {MODEL_INDEX_FILE} says {expected}", path.display()),
+                ));
             }
         }
     }
@@ -348,7 +357,10 @@ pub fn inspect(dir: &Path) -> Result<PipelineIndex> {
             match sides.as_slice() {
                 [h, w] if h == w => *h as usize,
                 _ => {
-                    return Err(unsupported(dir, format!("unet sample_size {} (only square sizes)", Value::Array(hw.clone()))))
+                    return Err(unsupported(
+                        dir,
+                        format!("unet sample_size {} (only square sizes)", Value::Array(hw.clone())),
+                    ))
                 }
             }
         }

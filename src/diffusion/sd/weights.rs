@@ -74,7 +74,10 @@ impl Variant {
 pub enum WeightFiles {
     Single(PathBuf),
     /// The index file and the distinct shard files it names (sorted).
-    Sharded { index: PathBuf, shards: Vec<PathBuf> },
+    Sharded {
+        index: PathBuf,
+        shards: Vec<PathBuf>,
+    },
 }
 
 impl WeightFiles {
@@ -170,10 +173,7 @@ pub fn locate(dir: &Path, stem: &str, variant: Variant) -> Result<WeightFiles> {
     } else {
         String::new()
     };
-    Err(weights_error(
-        dir,
-        format!("no {} or {}{hint}", variant.file_name(stem), variant.index_name(stem)),
-    ))
+    Err(weights_error(dir, format!("no {} or {}{hint}", variant.file_name(stem), variant.index_name(stem))))
 }
 
 /// The variants whose weights are present in `dir` (for showing what a folder holds).
@@ -227,9 +227,9 @@ fn map_file(path: &Path) -> Result<Mmap> {
 /// A tensor whose bytes hold NaN or ±∞ (tested on the raw bits, before any copy).
 fn has_non_finite(dtype: DType, bytes: &[u8]) -> bool {
     match dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .any(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000),
+        DType::F32 => {
+            bytes.chunks_exact(4).any(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000)
+        }
         DType::F16 => bytes.chunks_exact(2).any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
         DType::BF16 => bytes.chunks_exact(2).any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
         DType::F64 => bytes.chunks_exact(8).any(|b| {
@@ -254,13 +254,12 @@ impl Weights {
         let mut entries: HashMap<String, Entry> = HashMap::new();
         for (i, path) in files.paths().into_iter().enumerate() {
             let map = map_file(path)?;
-            let (header_len, header) =
-                crate::model::safetensors_io::check_header(path, &map).map_err(|e| match e {
-                    crate::model::Error::NotSafetensors { reason, .. } => {
-                        weights_error(path, format!("not a valid safetensors file ({reason})"))
-                    }
-                    other => weights_error(path, other.to_string()),
-                })?;
+            let (header_len, header) = crate::model::safetensors_io::check_header(path, &map).map_err(|e| match e {
+                crate::model::Error::NotSafetensors { reason, .. } => {
+                    weights_error(path, format!("not a valid safetensors file ({reason})"))
+                }
+                other => weights_error(path, other.to_string()),
+            })?;
             let data_start = 8 + header_len;
             for (name, info) in header.tensors() {
                 if let Some(previous) = entries.get(&name) {
@@ -271,7 +270,8 @@ impl Weights {
                 }
                 let dtype = DType::try_from(info.dtype).map_err(|_| format!("{:?}", info.dtype));
                 let (start, end) = info.data_offsets;
-                let entry = Entry { file: i, dtype, shape: info.shape.clone(), range: data_start + start..data_start + end };
+                let entry =
+                    Entry { file: i, dtype, shape: info.shape.clone(), range: data_start + start..data_start + end };
                 entries.insert(name, entry);
             }
             mapped.push((path.to_path_buf(), map));

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use melo::diffusion::scheduler::{PredictionType, SchedulerKind};
+use melo::diffusion::scheduler::{EulerDiscreteScheduler, PndmScheduler, PredictionType, SchedulerKind};
 use melo::diffusion::{DdimScheduler, DdpmScheduler, Error, NoiseSchedule, SchedulerConfig};
 
-const CONFIGS: [&str; 9] = [
+const CONFIGS: [&str; 10] = [
     "sd15_pndm",
+    "pndm_v",
     "sd21_ddim_v",
     "sd15_ddim",
     "ddim_sample_trailing",
@@ -177,6 +178,56 @@ fn ddpm_steps_match_diffusers() {
         }
         assert_eq!(steps, 6, "{name}");
     }
+}
+
+/// The fixture's stand-in for the UNet: 0.3 · input + 0.05 · t / 1000.
+fn stand_in_model(input: &Tensor, t: f64) -> Tensor {
+    ((input * 0.3).unwrap() + 0.05 * (t / 1000.0)).unwrap()
+}
+
+fn check_loop(name: &str, got: &[Tensor], r: &HashMap<String, Tensor>) -> f32 {
+    let want = &r[&format!("{name}.loop_10")];
+    assert_eq!(got.len(), want.dim(0).unwrap(), "{name}: steps");
+    let mut worst = 0.0f32;
+    for (i, g) in got.iter().enumerate() {
+        let d = scaled_diff(g, &want.get(i).unwrap());
+        assert!(d <= 1e-5, "{name} after step {i}: {d}");
+        worst = worst.max(d);
+    }
+    worst
+}
+
+#[test]
+fn pndm_and_euler_sampling_loops_match_diffusers() {
+    let r = reference();
+    let x = &r["x"];
+    let mut worst = 0.0f32;
+    for name in ["sd15_pndm", "pndm_v"] {
+        let mut s = PndmScheduler::new(config(name)).unwrap();
+        s.set_timesteps(10).unwrap();
+        let mut latents = vec![x.clone()];
+        for &t in &s.timesteps().to_vec() {
+            let x_t = latents.last().unwrap().clone();
+            latents.push(s.step(&stand_in_model(&x_t, t as f64), t, &x_t).unwrap());
+        }
+        worst = worst.max(check_loop(name, &latents, &r));
+    }
+    for name in ["euler_sd", "euler_leading_v"] {
+        let mut s = EulerDiscreteScheduler::new(config(name)).unwrap();
+        s.set_timesteps(10).unwrap();
+        let mut latents = vec![(x * s.init_noise_sigma()).unwrap()];
+        for (i, &t) in s.timesteps().to_vec().iter().enumerate() {
+            let x_t = latents.last().unwrap().clone();
+            let out = stand_in_model(&s.scale_model_input(&x_t, i).unwrap(), t);
+            latents.push(s.step(&out, i, &x_t).unwrap().prev_sample);
+        }
+        worst = worst.max(check_loop(name, &latents, &r));
+    }
+    eprintln!("PNDM / Euler loops: max scaled |diff| {worst:e}");
+    // Without skip_prk_steps the warm-up is not ported: refused, not approximated.
+    let mut s = PndmScheduler::new(config("pndm_prk_linear")).unwrap();
+    s.set_timesteps(10).unwrap();
+    assert!(matches!(s.step(x, s.timesteps()[0], x), Err(Error::Unsupported(_))));
 }
 
 #[test]

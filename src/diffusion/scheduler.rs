@@ -724,3 +724,200 @@ impl DdimScheduler {
         Ok(StepOutput { prev_sample, pred_original_sample: x0 })
     }
 }
+
+/// diffusers `PNDMScheduler` stepping with `skip_prk_steps` (the pseudo linear multistep
+/// sampler Stable Diffusion 1.x ships with): each step combines the last model outputs
+/// (Adams–Bashforth weights) and moves with the PNDM transfer. Stateful like diffusers':
+/// call [`PndmScheduler::set_timesteps`], then [`PndmScheduler::step`] once per entry of
+/// [`PndmScheduler::timesteps`], in order. The Runge–Kutta warm-up (`skip_prk_steps` false)
+/// is not ported: such configs give their timestep list but refuse to step.
+#[derive(Debug, Clone)]
+pub struct PndmScheduler {
+    pub config: SchedulerConfig,
+    pub schedule: NoiseSchedule,
+    final_alpha_cumprod: f64,
+    timesteps: Vec<i64>,
+    num_inference_steps: usize,
+    ets: Vec<Tensor>,
+    counter: usize,
+    cur_sample: Option<Tensor>,
+}
+
+impl PndmScheduler {
+    pub fn new(config: SchedulerConfig) -> Result<Self> {
+        let schedule = NoiseSchedule::new(&config)?;
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { schedule.alphas_cumprod[0] };
+        Ok(Self {
+            config,
+            schedule,
+            final_alpha_cumprod,
+            timesteps: Vec::new(),
+            num_inference_steps: 0,
+            ets: Vec::new(),
+            counter: 0,
+            cur_sample: None,
+        })
+    }
+
+    /// Sets the timestep list for `n` steps and forgets the previous run's history.
+    pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        let ts = self.schedule.scheduler_timesteps(&self.config, n)?;
+        self.timesteps = ts.into_iter().map(|t| t as i64).collect();
+        self.num_inference_steps = n;
+        self.ets.clear();
+        self.counter = 0;
+        self.cur_sample = None;
+        Ok(())
+    }
+
+    pub fn timesteps(&self) -> &[i64] {
+        &self.timesteps
+    }
+
+    /// One PLMS step from `t` (the next entry of the timestep list) with the model output
+    /// made for `sample` at `t`.
+    pub fn step(&mut self, output: &Tensor, t: i64, sample: &Tensor) -> Result<Tensor> {
+        if self.num_inference_steps == 0 {
+            return Err(Error::Input("PNDM step before set_timesteps".into()));
+        }
+        if !self.config.skip_prk_steps {
+            return Err(Error::Unsupported("PNDM Runge–Kutta warm-up steps (skip_prk_steps false)".into()));
+        }
+        let prediction = self.config.prediction()?;
+        if prediction == PredictionType::Sample {
+            return Err(Error::Unsupported("PNDM with prediction_type 'sample'".into()));
+        }
+        let ratio = (self.schedule.num_train_timesteps() / self.num_inference_steps) as i64;
+        let (mut t_from, mut t_to) = (t, t - ratio);
+        if self.counter != 1 {
+            let keep = self.ets.len().saturating_sub(3);
+            self.ets.drain(..keep);
+            self.ets.push(output.clone());
+        } else {
+            // The second call repeats the first timestep: redo the first move with the mean of
+            // both outputs (a Heun step), from the first call's sample.
+            t_to = t;
+            t_from = t + ratio;
+        }
+        let e = &self.ets;
+        let mut sample = sample.clone();
+        let combined = match (e.as_slice(), self.counter) {
+            ([_], 0) => {
+                self.cur_sample = Some(sample.clone());
+                output.clone()
+            }
+            ([e0], 1) => {
+                sample = self.cur_sample.take().ok_or_else(|| Error::Input("PNDM step out of order".into()))?;
+                ((output + e0)? / 2.0)?
+            }
+            ([e0, e1], _) => (((e1 * 3.0)? - e0)? / 2.0)?,
+            ([e0, e1, e2], _) => ((((e2 * 23.0)? - (e1 * 16.0)?)? + (e0 * 5.0)?)? / 12.0)?,
+            ([e0, e1, e2, e3], _) => {
+                (((((e3 * 55.0)? - (e2 * 59.0)?)? + (e1 * 37.0)?)? - (e0 * 9.0)?)? * (1.0 / 24.0))?
+            }
+            _ => return Err(Error::Input("PNDM step out of order (call set_timesteps first)".into())),
+        };
+        let prev = self.transfer(&sample, t_from, t_to, &combined, prediction)?;
+        self.counter += 1;
+        Ok(prev)
+    }
+
+    /// PNDM's move from `t_from` to `t_to` (eq. 9 of Liu et al. 2022, as diffusers writes it).
+    fn transfer(
+        &self,
+        x: &Tensor,
+        t_from: i64,
+        t_to: i64,
+        output: &Tensor,
+        prediction: PredictionType,
+    ) -> Result<Tensor> {
+        let a = self.schedule.alpha_cumprod(t_from)?;
+        let a_prev = if t_to >= 0 { self.schedule.alpha_cumprod(t_to)? } else { self.final_alpha_cumprod };
+        let (b, b_prev) = (1.0 - a, 1.0 - a_prev);
+        let eps = match prediction {
+            PredictionType::VPrediction => ((output * a.sqrt())? + (x * b.sqrt())?)?,
+            _ => output.clone(),
+        };
+        let sample_coeff = (a_prev / a).sqrt();
+        let denom = a * b_prev.sqrt() + (a * b * a_prev).sqrt();
+        Ok(((x * sample_coeff)? - (eps * ((a_prev - a) / denom))?)?)
+    }
+}
+
+/// diffusers `EulerDiscreteScheduler` stepping (no churn: `s_churn` 0, its pipeline default).
+/// Steps are addressed by their index in [`EulerDiscreteScheduler::timesteps`]; the model
+/// sees [`EulerDiscreteScheduler::scale_model_input`] of the sample and the (possibly
+/// fractional) timestep.
+#[derive(Debug, Clone)]
+pub struct EulerDiscreteScheduler {
+    pub config: SchedulerConfig,
+    pub schedule: NoiseSchedule,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+}
+
+impl EulerDiscreteScheduler {
+    pub fn new(config: SchedulerConfig) -> Result<Self> {
+        let schedule = NoiseSchedule::new(&config)?;
+        Ok(Self { config, schedule, timesteps: Vec::new(), sigmas: Vec::new() })
+    }
+
+    pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        self.timesteps = self.schedule.scheduler_timesteps(&self.config, n)?;
+        self.sigmas = self.schedule.euler_sigmas(&self.config, n)?;
+        Ok(())
+    }
+
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// σ for each step and a final 0.
+    pub fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    fn sigma(&self, i: usize) -> Result<f64> {
+        match (self.sigmas.get(i), i + 1 < self.sigmas.len()) {
+            (Some(&s), true) => Ok(s),
+            _ => Err(Error::Input(format!("Euler step {i} of {}", self.timesteps.len()))),
+        }
+    }
+
+    /// The scale of the starting noise: σ_max (√(σ_max² + 1) under `leading` spacing).
+    pub fn init_noise_sigma(&self) -> f64 {
+        let max = self.sigmas.iter().copied().fold(0.0, f64::max);
+        match self.config.timestep_spacing.as_str() {
+            "linspace" | "trailing" => max,
+            _ => (max * max + 1.0).sqrt(),
+        }
+    }
+
+    /// The model input at step `i`: x / √(σ² + 1).
+    pub fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
+        let s = self.sigma(i)?;
+        Ok((sample * (1.0 / (s * s + 1.0).sqrt()))?)
+    }
+
+    /// Noises clean latents for a start at step `i` (img2img): x = x₀ + σᵢ ε.
+    pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        Ok((x0 + (noise * self.sigma(i)?)?)?)
+    }
+
+    /// One Euler step from step `i` to `i + 1`.
+    pub fn step(&self, output: &Tensor, i: usize, sample: &Tensor) -> Result<StepOutput> {
+        let sigma = self.sigma(i)?;
+        let x0 = match self.config.prediction()? {
+            PredictionType::Sample => output.clone(),
+            PredictionType::Epsilon => (sample - (output * sigma)?)?,
+            PredictionType::VPrediction => {
+                let v = sigma * sigma + 1.0;
+                ((output * (-sigma / v.sqrt()))? + (sample * (1.0 / v))?)?
+            }
+        };
+        let derivative = ((sample - &x0)? * (1.0 / sigma))?;
+        let dt = self.sigmas[i + 1] - sigma;
+        let prev_sample = (sample + (derivative * dt)?)?;
+        Ok(StepOutput { prev_sample, pred_original_sample: x0 })
+    }
+}

@@ -13,6 +13,9 @@ computes from each, for tests/sd_scheduler.rs:
       <name>.ddim.t<t>.prev / .x0      DDIMScheduler.from_config(config).step(output, t, x), eta 0
       <name>.inv.t<t>.prev / .x0       DDIMInverseScheduler.from_config(config).step(output, t, x)
       <name>.ddpm.t<t>.prev / .x0      DDPMScheduler step with the saved noise as its variance draw
+      <name>.loop_10                   PNDM / Euler: the latents of a whole 10-step sampling loop
+                                       (x · init_noise_sigma, then after each step) with
+                                       `stand_in_model` in place of the UNet, [11, 1, 4, 8, 8]
 
 The SD 1.5 and SD 2.1 configs are the public files of runwayml/stable-diffusion-v1-5 and
 stabilityai/stable-diffusion-2-1 (scheduler/scheduler_config.json), reproduced by value: keys they
@@ -97,6 +100,8 @@ CONFIGS = {
         "clip_sample": True,
         "clip_sample_range": 2.0,
     },
+    # SD 1.5's PNDM run on a v-prediction model (PNDM converts v to ε in its transfer).
+    "pndm_v": dict(SD15, prediction_type="v_prediction"),
     "pndm_prk_linear": {
         "_class_name": "PNDMScheduler",
         "beta_schedule": "linear",
@@ -131,6 +136,13 @@ CLASSES = {
 # 7 and 16 put exact halves into linspace (999/6) and trailing (1000/16) spacing.
 STEP_COUNTS = [1, 7, 10, 16, 25, 50]
 DDIM_STEPS = 10
+# Full sampling loops with a stand-in model, for the stateful samplers.
+LOOPS = ["sd15_pndm", "pndm_v", "euler_sd", "euler_leading_v"]
+
+
+def stand_in_model(model_input, t):
+    """A deterministic function of the input and the timestep in place of a UNet."""
+    return 0.3 * model_input + 0.05 * (float(t) / 1000.0)
 
 
 def main():
@@ -182,6 +194,17 @@ def main():
                 out = ddpm.step(output, t, x, generator=torch.Generator().manual_seed(7))
                 ref[f"{name}.ddpm.t{t}.prev"] = out.prev_sample
                 ref[f"{name}.ddpm.t{t}.x0"] = out.pred_original_sample
+
+        if name in LOOPS:
+            sched = cls.from_config(kwargs)
+            sched.set_timesteps(DDIM_STEPS)
+            latents = x * sched.init_noise_sigma
+            seq = [latents]
+            for t in sched.timesteps:
+                out = stand_in_model(sched.scale_model_input(latents, t), t)
+                latents = sched.step(out, t, latents).prev_sample
+                seq.append(latents)
+            ref[f"{name}.loop_{DDIM_STEPS}"] = torch.stack(seq)
 
     ref = {k: v.contiguous() for k, v in ref.items()}
     save_file(ref, os.path.join(OUT, "scheduler_ref.safetensors"))

@@ -27,8 +27,8 @@ use candle_core::{Device, Tensor};
 pub use clip_tokenizer::{ClipTokenizer, Encoding};
 pub use error::{Error, Result};
 pub use scheduler::{
-    DdimScheduler, DdpmScheduler, NoiseSchedule, PredictionType, SchedulerConfig, SchedulerKind, StepOutput,
-    SCHEDULER_CONFIG_FILE,
+    DdimScheduler, DdpmScheduler, EulerDiscreteScheduler, NoiseSchedule, PndmScheduler, PredictionType,
+    SchedulerConfig, SchedulerKind, StepOutput, SCHEDULER_CONFIG_FILE,
 };
 pub use unet::{Config, UNet2DModel, CONFIG_FILE, WEIGHTS_FILE};
 

@@ -1,9 +1,9 @@
 //! diffusers schedulers read from `scheduler_config.json`: DDPM, DDIM (and its inverse), PNDM
 //! and Euler discrete. All four give the noise schedule (linear, scaled-linear and
-//! squaredcos_cap_v2 betas, or `trained_betas`) and their inference timestep list; DDPM and
-//! DDIM also step, for ε-, v- and x₀-prediction models, and the deterministic DDIM move the
-//! attacks use runs in both directions. PNDM's and Euler's samplers are not ported (the audits
-//! only need the schedule and DDIM moves).
+//! squaredcos_cap_v2 betas, or `trained_betas`) and their inference timestep list, and step for
+//! ε-, v- and (except PNDM) x₀-prediction models; the deterministic DDIM move the attacks use
+//! runs in both directions. Not ported: PNDM's Runge–Kutta warm-up (`skip_prk_steps` false; SD
+//! ships `true`), Euler's churn and its Karras / exponential / beta sigmas.
 //!
 //! Numbers follow diffusers exactly where it matters for parity: the betas and ᾱ are computed in
 //! f32 like diffusers does (linear betas with torch's `linspace` formula, cosine betas in f64 then
@@ -23,8 +23,8 @@ pub const SCHEDULER_CONFIG_FILE: &str = "scheduler_config.json";
 pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
 /// The scheduler classes whose `scheduler_config.json` is read. All four share the noise
-/// schedule (betas → ᾱ) and the timestep spacing; DDPM and DDIM also step here, PNDM and
-/// Euler only give their schedule and timestep list (their samplers are not ported).
+/// schedule (betas → ᾱ) and the timestep spacing: [`DdpmScheduler`], [`DdimScheduler`],
+/// [`PndmScheduler`], [`EulerDiscreteScheduler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerKind {
     Ddpm,

@@ -7,7 +7,7 @@
 //! [`VarBuilder`]. [`Weights::check_all_used`] then refuses a file with tensors the config's
 //! architecture never asked for: such weights belong to another model.
 
-// The third module allowed unsafe code (see the crate root): one `Mmap::map` per file.
+// One of the modules allowed unsafe code (see the crate root): one `Mmap::map` per file.
 #![allow(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};

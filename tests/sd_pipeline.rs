@@ -435,6 +435,11 @@ fn other_families_and_broken_folders_get_a_one_line_reason() {
             &["LoRA", "pytorch_lora_weights.safetensors", "model_index.json"],
         ),
         (
+            "lora beside the pipeline",
+            Box::new(|d: &Path| tiny_weights(&d.join("pytorch_lora_weights.safetensors"))),
+            &["LoRA", "pytorch_lora_weights.safetensors", "ignores"],
+        ),
+        (
             "ddpm pipeline",
             set_index(|m| {
                 m.insert("_class_name".into(), "DDPMPipeline".into());

@@ -141,9 +141,12 @@ fn missing(dir: &Path, what: impl std::fmt::Display) -> Error {
     Error::Input(format!("{}: missing component: {what}", dir.display()))
 }
 
+/// The file names diffusers' `save_lora_weights` writes.
+const LORA_FILES: [&str; 2] = ["pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin"];
+
 /// Why a folder without `model_index.json` is not a pipeline, naming what it holds instead.
 fn no_model_index(dir: &Path) -> Error {
-    for lora in ["pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin"] {
+    for lora in LORA_FILES {
         if dir.join(lora).is_file() {
             return unsupported(
                 dir,
@@ -268,6 +271,19 @@ pub fn inspect(dir: &Path) -> Result<PipelineIndex> {
             ))
         }
     };
+
+    // diffusers does not load a LoRA lying beside the components: auditing the folder would
+    // audit the base model while the auditor believes it is the fine-tune.
+    if let Some(lora) = LORA_FILES.iter().find(|f| dir.join(f).is_file()) {
+        return Err(unsupported(
+            dir,
+            format!(
+                "the pipeline folder also holds LoRA weights ({lora}), which loading the pipeline ignores: fuse \
+                 them (diffusers fuse_lora + save_pretrained) and audit the fused folder, or move the file away to \
+                 audit the base model"
+            ),
+        ));
+    }
 
     // Every [library, class] entry must be a known component.
     let mut scheduler_class = None;

@@ -2,8 +2,9 @@
 //!
 //! - [`unet`]: `UNet2DModel` (the ε-prediction denoiser), `config.json` +
 //!   `diffusion_pytorch_model.safetensors`;
-//! - [`scheduler`]: `DDPMScheduler` / `DDIMScheduler` from `scheduler_config.json`, the noise
-//!   schedule, and the deterministic DDIM move (both directions) that the attacks build on;
+//! - [`scheduler`]: `DDPMScheduler` / `DDIMScheduler` / `PNDMScheduler` / `EulerDiscreteScheduler`
+//!   from `scheduler_config.json`, the noise schedule, and the deterministic DDIM move (both
+//!   directions) that the attacks build on;
 //! - [`DiffusionModel`]: both together, loaded from one folder — what `melo audit` calls a target;
 //! - [`clip_tokenizer`]: the CLIP BPE tokenizer of a Stable Diffusion pipeline's `tokenizer/`
 //!   folder (ids and attention mask as transformers' `CLIPTokenizer` gives them).
@@ -25,7 +26,10 @@ use candle_core::{Device, Tensor};
 
 pub use clip_tokenizer::{ClipTokenizer, Encoding};
 pub use error::{Error, Result};
-pub use scheduler::{DdimScheduler, DdpmScheduler, NoiseSchedule, SchedulerConfig, StepOutput, SCHEDULER_CONFIG_FILE};
+pub use scheduler::{
+    DdimScheduler, DdpmScheduler, EulerDiscreteScheduler, NoiseSchedule, PndmScheduler, PredictionType,
+    SchedulerConfig, SchedulerKind, StepOutput, SCHEDULER_CONFIG_FILE,
+};
 pub use unet::{Config, UNet2DModel, CONFIG_FILE, WEIGHTS_FILE};
 
 /// An unconditional diffusion model: the denoiser and the noise schedule it was trained with.
@@ -62,6 +66,13 @@ impl DiffusionModel {
             }
         }
         let scheduler_config = SchedulerConfig::from_file(&dir.join(SCHEDULER_CONFIG_FILE))?;
+        // The pixel-space attacks read the UNet output as ε.
+        if scheduler_config.prediction()? != PredictionType::Epsilon {
+            return Err(Error::Unsupported(format!(
+                "prediction_type '{}' in a pixel-space model (only 'epsilon')",
+                scheduler_config.prediction_type
+            )));
+        }
         let schedule = NoiseSchedule::new(&scheduler_config)?;
         let unet = UNet2DModel::load(dir, &Device::Cpu)?;
         if let Some(n) = unet.config().num_train_timesteps {

@@ -23,7 +23,7 @@
 //! spread over the rayon pool in chunks. In-place kernels are only ever applied to tensors
 //! the caller has just created (matmul outputs), never to weights or shared tensors.
 
-// One of the two modules allowed unsafe code (see the crate root): raw-pointer gemm calls.
+// One of the modules allowed unsafe code (see the crate root): raw-pointer gemm calls.
 #![allow(unsafe_code)]
 
 use candle_core::backend::BackendStorage;

@@ -15,7 +15,7 @@ pub mod engine;
 mod error;
 pub mod kernels;
 pub mod lora;
-mod safetensors_io;
+pub(crate) mod safetensors_io;
 pub mod vit;
 
 pub use engine::{Engine, Heatmap, OodCheck, Prediction};

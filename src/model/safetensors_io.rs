@@ -31,10 +31,8 @@ impl TensorFile {
     /// Parses bytes already in memory; `path` is only used in messages.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         let bad = |reason: String| Error::NotSafetensors { path: path.to_path_buf(), reason };
-        // `deserialize` checks the header length, the JSON, and that every tensor's byte range
-        // lies inside the buffer and matches its shape and type: truncated files fail here.
+        let (_, header) = check_header(path, bytes)?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
@@ -96,6 +94,49 @@ impl TensorFile {
         }
         Ok(tensor)
     }
+}
+
+/// Checks a whole safetensors file's bytes against its header before any tensor is touched:
+/// the header length lies inside the file (and under safetensors' 100 MB cap), the JSON
+/// parses, every tensor's byte range matches its shape and type, the ranges tile the data
+/// section exactly (no overlap, no gap, none past the end). A truncated file or a header that
+/// lies fails here. Returns the header length and the parsed header; tensor `i`'s bytes are
+/// `bytes[8 + len + start .. 8 + len + end]` with `(start, end)` its `data_offsets`.
+pub(crate) fn check_header(path: &Path, bytes: &[u8]) -> Result<(usize, safetensors::tensor::Metadata)> {
+    SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::NotSafetensors { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// [`check_header`] for a file on disk without reading its tensors: the header is read and
+/// checked the same way (length inside the file and under safetensors' 100 MB cap, JSON,
+/// ranges that match shapes and types and tile the data section), and the data section must
+/// end exactly at the end of the file. Leaves the file position unspecified.
+pub(crate) fn check_file_header(
+    path: &Path,
+    file: &mut std::fs::File,
+) -> Result<(usize, safetensors::tensor::Metadata)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let refuse = |reason: String| Error::NotSafetensors { path: path.to_path_buf(), reason };
+    let io = |e: std::io::Error| refuse(format!("cannot read: {e}"));
+    let file_len = file.seek(SeekFrom::End(0)).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| refuse("shorter than its 8-byte header length".into()))?;
+    let header_len = u64::from_le_bytes(len);
+    // safetensors' own cap (MAX_HEADER_SIZE), checked before anything is allocated.
+    if header_len > 100_000_000 || header_len > file_len - 8 {
+        return Err(refuse(format!("header length {header_len} does not fit a {file_len}-byte file")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    // Deserialising a Metadata checks every tensor's range as `read_metadata` does.
+    let metadata: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| refuse(format!("invalid header: {e}")))?;
+    let end = 8 + header_len + metadata.data_len() as u64;
+    if end != file_len {
+        return Err(refuse(format!("the header describes {end} bytes but the file has {file_len}")));
+    }
+    Ok((header_len as usize, metadata))
 }
 
 /// One f32 tensor ready to serialise.

@@ -21,7 +21,7 @@
 //! [`FrozenBackbone::backward`]. The gradients are checked against candle's autograd on the
 //! same weights in `tests/train.rs`.
 
-// One of the two modules allowed unsafe code (see the crate root): raw-pointer gemm calls.
+// One of the modules allowed unsafe code (see the crate root): raw-pointer gemm calls.
 #![allow(unsafe_code)]
 
 use candle_core::{Device, Tensor};

@@ -4,4 +4,6 @@
 //! transformers on tiny random pipelines (`tests/sd_*.rs`, fixtures in `tests/data/sd`).
 
 pub mod clip_text;
+pub mod pipeline;
 pub mod vae;
+pub mod weights;

@@ -2,3 +2,6 @@
 //! layout (issue 13): each component is read from its own sub-folder's `config.json` and
 //! safetensors weights, with no built-in presets, and checked against diffusers /
 //! transformers on tiny random pipelines (`tests/sd_*.rs`, fixtures in `tests/data/sd`).
+
+mod transformer2d;
+pub mod unet_cond;

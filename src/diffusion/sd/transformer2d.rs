@@ -30,7 +30,6 @@ struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
-    head_dim: usize,
 }
 
 impl Attention {
@@ -48,26 +47,17 @@ impl Attention {
             to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
             to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
-            head_dim,
         })
     }
 
     /// `x` [B, T, query_dim], `context` [B, S, context_dim] (None: x itself) → [B, T, query_dim].
     fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let ctx = context.unwrap_or(x);
-        let s = ctx.dim(1)?;
-        let (h, hd) = (self.heads, self.head_dim);
-        let split = |y: Tensor, len: usize| -> candle_core::Result<Tensor> {
-            y.reshape((b, len, h, hd))?.transpose(1, 2)?.contiguous() // [B, H, len, hd]
-        };
-        let q = split(self.to_q.forward(x)?, t)?;
-        let k = split(self.to_k.forward(ctx)?, s)?;
-        let v = split(self.to_v.forward(ctx)?, s)?;
+        let q = self.to_q.forward(x)?.contiguous()?;
+        let k = self.to_k.forward(ctx)?.contiguous()?;
+        let v = self.to_v.forward(ctx)?.contiguous()?;
         // upcast_attention only matters for f16 activations: everything here is f32.
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, H, T, S]
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let y = crate::model::kernels::attention_q_kv(&q, &k, &v, self.heads)?;
         self.to_out.forward(&y)
     }
 }

@@ -6,7 +6,7 @@
 //! Criterion: max |candle − diffusers| ≤ 2e-5 on outputs of standard deviation ≈ 0.45, i.e. a
 //! few units of f32 rounding accumulated over ~30 layers (diffusers itself differs by up to
 //! 4e-6 between its batched forward and one sample at a time). Measured (x86-64, 2 threads):
-//! SD 1 fixture 1.4e-6, SD 2 fixture 1.1e-5 (its 5-token case; 5e-6 for the others). The
+//! SD 1 fixture 1.2e-6, SD 2 fixture 3.6e-6. The
 //! tanh-approximated GELU of candle-transformers' port gives 1.1e-4 (SD 1) and 5.3e-4 (SD 2):
 //! 5× and 25× over the criterion.
 
@@ -71,7 +71,7 @@ fn check(name: &str, num_params: usize) -> f32 {
 #[test]
 fn sd1_unet_matches_diffusers() {
     // SD 1 dummy of diffusers' tests: 8 heads of 1 dim (attention_head_dim 8 = heads), 1×1 conv
-    // projections. Measured max |diff| 1.4e-6.
+    // projections. Measured max |diff| 1.2e-6.
     let d = check("sd1", 18_464);
     eprintln!("sd1 max |diff| {d:e}");
 }
@@ -79,7 +79,7 @@ fn sd1_unet_matches_diffusers() {
 #[test]
 fn sd2_unet_matches_diffusers() {
     // SD 2 style: heads (2, 4) per block, Linear projections, transformer_layers_per_block
-    // [2, 1], upcast_attention. Measured max |diff| 1.1e-5.
+    // [2, 1], upcast_attention. Measured max |diff| 3.6e-6.
     let d = check("sd2", 83_188);
     eprintln!("sd2 max |diff| {d:e}");
 }

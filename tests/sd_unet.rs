@@ -160,6 +160,14 @@ fn configs_this_port_cannot_compute_are_refused_with_the_reason() {
     std::fs::remove_file(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     let msg = UNet2DConditionModel::load(&dir, &Device::Cpu).unwrap_err().to_string();
     assert!(msg.contains("diffusion_pytorch_model.safetensors"), "{msg}");
+    // A weights file whose header promises more bytes than the file holds.
+    let dir = tmp.path().join("truncated");
+    write_unet(&dir, &sd1_config());
+    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = UNet2DConditionModel::load(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("not a readable safetensors file"), "{msg}");
     // A config that parses is also usable on its own.
     let config: Config = serde_json::from_value(sd1_config()).unwrap();
     assert_eq!(config.heads().unwrap(), [8, 8]);

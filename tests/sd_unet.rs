@@ -132,6 +132,8 @@ fn configs_this_port_cannot_compute_are_refused_with_the_reason() {
         ("mid", serde_json::json!({"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}), "mid_block_type"),
         ("headlist", serde_json::json!({"attention_head_dim": [2, 4, 8]}), "3 entries for 2 blocks"),
         ("groups", serde_json::json!({"norm_num_groups": 3}), "norm_num_groups"),
+        ("xdims", serde_json::json!({"cross_attention_dim": [32, 64]}), "differs between blocks"),
+        ("xdims_len", serde_json::json!({"cross_attention_dim": [32, 32, 32]}), "3 entries for 2 blocks"),
         // The SD 1 weights have 1×1-conv projections: a config claiming Linear ones does not fit.
         ("linear", serde_json::json!({"use_linear_projection": true}), "weights do not fit"),
         // Weights of a transformer block the config does not have: refused, not ignored.

@@ -271,10 +271,9 @@ impl Config {
     }
 
     /// The width of the text states every cross-attention block reads (the text encoder's
-    /// hidden size must match it).
+    /// hidden size must match it; `validate` makes sure all blocks agree on it).
     pub fn text_dim(&self) -> Result<usize> {
-        let dims = self.cross_attention_dims()?;
-        Ok(dims[dims.len() - 1])
+        Ok(self.cross_attention_dims()?[0])
     }
 
     /// Refuses configs this port would compute wrongly: unsupported options and contradictions.
@@ -400,7 +399,13 @@ impl Config {
         let heads = self.heads()?;
         self.layers_per_block()?;
         self.transformer_layers_per_block()?;
-        self.cross_attention_dims()?;
+        let xdims = self.cross_attention_dims()?;
+        if xdims.iter().any(|&x| x != xdims[0]) {
+            // Every block reads the same text states, so they must have one width.
+            return unsupported(format!(
+                "cross_attention_dim {xdims:?} differs between blocks: one text encoder's states cannot feed them all"
+            ));
+        }
         if self.in_channels == 0 || self.out_channels == 0 {
             return Err(Error::Config("in_channels and out_channels must be positive".into()));
         }

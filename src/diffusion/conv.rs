@@ -17,7 +17,10 @@ const COLS_BUDGET: usize = 4 << 20;
 
 /// Runs `f` on the f32 values of a CPU tensor in row-major order, without copying them when
 /// the tensor is already contiguous.
-fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+pub(crate) fn with_f32_slice<R>(
+    x: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
     let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     match &*storage {

@@ -289,7 +289,7 @@ impl candle_nn::var_builder::SimpleBackend for TrackedTensors {
     }
 }
 
-struct ResnetBlock {
+pub(crate) struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
     time_emb_proj: Linear,
@@ -312,16 +312,30 @@ impl ResnetBlock {
         cfg: &Config,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let g = cfg.norm_num_groups;
         let scale_shift = cfg.resnet_time_scale_shift == "scale_shift";
+        let norm = (cfg.norm_num_groups, cfg.norm_eps);
+        Self::load(cin, cout, norm, cfg.time_embed_dim(), scale_shift, output_scale_factor, vb)
+    }
+
+    /// diffusers' `ResnetBlock2D` with SiLU: GroupNorm `(groups, eps)`, a time projection from
+    /// `temb_dim` (doubled for `scale_shift`), `conv_shortcut` when the channels change.
+    pub(crate) fn load(
+        cin: usize,
+        cout: usize,
+        (g, eps): (usize, f64),
+        temb_dim: usize,
+        scale_shift: bool,
+        output_scale_factor: f64,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let proj_out = if scale_shift { 2 * cout } else { cout };
         let conv_shortcut =
             if cin != cout { Some(Conv2d::load(cin, cout, 1, 1, 0, vb.pp("conv_shortcut"))?) } else { None };
         Ok(Self {
-            norm1: GroupNorm::load(g, cin, cfg.norm_eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::load(g, cin, eps, vb.pp("norm1"))?,
             conv1: conv3x3(cin, cout, 1, 1, vb.pp("conv1"))?,
-            time_emb_proj: candle_nn::linear(cfg.time_embed_dim(), proj_out, vb.pp("time_emb_proj"))?,
-            norm2: GroupNorm::load(g, cout, cfg.norm_eps, vb.pp("norm2"))?,
+            time_emb_proj: candle_nn::linear(temb_dim, proj_out, vb.pp("time_emb_proj"))?,
+            norm2: GroupNorm::load(g, cout, eps, vb.pp("norm2"))?,
             conv2: conv3x3(cout, cout, 1, 1, vb.pp("conv2"))?,
             conv_shortcut,
             scale_shift,
@@ -331,7 +345,7 @@ impl ResnetBlock {
 
     /// `temb_silu` is SiLU(time embedding): every ResNet applies SiLU before its projection,
     /// so the caller computes it once.
-    fn forward(&self, x: &Tensor, temb_silu: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, temb_silu: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
         let proj = self.time_emb_proj.forward(temb_silu)?;
         let h = if self.scale_shift {
@@ -422,14 +436,19 @@ impl Attention {
     }
 }
 
-struct Downsample {
+pub(crate) struct Downsample {
     conv: Conv2d,
     /// `downsample_padding` 0: pad right and bottom by one before a stride-2 conv (asymmetric).
     pad_right_bottom: bool,
 }
 
 impl Downsample {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// diffusers' `Downsample2D` with a conv (`downsamplers.0.conv`), `padding` 0 or 1.
+    pub(crate) fn load(channels: usize, padding: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self { conv: conv3x3(channels, channels, 2, padding, vb.pp("conv"))?, pad_right_bottom: padding == 0 })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.pad_right_bottom {
             self.conv.forward(&x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)
         } else {
@@ -549,11 +568,7 @@ impl UNet2DModel {
                 }
             }
             let downsample = if i + 1 < n {
-                let pad = c.downsample_padding;
-                Some(Downsample {
-                    conv: conv3x3(out_ch, out_ch, 2, pad, vbb.pp("downsamplers.0.conv"))?,
-                    pad_right_bottom: pad == 0,
-                })
+                Some(Downsample::load(out_ch, c.downsample_padding, vbb.pp("downsamplers.0"))?)
             } else {
                 None
             };
@@ -629,29 +644,8 @@ impl UNet2DModel {
     /// Sinusoidal timestep features `[B, block_out_channels[0]]`, computed in f32 as diffusers
     /// does (`get_timestep_embedding`).
     pub fn timestep_features(&self, timesteps: &[f64]) -> Result<Tensor> {
-        let dim = self.config.block_out_channels[0];
-        let half = dim / 2;
-        let denom = (half - self.config.freq_shift) as f32;
-        let ln_period = (10000.0f64).ln() as f32;
-        let freqs: Vec<f32> = (0..half).map(|k| (-ln_period * k as f32 / denom).exp()).collect();
-        let mut data = Vec::with_capacity(timesteps.len() * dim);
-        for &t in timesteps {
-            let t = t as f32;
-            let args: Vec<f32> = freqs.iter().map(|&f| t * f).collect();
-            let sin = args.iter().map(|&a| (a as f64).sin() as f32);
-            let cos = args.iter().map(|&a| (a as f64).cos() as f32);
-            if self.config.flip_sin_to_cos {
-                data.extend(cos);
-                data.extend(sin);
-            } else {
-                data.extend(sin);
-                data.extend(cos);
-            }
-            if dim % 2 == 1 {
-                data.push(0.0);
-            }
-        }
-        Ok(Tensor::from_vec(data, (timesteps.len(), dim), &self.device)?)
+        let c = &self.config;
+        timestep_features(timesteps, c.block_out_channels[0], c.freq_shift, c.flip_sin_to_cos, &self.device)
     }
 
     /// Checks that a batch `[B, C, H, W]` is something this model takes.
@@ -741,4 +735,37 @@ impl UNet2DModel {
     pub fn num_params(&self) -> usize {
         self.num_params
     }
+}
+
+/// Sinusoidal timestep features `[B, dim]` (diffusers' `get_timestep_embedding` with
+/// `downscale_freq_shift = freq_shift`), computed in f32 as diffusers does.
+pub(crate) fn timestep_features(
+    timesteps: &[f64],
+    dim: usize,
+    freq_shift: usize,
+    flip_sin_to_cos: bool,
+    device: &Device,
+) -> Result<Tensor> {
+    let half = dim / 2;
+    let denom = (half - freq_shift) as f32;
+    let ln_period = (10000.0f64).ln() as f32;
+    let freqs: Vec<f32> = (0..half).map(|k| (-ln_period * k as f32 / denom).exp()).collect();
+    let mut data = Vec::with_capacity(timesteps.len() * dim);
+    for &t in timesteps {
+        let t = t as f32;
+        let args: Vec<f32> = freqs.iter().map(|&f| t * f).collect();
+        let sin = args.iter().map(|&a| (a as f64).sin() as f32);
+        let cos = args.iter().map(|&a| (a as f64).cos() as f32);
+        if flip_sin_to_cos {
+            data.extend(cos);
+            data.extend(sin);
+        } else {
+            data.extend(sin);
+            data.extend(cos);
+        }
+        if dim % 2 == 1 {
+            data.push(0.0);
+        }
+    }
+    Ok(Tensor::from_vec(data, (timesteps.len(), dim), device)?)
 }

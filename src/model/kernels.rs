@@ -13,6 +13,9 @@
 //!   each head's output into its columns of the [tokens, dim] result. No permuted copies of
 //!   q/k/v or of the output, and one parallel loop over image × head (candle's batched
 //!   matmul parallelises inside each small 257×257 product instead, which scales poorly).
+//! - `attention_q_kv`: the same core for the Stable Diffusion UNet's self- and cross-attention
+//!   (separate q and k/v tensors, T ≠ S), in blocks of query rows so the T×S scores of a
+//!   64×64 latent never exist whole.
 //! - in-place adds (bias, bias + residual, LoRA deltas into column ranges, position
 //!   embedding): candle's binary ops allocate a new tensor and run on candle's own spinning
 //!   thread pool, which then competes for the 2 cores with the rayon pool gemm uses; these
@@ -27,7 +30,7 @@
 #![allow(unsafe_code)]
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::error::Result;
@@ -495,6 +498,144 @@ pub(crate) fn attention(
     Ok((y, probs))
 }
 
+// ---- Stable Diffusion UNet attention (diffusion::sd::transformer2d) ----
+//
+// softmax(q kᵀ / √hd) v without materialising the [B, heads, T, S] score tensor. At SD 2.1's
+// 64×64 latents a self-attention has T = S = 4096 tokens, so candle's batched-matmul route
+// holds 5 heads × 4096² f32 = 335 MB of scores per image (twice, with the softmax output) and
+// copies q, k, v and the output through head-major transposes. Here each parallel task takes
+// a block of query rows and runs every head on it: scores [rows, S] in a task-local buffer,
+// the softmax above, and the product with v written straight into the task's own rows of
+// the output [B, T, D] (a `par_chunks_mut` block: no shared writes).
+
+/// Query rows per task: with S = 4096 keys the score block is 128 × 4096 f32 = 2 MB.
+const ROWS: usize = 128;
+
+/// softmax(q kᵀ · scale) v per head, heads side by side in the last dimension:
+/// q [B, T, D], k and v [B, S, D] (D = heads · hd) → [B, T, D].
+pub(crate) fn attention_q_kv(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, t, d) = q.dims3()?;
+    let (kb, s, kd) = k.dims3()?;
+    if kb != b || kd != d || v.dims() != k.dims() || heads == 0 || d % heads != 0 || s == 0 {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} with {heads} heads do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    let hd = d / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    if !(q.device().is_cpu() && q.dtype() == DType::F32 && k.dtype() == DType::F32 && v.dtype() == DType::F32) {
+        // Reference path (other devices or types): candle ops.
+        let split = |x: &Tensor, len: usize| x.reshape((b, len, heads, hd))?.transpose(1, 2)?.contiguous();
+        let (qh, kh, vh) = (split(q, t)?, split(k, s)?, split(v, s)?);
+        let probs = candle_nn::ops::softmax_last_dim(&(qh.matmul(&kh.t()?)? * f64::from(scale))?)?;
+        return probs.matmul(&vh)?.transpose(1, 2)?.reshape((b, t, d));
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    let (Storage::Cpu(qc), Storage::Cpu(kc), Storage::Cpu(vc)) = (&*q_storage, &*k_storage, &*v_storage) else {
+        candle_core::bail!("attention: q, k, v on different devices")
+    };
+    let qd = contiguous_f32(qc, q_layout, "attention")?;
+    let kd = contiguous_f32(kc, k_layout, "attention")?;
+    let vd = contiguous_f32(vc, v_layout, "attention")?;
+    let mut y = vec![0f32; b * t * d];
+    y.par_chunks_mut(ROWS * d).enumerate().for_each_init(
+        || vec![0f32; ROWS * s],
+        |scores, (chunk, yc)| {
+            // Row blocks may straddle two images: split at the image boundary.
+            let first = chunk * ROWS;
+            let mut done = 0;
+            while done < yc.len() / d {
+                let row = first + done;
+                let (bi, r) = (row / t, row % t);
+                let n = (yc.len() / d - done).min(t - r);
+                let block = &mut yc[done * d..(done + n) * d];
+                let qrows = &qd[row * d..(row + n) * d];
+                let kimg = &kd[bi * s * d..(bi + 1) * s * d];
+                let vimg = &vd[bi * s * d..(bi + 1) * s * d];
+                attention_heads_block(qrows, kimg, vimg, block, &mut scores[..n * s], (n, s, d, hd), scale);
+                done += n;
+            }
+        },
+    );
+    Tensor::from_vec(y, (b, t, d), &candle_core::Device::Cpu)
+}
+
+/// All heads for `n` query rows of one image: `q` [n, D], `k`, `v` [S, D], `y` [n, D].
+fn attention_heads_block(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    y: &mut [f32],
+    scores: &mut [f32],
+    (n, s, d, hd): (usize, usize, usize, usize),
+    scale: f32,
+) {
+    assert!(q.len() == n * d && y.len() == n * d && k.len() == s * d && v.len() == s * d && scores.len() == n * s);
+    let (d_i, s_i) = (d as isize, s as isize);
+    for h in 0..d / hd {
+        let col = h * hd;
+        // SAFETY: the lengths are checked above. scores [n, S] (row stride S) is written in
+        // full; q is read at rows 0..n, columns col..col+hd (row stride D), k at rows 0..S,
+        // columns col..col+hd; all inside their slices since col + hd ≤ D.
+        unsafe {
+            // scores = q_h k_hᵀ: kᵀ[i, j] = k[j, col + i] → row stride 1, column stride D.
+            gemm::gemm(
+                n,
+                s,
+                hd,
+                scores.as_mut_ptr(),
+                1,
+                s_i,
+                false,
+                q.as_ptr().add(col),
+                1,
+                d_i,
+                k.as_ptr().add(col),
+                d_i,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        softmax_rows(scores, s, scale);
+        // SAFETY: y is written at rows 0..n, columns col..col+hd (row stride D), inside the
+        // checked slice, and only by this call; v is read at rows 0..S, the same columns.
+        unsafe {
+            gemm::gemm(
+                n,
+                hd,
+                s,
+                y.as_mut_ptr().add(col),
+                1,
+                d_i,
+                false,
+                scores.as_ptr(),
+                1,
+                s_i,
+                v.as_ptr().add(col),
+                1,
+                d_i,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
 fn fast_path(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous())
 }
@@ -641,6 +782,32 @@ mod tests {
         let (y2, none) = attention(&qkv, b, t, heads, 0.35, false).unwrap();
         assert!(none.is_none());
         assert_eq!(max_diff(&y, &y2), 0.0);
+    }
+
+    #[test]
+    fn q_kv_attention_equals_candle_ops() {
+        // T = 200 query rows: row blocks of ROWS = 128 straddle the two images; S = 7 keys
+        // (cross-attention) and S = T (self-attention).
+        let (b, t, heads, hd) = (2, 200, 3, 8);
+        let d = heads * hd;
+        let wave = |n: usize, f: f64| {
+            Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().affine(f, 0.0).unwrap().sin().unwrap()
+        };
+        let q = wave(b * t * d, 0.013).reshape((b, t, d)).unwrap();
+        for s in [7, t] {
+            let k = wave(b * s * d, 0.029).affine(2.0, 0.0).unwrap().reshape((b, s, d)).unwrap();
+            let v = wave(b * s * d, 0.017).reshape((b, s, d)).unwrap();
+            let y = attention_q_kv(&q, &k, &v, heads).unwrap();
+            let split = |x: &Tensor, n: usize| {
+                x.reshape((b, n, heads, hd)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+            };
+            let scores = split(&q, t).matmul(&split(&k, s).t().unwrap()).unwrap();
+            let p = candle_nn::ops::softmax_last_dim(&(scores / (hd as f64).sqrt()).unwrap()).unwrap();
+            let want = p.matmul(&split(&v, s).contiguous().unwrap()).unwrap().transpose(1, 2).unwrap();
+            let want = want.reshape((b, t, d)).unwrap();
+            let diff = (&y - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "S = {s}: max |diff| {diff}");
+        }
     }
 
     #[test]

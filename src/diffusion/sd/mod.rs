@@ -5,5 +5,7 @@
 
 pub mod clip_text;
 pub mod pipeline;
+mod transformer2d;
+pub mod unet_cond;
 pub mod vae;
 pub mod weights;

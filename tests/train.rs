@@ -577,6 +577,8 @@ fn options(data: PathBuf, out: PathBuf, method: Method, epochs: usize) -> TrainO
         head_epochs: 0,
         head_lr: 3e-3,
         progress: false,
+        intended_use: String::new(),
+        limitations: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod cli;
 pub mod engine;
+pub mod facts;
 mod error;
 pub mod kernels;
 pub mod lora;

@@ -36,7 +36,9 @@ use loader::{short_name, Loader, LoaderEvent, THUMBNAIL_SIDE};
 
 pub use audit_worker::{ExposedImage, GALLERY_SIZE};
 pub use diagnosis::{DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction};
-pub use diagnosis_worker::{AdapterLayout, ImageKey, ImportFields, TaskInfo, TaskRow};
+pub use diagnosis_worker::{
+    AdapterLayout, CalibrationView, EpochPoint, ImageKey, ImportFields, OodView, ReliabilityBin, TaskInfo, TaskRow,
+};
 pub use privacy::{PathField, PrivacyCommand, PrivacyPanel, RunState};
 pub use shortcuts::SHORTCUTS;
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};

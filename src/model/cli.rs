@@ -549,7 +549,10 @@ pub fn facts_label(m: &AdapterMetadata, parameters: usize) -> String {
     let dataset = if m.training.dataset.is_empty() { "not recorded" } else { &m.training.dataset };
     let licence = if m.data_set.licence.is_empty() { "licence not stated" } else { &m.data_set.licence };
     row("Training data", &format!("{dataset} ({licence})"));
-    for (split, per_class) in &m.data_set.counts {
+    // Train, val, test first, in that order; any other split after them.
+    let mut splits: Vec<(&String, &std::collections::BTreeMap<String, u64>)> = m.data_set.counts.iter().collect();
+    splits.sort_by_key(|(s, _)| ["train", "val", "test"].iter().position(|k| k == s).unwrap_or(3));
+    for (split, per_class) in splits {
         let total: u64 = per_class.values().sum();
         let classes: Vec<String> = per_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
         row("", &format!("{split}: {total} images ({})", classes.join(", ")));

@@ -725,17 +725,13 @@ pub fn modality_warning(image_modality: &str, adapter_modality: &str) -> Option<
 fn prediction_ui(ui: &mut egui::Ui, prediction: &Prediction, info: &TaskInfo) {
     let outside = prediction.ood.as_ref().filter(|o| !o.in_distribution);
     if let Some(ood) = outside {
-        egui::Frame::new()
-            .fill(Color32::from_rgb(110, 60, 20))
-            .inner_margin(6.0)
-            .corner_radius(4.0)
-            .show(ui, |ui| {
-                ui.label(RichText::new(ood_banner_text(ood, &info.training_dataset)).color(Color32::WHITE).strong());
-            });
+        egui::Frame::new().fill(Color32::from_rgb(110, 60, 20)).inner_margin(6.0).corner_radius(4.0).show(ui, |ui| {
+            ui.label(RichText::new(ood_banner_text(ood, &info.training_dataset)).color(Color32::WHITE).strong());
+        });
     } else if let Some(ood) = &prediction.ood {
         ui.label(
             RichText::new(format!(
-                "Looks like the training images ({} score {:.2} ≤ threshold {:.2})",
+                "Looks like the training images ({} score {:.2} <= threshold {:.2})",
                 ood.ood_detector, ood.ood_score, ood.ood_threshold
             ))
             .small()
@@ -826,52 +822,49 @@ pub const RESEARCH_USE_ONLY: &str = "Research use only: not a medical device; no
 /// The "Model facts" label of the selected adapter (Sendak et al. 2020), then its plots:
 /// reliability diagram, OOD score histogram with the current image's score, training curves.
 fn facts_ui(ui: &mut egui::Ui, info: &TaskInfo, ood_now: Option<&OodCheck>) {
-    egui::CollapsingHeader::new("Model facts").id_salt(("model_facts", &info.task)).default_open(true).show(
-        ui,
-        |ui| {
-            let facts = &info.facts;
-            if facts.research_use_only {
-                ui.label(RichText::new(RESEARCH_USE_ONLY).strong().color(Color32::from_rgb(230, 180, 60)));
+    egui::CollapsingHeader::new("Model facts").id_salt(("model_facts", &info.task)).default_open(true).show(ui, |ui| {
+        let facts = &info.facts;
+        if facts.research_use_only {
+            ui.label(RichText::new(RESEARCH_USE_ONLY).strong().color(Color32::from_rgb(230, 180, 60)));
+        }
+        egui::Grid::new(("model_facts_grid", &info.task)).num_columns(2).striped(true).show(ui, |ui| {
+            let mut row = |heading: &str, text: String| {
+                ui.label(RichText::new(heading).small().strong());
+                ui.add(egui::Label::new(RichText::new(text).small()).wrap());
+                ui.end_row();
+            };
+            let intended = facts.intended_use.trim();
+            row("Intended use", if intended.is_empty() { "not stated".into() } else { intended.into() });
+            row("Modality", modality_or_any(&info.modality).into());
+            row("Input", info.input_text.clone());
+            let dataset = info.training_dataset.trim();
+            let dataset = if dataset.is_empty() || crate::model::lora::looks_like_path(dataset) {
+                "not recorded"
+            } else {
+                dataset
+            };
+            let licence = if info.data_licence.is_empty() { "licence not stated" } else { &info.data_licence };
+            let sizes: Vec<String> = info.split_sizes.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            let sizes = if sizes.is_empty() { String::new() } else { format!("; {}", sizes.join(", ")) };
+            row("Training data", format!("{dataset} ({licence}){sizes}"));
+            if facts.test_intervals.is_empty() {
+                row("Test metrics", "no confusion matrix recorded".into());
             }
-            egui::Grid::new(("model_facts_grid", &info.task)).num_columns(2).striped(true).show(ui, |ui| {
-                let mut row = |heading: &str, text: String| {
-                    ui.label(RichText::new(heading).small().strong());
-                    ui.add(egui::Label::new(RichText::new(text).small()).wrap());
-                    ui.end_row();
-                };
-                let intended = facts.intended_use.trim();
-                row("Intended use", if intended.is_empty() { "not stated".into() } else { intended.into() });
-                row("Modality", modality_or_any(&info.modality).into());
-                row("Input", info.input_text.clone());
-                let dataset = info.training_dataset.trim();
-                let dataset = if dataset.is_empty() || crate::model::lora::looks_like_path(dataset) {
-                    "not recorded"
-                } else {
-                    dataset
-                };
-                let licence = if info.data_licence.is_empty() { "licence not stated" } else { &info.data_licence };
-                let sizes: Vec<String> = info.split_sizes.iter().map(|(s, n)| format!("{s} {n}")).collect();
-                let sizes = if sizes.is_empty() { String::new() } else { format!("; {}", sizes.join(", ")) };
-                row("Training data", format!("{dataset} ({licence}){sizes}"));
-                if facts.test_intervals.is_empty() {
-                    row("Test metrics", "no confusion matrix recorded".into());
-                }
-                for (k, i) in facts.test_intervals.iter().enumerate() {
-                    row(
-                        if k == 0 { "Test (95 % CI)" } else { "" },
-                        format!("{} {}, n = {}, {}", i.metric, crate::model::facts::interval_text(i), i.n, i.method),
-                    );
-                }
-                row("Calibration", calibration_text(info.calibration.as_ref()));
-                if facts.limitations.is_empty() {
-                    row("Limitations", "none stated".into());
-                }
-                for (k, l) in facts.limitations.iter().enumerate() {
-                    row(if k == 0 { "Limitations" } else { "" }, format!("• {l}"));
-                }
-            });
-        },
-    );
+            for (k, i) in facts.test_intervals.iter().enumerate() {
+                row(
+                    if k == 0 { "Test (95 % CI)" } else { "" },
+                    format!("{} {}, n = {}, {}", i.metric, crate::model::facts::interval_text(i), i.n, i.method),
+                );
+            }
+            row("Calibration", calibration_text(info.calibration.as_ref()));
+            if facts.limitations.is_empty() {
+                row("Limitations", "none stated".into());
+            }
+            for (k, l) in facts.limitations.iter().enumerate() {
+                row(if k == 0 { "Limitations" } else { "" }, format!("• {l}"));
+            }
+        });
+    });
     if let Some(calibration) = &info.calibration {
         egui::CollapsingHeader::new("Reliability diagram")
             .id_salt(("reliability", &info.task))
@@ -895,11 +888,11 @@ pub fn calibration_text(calibration: Option<&CalibrationView>) -> String {
         None => "uncalibrated: the probabilities are the raw softmax".into(),
         Some(c) => {
             let brier = match (c.brier_before, c.brier_after) {
-                (Some(b), Some(a)) => format!(", Brier {b:.3} → {a:.3}"),
+                (Some(b), Some(a)) => format!(", Brier {b:.3} -> {a:.3}"),
                 _ => String::new(),
             };
             format!(
-                "temperature {:.2} fitted on validation; test ECE {:.3} → {:.3}{brier}",
+                "temperature {:.2} fitted on validation; test ECE {:.3} -> {:.3}{brier}",
                 c.temperature, c.ece_before, c.ece_after
             )
         }
@@ -954,7 +947,9 @@ fn ood_histogram_plot(ui: &mut egui::Ui, task: &str, ood: &OodView, now: Option<
         .map(|&(lo, hi, count)| Bar::new((lo + hi) / 2.0, count as f64).width((hi - lo) * 0.95))
         .collect();
     small_plot(("ood_plot", task)).include_y(0.0).show(ui, |plot| {
-        plot.bar_chart(BarChart::new("validation images (in distribution)", bars).color(Color32::from_rgb(90, 160, 230)));
+        plot.bar_chart(
+            BarChart::new("validation images (in distribution)", bars).color(Color32::from_rgb(90, 160, 230)),
+        );
         plot.vline(VLine::new("threshold", ood.threshold).style(LineStyle::dashed_loose()).color(Color32::GRAY));
         if let Some(now) = now {
             let colour =

@@ -49,7 +49,7 @@ pub struct TaskInfo {
     pub data_licence: String,
     /// Images per split: `("train", 4690)`, ….
     pub split_sizes: Vec<(String, u64)>,
-    /// `56 × 56 px, mean …, std …, CLS ‖ mean-patch`.
+    /// `56 × 56 px, mean …, std …, CLS + mean of patch tokens`.
     pub input_text: String,
     pub calibration: Option<CalibrationView>,
     pub ood: Option<OodView>,
@@ -128,7 +128,7 @@ impl TaskInfo {
                 match m.pooling {
                     crate::model::Pooling::Cls => "CLS token",
                     crate::model::Pooling::MeanPatch => "mean of patch tokens",
-                    crate::model::Pooling::ClsMeanPatch => "CLS ‖ mean of patch tokens",
+                    crate::model::Pooling::ClsMeanPatch => "CLS + mean of patch tokens",
                 }
             ),
             calibration: calibration_view(m),
@@ -173,7 +173,7 @@ pub fn report_history(text: &str, task: &str) -> Option<Vec<EpochPoint>> {
 
 /// Fills each task's training curves from the reports in `dir` (`*.report.json`, matched by
 /// their `task`). Reports are at most a few hundred KB; larger files are not read.
-fn attach_histories(tasks: &mut [TaskInfo], dir: &Path) {
+pub fn attach_histories(tasks: &mut [TaskInfo], dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         let is_report = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".report.json"));
@@ -588,6 +588,24 @@ mod tests {
             task: "t".into(),
             heatmap: false,
         }
+    }
+
+    #[test]
+    fn report_history_reads_the_epochs_of_its_own_task_only() {
+        let text = r#"{"task": "chest", "history": [
+            {"epoch": 1, "train_loss": 0.5, "val_macro_auc": 0.9, "val_loss": 0.4},
+            {"epoch": 2, "train_loss": 0.3, "val_macro_auc": null, "val_loss": 0.35}]}"#;
+        let history = report_history(text, "chest").unwrap();
+        assert_eq!(
+            history,
+            [
+                EpochPoint { epoch: 1, train_loss: 0.5, val_loss: Some(0.4), val_auc: Some(0.9) },
+                EpochPoint { epoch: 2, train_loss: 0.3, val_loss: Some(0.35), val_auc: None },
+            ]
+        );
+        assert_eq!(report_history(text, "other"), None);
+        assert_eq!(report_history("not json", "chest"), None);
+        assert_eq!(report_history(r#"{"task": "chest", "history": [{"epoch": 1}]}"#, "chest"), None);
     }
 
     #[test]

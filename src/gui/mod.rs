@@ -35,9 +35,12 @@ use crate::series::Series;
 use loader::{short_name, Loader, LoaderEvent, THUMBNAIL_SIDE};
 
 pub use audit_worker::{ExposedImage, GALLERY_SIZE};
-pub use diagnosis::{DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction};
+pub use diagnosis::{
+    DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction, GREYED_CAPTION, RESEARCH_USE_ONLY,
+};
 pub use diagnosis_worker::{
-    AdapterLayout, CalibrationView, EpochPoint, ImageKey, ImportFields, OodView, ReliabilityBin, TaskInfo, TaskRow,
+    attach_histories, AdapterLayout, CalibrationView, EpochPoint, ImageKey, ImportFields, OodView, ReliabilityBin,
+    TaskInfo, TaskRow,
 };
 pub use privacy::{PathField, PrivacyCommand, PrivacyPanel, RunState};
 pub use shortcuts::SHORTCUTS;

@@ -421,7 +421,9 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
     let dir = adapters_dir(&args.adapters);
     if dir.as_deref().is_none_or(|d| adapter_files(d).is_empty()) {
         if let Some(task) = &args.task {
-            return Err(Error::Config(format!("no adapter '{task}': the adapters folder holds none; {NO_ADAPTERS_HINT}")));
+            return Err(Error::Config(format!(
+                "no adapter '{task}': the adapters folder holds none; {NO_ADAPTERS_HINT}"
+            )));
         }
         if args.json {
             let folder = dir.as_ref().map(|d| d.display().to_string());
@@ -507,7 +509,8 @@ pub fn summary_line(m: &AdapterMetadata, task_width: usize) -> String {
     if let Some(acc) = m.metrics.get("test_accuracy") {
         metrics.push(format!("ACC {acc:.3}"));
     }
-    let metrics = if metrics.is_empty() { "no test metrics".to_string() } else { format!("test {}", metrics.join(", ")) };
+    let metrics =
+        if metrics.is_empty() { "no test metrics".to_string() } else { format!("test {}", metrics.join(", ")) };
     let calibration = calibration_text(m);
     let calibration = calibration.split(' ').next().unwrap_or_default();
     format!(

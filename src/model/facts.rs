@@ -142,10 +142,7 @@ pub fn for_training(
     all.push(format!(
         "Trained and tested on {data} only: performance on other sites, devices and populations is unknown"
     ));
-    all.push(format!(
-        "Sees each image at {0} × {0} px: detail finer than that is not used",
-        meta.input_size
-    ));
+    all.push(format!("Sees each image at {0} × {0} px: detail finer than that is not used", meta.input_size));
     for (label, row) in meta.labels.iter().zip(confusion) {
         let n: u64 = row.iter().sum();
         if n < FEW_TEST_IMAGES {

@@ -155,7 +155,12 @@ pub struct ModelFacts {
 
 impl Default for ModelFacts {
     fn default() -> Self {
-        Self { intended_use: String::new(), limitations: Vec::new(), research_use_only: true, test_intervals: Vec::new() }
+        Self {
+            intended_use: String::new(),
+            limitations: Vec::new(),
+            research_use_only: true,
+            test_intervals: Vec::new(),
+        }
     }
 }
 

@@ -12,8 +12,8 @@
 pub mod bench;
 pub mod cli;
 pub mod engine;
-pub mod facts;
 mod error;
+pub mod facts;
 pub mod kernels;
 pub mod lora;
 mod safetensors_io;

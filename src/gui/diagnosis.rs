@@ -242,7 +242,7 @@ impl DiagnosisPanel {
                     );
                     self.selected = Some(info.task.clone());
                     self.task_chosen = true;
-                    self.tasks.push(info);
+                    self.tasks.push(*info);
                     self.import.open = false;
                     self.requested_all = None;
                     messages.push((MessageLevel::Info, text, Vec::new()));

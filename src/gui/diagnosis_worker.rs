@@ -140,12 +140,20 @@ impl TaskInfo {
 
 /// The calibration the adapter records, for the panel. Issue 15's calibration (another
 /// change, in the library) adds it to the metadata; until then no adapter has one and every
-/// adapter is shown as uncalibrated. This is the one function that maps it.
+/// adapter is shown as uncalibrated. This is the one function that maps it; with
+/// `AdapterMetadata::calibration: Option<Calibration>` it becomes
+/// `m.calibration.as_ref().map(|c| CalibrationView { temperature: c.temperature, ece_before:
+/// c.ece_before, ece_after: c.ece_after, brier_before: Some(c.brier_before), brier_after:
+/// Some(c.brier_after), bins: c.reliability_after.iter().map(|b| ReliabilityBin { count: b.count,
+/// mean_confidence: b.confidence, accuracy: b.accuracy }).collect() })`.
 fn calibration_view(_m: &AdapterMetadata) -> Option<CalibrationView> {
     None
 }
 
-/// The OOD statistics the adapter records, for the panel (see [`calibration_view`]).
+/// The OOD statistics the adapter records, for the panel (see [`calibration_view`]); with
+/// `AdapterMetadata::ood: Option<OodSummary>`: detector `o.detector.name()`, threshold
+/// `o.threshold(o.detector)`, and the validation scores' histogram once the summary keeps one
+/// (without it the plot shows the threshold and the image's score).
 fn ood_view(_m: &AdapterMetadata) -> Option<OodView> {
     None
 }
@@ -273,7 +281,8 @@ pub enum DiagnosisEvent {
         rows: Vec<TaskRow>,
     },
     AdapterLoaded {
-        info: TaskInfo,
+        /// Boxed: the facts make it far larger than the other events.
+        info: Box<TaskInfo>,
         path: PathBuf,
     },
     /// A request failed (bad image, bad adapter, a panic); the worker keeps serving.
@@ -499,7 +508,7 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
                 return no_engine("Loading the adapter");
             };
             match load_adapter(engine, &path, layout, &fields) {
-                Ok(info) => DiagnosisEvent::AdapterLoaded { info, path },
+                Ok(info) => DiagnosisEvent::AdapterLoaded { info: Box::new(info), path },
                 Err(message) => DiagnosisEvent::Failed { what: "Loading the adapter", message, key: None },
             }
         }

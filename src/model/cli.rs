@@ -490,7 +490,9 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
 
 /// Whether the adapter's probabilities went through a fitted temperature.
 // Issue 15's calibration (another change) adds the fitted temperature to the metadata; this
-// is the one place that reads it for the listing and the label.
+// is the one place that reads it for the listing and the label. With
+// `AdapterMetadata::calibration: Option<Calibration>`: `Some(c)` gives
+// `format!("calibrated: temperature {:.2} fitted on {}; test ECE {:.3} -> {:.3}", …)`.
 fn calibration_text(_m: &AdapterMetadata) -> String {
     "uncalibrated (raw softmax; no temperature fitted)".into()
 }
@@ -512,7 +514,7 @@ pub fn summary_line(m: &AdapterMetadata, task_width: usize) -> String {
     let metrics =
         if metrics.is_empty() { "no test metrics".to_string() } else { format!("test {}", metrics.join(", ")) };
     let calibration = calibration_text(m);
-    let calibration = calibration.split(' ').next().unwrap_or_default();
+    let calibration = calibration.split([' ', ':']).next().unwrap_or_default();
     format!(
         "{:<task_width$}  {classes}  {}  {metrics}  {calibration}",
         m.task,

@@ -215,4 +215,31 @@ mod tests {
         metrics.insert("test_confusion.b.b".into(), 0.5);
         assert_eq!(recorded_confusion(&labels, &metrics), None);
     }
+
+    #[test]
+    fn training_facts_put_the_given_limitations_first_and_flag_small_classes() {
+        let json = serde_json::json!({
+            "task": "chest", "labels": ["normal", "pneumonia"], "rank": 4, "alpha": 4.0, "target": "q_v",
+            "input_size": 56, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "modality": "CR",
+            "backbone_sha256": "0".repeat(64), "training": {"dataset": "PneumoniaMNIST (MedMNIST v2)"}
+        });
+        let meta: AdapterMetadata = serde_json::from_value(json).unwrap();
+        let confusion = vec![vec![20, 5], vec![3, 300]];
+        let given = vec!["Adults only".to_string(), "  ".to_string()];
+        let facts = for_training(&meta, "", &given, &confusion, Some(0.95));
+        assert!(facts.research_use_only);
+        assert!(facts.intended_use.starts_with("Research: sorts CR images into normal, pneumonia (chest)"));
+        assert_eq!(facts.limitations[0], "Adults only", "given first, blank ones dropped");
+        assert!(facts.limitations[1].contains("PneumoniaMNIST (MedMNIST v2) only"));
+        assert!(facts.limitations[2].contains("56 × 56 px"));
+        assert_eq!(
+            facts.limitations[3],
+            "Only 25 test images of 'normal': its sensitivity is uncertain (see its interval)"
+        );
+        assert_eq!(facts.limitations.len(), 4, "pneumonia has enough test images");
+        assert_eq!(facts.test_intervals.len(), 4);
+        let stated = for_training(&meta, "  Screening study X  ", &[], &confusion, None);
+        assert_eq!(stated.intended_use, "Screening study X");
+        assert!(!stated.test_intervals.iter().any(|i| i.metric == "auc"), "no AUC given, no interval");
+    }
 }

@@ -46,7 +46,6 @@ pub struct PredictArgs {
 
 /// `melo adapters [TASK] [--json]`, `melo adapters import-melo|import-peft …`
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct AdaptersArgs {
     #[command(subcommand)]
     pub action: Option<AdaptersAction>,

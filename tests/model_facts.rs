@@ -138,6 +138,17 @@ fn adapters_task_prints_the_facts_label() {
     assert_eq!(json["facts"]["research_use_only"], true);
     assert_eq!(json["facts"]["test_intervals"][0]["metric"], "accuracy");
 
+    // The optional TASK leaves the import subcommands (and the global folder option) alone.
+    let out = melo()
+        .args(["adapters", "--adapters"])
+        .arg(adapters_dir())
+        .args(["import-melo", "missing.pth"])
+        .args(["--task", "t", "--alpha", "4"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.pth") && !stderr.contains("Usage"), "{stderr}");
+
     let out = melo().args(["adapters", "no_such_task"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -15,7 +15,7 @@ use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use melo::gui::{
     attach_histories, AppOptions, CalibrationView, EngineState, ImageKey, MeloApp, OodView, ReliabilityBin,
-    ShownPrediction, TaskInfo, GREYED_CAPTION, RESEARCH_USE_ONLY,
+    ShownPrediction, TaskInfo, TaskRow, GREYED_CAPTION, RESEARCH_USE_ONLY,
 };
 use melo::model::engine::{OodCheck, Prediction};
 use melo::model::lora::Adapter;
@@ -172,4 +172,29 @@ fn calibration_and_ood_plots_appear_when_the_adapter_has_them() {
     harness.get_by_label("Training curves").click();
     harness.run_steps(3);
     assert!(shown(&harness, "3 epochs, from the training report"));
+}
+
+#[test]
+fn the_all_tasks_table_marks_out_of_distribution_rows() {
+    let mut harness = app_with(pneumonia_info());
+    show(&mut harness, None, false);
+    let app = harness.state_mut();
+    let key = app.diagnosis.shown.as_ref().unwrap().key;
+    let row = |task: &str, p: f32, ood: OodCheck| TaskRow {
+        prediction: Prediction {
+            task: task.into(),
+            labels: vec!["a".into(), "b".into()],
+            probabilities: vec![1.0 - p, p],
+            multi_label: false,
+            calibrated: false,
+            ood: Some(ood),
+        },
+        latency_ms: 5.0,
+    };
+    app.diagnosis.show_all_tasks = true;
+    app.diagnosis.all_tasks =
+        Some((key, vec![row("pneumonia", 0.616, ood(412.5, 260.25)), row("other", 0.9, ood(10.0, 260.25))]));
+    harness.run_steps(3);
+    assert!(shown(&harness, "61.6 % (out of distribution)"), "the OOD row is not marked");
+    assert!(shown(&harness, "90.0 %") && !shown(&harness, "90.0 % (out of distribution)"), "in-distribution row");
 }

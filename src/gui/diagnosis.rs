@@ -1001,8 +1001,22 @@ fn all_tasks_ui(ui: &mut egui::Ui, rows: &[TaskRow], tasks: &[TaskInfo]) {
             let modality = tasks.iter().find(|t| t.task == row.prediction.task).map_or("", |t| t.modality.as_str());
             ui.label(&row.prediction.task);
             ui.label(modality_or_any(modality));
-            ui.label(top);
-            ui.label(format!("{:.1} %", p * 100.0));
+            match row.prediction.ood.as_ref().filter(|o| !o.in_distribution) {
+                // Out of distribution for this adapter: greyed and said, as in the main view.
+                Some(ood) => {
+                    let grey = Color32::from_gray(130);
+                    ui.label(RichText::new(top).color(grey));
+                    ui.label(RichText::new(format!("{:.1} % (out of distribution)", p * 100.0)).color(grey))
+                        .on_hover_text(format!(
+                            "{} score {:.2} > threshold {:.2}",
+                            ood.ood_detector, ood.ood_score, ood.ood_threshold
+                        ));
+                }
+                None => {
+                    ui.label(top);
+                    ui.label(format!("{:.1} %", p * 100.0));
+                }
+            }
             ui.label(format!("{:.0}", row.latency_ms));
             ui.end_row();
         }

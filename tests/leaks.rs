@@ -128,6 +128,8 @@ fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
         head_epochs: 0,
         head_lr: 3e-3,
         progress: false,
+        intended_use: String::new(),
+        limitations: Vec::new(),
     }
 }
 

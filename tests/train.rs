@@ -577,6 +577,8 @@ fn options(data: PathBuf, out: PathBuf, method: Method, epochs: usize) -> TrainO
         head_epochs: 0,
         head_lr: 3e-3,
         progress: false,
+        intended_use: String::new(),
+        limitations: Vec::new(),
     }
 }
 
@@ -633,10 +635,21 @@ fn linear_probe_and_full_fine_tuning_run_and_count_parameters() {
     let data = medmnist("breastmnist.npz");
     let dir = tempfile::tempdir().unwrap();
     let linear = dir.path().join("linear.safetensors");
-    let report = train(&options(data.clone(), linear.clone(), Method::Linear, 3)).unwrap();
+    let mut o = options(data.clone(), linear.clone(), Method::Linear, 3);
+    o.limitations = vec!["Checked on 24 images per split only".into()];
+    let report = train(&o).unwrap();
     assert_eq!(report.trainable_parameters, 2 * 768 + 2);
     let adapter = Adapter::load(&linear).unwrap();
     assert_eq!(adapter.head_weight().dims(), &[2, 768]);
+    // Its model facts: the given limitation first, a research-use intended use, and the
+    // accuracy interval around the report's test accuracy.
+    let facts = &adapter.metadata().facts;
+    assert!(facts.research_use_only && facts.intended_use.starts_with("Research: sorts US images"));
+    assert_eq!(facts.limitations[0], "Checked on 24 images per split only");
+    let accuracy = &facts.test_intervals[0];
+    assert_eq!((accuracy.metric.as_str(), accuracy.n as usize), ("accuracy", report.test_samples));
+    assert!((accuracy.value - report.test.accuracy).abs() < 1e-12);
+    assert!(accuracy.low <= accuracy.value && accuracy.value <= accuracy.high);
 
     let full = dir.path().join("full.safetensors");
     let mut o = options(data, full.clone(), Method::Full, 1);

@@ -12,15 +12,16 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
 use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions};
-use egui_plot::{Bar, BarChart, Plot};
+use egui_plot::{Bar, BarChart, Legend, Line, LineStyle, Plot, PlotPoints, VLine};
 
 use super::diagnosis_worker::{
-    AdapterLayout, DiagnosisEvent, DiagnosisRequest, DiagnosisWorker, ImageKey, ImportFields, TaskInfo, TaskRow,
+    AdapterLayout, CalibrationView, DiagnosisEvent, DiagnosisRequest, DiagnosisWorker, EpochPoint, ImageKey,
+    ImportFields, OodView, TaskInfo, TaskRow,
 };
 use super::viewer::Viewer;
 use super::{Command, MessageLevel};
 use crate::image::MedicalImage;
-use crate::model::engine::{Heatmap, Prediction};
+use crate::model::engine::{Heatmap, OodCheck, Prediction};
 
 /// Largest side of the heatmap texture (the map is smooth; more pixels show nothing new).
 const HEATMAP_MAX_SIDE: usize = 512;
@@ -241,7 +242,7 @@ impl DiagnosisPanel {
                     );
                     self.selected = Some(info.task.clone());
                     self.task_chosen = true;
-                    self.tasks.push(info);
+                    self.tasks.push(*info);
                     self.import.open = false;
                     self.requested_all = None;
                     messages.push((MessageLevel::Info, text, Vec::new()));
@@ -553,7 +554,7 @@ impl DiagnosisPanel {
                 let failed = self.failure.as_ref().filter(|(k, _)| *k == key);
                 let shown = self.shown.as_ref().filter(|s| s.key == key && s.prediction.task == info.task);
                 match (shown, failed) {
-                    (Some(shown), _) => probabilities_ui(ui, &shown.prediction),
+                    (Some(shown), _) => prediction_ui(ui, &shown.prediction, &info),
                     (None, Some((_, message))) => {
                         ui.label(
                             RichText::new(format!("Cannot classify this image: {message}"))
@@ -569,6 +570,11 @@ impl DiagnosisPanel {
                 }
             }
         }
+
+        let ood_now = key
+            .and_then(|key| self.shown.as_ref().filter(|s| s.key == key && s.prediction.task == info.task))
+            .and_then(|s| s.prediction.ood.clone());
+        facts_ui(ui, &info, ood_now.as_ref());
 
         ui.separator();
         let mut heatmap = self.heatmap_enabled;
@@ -713,10 +719,56 @@ pub fn modality_warning(image_modality: &str, adapter_modality: &str) -> Option<
         .then(|| format!("Modality mismatch: this image is {have}, the adapter is meant for {wanted}"))
 }
 
-/// The bar chart and, under it, the same numbers as text (readable, and findable by tests).
-fn probabilities_ui(ui: &mut egui::Ui, prediction: &Prediction) {
+/// The out-of-distribution banner, or the quiet in-distribution line, then the probabilities
+/// (greyed when the image is out of distribution) marked *uncalibrated* when they are the raw
+/// softmax.
+fn prediction_ui(ui: &mut egui::Ui, prediction: &Prediction, info: &TaskInfo) {
+    let outside = prediction.ood.as_ref().filter(|o| !o.in_distribution);
+    if let Some(ood) = outside {
+        egui::Frame::new().fill(Color32::from_rgb(110, 60, 20)).inner_margin(6.0).corner_radius(4.0).show(ui, |ui| {
+            ui.label(RichText::new(ood_banner_text(ood, &info.training_dataset)).color(Color32::WHITE).strong());
+        });
+    } else if let Some(ood) = &prediction.ood {
+        ui.label(
+            RichText::new(format!(
+                "Looks like the training images ({} score {:.2} <= threshold {:.2})",
+                ood.ood_detector, ood.ood_score, ood.ood_threshold
+            ))
+            .small()
+            .weak(),
+        );
+    }
+    probabilities_ui(ui, prediction, outside.is_some());
+}
+
+/// The banner shown above the probabilities of an out-of-distribution image.
+pub fn ood_banner_text(ood: &OodCheck, dataset: &str) -> String {
+    let trained_on = trained_on_text(dataset).map(|t| format!(" ({})", t.to_lowercase())).unwrap_or_default();
+    format!(
+        "This image does not look like the images this model was trained on{trained_on}: {} score {:.2} > \
+         threshold {:.2}. The probabilities below are not reliable for it.",
+        ood.ood_detector, ood.ood_score, ood.ood_threshold
+    )
+}
+
+/// The caption under greyed probabilities.
+pub const GREYED_CAPTION: &str = "Probabilities greyed: the image is out of distribution";
+
+/// The bar chart and, under it, the same numbers as text (readable, and findable by tests);
+/// grey when `greyed`.
+fn probabilities_ui(ui: &mut egui::Ui, prediction: &Prediction, greyed: bool) {
     let (top, p) = prediction.top();
-    ui.label(RichText::new(format!("{top}: {:.1} %", p * 100.0)).strong().size(16.0));
+    let grey = Color32::from_gray(130);
+    ui.horizontal(|ui| {
+        let headline = RichText::new(format!("{top}: {:.1} %", p * 100.0)).strong().size(16.0);
+        ui.label(if greyed { headline.color(grey) } else { headline });
+        if !prediction.calibrated {
+            ui.label(RichText::new("uncalibrated").italics().weak()).on_hover_text(
+                "The raw softmax of the adapter: no temperature was fitted on validation data, so \
+                 a probability of 90 % need not be right 90 % of the time.",
+            );
+        }
+    });
     let bars: Vec<Bar> = prediction
         .probabilities
         .iter()
@@ -745,18 +797,197 @@ fn probabilities_ui(ui: &mut egui::Ui, prediction: &Prediction) {
             }
         })
         .show(ui, |plot| {
-            plot.bar_chart(BarChart::new("probability", bars).color(Color32::from_rgb(90, 160, 230)));
+            let colour = if greyed { grey } else { Color32::from_rgb(90, 160, 230) };
+            plot.bar_chart(BarChart::new("probability", bars).color(colour));
         });
     egui::Grid::new("diagnosis_probability_rows").num_columns(2).show(ui, |ui| {
         for (label, p) in prediction.labels.iter().zip(&prediction.probabilities) {
-            ui.label(label);
-            ui.label(format!("{:.1} %", p * 100.0));
+            let text = |t: String| if greyed { RichText::new(t).color(grey) } else { RichText::new(t) };
+            ui.label(text(label.clone()));
+            ui.label(text(format!("{:.1} %", p * 100.0)));
             ui.end_row();
         }
     });
+    if greyed {
+        ui.label(RichText::new(GREYED_CAPTION).small().color(grey));
+    }
     if prediction.multi_label {
         ui.label(RichText::new("Multi-label task: each probability is independent").small().weak());
     }
+}
+
+/// The line every facts panel starts with.
+pub const RESEARCH_USE_ONLY: &str = "Research use only: not a medical device; not for diagnosis or treatment decisions";
+
+/// The "Model facts" label of the selected adapter (Sendak et al. 2020), then its plots:
+/// reliability diagram, OOD score histogram with the current image's score, training curves.
+fn facts_ui(ui: &mut egui::Ui, info: &TaskInfo, ood_now: Option<&OodCheck>) {
+    egui::CollapsingHeader::new("Model facts").id_salt(("model_facts", &info.task)).default_open(true).show(ui, |ui| {
+        let facts = &info.facts;
+        if facts.research_use_only {
+            ui.label(RichText::new(RESEARCH_USE_ONLY).strong().color(Color32::from_rgb(230, 180, 60)));
+        }
+        egui::Grid::new(("model_facts_grid", &info.task)).num_columns(2).striped(true).show(ui, |ui| {
+            let mut row = |heading: &str, text: String| {
+                ui.label(RichText::new(heading).small().strong());
+                ui.add(egui::Label::new(RichText::new(text).small()).wrap());
+                ui.end_row();
+            };
+            let intended = facts.intended_use.trim();
+            row("Intended use", if intended.is_empty() { "not stated".into() } else { intended.into() });
+            row("Modality", modality_or_any(&info.modality).into());
+            row("Input", info.input_text.clone());
+            let dataset = info.training_dataset.trim();
+            let dataset = if dataset.is_empty() || crate::model::lora::looks_like_path(dataset) {
+                "not recorded"
+            } else {
+                dataset
+            };
+            let licence = if info.data_licence.is_empty() { "licence not stated" } else { &info.data_licence };
+            let sizes: Vec<String> = info.split_sizes.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            let sizes = if sizes.is_empty() { String::new() } else { format!("; {}", sizes.join(", ")) };
+            row("Training data", format!("{dataset} ({licence}){sizes}"));
+            if facts.test_intervals.is_empty() {
+                row("Test metrics", "no confusion matrix recorded".into());
+            }
+            for (k, i) in facts.test_intervals.iter().enumerate() {
+                row(
+                    if k == 0 { "Test (95 % CI)" } else { "" },
+                    format!("{} {}, n = {}, {}", i.metric, crate::model::facts::interval_text(i), i.n, i.method),
+                );
+            }
+            row("Calibration", calibration_text(info.calibration.as_ref()));
+            if facts.limitations.is_empty() {
+                row("Limitations", "none stated".into());
+            }
+            for (k, l) in facts.limitations.iter().enumerate() {
+                row(if k == 0 { "Limitations" } else { "" }, format!("• {l}"));
+            }
+        });
+    });
+    if let Some(calibration) = &info.calibration {
+        egui::CollapsingHeader::new("Reliability diagram")
+            .id_salt(("reliability", &info.task))
+            .show(ui, |ui| reliability_plot(ui, &info.task, calibration));
+    }
+    if let Some(ood) = &info.ood {
+        egui::CollapsingHeader::new("Out-of-distribution score")
+            .id_salt(("ood_histogram", &info.task))
+            .show(ui, |ui| ood_histogram_plot(ui, &info.task, ood, ood_now));
+    }
+    if !info.history.is_empty() {
+        egui::CollapsingHeader::new("Training curves")
+            .id_salt(("training_curves", &info.task))
+            .show(ui, |ui| training_curves_plot(ui, &info.task, &info.history));
+    }
+}
+
+/// "uncalibrated" or the fitted temperature with ECE before and after.
+pub fn calibration_text(calibration: Option<&CalibrationView>) -> String {
+    match calibration {
+        None => "uncalibrated: the probabilities are the raw softmax".into(),
+        Some(c) => {
+            let brier = match (c.brier_before, c.brier_after) {
+                (Some(b), Some(a)) => format!(", Brier {b:.3} -> {a:.3}"),
+                _ => String::new(),
+            };
+            format!(
+                "temperature {:.2} fitted on validation; test ECE {:.3} -> {:.3}{brier}",
+                c.temperature, c.ece_before, c.ece_after
+            )
+        }
+    }
+}
+
+fn small_plot(id: impl std::hash::Hash + std::fmt::Debug) -> Plot<'static> {
+    Plot::new(id)
+        .height(130.0)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .allow_boxed_zoom(false)
+        .allow_double_click_reset(false)
+        .legend(Legend::default())
+}
+
+/// Accuracy per confidence bin against the diagonal of perfect calibration.
+fn reliability_plot(ui: &mut egui::Ui, task: &str, c: &CalibrationView) {
+    let n = c.bins.len().max(1) as f64;
+    let width = 1.0 / n;
+    let bars: Vec<Bar> = c
+        .bins
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.count > 0)
+        .map(|(i, b)| {
+            Bar::new((i as f64 + 0.5) * width, b.accuracy)
+                .width(width * 0.9)
+                .name(format!("{} images, confidence {:.2}", b.count, b.mean_confidence))
+        })
+        .collect();
+    small_plot(("reliability_plot", task)).include_x(0.0).include_x(1.0).include_y(0.0).include_y(1.0).show(
+        ui,
+        |plot| {
+            plot.line(
+                Line::new("perfect calibration", PlotPoints::from(vec![[0.0, 0.0], [1.0, 1.0]]))
+                    .style(LineStyle::dashed_loose())
+                    .color(Color32::GRAY),
+            );
+            plot.bar_chart(BarChart::new("test accuracy per confidence bin", bars));
+        },
+    );
+    ui.label(RichText::new(calibration_text(Some(c))).small());
+}
+
+/// In-distribution validation scores as a histogram, the threshold, and this image's score.
+fn ood_histogram_plot(ui: &mut egui::Ui, task: &str, ood: &OodView, now: Option<&OodCheck>) {
+    let bars: Vec<Bar> = ood
+        .validation_histogram
+        .iter()
+        .map(|&(lo, hi, count)| Bar::new((lo + hi) / 2.0, count as f64).width((hi - lo) * 0.95))
+        .collect();
+    small_plot(("ood_plot", task)).include_y(0.0).show(ui, |plot| {
+        plot.bar_chart(
+            BarChart::new("validation images (in distribution)", bars).color(Color32::from_rgb(90, 160, 230)),
+        );
+        plot.vline(VLine::new("threshold", ood.threshold).style(LineStyle::dashed_loose()).color(Color32::GRAY));
+        if let Some(now) = now {
+            let colour =
+                if now.in_distribution { Color32::from_rgb(80, 200, 120) } else { Color32::from_rgb(235, 90, 80) };
+            plot.vline(VLine::new("this image", f64::from(now.ood_score)).color(colour).width(2.0));
+        }
+    });
+    let text = match now {
+        Some(now) => format!(
+            "{}: this image {:.2}, threshold {:.2} ({})",
+            ood.detector,
+            now.ood_score,
+            ood.threshold,
+            if now.in_distribution { "in distribution" } else { "out of distribution" }
+        ),
+        None => format!("{}: threshold {:.2}", ood.detector, ood.threshold),
+    };
+    ui.label(RichText::new(text).small());
+}
+
+/// Training loss, validation loss and validation macro AUC per epoch.
+fn training_curves_plot(ui: &mut egui::Ui, task: &str, history: &[EpochPoint]) {
+    let series = |f: &dyn Fn(&EpochPoint) -> Option<f64>| -> Vec<[f64; 2]> {
+        history.iter().filter_map(|e| f(e).map(|v| [e.epoch as f64, v])).collect()
+    };
+    let train_loss = series(&|e| Some(e.train_loss));
+    let val_loss = series(&|e| e.val_loss);
+    let val_auc = series(&|e| e.val_auc);
+    small_plot(("training_curves_plot", task)).include_y(0.0).include_y(1.0).show(ui, |plot| {
+        plot.line(Line::new("train loss", PlotPoints::from(train_loss)));
+        if !val_loss.is_empty() {
+            plot.line(Line::new("validation loss", PlotPoints::from(val_loss)));
+        }
+        if !val_auc.is_empty() {
+            plot.line(Line::new("validation macro AUC", PlotPoints::from(val_auc)));
+        }
+    });
+    ui.label(RichText::new(format!("{} epochs, from the training report", history.len())).small());
 }
 
 fn all_tasks_ui(ui: &mut egui::Ui, rows: &[TaskRow], tasks: &[TaskInfo]) {
@@ -770,8 +1001,22 @@ fn all_tasks_ui(ui: &mut egui::Ui, rows: &[TaskRow], tasks: &[TaskInfo]) {
             let modality = tasks.iter().find(|t| t.task == row.prediction.task).map_or("", |t| t.modality.as_str());
             ui.label(&row.prediction.task);
             ui.label(modality_or_any(modality));
-            ui.label(top);
-            ui.label(format!("{:.1} %", p * 100.0));
+            match row.prediction.ood.as_ref().filter(|o| !o.in_distribution) {
+                // Out of distribution for this adapter: greyed and said, as in the main view.
+                Some(ood) => {
+                    let grey = Color32::from_gray(130);
+                    ui.label(RichText::new(top).color(grey));
+                    ui.label(RichText::new(format!("{:.1} % (out of distribution)", p * 100.0)).color(grey))
+                        .on_hover_text(format!(
+                            "{} score {:.2} > threshold {:.2}",
+                            ood.ood_detector, ood.ood_score, ood.ood_threshold
+                        ));
+                }
+                None => {
+                    ui.label(top);
+                    ui.label(format!("{:.1} %", p * 100.0));
+                }
+            }
             ui.label(format!("{:.0}", row.latency_ms));
             ui.end_row();
         }

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::image::MedicalImage;
 use crate::model::engine::{Heatmap, Prediction};
-use crate::model::lora::{Adapter, ImportOptions};
+use crate::model::lora::{Adapter, AdapterMetadata, ImportOptions, ModelFacts};
 use crate::model::Engine;
 
 /// Which slice of which loaded series an image is: results are matched to the view by this.
@@ -43,11 +43,65 @@ pub struct TaskInfo {
     pub input_size: usize,
     pub parameter_count: usize,
     pub multi_label: bool,
+    /// Intended use, limitations, research use, test intervals (computed from the recorded
+    /// confusion matrix for adapters that predate the facts).
+    pub facts: ModelFacts,
+    pub data_licence: String,
+    /// Images per split: `("train", 4690)`, ….
+    pub split_sizes: Vec<(String, u64)>,
+    /// `56 × 56 px, mean …, std …, CLS + mean of patch tokens`.
+    pub input_text: String,
+    pub calibration: Option<CalibrationView>,
+    pub ood: Option<OodView>,
+    /// Per-epoch training curves, from the training report beside the adapter file.
+    pub history: Vec<EpochPoint>,
+}
+
+/// The adapter's temperature scaling as the panel draws it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationView {
+    pub temperature: f64,
+    pub ece_before: f64,
+    pub ece_after: f64,
+    pub brier_before: Option<f64>,
+    pub brier_after: Option<f64>,
+    /// Equal-width confidence bins over 0..1 on the test split, after scaling.
+    pub bins: Vec<ReliabilityBin>,
+}
+
+/// One bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReliabilityBin {
+    pub count: u64,
+    pub mean_confidence: f64,
+    pub accuracy: f64,
+}
+
+/// The adapter's out-of-distribution detector: its threshold and the scores of the
+/// in-distribution validation images, as a histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OodView {
+    pub detector: String,
+    pub threshold: f64,
+    /// (lower edge, upper edge, validation images) per bin.
+    pub validation_histogram: Vec<(f64, f64, u64)>,
+}
+
+/// One epoch of a training run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochPoint {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub val_auc: Option<f64>,
 }
 
 impl TaskInfo {
-    fn of(adapter: &Adapter) -> Self {
+    /// What the panel shows of `adapter` (training curves are attached from the report separately).
+    pub fn of(adapter: &Adapter) -> Self {
         let m = adapter.metadata();
+        let mut facts = m.facts.clone();
+        facts.test_intervals = crate::model::facts::intervals_of(m);
         Self {
             task: m.task.clone(),
             labels: m.labels.clone(),
@@ -60,6 +114,85 @@ impl TaskInfo {
             input_size: m.input_size,
             parameter_count: adapter.parameter_count(),
             multi_label: m.multi_label,
+            facts,
+            data_licence: m.data_set.licence.clone(),
+            split_sizes: ["train", "val", "test"]
+                .iter()
+                .filter_map(|s| m.data_set.counts.get(*s).map(|c| (s.to_string(), c.values().sum())))
+                .collect(),
+            input_text: format!(
+                "{0} × {0} px, mean {1:?}, std {2:?}, {3}",
+                m.input_size,
+                m.mean,
+                m.std,
+                match m.pooling {
+                    crate::model::Pooling::Cls => "CLS token",
+                    crate::model::Pooling::MeanPatch => "mean of patch tokens",
+                    crate::model::Pooling::ClsMeanPatch => "CLS + mean of patch tokens",
+                }
+            ),
+            calibration: calibration_view(m),
+            ood: ood_view(m),
+            history: Vec::new(),
+        }
+    }
+}
+
+/// The calibration the adapter records, for the panel. Issue 15's calibration (another
+/// change, in the library) adds it to the metadata; until then no adapter has one and every
+/// adapter is shown as uncalibrated. This is the one function that maps it; with
+/// `AdapterMetadata::calibration: Option<Calibration>` it becomes
+/// `m.calibration.as_ref().map(|c| CalibrationView { temperature: c.temperature, ece_before:
+/// c.ece_before, ece_after: c.ece_after, brier_before: Some(c.brier_before), brier_after:
+/// Some(c.brier_after), bins: c.reliability_after.iter().map(|b| ReliabilityBin { count: b.count,
+/// mean_confidence: b.confidence, accuracy: b.accuracy }).collect() })`.
+fn calibration_view(_m: &AdapterMetadata) -> Option<CalibrationView> {
+    None
+}
+
+/// The OOD statistics the adapter records, for the panel (see [`calibration_view`]); with
+/// `AdapterMetadata::ood: Option<OodSummary>`: detector `o.detector.name()`, threshold
+/// `o.threshold(o.detector)`, and the validation scores' histogram once the summary keeps one
+/// (without it the plot shows the threshold and the image's score).
+fn ood_view(_m: &AdapterMetadata) -> Option<OodView> {
+    None
+}
+
+/// The per-epoch history of a `melo train` report (`TASK.report.json`), if `text` is one
+/// for `task`.
+pub fn report_history(text: &str, task: &str) -> Option<Vec<EpochPoint>> {
+    let report: serde_json::Value = serde_json::from_str(text).ok()?;
+    if report.get("task")?.as_str()? != task {
+        return None;
+    }
+    let history = report.get("history")?.as_array()?;
+    history
+        .iter()
+        .map(|e| {
+            Some(EpochPoint {
+                epoch: usize::try_from(e.get("epoch")?.as_u64()?).ok()?,
+                train_loss: e.get("train_loss")?.as_f64()?,
+                val_loss: e.get("val_loss").and_then(serde_json::Value::as_f64),
+                val_auc: e.get("val_macro_auc").and_then(serde_json::Value::as_f64),
+            })
+        })
+        .collect()
+}
+
+/// Fills each task's training curves from the reports in `dir` (`*.report.json`, matched by
+/// their `task`). Reports are at most a few hundred KB; larger files are not read.
+pub fn attach_histories(tasks: &mut [TaskInfo], dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let is_report = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".report.json"));
+        if !is_report || std::fs::metadata(&path).map_or(true, |m| m.len() > 4 << 20) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        for info in tasks.iter_mut().filter(|t| t.history.is_empty()) {
+            if let Some(history) = report_history(&text, &info.task) {
+                info.history = history;
+            }
         }
     }
 }
@@ -148,7 +281,8 @@ pub enum DiagnosisEvent {
         rows: Vec<TaskRow>,
     },
     AdapterLoaded {
-        info: TaskInfo,
+        /// Boxed: the facts make it far larger than the other events.
+        info: Box<TaskInfo>,
         path: PathBuf,
     },
     /// A request failed (bad image, bad adapter, a panic); the worker keeps serving.
@@ -302,7 +436,10 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
             match open_engine(&backbone, adapters.as_deref()) {
                 Ok((opened, rejected)) => {
                     let load_ms = start.elapsed().as_secs_f64() * 1e3;
-                    let tasks = opened.adapters().iter().map(TaskInfo::of).collect();
+                    let mut tasks: Vec<TaskInfo> = opened.adapters().iter().map(TaskInfo::of).collect();
+                    if let Some(dir) = adapters.as_deref() {
+                        attach_histories(&mut tasks, dir);
+                    }
                     let cfg = opened.backbone().config();
                     let backbone = format!(
                         "ViT dim {}, {} blocks, patch {} ({})",
@@ -371,7 +508,7 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
                 return no_engine("Loading the adapter");
             };
             match load_adapter(engine, &path, layout, &fields) {
-                Ok(info) => DiagnosisEvent::AdapterLoaded { info, path },
+                Ok(info) => DiagnosisEvent::AdapterLoaded { info: Box::new(info), path },
                 Err(message) => DiagnosisEvent::Failed { what: "Loading the adapter", message, key: None },
             }
         }
@@ -428,7 +565,10 @@ fn load_adapter(
             .map_err(|e| e.to_string())?
         }
     };
-    let info = TaskInfo::of(&adapter);
+    let mut info = TaskInfo::of(&adapter);
+    if let Some(dir) = path.parent().filter(|_| layout == AdapterLayout::Workstation) {
+        attach_histories(std::slice::from_mut(&mut info), dir);
+    }
     engine.register(adapter).map_err(|e| e.to_string())?;
     Ok(info)
 }
@@ -457,6 +597,24 @@ mod tests {
             task: "t".into(),
             heatmap: false,
         }
+    }
+
+    #[test]
+    fn report_history_reads_the_epochs_of_its_own_task_only() {
+        let text = r#"{"task": "chest", "history": [
+            {"epoch": 1, "train_loss": 0.5, "val_macro_auc": 0.9, "val_loss": 0.4},
+            {"epoch": 2, "train_loss": 0.3, "val_macro_auc": null, "val_loss": 0.35}]}"#;
+        let history = report_history(text, "chest").unwrap();
+        assert_eq!(
+            history,
+            [
+                EpochPoint { epoch: 1, train_loss: 0.5, val_loss: Some(0.4), val_auc: Some(0.9) },
+                EpochPoint { epoch: 2, train_loss: 0.3, val_loss: Some(0.35), val_auc: None },
+            ]
+        );
+        assert_eq!(report_history(text, "other"), None);
+        assert_eq!(report_history("not json", "chest"), None);
+        assert_eq!(report_history(r#"{"task": "chest", "history": [{"epoch": 1}]}"#, "chest"), None);
     }
 
     #[test]

@@ -35,8 +35,13 @@ use crate::series::Series;
 use loader::{short_name, Loader, LoaderEvent, THUMBNAIL_SIDE};
 
 pub use audit_worker::{ExposedImage, GALLERY_SIZE};
-pub use diagnosis::{DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction};
-pub use diagnosis_worker::{AdapterLayout, ImageKey, ImportFields, TaskInfo, TaskRow};
+pub use diagnosis::{
+    DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction, GREYED_CAPTION, RESEARCH_USE_ONLY,
+};
+pub use diagnosis_worker::{
+    attach_histories, AdapterLayout, CalibrationView, EpochPoint, ImageKey, ImportFields, OodView, ReliabilityBin,
+    TaskInfo, TaskRow,
+};
 pub use privacy::{PathField, PrivacyCommand, PrivacyPanel, RunState};
 pub use shortcuts::SHORTCUTS;
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};

@@ -44,12 +44,15 @@ pub struct PredictArgs {
     pub backbone: Option<PathBuf>,
 }
 
-/// `melo adapters [--json]`, `melo adapters import-melo|import-peft …`
+/// `melo adapters [TASK] [--json]`, `melo adapters import-melo|import-peft …`
 #[derive(Debug, Args)]
 pub struct AdaptersArgs {
     #[command(subcommand)]
     pub action: Option<AdaptersAction>,
-    /// Machine-readable listing.
+    /// Print this task's model facts (intended use, data, test metrics with 95 % intervals,
+    /// calibration, limitations) instead of the one-line-per-adapter list.
+    pub task: Option<String>,
+    /// Machine-readable listing (with TASK: that adapter's metadata).
     #[arg(long)]
     pub json: bool,
     /// Adapters folder (default: $MELO_ADAPTERS, else ./adapters).
@@ -416,6 +419,11 @@ pub fn adapters(args: &AdaptersArgs) -> Result<()> {
 fn list_adapters(args: &AdaptersArgs) -> Result<()> {
     let dir = adapters_dir(&args.adapters);
     if dir.as_deref().is_none_or(|d| adapter_files(d).is_empty()) {
+        if let Some(task) = &args.task {
+            return Err(Error::Config(format!(
+                "no adapter '{task}': the adapters folder holds none; {NO_ADAPTERS_HINT}"
+            )));
+        }
         if args.json {
             let folder = dir.as_ref().map(|d| d.display().to_string());
             println!("{}", serde_json::json!({ "folder": folder, "adapters": [], "rejected": [] }));
@@ -430,6 +438,25 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
         return Ok(());
     }
     let (engine, dir, rejected) = engine_with_adapters(&args.backbone, &args.adapters)?;
+    if let Some(task) = &args.task {
+        let adapter = engine.adapters().iter().find(|a| a.task() == task).ok_or_else(|| {
+            Error::Config(format!(
+                "no adapter '{task}' in {} (registered: {})",
+                dir.display(),
+                engine.tasks().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let mut metadata = adapter.metadata().clone();
+        // Adapters trained before the facts existed still record their confusion matrix.
+        metadata.facts.test_intervals = super::facts::intervals_of(&metadata);
+        if args.json {
+            let entry = AdapterEntry { metadata: &metadata, parameters: adapter.parameter_count() };
+            println!("{}", serde_json::to_string_pretty(&entry).unwrap_or_default());
+        } else {
+            print!("{}", facts_label(&metadata, adapter.parameter_count()));
+        }
+        return Ok(());
+    }
     if args.json {
         let report = AdaptersReport {
             folder: dir.display().to_string(),
@@ -445,45 +472,158 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} ({} adapter(s), backbone {})",
+        "{} ({} adapter(s), backbone {}; `melo adapters TASK` for one adapter's model facts)",
         dir.display(),
         engine.adapters().len(),
         &engine.backbone().sha256()[..12]
     );
+    let width = engine.adapters().iter().map(|a| a.task().chars().count()).max().unwrap_or(0);
     for a in engine.adapters() {
-        let m = a.metadata();
-        println!("\n{}  [{}]", m.task, if m.modality.is_empty() { "any modality" } else { &m.modality });
-        if !m.description.is_empty() {
-            println!("    {}", m.description);
+        println!("{}", summary_line(a.metadata(), width));
+    }
+    for r in &rejected {
+        println!("refused {}: {}", r.path.display(), one_line(&r.reason));
+    }
+    Ok(())
+}
+
+/// Whether the adapter's probabilities went through a fitted temperature.
+// Issue 15's calibration (another change) adds the fitted temperature to the metadata; this
+// is the one place that reads it for the listing and the label. With
+// `AdapterMetadata::calibration: Option<Calibration>`: `Some(c)` gives
+// `format!("calibrated: temperature {:.2} fitted on {}; test ECE {:.3} -> {:.3}", …)`.
+fn calibration_text(_m: &AdapterMetadata) -> String {
+    "uncalibrated (raw softmax; no temperature fitted)".into()
+}
+
+/// `pneumonia  2 classes (normal, pneumonia)  CR  test AUC 0.946, ACC 0.879  uncalibrated`
+pub fn summary_line(m: &AdapterMetadata, task_width: usize) -> String {
+    let classes = if m.labels.len() <= 3 {
+        format!("{} classes ({})", m.labels.len(), m.labels.join(", "))
+    } else {
+        format!("{} classes", m.labels.len())
+    };
+    let mut metrics = Vec::new();
+    if let Some(auc) = m.metrics.get("test_macro_auc") {
+        metrics.push(format!("AUC {auc:.3}"));
+    }
+    if let Some(acc) = m.metrics.get("test_accuracy") {
+        metrics.push(format!("ACC {acc:.3}"));
+    }
+    let metrics =
+        if metrics.is_empty() { "no test metrics".to_string() } else { format!("test {}", metrics.join(", ")) };
+    let calibration = calibration_text(m);
+    let calibration = calibration.split([' ', ':']).next().unwrap_or_default();
+    format!(
+        "{:<task_width$}  {classes}  {}  {metrics}  {calibration}",
+        m.task,
+        if m.modality.is_empty() { "any modality" } else { &m.modality }
+    )
+}
+
+/// The "Model facts" label of one adapter as text (`melo adapters TASK`).
+pub fn facts_label(m: &AdapterMetadata, parameters: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut row = |heading: &str, text: &str| {
+        let _ = writeln!(out, "  {heading:<15}{text}");
+    };
+    let facts = &m.facts;
+    let mut text = format!("Model facts: {}\n", m.task);
+    if facts.research_use_only {
+        text.push_str("  RESEARCH USE ONLY: not a medical device; not for diagnosis or treatment decisions.\n");
+    }
+    let intended = if facts.intended_use.trim().is_empty() { "not stated" } else { facts.intended_use.trim() };
+    row("Intended use", intended);
+    if !m.description.is_empty() {
+        row("Description", &m.description);
+    }
+    row("Modality", if m.modality.is_empty() { "any (not stated)" } else { &m.modality });
+    row("Classes", &m.labels.join(", "));
+    row(
+        "Input",
+        &format!(
+            "{0} × {0} px RGB, normalised with mean {1:?} and std {2:?}; head reads {3}",
+            m.input_size,
+            m.mean,
+            m.std,
+            pooling_text(m.pooling)
+        ),
+    );
+    let dataset = if m.training.dataset.is_empty() { "not recorded" } else { &m.training.dataset };
+    let licence = if m.data_set.licence.is_empty() { "licence not stated" } else { &m.data_set.licence };
+    row("Training data", &format!("{dataset} ({licence})"));
+    // Train, val, test first, in that order; any other split after them.
+    let mut splits: Vec<(&String, &std::collections::BTreeMap<String, u64>)> = m.data_set.counts.iter().collect();
+    splits.sort_by_key(|(s, _)| ["train", "val", "test"].iter().position(|k| k == s).unwrap_or(3));
+    for (split, per_class) in splits {
+        let total: u64 = per_class.values().sum();
+        let classes: Vec<String> = per_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        row("", &format!("{split}: {total} images ({})", classes.join(", ")));
+    }
+    if m.data_set.skipped_files > 0 {
+        row("", &format!("{} unreadable files left out", m.data_set.skipped_files));
+    }
+    let intervals = super::facts::intervals_of(m);
+    if intervals.is_empty() {
+        row("Test metrics", "no confusion matrix recorded: no intervals");
+        let headline: Vec<String> = m
+            .metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("test_") && !k.contains('.'))
+            .map(|(k, v)| format!("{} {v:.3}", k.trim_start_matches("test_")))
+            .collect();
+        if !headline.is_empty() {
+            row("", &headline.join(", "));
         }
-        println!("    labels     {}", m.labels.join(", "));
-        println!(
-            "    LoRA       r = {}, alpha = {}, target {:?}, {} parameters",
+    } else {
+        row("Test metrics", "95 % confidence intervals:");
+        for i in &intervals {
+            row("", &format!("{:<28}{}  n = {}, {}", i.metric, super::facts::interval_text(i), i.n, i.method));
+        }
+        if m.labels.len() > 2 && m.metrics.contains_key("test_macro_auc") {
+            row(
+                "",
+                &format!(
+                    "{:<28}{:.3} (no interval: needs the per-image test probabilities)",
+                    "macro_auc", m.metrics["test_macro_auc"]
+                ),
+            );
+        }
+    }
+    row("Calibration", &calibration_text(m));
+    if facts.limitations.is_empty() {
+        row("Limitations", "none stated");
+    }
+    for (k, l) in facts.limitations.iter().enumerate() {
+        row(if k == 0 { "Limitations" } else { "" }, &format!("- {l}"));
+    }
+    row(
+        "Model",
+        &format!(
+            "LoRA r = {}, alpha = {}, target {:?}, {parameters} parameters; backbone sha256 {}",
             m.rank,
             m.alpha,
             m.target,
-            a.parameter_count()
-        );
-        println!(
-            "    input      {0}×{0}, mean {1:?}, std {2:?}, pooling {3:?}",
-            m.input_size, m.mean, m.std, m.pooling
-        );
-        if !m.training.dataset.is_empty() {
-            let licence = if m.data_set.licence.is_empty() { "licence not stated" } else { &m.data_set.licence };
-            println!("    trained on {} ({licence})", m.training.dataset);
-        }
-        if !m.metrics.is_empty() {
-            let metrics: Vec<String> = m.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            println!("    metrics    {}", metrics.join(", "));
-        }
-        if !m.source.is_empty() {
-            println!("    source     {}", m.source);
-        }
+            &m.backbone_sha256[..m.backbone_sha256.len().min(12)]
+        ),
+    );
+    if !m.training.selection.is_empty() {
+        row("Selection", &m.training.selection);
     }
-    for r in &rejected {
-        println!("\nrefused {}: {}", r.path.display(), one_line(&r.reason));
+    if !m.source.is_empty() {
+        row("Source", &m.source);
     }
-    Ok(())
+    text.push_str(&out);
+    text
+}
+
+fn pooling_text(p: super::vit::Pooling) -> &'static str {
+    match p {
+        super::vit::Pooling::Cls => "the CLS token",
+        super::vit::Pooling::MeanPatch => "the mean of the patch tokens",
+        super::vit::Pooling::ClsMeanPatch => "the CLS token and the mean of the patch tokens",
+    }
 }
 
 fn import(args: &AdaptersArgs, common: &ImportArgs, read: impl FnOnce(ImportOptions) -> Result<Adapter>) -> Result<()> {

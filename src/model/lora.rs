@@ -126,6 +126,57 @@ pub struct AdapterMetadata {
     /// Where the adapter came from (trained here, imported from which file).
     #[serde(default)]
     pub source: String,
+    /// The "Model facts" label: intended use, limitations, test metrics with 95 % intervals.
+    /// Adapters written before issue 15 load with the default (no intended use stated,
+    /// research use only).
+    #[serde(default)]
+    pub facts: ModelFacts,
+}
+
+/// What a clinician reads before trusting an adapter (Sendak et al. 2020, "Presenting machine
+/// learning model information to clinical end users with model facts labels"; FDA, Health
+/// Canada and MHRA, "Transparency for machine learning-enabled medical devices: guiding
+/// principles", 2024). The data set's name, licence and counts are in
+/// [`AdapterMetadata::training`] and [`AdapterMetadata::data_set`], calibration beside them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelFacts {
+    /// Who and what the model is for, in a sentence or two; empty: not stated.
+    pub intended_use: String,
+    /// Known limitations, one per entry (population, resolution, sites, classes with few
+    /// test images…).
+    pub limitations: Vec<String>,
+    /// Not a medical device: every adapter made by this program is for research only, and an
+    /// imported one claims nothing else.
+    pub research_use_only: bool,
+    /// Test-set metrics with 95 % confidence intervals.
+    pub test_intervals: Vec<MetricInterval>,
+}
+
+impl Default for ModelFacts {
+    fn default() -> Self {
+        Self {
+            intended_use: String::new(),
+            limitations: Vec::new(),
+            research_use_only: true,
+            test_intervals: Vec::new(),
+        }
+    }
+}
+
+/// A test metric with its 95 % confidence interval and how the interval was obtained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct MetricInterval {
+    /// e.g. `accuracy`, `macro_auc`, `sensitivity.pneumonia`.
+    pub metric: String,
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+    /// Images the metric was computed on.
+    pub n: u64,
+    /// e.g. `Wilson score` or `Hanley-McNeil`.
+    pub method: String,
 }
 
 impl AdapterMetadata {
@@ -152,6 +203,7 @@ impl AdapterMetadata {
             data_set: DataSetSummary::default(),
             metrics: BTreeMap::new(),
             source: String::new(),
+            facts: ModelFacts::default(),
         }
     }
 
@@ -270,6 +322,13 @@ impl ImportOptions {
             data_set: DataSetSummary::default(),
             metrics: BTreeMap::new(),
             source,
+            facts: ModelFacts {
+                limitations: vec![
+                    "Imported: its training data, intended use and test performance were not recorded by this program"
+                        .into(),
+                ],
+                ..ModelFacts::default()
+            },
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod engine;
 mod error;
+pub mod facts;
 pub mod kernels;
 pub mod lora;
 pub(crate) mod safetensors_io;

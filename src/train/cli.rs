@@ -99,6 +99,14 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Intended use for the adapter's model facts (default: research use, naming the task,
+    /// modality and classes).
+    #[arg(long, default_value = "")]
+    pub intended_use: String,
+    /// A known limitation for the model facts (repeatable); the run adds its own (one data
+    /// set, input size, classes with few test images).
+    #[arg(long)]
+    pub limitation: Vec<String>,
     /// Backbone folder with config.json (default: $MELO_BACKBONE, else assets/backbone).
     #[arg(long)]
     pub backbone: Option<PathBuf>,
@@ -180,6 +188,8 @@ impl TrainArgs {
             head_epochs: self.head_epochs,
             head_lr: self.head_lr,
             progress: !self.quiet,
+            intended_use: self.intended_use.clone(),
+            limitations: self.limitation.clone(),
         })
     }
 }

@@ -103,6 +103,14 @@ pub struct TrainOptions {
     /// `--resume` continues. Lets a long run be split over sessions.
     pub stop_after: Option<usize>,
     pub progress: bool,
+    /// The adapter's intended use, for its model facts; empty: a research-use default that
+    /// names the task, modality and classes.
+    #[serde(default)]
+    pub intended_use: String,
+    /// Known limitations stated by whoever trains (model facts), listed before the ones the
+    /// run itself shows (one data set, input size, classes with few test images).
+    #[serde(default)]
+    pub limitations: Vec<String>,
 }
 
 fn default_head_lr() -> f64 {
@@ -424,6 +432,9 @@ fn fingerprint(o: &TrainOptions, backbone_sha: &str) -> String {
     o.resume = false;
     o.stop_after = None;
     o.progress = false;
+    // What the label says does not change the weights.
+    o.intended_use.clear();
+    o.limitations.clear();
     format!(
         "{}|{}|{}|{}|{backbone_sha}",
         serde_json::to_string(&o).unwrap_or_default(),
@@ -1036,6 +1047,15 @@ fn build_adapter(
     };
     metadata.metrics = metrics_map(report);
     metadata.source = format!("melo train --method {:?}", o.method).to_lowercase();
+    let confusion: Vec<Vec<u64>> =
+        report.test.confusion.iter().map(|row| row.iter().map(|&n| n as u64).collect()).collect();
+    metadata.facts = crate::model::facts::for_training(
+        &metadata,
+        &o.intended_use,
+        &o.limitations,
+        &confusion,
+        report.test.macro_auc,
+    );
     Ok(Adapter::new(metadata, blocks, head.weight.as_tensor().copy()?, head.bias.as_tensor().copy()?)?)
 }
 

@@ -571,11 +571,6 @@ impl DiagnosisPanel {
             }
         }
 
-        let ood_now = key
-            .and_then(|key| self.shown.as_ref().filter(|s| s.key == key && s.prediction.task == info.task))
-            .and_then(|s| s.prediction.ood.clone());
-        facts_ui(ui, &info, ood_now.as_ref());
-
         ui.separator();
         let mut heatmap = self.heatmap_enabled;
         if ui
@@ -609,6 +604,14 @@ impl DiagnosisPanel {
                 _ => {}
             }
         }
+
+        // The facts label and its plots come last: the everyday controls (heatmap, all tasks)
+        // stay at the top of the panel, where the hand and the shortcuts' users expect them.
+        ui.separator();
+        let ood_now = key
+            .and_then(|key| self.shown.as_ref().filter(|s| s.key == key && s.prediction.task == info.task))
+            .and_then(|s| s.prediction.ood.clone());
+        facts_ui(ui, &info, ood_now.as_ref());
     }
 
     /// The "Load adapter…" window.

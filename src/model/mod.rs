@@ -10,11 +10,13 @@
 //! Nothing here depends on egui.
 
 pub mod bench;
+pub mod calibration;
 pub mod cli;
 pub mod engine;
 mod error;
 pub mod kernels;
 pub mod lora;
+pub mod ood;
 mod safetensors_io;
 pub mod vit;
 

@@ -10,6 +10,7 @@
 //! | `blocks.{i}.attn.q.lora_B`, `blocks.{i}.attn.v.lora_B` | [dim, r] | |
 //! | `blocks.{i}.attn.qkv.lora_A` / `lora_B` | [r, dim] / [3·dim, r] | target `qkv` (PEFT) |
 //! | `head.weight`, `head.bias` | [C, F], [C] | F = dim, or 2·dim for `cls_mean_patch` |
+//! | `ood.class_means`, `ood.components`, `ood.eigenvalues` | [C, F], [k, F], [k] | optional: OOD statistics ([`super::ood`]) |
 //!
 //! `__metadata__`: `format` = `melo-adapter`, `format_version` = `1`, `adapter` = the
 //! [`AdapterMetadata`] as JSON. The update is `scale · (x Aᵀ) Bᵀ`, scale = alpha / r as a
@@ -381,7 +382,8 @@ impl Adapter {
         }
         if let Some((summary, stats)) = &ood {
             let (classes, features) = self.head_weight.dims2()?;
-            if stats.classes() != classes || stats.feature_dim() != features || summary.components != stats.components() {
+            if stats.classes() != classes || stats.feature_dim() != features || summary.components != stats.components()
+            {
                 return Err(fail(format!(
                     "OOD statistics for {} classes × {} features ({} components) do not fit a head of {classes} × {features} ({} components in the metadata)",
                     stats.classes(),
@@ -572,7 +574,8 @@ impl Adapter {
         used.extend(["head.weight".to_string(), "head.bias".to_string()]);
         let ood = match &metadata.ood {
             Some(summary) => {
-                let values = |name: &str| -> Result<Vec<f32>> { Ok(file.f32_any(name)?.flatten_all()?.to_vec1::<f32>()?) };
+                let values =
+                    |name: &str| -> Result<Vec<f32>> { Ok(file.f32_any(name)?.flatten_all()?.to_vec1::<f32>()?) };
                 let features = head_weight.dims().get(1).copied().unwrap_or(0);
                 let stats = Mahalanobis::new(
                     features,

@@ -123,7 +123,8 @@ impl Mahalanobis {
         if let Some(c) = counts.iter().position(|&n| n == 0) {
             return Err(Error::Config(format!("class {c} has no image for the OOD statistics")));
         }
-        let means: Vec<f64> = sums.chunks_exact(dim).zip(&counts).flat_map(|(s, &n)| s.iter().map(move |v| v / n as f64)).collect();
+        let means: Vec<f64> =
+            sums.chunks_exact(dim).zip(&counts).flat_map(|(s, &n)| s.iter().map(move |v| v / n as f64)).collect();
         let centred: Vec<f64> = features
             .chunks_exact(dim)
             .zip(labels)
@@ -131,7 +132,9 @@ impl Mahalanobis {
             .collect();
         let x = Tensor::from_vec(centred, (n, dim), &Device::Cpu)?;
         let cov = (x.t()?.matmul(&x)? / (n - classes) as f64)?;
-        let trace: f64 = (0..dim).map(|i| cov.get(i).and_then(|r| r.get(i)).and_then(|v| v.to_scalar::<f64>())).sum::<std::result::Result<f64, _>>()?;
+        let trace: f64 = (0..dim)
+            .map(|i| cov.get(i).and_then(|r| r.get(i)).and_then(|v| v.to_scalar::<f64>()))
+            .sum::<std::result::Result<f64, _>>()?;
         let (vectors, values) = leading_eigenpairs(&cov, k)?;
         let kept: f64 = values.iter().sum();
         // Rounding can leave the residual at or below zero when the features span < k + 1
@@ -165,7 +168,9 @@ impl Mahalanobis {
         if k == 0 || components.len() != k * features {
             return Err(bad(format!("{} component values for {k} eigenvalues of width {features}", components.len())));
         }
-        if eigenvalues.iter().any(|v| !(v.is_finite() && *v > 0.0)) || !(residual_variance.is_finite() && residual_variance > 0.0) {
+        if eigenvalues.iter().any(|v| !(v.is_finite() && *v > 0.0))
+            || !(residual_variance.is_finite() && residual_variance > 0.0)
+        {
             return Err(bad("eigenvalues and residual variance must be positive".into()));
         }
         if class_means.iter().chain(&components).any(|v| !v.is_finite()) {
@@ -245,7 +250,8 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 
 /// Area under the ROC curve for "out scores higher than in": P(out > in) + ½ P(tie).
 pub fn auroc(inside: &[f64], outside: &[f64]) -> f64 {
-    let mut all: Vec<(f64, bool)> = inside.iter().map(|&s| (s, false)).chain(outside.iter().map(|&s| (s, true))).collect();
+    let mut all: Vec<(f64, bool)> =
+        inside.iter().map(|&s| (s, false)).chain(outside.iter().map(|&s| (s, true))).collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     // Mann–Whitney U from mid-ranks of ties.
     let mut rank_sum = 0.0;
@@ -325,7 +331,10 @@ fn jacobi_eigen(mut a: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
         v[i * n + i] = 1.0;
     }
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
         let scale: f64 = (0..n).map(|i| a[i * n + i].powi(2)).sum::<f64>().max(1e-300);
         if off <= 1e-24 * scale {
             break;

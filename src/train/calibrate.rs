@@ -14,6 +14,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::data::{DataSource, Prepared, Split, SplitFractions};
+use super::trainer::TrainReport;
 use super::{Error, Result};
 use crate::model::calibration::Calibration;
 use crate::model::engine::default_backbone_dir;
@@ -165,7 +166,8 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     }
     let backbone = match &args.backbone {
         Some(b) => b.clone(),
-        None => default_backbone_dir().ok_or_else(|| Error::Options("no backbone folder found; pass --backbone DIR".into()))?,
+        None => default_backbone_dir()
+            .ok_or_else(|| Error::Options("no backbone folder found; pass --backbone DIR".into()))?,
     };
     let mut engine = Engine::open(&backbone)?;
     let adapter = Adapter::load(&args.adapter)?;
@@ -198,7 +200,9 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Sets `calibration`, `ood` and the new `file_bytes` in a training report, if there is one (atomically).
+/// Sets `calibration`, `ood` and the new `file_bytes` in the training report beside the
+/// adapter, if there is one (read and written as a [`TrainReport`], so fields keep the order
+/// `melo train` writes; atomically).
 fn update_report(path: &Path, calibration: &Option<Calibration>, ood: &OodSummary, file_bytes: u64) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -206,12 +210,11 @@ fn update_report(path: &Path, calibration: &Option<Calibration>, ood: &OodSummar
         Err(e) => return Err(Error::io(path, e)),
     };
     let bad = |e: serde_json::Error| Error::Options(format!("{}: {e}", path.display()));
-    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
-    let object = json.as_object_mut().ok_or_else(|| Error::Options(format!("{}: not a JSON object", path.display())))?;
-    object.insert("calibration".into(), serde_json::to_value(calibration).map_err(bad)?);
-    object.insert("ood".into(), serde_json::to_value(ood).map_err(bad)?);
-    object.insert("file_bytes".into(), file_bytes.into());
-    let text = serde_json::to_string_pretty(&json).map_err(bad)?;
+    let mut report: TrainReport = serde_json::from_str(&text).map_err(bad)?;
+    report.calibration = calibration.clone();
+    report.ood = Some(ood.clone());
+    report.file_bytes = file_bytes;
+    let text = serde_json::to_string_pretty(&report).map_err(bad)?;
     crate::atomic::write_bytes_atomic(path, text.as_bytes())?;
     Ok(())
 }

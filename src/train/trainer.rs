@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 pub use super::augment::Augment;
 use super::augment::Transform;
-use super::calibrate::{self, DEFAULT_MAX_TRAIN};
 use super::backprop::{FrozenBackbone, LoraFactors};
+use super::calibrate::{self, DEFAULT_MAX_TRAIN};
 use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::grad::{uniform, GradVit, Trainable};
 use super::metrics::{evaluate, Evaluation};
@@ -770,13 +770,16 @@ pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainRepor
         Method::Lora | Method::Linear => {
             let mut adapter = build_adapter(&model, &head, vit, o, &report, lora_scale)?;
             // Same fit as `melo calibrate`, on the chosen epoch's weights.
-            match calibrate::fit(vit, &adapter, &train_set, &val_set, &test_set, DEFAULT_COMPONENTS, DEFAULT_MAX_TRAIN) {
+            match calibrate::fit(vit, &adapter, &train_set, &val_set, &test_set, DEFAULT_COMPONENTS, DEFAULT_MAX_TRAIN)
+            {
                 Ok(fitted) => {
                     report.calibration = fitted.calibration.clone();
                     report.ood = Some(fitted.ood.clone());
                     adapter.set_calibration(fitted.calibration, Some((fitted.ood, fitted.stats)))?;
                 }
-                Err(e) => eprintln!("warning: no calibration or OOD statistics fitted ({e}); the adapter is uncalibrated"),
+                Err(e) => {
+                    eprintln!("warning: no calibration or OOD statistics fitted ({e}); the adapter is uncalibrated")
+                }
             }
             adapter.save(&o.out)?;
         }

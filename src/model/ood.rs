@@ -162,7 +162,7 @@ impl Mahalanobis {
     ) -> Result<Self> {
         let k = eigenvalues.len();
         let bad = |m: String| Error::Config(format!("OOD statistics: {m}"));
-        if features == 0 || class_means.is_empty() || class_means.len() % features != 0 {
+        if features == 0 || class_means.is_empty() || !class_means.len().is_multiple_of(features) {
             return Err(bad(format!("{} class-mean values for width {features}", class_means.len())));
         }
         if k == 0 || components.len() != k * features {
@@ -215,10 +215,11 @@ impl Mahalanobis {
         for (c, mu) in self.class_means.chunks_exact(self.features).enumerate() {
             let d2 = (norm - 2.0 * dot(f, mu) + self.mean_norms[c]).max(0.0);
             let (mut inside, mut weighted) = (0.0, 0.0);
-            for i in 0..k {
-                let t = p[i] - self.projected_means[c * k + i];
+            let centre = &self.projected_means[c * k..(c + 1) * k];
+            for ((&pi, &mi), &lambda) in p.iter().zip(centre).zip(&self.eigenvalues) {
+                let t = pi - mi;
                 inside += t * t;
-                weighted += t * t / f64::from(self.eigenvalues[i]);
+                weighted += t * t / f64::from(lambda);
             }
             best = best.min(weighted + (d2 - inside).max(0.0) / self.residual_variance);
         }

@@ -59,6 +59,25 @@ pub struct OodCheck {
 }
 
 impl Prediction {
+    /// What a reader of text output must know besides the numbers: the image is out of
+    /// distribution, the probabilities are uncalibrated, or there was no OOD check. Empty when
+    /// none applies.
+    pub fn caveats(&self) -> String {
+        let mut notes = Vec::new();
+        match &self.ood {
+            Some(o) if !o.in_distribution => notes.push(format!(
+                "OUT OF DISTRIBUTION: unlike this adapter's training images ({} score {:.1} > threshold {:.1})",
+                o.ood_detector, o.ood_score, o.ood_threshold
+            )),
+            Some(_) => {}
+            None => notes.push("no out-of-distribution check".to_string()),
+        }
+        if !self.calibrated {
+            notes.push("uncalibrated".to_string());
+        }
+        notes.join("; ")
+    }
+
     /// The most probable label and its probability.
     pub fn top(&self) -> (&str, f32) {
         let (i, p) =

@@ -58,6 +58,9 @@ pub enum Command {
     /// Train a diagnosis adapter (LoRA, linear probe) or fine-tune the backbone on labelled
     /// images: an ImageFolder directory or a MedMNIST .npz.
     Train(crate::train::cli::TrainArgs),
+    /// Fit an existing adapter's temperature (calibrated probabilities) and out-of-distribution
+    /// statistics on its training data, without changing its weights.
+    Calibrate(crate::train::calibrate::CalibrateArgs),
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
@@ -168,6 +171,7 @@ pub fn run(command: Command) -> i32 {
         Command::Bench(args) => crate::model::cli::bench(&args).map_err(Into::into),
         Command::Audit(args) => crate::audit::cli::audit(&args).map_err(Into::into),
         Command::Train(args) => crate::train::cli::run(&args).map_err(Into::into),
+        Command::Calibrate(args) => crate::train::calibrate::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => 0,

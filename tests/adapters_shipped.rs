@@ -63,7 +63,13 @@ fn shipped_adapters_reproduce_their_recorded_test_predictions() {
         for i in 0..n {
             let image = source.image(Split::Test, i).unwrap();
             let p = engine.predict_task(task, &image, 0).unwrap();
-            let recorded = &report.test_probabilities_head[i];
+            // The report holds the uncalibrated softmax; the engine applies the adapter's
+            // temperature: softmax(log p / T) is the same softmax of logits / T.
+            let t = adapter.temperature();
+            let scaled: Vec<f64> = report.test_probabilities_head[i].iter().map(|&p| f64::from(p).ln() / t).collect();
+            let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = scaled.iter().map(|z| (z - max).exp()).sum();
+            let recorded: &Vec<f32> = &scaled.iter().map(|z| ((z - max).exp() / sum) as f32).collect();
             for (a, b) in p.probabilities.iter().zip(recorded) {
                 assert!(
                     (a - b).abs() < 1e-4,

@@ -74,7 +74,10 @@ fn csv_has_a_row_per_image_and_task_and_is_never_written_into_the_inputs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&csv).unwrap();
     let rows: Vec<&str> = text.lines().collect();
-    assert_eq!(rows[0], "image,frame,task,top_label,top_probability,probabilities");
+    assert_eq!(
+        rows[0],
+        "image,frame,task,top_label,top_probability,probabilities,calibrated,in_distribution,ood_score,ood_threshold"
+    );
     assert_eq!(rows.len(), 3, "{text}");
     for row in &rows[1..] {
         let cells: Vec<&str> = row.split(',').collect();
@@ -83,6 +86,10 @@ fn csv_has_a_row_per_image_and_task_and_is_never_written_into_the_inputs() {
         // Two classes: the top probability is at least one half and names one of them.
         assert!((0.5..=1.0).contains(&top), "{row}");
         assert!(cells[5].split(';').any(|kv| kv.starts_with(&format!("{}=", cells[3]))), "{row}");
+        // Issue 15: the shipped adapter is calibrated and checks every image.
+        assert_eq!(cells[6], "true", "{row}");
+        let (score, threshold): (f64, f64) = (cells[8].parse().unwrap(), cells[9].parse().unwrap());
+        assert_eq!(cells[7], (score <= threshold).to_string(), "{row}");
     }
     assert!(out.stdout.is_empty(), "with --csv nothing is printed per image");
 

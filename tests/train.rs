@@ -603,6 +603,14 @@ fn lora_training_saves_a_loadable_adapter_and_resume_equals_an_uninterrupted_run
     assert_eq!(adapter.metadata().rank, 2);
     assert_eq!(adapter.metadata().input_size, 28);
     assert_eq!(adapter.metadata().metrics["test_accuracy"], report.test.accuracy);
+    // Issue 15: the chosen epoch's temperature and OOD statistics travel in the adapter, and
+    // the report holds the same calibration.
+    let (cal, in_report) = (adapter.metadata().calibration.as_ref().unwrap(), report.calibration.as_ref().unwrap());
+    assert!((cal.temperature - in_report.temperature).abs() < 1e-12 * cal.temperature);
+    assert_eq!(cal.evaluated_samples, report.test_samples as u64);
+    let (ood, in_report) = (adapter.metadata().ood.as_ref().unwrap(), report.ood.as_ref().unwrap());
+    assert!(adapter.ood_stats().is_some() && ood.components == in_report.components);
+    assert!((ood.mahalanobis_threshold - in_report.mahalanobis_threshold).abs() < 1e-9 * ood.mahalanobis_threshold);
     // 12 blocks × (q, v) × (A [2, 384] + B [384, 2]) + head [2, 768] + [2].
     assert_eq!(report.trainable_parameters, 12 * 2 * (2 * 384 * 2) + 2 * 768 + 2);
     let mut engine = Engine::open(&backbone_dir()).unwrap();

@@ -214,7 +214,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     } else {
         for p in &predictions {
             let (label, prob) = p.top();
-            println!("{}: {label} ({:.1} %)", p.task, 100.0 * prob);
+            println!("{}: {label} ({:.1} %){}", p.task, 100.0 * prob, bracketed(&p.caveats()));
             for (l, q) in p.labels.iter().zip(&p.probabilities) {
                 println!("    {l:<24} {:>6.2} %", 100.0 * q);
             }
@@ -295,7 +295,9 @@ fn predict_many(args: &PredictArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images, {eta} left")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut csv = String::from("image,frame,task,top_label,top_probability,probabilities\n");
+    let mut csv = String::from(
+        "image,frame,task,top_label,top_probability,probabilities,calibrated,in_distribution,ood_score,ood_threshold\n",
+    );
     let mut failed = 0usize;
     let mut emit = |image: &Path, result: std::result::Result<Vec<Prediction>, String>| {
         let name = image.display().to_string();
@@ -309,18 +311,25 @@ fn predict_many(args: &PredictArgs) -> Result<()> {
                         let (label, prob) = p.top();
                         let all: Vec<String> =
                             p.labels.iter().zip(&p.probabilities).map(|(l, q)| format!("{l}={q:.6}")).collect();
+                        // Empty OOD columns: the adapter carries no statistics.
+                        let ood = p
+                            .ood
+                            .as_ref()
+                            .map(|o| format!("{},{},{}", o.in_distribution, o.ood_score, o.ood_threshold))
+                            .unwrap_or_else(|| ",,".into());
                         csv.push_str(&format!(
-                            "{},{},{},{},{prob:.6},{}\n",
+                            "{},{},{},{},{prob:.6},{},{},{ood}\n",
                             crate::export::csv_field(&name),
                             args.frame,
                             crate::export::csv_field(&p.task),
                             crate::export::csv_field(label),
-                            crate::export::csv_field(&all.join(";"))
+                            crate::export::csv_field(&all.join(";")),
+                            p.calibrated
                         ));
                     }
                 }
                 Err(e) => csv.push_str(&format!(
-                    "{},{},,,,{}\n",
+                    "{},{},,,,{},,,,\n",
                     crate::export::csv_field(&name),
                     args.frame,
                     crate::export::csv_field(&format!("error: {e}"))
@@ -338,7 +347,7 @@ fn predict_many(args: &PredictArgs) -> Result<()> {
                 Ok(predictions) => {
                     for p in predictions {
                         let (label, prob) = p.top();
-                        println!("{name}: {}: {label} ({:.1} %)", p.task, 100.0 * prob);
+                        println!("{name}: {}: {label} ({:.1} %){}", p.task, 100.0 * prob, bracketed(&p.caveats()));
                     }
                 }
                 Err(e) => println!("{name}: error: {e}"),
@@ -664,6 +673,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         report.print();
     }
     Ok(())
+}
+
+/// ` [note]`, or nothing for an empty note.
+fn bracketed(note: &str) -> String {
+    if note.is_empty() {
+        String::new()
+    } else {
+        format!(" [{note}]")
+    }
 }
 
 fn one_line(s: &str) -> String {

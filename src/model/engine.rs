@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::error::{Error, Result};
 use super::lora::Adapter;
+use super::ood::{energy, Detector};
 use super::vit::{Config, VisionTransformer};
 use crate::display::default_voi;
 use crate::image::MedicalImage;
@@ -58,6 +59,25 @@ pub struct OodCheck {
 }
 
 impl Prediction {
+    /// What a reader of text output must know besides the numbers: the image is out of
+    /// distribution, the probabilities are uncalibrated, or there was no OOD check. Empty when
+    /// none applies.
+    pub fn caveats(&self) -> String {
+        let mut notes = Vec::new();
+        match &self.ood {
+            Some(o) if !o.in_distribution => notes.push(format!(
+                "OUT OF DISTRIBUTION: unlike this adapter's training images ({} score {:.1} > threshold {:.1})",
+                o.ood_detector, o.ood_score, o.ood_threshold
+            )),
+            Some(_) => {}
+            None => notes.push("no out-of-distribution check".to_string()),
+        }
+        if !self.calibrated {
+            notes.push("uncalibrated".to_string());
+        }
+        notes.join("; ")
+    }
+
     /// The most probable label and its probability.
     pub fn top(&self) -> (&str, f32) {
         let (i, p) =
@@ -279,7 +299,8 @@ impl Engine {
         let adapter = self.active_or_error()?;
         let pixels = preprocess_for(adapter, image, frame)?;
         let output = self.vit.forward_with_attention(&pixels, Some(adapter.lora()))?;
-        let prediction = to_prediction(adapter, &adapter.head_logits(&output)?)?;
+        let features = adapter.features(&output)?;
+        let prediction = to_prediction(adapter, &adapter.head_on(&features)?, &features)?;
         let grid = output.rollout(0)?;
         let (grid_rows, grid_cols) = output.grid;
         let values = upsample_bilinear(&grid, grid_rows, grid_cols, image.rows, image.cols);
@@ -291,22 +312,49 @@ impl Engine {
 }
 
 fn run_task(vit: &VisionTransformer, adapter: &Adapter, pixels: &Tensor) -> Result<Prediction> {
-    let logits = adapter.logits(vit, pixels)?;
-    to_prediction(adapter, &logits)
+    // The OOD score reads the same pooled features as the head: no second forward pass.
+    let output = vit.forward(pixels, Some(adapter.lora()))?;
+    let features = adapter.features(&output)?;
+    to_prediction(adapter, &adapter.head_on(&features)?, &features)
 }
 
-fn to_prediction(adapter: &Adapter, logits: &Tensor) -> Result<Prediction> {
-    let probabilities = adapter.probabilities(logits)?.flatten_all()?.to_vec1::<f32>()?;
+/// Probabilities (through the adapter's temperature when it has one; multi-label heads are
+/// never temperature-scaled) and the OOD check of one image's logits [1, C] and features [1, F].
+fn to_prediction(adapter: &Adapter, logits: &Tensor, features: &Tensor) -> Result<Prediction> {
+    let meta = adapter.metadata();
+    let calibrated = meta.calibration.is_some() && !meta.multi_label;
+    let scaled = if calibrated { (logits / adapter.temperature())? } else { logits.clone() };
+    let probabilities = adapter.probabilities(&scaled)?.flatten_all()?.to_vec1::<f32>()?;
     if probabilities.iter().any(|p| !p.is_finite()) {
         return Err(Error::Image("the model produced non-finite scores for this image".into()));
     }
+    let ood = match &meta.ood {
+        Some(summary) => {
+            let score = match summary.detector {
+                Detector::Mahalanobis => match adapter.ood_stats() {
+                    Some(stats) => stats.score(&features.flatten_all()?.to_vec1::<f32>()?),
+                    None => return Err(Error::Config(format!("adapter {}: OOD statistics missing", meta.task))),
+                },
+                Detector::Energy => energy(&logits.flatten_all()?.to_vec1::<f32>()?),
+            };
+            let threshold = summary.threshold(summary.detector);
+            Some(OodCheck {
+                ood_detector: summary.detector.name().to_string(),
+                ood_score: score as f32,
+                ood_threshold: threshold as f32,
+                // A NaN score (it cannot arise from finite features) would fail this test: flagged.
+                in_distribution: score <= threshold,
+            })
+        }
+        None => None,
+    };
     Ok(Prediction {
         task: adapter.task().to_string(),
         labels: adapter.labels().to_vec(),
         probabilities,
-        multi_label: adapter.metadata().multi_label,
-        calibrated: false,
-        ood: None,
+        multi_label: meta.multi_label,
+        calibrated,
+        ood,
     })
 }
 

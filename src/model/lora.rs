@@ -10,6 +10,7 @@
 //! | `blocks.{i}.attn.q.lora_B`, `blocks.{i}.attn.v.lora_B` | [dim, r] | |
 //! | `blocks.{i}.attn.qkv.lora_A` / `lora_B` | [r, dim] / [3·dim, r] | target `qkv` (PEFT) |
 //! | `head.weight`, `head.bias` | [C, F], [C] | F = dim, or 2·dim for `cls_mean_patch` |
+//! | `ood.class_means`, `ood.components`, `ood.eigenvalues` | [C, F], [k, F], [k] | optional: OOD statistics ([`super::ood`]) |
 //!
 //! `__metadata__`: `format` = `melo-adapter`, `format_version` = `1`, `adapter` = the
 //! [`AdapterMetadata`] as JSON. The update is `scale · (x Aᵀ) Bᵀ`, scale = alpha / r as a
@@ -24,7 +25,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::calibration::Calibration;
 use super::error::{Error, Result};
+use super::ood::{Mahalanobis, OodSummary};
 use super::safetensors_io::{serialize_f32, TensorFile};
 use super::vit::{LowRank, Pooling, QkvLora, VisionTransformer, VitOutput};
 
@@ -34,6 +37,11 @@ pub const FORMAT_VERSION: &str = "1";
 /// Adapters are a few MB at most (ViT-B, r = 64: 14 MB); anything far larger is not one, and
 /// is refused before it is read into memory.
 pub const MAX_ADAPTER_BYTES: u64 = 256 << 20;
+/// Tensors of the OOD statistics (see [`super::ood`]): class means [C, F], leading
+/// eigenvectors of the shared covariance [k, F] and their eigenvalues [k].
+pub const OOD_MEANS: &str = "ood.class_means";
+pub const OOD_COMPONENTS: &str = "ood.components";
+pub const OOD_EIGENVALUES: &str = "ood.eigenvalues";
 /// Largest input side an adapter may ask for (pixels).
 pub const MAX_INPUT_SIZE: usize = 1024;
 
@@ -123,6 +131,13 @@ pub struct AdapterMetadata {
     /// Test-set metrics, e.g. {"test_accuracy": 0.93, "test_macro_auc": 0.99}.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// Temperature scaling fitted on validation logits, with its effect on test (issue 15);
+    /// `None`: the adapter's probabilities are the raw softmax (*uncalibrated*).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    /// Out-of-distribution detector and thresholds; its statistics are the `ood.*` tensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodSummary>,
     /// Where the adapter came from (trained here, imported from which file).
     #[serde(default)]
     pub source: String,
@@ -202,6 +217,8 @@ impl AdapterMetadata {
             training: TrainingSummary::default(),
             data_set: DataSetSummary::default(),
             metrics: BTreeMap::new(),
+            calibration: None,
+            ood: None,
             source: String::new(),
             facts: ModelFacts::default(),
         }
@@ -321,6 +338,8 @@ impl ImportOptions {
             training: TrainingSummary::default(),
             data_set: DataSetSummary::default(),
             metrics: BTreeMap::new(),
+            calibration: None,
+            ood: None,
             source,
             facts: ModelFacts {
                 limitations: vec![
@@ -342,6 +361,8 @@ pub struct Adapter {
     head_weight: Tensor,
     /// [C].
     head_bias: Tensor,
+    /// Training-feature statistics of the Mahalanobis OOD score (with `metadata.ood`).
+    ood_stats: Option<Mahalanobis>,
 }
 
 impl Adapter {
@@ -401,7 +422,58 @@ impl Adapter {
             blocks,
             head_weight: head_weight.to_dtype(DType::F32)?.contiguous()?,
             head_bias: head_bias.to_dtype(DType::F32)?.contiguous()?,
+            ood_stats: None,
         })
+    }
+
+    /// Attaches a fitted temperature and OOD statistics (replacing any earlier ones); the
+    /// LoRA factors and the head are not touched.
+    pub fn set_calibration(
+        &mut self,
+        calibration: Option<Calibration>,
+        ood: Option<(OodSummary, Mahalanobis)>,
+    ) -> Result<()> {
+        let fail = |reason: String| Error::Adapter { path: PathBuf::from(&self.metadata.task), reason };
+        if let Some(c) = &calibration {
+            if !(c.temperature.is_finite() && c.temperature > 0.0) {
+                return Err(fail(format!("temperature {} is not positive", c.temperature)));
+            }
+        }
+        if let Some((summary, stats)) = &ood {
+            let (classes, features) = self.head_weight.dims2()?;
+            if stats.classes() != classes || stats.feature_dim() != features || summary.components != stats.components()
+            {
+                return Err(fail(format!(
+                    "OOD statistics for {} classes × {} features ({} components) do not fit a head of {classes} × {features} ({} components in the metadata)",
+                    stats.classes(),
+                    stats.feature_dim(),
+                    stats.components(),
+                    summary.components
+                )));
+            }
+        }
+        self.metadata.calibration = calibration;
+        match ood {
+            Some((summary, stats)) => {
+                self.metadata.ood = Some(summary);
+                self.ood_stats = Some(stats);
+            }
+            None => {
+                self.metadata.ood = None;
+                self.ood_stats = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The Mahalanobis statistics, when the adapter carries them.
+    pub fn ood_stats(&self) -> Option<&Mahalanobis> {
+        self.ood_stats.as_ref()
+    }
+
+    /// The temperature the logits are divided by (1 without calibration).
+    pub fn temperature(&self) -> f64 {
+        self.metadata.calibration.as_ref().map_or(1.0, |c| c.temperature)
     }
 
     pub fn metadata(&self) -> &AdapterMetadata {
@@ -438,7 +510,16 @@ impl Adapter {
 
     /// The head on a forward pass's tokens: logits [B, C].
     pub fn head_logits(&self, output: &VitOutput) -> Result<Tensor> {
-        let features = output.pooled(self.metadata.pooling)?;
+        self.head_on(&self.features(output)?)
+    }
+
+    /// The pooled features [B, F] the head reads from a forward pass.
+    pub fn features(&self, output: &VitOutput) -> Result<Tensor> {
+        output.pooled(self.metadata.pooling)
+    }
+
+    /// The head on pooled features [B, F]: logits [B, C].
+    pub fn head_on(&self, features: &Tensor) -> Result<Tensor> {
         super::kernels::add_repeated_(features.matmul(&self.head_weight.t()?)?, &self.head_bias)
     }
 
@@ -550,13 +631,37 @@ impl Adapter {
         let head_weight = file.f32_any("head.weight")?;
         let head_bias = file.f32_any("head.bias")?;
         used.extend(["head.weight".to_string(), "head.bias".to_string()]);
+        let ood = match &metadata.ood {
+            Some(summary) => {
+                let values =
+                    |name: &str| -> Result<Vec<f32>> { Ok(file.f32_any(name)?.flatten_all()?.to_vec1::<f32>()?) };
+                let features = head_weight.dims().get(1).copied().unwrap_or(0);
+                let stats = Mahalanobis::new(
+                    features,
+                    values(OOD_MEANS)?,
+                    values(OOD_COMPONENTS)?,
+                    values(OOD_EIGENVALUES)?,
+                    summary.residual_variance,
+                )
+                .map_err(|e| fail(e.to_string()))?;
+                used.extend([OOD_MEANS, OOD_COMPONENTS, OOD_EIGENVALUES].map(String::from));
+                Some((summary.clone(), stats))
+            }
+            None => None,
+        };
         if let Some(extra) = file.names().find(|n| !used.iter().any(|u| u == n)) {
             return Err(fail(format!("unexpected tensor '{extra}' (blocks must be numbered from 0 without gaps)")));
         }
-        Self::new(metadata, blocks, head_weight, head_bias).map_err(|e| match e {
+        let calibration = metadata.calibration.clone();
+        let mut adapter = Self::new(metadata, blocks, head_weight, head_bias).map_err(|e| match e {
             Error::Adapter { reason, .. } => fail(reason),
             other => other,
-        })
+        })?;
+        adapter.set_calibration(calibration, ood).map_err(|e| match e {
+            Error::Adapter { reason, .. } => fail(reason),
+            other => other,
+        })?;
+        Ok(adapter)
     }
 
     /// Writes the adapter atomically (temporary file, fsync, rename).
@@ -577,6 +682,13 @@ impl Adapter {
         }
         tensors.insert("head.weight".into(), self.head_weight.clone());
         tensors.insert("head.bias".into(), self.head_bias.clone());
+        if let Some(stats) = &self.ood_stats {
+            let (c, f, k) = (stats.classes(), stats.feature_dim(), stats.components());
+            let cpu = &Device::Cpu;
+            tensors.insert(OOD_MEANS.into(), Tensor::from_slice(stats.class_means(), (c, f), cpu)?);
+            tensors.insert(OOD_COMPONENTS.into(), Tensor::from_slice(stats.component_vectors(), (k, f), cpu)?);
+            tensors.insert(OOD_EIGENVALUES.into(), Tensor::from_slice(stats.eigenvalues(), k, cpu)?);
+        }
         let json = serde_json::to_string(&self.metadata).map_err(|e| Error::Unsupported(format!("metadata: {e}")))?;
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),

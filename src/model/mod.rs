@@ -10,12 +10,14 @@
 //! Nothing here depends on egui.
 
 pub mod bench;
+pub mod calibration;
 pub mod cli;
 pub mod engine;
 mod error;
 pub mod facts;
 pub mod kernels;
 pub mod lora;
+pub mod ood;
 pub(crate) mod safetensors_io;
 pub mod vit;
 

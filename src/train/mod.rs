@@ -21,6 +21,7 @@
 
 pub mod augment;
 pub mod backprop;
+pub mod calibrate;
 pub mod cli;
 pub mod data;
 pub mod grad;

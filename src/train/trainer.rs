@@ -32,11 +32,14 @@ use serde::{Deserialize, Serialize};
 pub use super::augment::Augment;
 use super::augment::Transform;
 use super::backprop::{FrozenBackbone, LoraFactors};
+use super::calibrate::{self, DEFAULT_MAX_TRAIN};
 use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::grad::{uniform, GradVit, Trainable};
 use super::metrics::{evaluate, Evaluation};
 use super::{Error, Result};
+use crate::model::calibration::Calibration;
 use crate::model::lora::{DataSetSummary, LoraTarget, TrainingSummary};
+use crate::model::ood::{OodSummary, DEFAULT_COMPONENTS};
 use crate::model::vit::{LowRank, QkvLora};
 use crate::model::{Adapter, AdapterMetadata, Engine, Pooling, VisionTransformer};
 
@@ -207,10 +210,17 @@ pub struct TrainReport {
     pub head_phase_val_auc: Option<f64>,
     pub val: Evaluation,
     pub test: Evaluation,
-    /// Probabilities of the first test items (at most 64), as the engine computes them: the
-    /// adapter tests reproduce these from image files.
+    /// Probabilities of the first test items (at most 64), the uncalibrated softmax (before
+    /// `calibration`'s temperature): the adapter tests reproduce these from image files.
     pub test_probabilities_head: Vec<Vec<f32>>,
     pub options: TrainOptions,
+    /// Temperature fitted on validation, ECE / Brier / reliability bins on test before and
+    /// after (issue 15); `None` for multi-label heads, full fine-tuning, or a failed fit.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+    /// The adapter's out-of-distribution detector (statistics in the adapter file).
+    #[serde(default)]
+    pub ood: Option<OodSummary>,
 }
 
 /// Items of the test split whose probabilities the report keeps.
@@ -763,11 +773,25 @@ pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainRepor
         test,
         test_probabilities_head,
         options: o.clone(),
+        calibration: None,
+        ood: None,
     };
 
     match o.method {
         Method::Lora | Method::Linear => {
-            let adapter = build_adapter(&model, &head, vit, o, &report, lora_scale)?;
+            let mut adapter = build_adapter(&model, &head, vit, o, &report, lora_scale)?;
+            // Same fit as `melo calibrate`, on the chosen epoch's weights.
+            match calibrate::fit(vit, &adapter, &train_set, &val_set, &test_set, DEFAULT_COMPONENTS, DEFAULT_MAX_TRAIN)
+            {
+                Ok(fitted) => {
+                    report.calibration = fitted.calibration.clone();
+                    report.ood = Some(fitted.ood.clone());
+                    adapter.set_calibration(fitted.calibration, Some((fitted.ood, fitted.stats)))?;
+                }
+                Err(e) => {
+                    eprintln!("warning: no calibration or OOD statistics fitted ({e}); the adapter is uncalibrated")
+                }
+            }
             adapter.save(&o.out)?;
         }
         Method::Full => save_full(&opt, o, &report)?,

@@ -138,24 +138,32 @@ impl TaskInfo {
     }
 }
 
-/// The calibration the adapter records, for the panel. Issue 15's calibration (another
-/// change, in the library) adds it to the metadata; until then no adapter has one and every
-/// adapter is shown as uncalibrated. This is the one function that maps it; with
-/// `AdapterMetadata::calibration: Option<Calibration>` it becomes
-/// `m.calibration.as_ref().map(|c| CalibrationView { temperature: c.temperature, ece_before:
-/// c.ece_before, ece_after: c.ece_after, brier_before: Some(c.brier_before), brier_after:
-/// Some(c.brier_after), bins: c.reliability_after.iter().map(|b| ReliabilityBin { count: b.count,
-/// mean_confidence: b.confidence, accuracy: b.accuracy }).collect() })`.
-fn calibration_view(_m: &AdapterMetadata) -> Option<CalibrationView> {
-    None
+/// The calibration the adapter records, for the panel: the temperature, test ECE / Brier
+/// before and after, and the reliability bins after scaling; `None`: shown as uncalibrated.
+fn calibration_view(m: &AdapterMetadata) -> Option<CalibrationView> {
+    m.calibration.as_ref().map(|c| CalibrationView {
+        temperature: c.temperature,
+        ece_before: c.ece_before,
+        ece_after: c.ece_after,
+        brier_before: Some(c.brier_before),
+        brier_after: Some(c.brier_after),
+        bins: c
+            .reliability_after
+            .iter()
+            .map(|b| ReliabilityBin { count: b.count, mean_confidence: b.confidence, accuracy: b.accuracy })
+            .collect(),
+    })
 }
 
-/// The OOD statistics the adapter records, for the panel (see [`calibration_view`]); with
-/// `AdapterMetadata::ood: Option<OodSummary>`: detector `o.detector.name()`, threshold
-/// `o.threshold(o.detector)`, and the validation scores' histogram once the summary keeps one
-/// (without it the plot shows the threshold and the image's score).
-fn ood_view(_m: &AdapterMetadata) -> Option<OodView> {
-    None
+/// The OOD statistics the adapter records, for the panel: detector and threshold. The
+/// metadata keeps no histogram of the validation scores yet, so the plot shows the threshold
+/// and the current image's score only.
+fn ood_view(m: &AdapterMetadata) -> Option<OodView> {
+    m.ood.as_ref().map(|o| OodView {
+        detector: o.detector.name().to_string(),
+        threshold: o.threshold(o.detector),
+        validation_histogram: Vec::new(),
+    })
 }
 
 /// The per-epoch history of a `melo train` report (`TASK.report.json`), if `text` is one

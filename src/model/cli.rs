@@ -497,12 +497,21 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
 }
 
 /// Whether the adapter's probabilities went through a fitted temperature.
-// Issue 15's calibration (another change) adds the fitted temperature to the metadata; this
-// is the one place that reads it for the listing and the label. With
-// `AdapterMetadata::calibration: Option<Calibration>`: `Some(c)` gives
-// `format!("calibrated: temperature {:.2} fitted on {}; test ECE {:.3} -> {:.3}", …)`.
-fn calibration_text(_m: &AdapterMetadata) -> String {
-    "uncalibrated (raw softmax; no temperature fitted)".into()
+fn calibration_text(m: &AdapterMetadata) -> String {
+    match &m.calibration {
+        Some(c) => format!(
+            "calibrated: temperature {:.2} fitted on {} ({} images); {} ECE {:.3} -> {:.3}, Brier {:.3} -> {:.3}",
+            c.temperature,
+            c.fitted_on,
+            c.fitted_samples,
+            c.evaluated_on,
+            c.ece_before,
+            c.ece_after,
+            c.brier_before,
+            c.brier_after
+        ),
+        None => "uncalibrated (raw softmax; no temperature fitted)".into(),
+    }
 }
 
 /// `pneumonia  2 classes (normal, pneumonia)  CR  test AUC 0.946, ACC 0.879  uncalibrated`

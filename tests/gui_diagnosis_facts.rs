@@ -125,13 +125,30 @@ fn the_facts_panel_names_research_use_data_and_intervals() {
     assert!(shown(&harness, "PneumoniaMNIST (MedMNIST v2) (CC BY 4.0); train 4690, val 524, test 621"));
     assert!(shown(&harness, &format!("accuracy {}", melo::model::facts::interval_text(&accuracy))));
     assert!(shown(&harness, "Paediatric chest X-rays from one centre only"), "limitations missing");
+    // The shipped adapter carries its fitted temperature: the panel states it, from the metadata.
+    let calibration = info_calibration();
+    assert!(shown(&harness, &melo::gui::calibration_text(Some(&calibration))), "calibration line");
+    assert!(!shown(&harness, "uncalibrated: the probabilities are the raw softmax"));
+
+    // An adapter without one (imported, or trained before calibration) says so.
+    let mut uncalibrated = pneumonia_info();
+    uncalibrated.calibration = None;
+    let mut harness = app_with(uncalibrated);
+    show(&mut harness, None, false);
     assert!(shown(&harness, "uncalibrated: the probabilities are the raw softmax"));
+}
+
+/// The shipped pneumonia adapter's calibration as the panel sees it.
+fn info_calibration() -> CalibrationView {
+    pneumonia_info().calibration.expect("the shipped pneumonia adapter is calibrated (melo calibrate)")
 }
 
 #[test]
 fn calibration_and_ood_plots_appear_when_the_adapter_has_them() {
     let mut info = pneumonia_info();
-    assert!(info.calibration.is_none() && info.ood.is_none());
+    // The shipped adapter has both (re-fitted by `melo calibrate`); replaced below by values
+    // whose text and plots are known.
+    assert!(info.calibration.is_some() && info.ood.is_some());
     // The curves are the report's history.
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(common::repo().join("adapters/pneumonia.report.json")).unwrap())

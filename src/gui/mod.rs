@@ -36,7 +36,7 @@ use loader::{short_name, Loader, LoaderEvent, THUMBNAIL_SIDE};
 
 pub use audit_worker::{ExposedImage, GALLERY_SIZE};
 pub use diagnosis::{
-    DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction, GREYED_CAPTION, RESEARCH_USE_ONLY,
+    calibration_text, DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction, GREYED_CAPTION, RESEARCH_USE_ONLY,
 };
 pub use diagnosis_worker::{
     attach_histories, AdapterLayout, CalibrationView, EpochPoint, ImageKey, ImportFields, OodView, ReliabilityBin,

@@ -258,7 +258,46 @@ pub(crate) struct TrackedTensors {
     pub(crate) used: Arc<Mutex<HashSet<String>>>,
 }
 
+/// What [`TrackedTensors::var_builder`] recorded: which of the file's tensors a model read.
+pub(crate) struct TensorUsage {
+    names: Vec<String>,
+    used: Arc<Mutex<HashSet<String>>>,
+}
+
+impl TensorUsage {
+    /// Refuses weights the model never read: tensors the config does not account for mean the
+    /// config describes another model (e.g. `add_attention: false` on weights with a mid
+    /// attention), so they are refused, not ignored. `hint` names what the unused tensors
+    /// suggest (or ""), and follows the count.
+    pub(crate) fn refuse_unused(&self, component: &str, hint: fn(&[&String]) -> &'static str) -> Result<()> {
+        let used = self.used.lock().map(|u| u.clone()).unwrap_or_default();
+        let mut unused: Vec<&String> = self.names.iter().filter(|n| !used.contains(*n)).collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        let hint = hint(&unused);
+        Err(Error::Weights {
+            context: component.into(),
+            reason: format!(
+                "weights do not fit config.json: {} tensor(s) are not used by the architecture it describes{hint} (e.g. {})",
+                unused.len(),
+                unused.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+}
+
 impl TrackedTensors {
+    /// A `VarBuilder` (f32, on `device`) over `tensors`, and the record of which ones the model
+    /// built from it reads.
+    pub(crate) fn var_builder(tensors: HashMap<String, Tensor>, device: &Device) -> (VarBuilder<'static>, TensorUsage) {
+        let names: Vec<String> = tensors.keys().cloned().collect();
+        let used = Arc::new(Mutex::new(HashSet::new()));
+        let backend = TrackedTensors { tensors, used: used.clone() };
+        (VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone()), TensorUsage { names, used })
+    }
+
     fn fetch(&self, name: &str) -> candle_core::Result<&Tensor> {
         let t = match self.tensors.get(name) {
             Some(t) => t,
@@ -518,26 +557,9 @@ impl UNet2DModel {
     pub fn from_tensors(config: Config, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         config.validate()?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
-        let names: Vec<String> = tensors.keys().cloned().collect();
-        let used = Arc::new(Mutex::new(HashSet::new()));
-        let backend = TrackedTensors { tensors, used: used.clone() };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let (vb, usage) = TrackedTensors::var_builder(tensors, device);
         let model = Self::build(config, vb, device, num_params)?;
-        // Weights the config does not account for mean the config describes another model
-        // (e.g. add_attention false on weights that have a mid attention): refuse, don't ignore.
-        let used = used.lock().map(|u| u.clone()).unwrap_or_default();
-        let mut unused: Vec<&String> = names.iter().filter(|n| !used.contains(*n)).collect();
-        if !unused.is_empty() {
-            unused.sort();
-            return Err(Error::Weights {
-                context: "UNet2DModel".into(),
-                reason: format!(
-                    "weights do not fit config.json: {} tensor(s) are not used by the architecture it describes (e.g. {})",
-                    unused.len(),
-                    unused.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
+        usage.refuse_unused("UNet2DModel", |_| "")?;
         Ok(model)
     }
 

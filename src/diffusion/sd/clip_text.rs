@@ -14,9 +14,8 @@
 //! chosen exactly as transformers chooses it (see [`ClipTextModel::pooled_positions`]).
 //! Computation is in float32 whatever the weights' type (f16 weights are widened on load).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
@@ -383,10 +382,7 @@ impl ClipTextModel {
         let prefixed = tensors.contains_key("text_model.embeddings.token_embedding.weight");
         let prefix = if prefixed { "text_model." } else { "" };
         tensors.remove(&format!("{prefix}embeddings.position_ids"));
-        let names: Vec<String> = tensors.keys().cloned().collect();
-        let used = Arc::new(Mutex::new(HashSet::new()));
-        let backend = TrackedTensors { tensors, used: used.clone() };
-        let root = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let (root, usage) = TrackedTensors::var_builder(tensors, device);
         let vb = if prefixed { root.pp("text_model") } else { root };
         let c = &config;
         let d = c.hidden_size;
@@ -396,26 +392,15 @@ impl ClipTextModel {
             .map(|i| EncoderLayer::new(c, activation, vb.pp(format!("encoder.layers.{i}"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let final_layer_norm = LayerNorm::new(d, c.layer_norm_eps, vb.pp("final_layer_norm"))?;
-        let used = used.lock().map(|u| u.clone()).unwrap_or_default();
-        let mut unused: Vec<&String> = names.iter().filter(|n| !used.contains(*n)).collect();
-        if !unused.is_empty() {
-            unused.sort();
-            let hint = if unused.iter().any(|n| n.contains("text_projection")) {
+        usage.refuse_unused("CLIPTextModel", |unused| {
+            if unused.iter().any(|n| n.contains("text_projection")) {
                 " (a text projection: these are CLIPTextModelWithProjection / CLIPModel weights)"
             } else if unused.iter().any(|n| n.contains("encoder.layers.")) {
                 " (more layers than num_hidden_layers)"
             } else {
                 ""
-            };
-            return Err(Error::Weights {
-                context: "CLIPTextModel".into(),
-                reason: format!(
-                    "weights do not fit config.json: {} tensor(s) are not used by the model it describes{hint}, e.g. {}",
-                    unused.len(),
-                    unused.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
+            }
+        })?;
         Ok(Self {
             config,
             eos_token_id,

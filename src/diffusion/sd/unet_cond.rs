@@ -13,9 +13,8 @@
 //! and uses `attention_head_dim` as the NUMBER OF HEADS per block (each head then has
 //! `channels / heads` dimensions). The parity fixtures in `tests/data/sd/unet_sd{1,2}` pin it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -538,24 +537,9 @@ impl UNet2DConditionModel {
     pub fn from_tensors(config: Config, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         config.validate()?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
-        let names: Vec<String> = tensors.keys().cloned().collect();
-        let used = Arc::new(Mutex::new(HashSet::new()));
-        let backend = TrackedTensors { tensors, used: used.clone() };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let (vb, usage) = TrackedTensors::var_builder(tensors, device);
         let model = Self::build(config, vb, device, num_params)?;
-        let used = used.lock().map(|u| u.clone()).unwrap_or_default();
-        let mut unused: Vec<&String> = names.iter().filter(|n| !used.contains(*n)).collect();
-        if !unused.is_empty() {
-            unused.sort();
-            return Err(Error::Weights {
-                context: "UNet2DConditionModel".into(),
-                reason: format!(
-                    "weights do not fit config.json: {} tensor(s) are not used by the architecture it describes (e.g. {})",
-                    unused.len(),
-                    unused.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
+        usage.refuse_unused("UNet2DConditionModel", |_| "")?;
         Ok(model)
     }
 

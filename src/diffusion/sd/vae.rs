@@ -12,9 +12,8 @@
 //! Every norm of the VAE uses eps 1e-6 (diffusers hard-codes it in `Encoder` / `Decoder`).
 //! Parity with diffusers: `tests/sd_vae.rs` on the fixtures in `tests/data/sd/vae_*`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -552,10 +551,7 @@ impl AutoencoderKL {
     pub fn from_tensors(config: Config, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         config.validate()?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
-        let names: Vec<String> = tensors.keys().cloned().collect();
-        let used = Arc::new(Mutex::new(HashSet::new()));
-        let backend = TrackedTensors { tensors, used: used.clone() };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let (vb, usage) = TrackedTensors::var_builder(tensors, device);
         let lc = config.latent_channels;
         let encoder = Encoder::new(&config, vb.pp("encoder"))?;
         let decoder = Decoder::new(&config, vb.pp("decoder"))?;
@@ -569,19 +565,7 @@ impl AutoencoderKL {
         } else {
             None
         };
-        let used = used.lock().map(|u| u.clone()).unwrap_or_default();
-        let mut unused: Vec<&String> = names.iter().filter(|n| !used.contains(*n)).collect();
-        if !unused.is_empty() {
-            unused.sort();
-            return Err(Error::Weights {
-                context: "AutoencoderKL".into(),
-                reason: format!(
-                    "weights do not fit config.json: {} tensor(s) are not used by the architecture it describes (e.g. {})",
-                    unused.len(),
-                    unused.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
+        usage.refuse_unused("AutoencoderKL", |_| "")?;
         Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder, device: device.clone(), num_params })
     }
 

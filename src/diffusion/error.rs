@@ -32,6 +32,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A JSON file parsed into `T`: the read error names the file, the parse error names it and
+/// `what` it was meant to be.
+pub(crate) fn read_json_file<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &'static str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), what, reason: e.to_string() })
+}
+
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io(crate::error::IoError { path: path.into(), source })

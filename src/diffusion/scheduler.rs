@@ -195,12 +195,7 @@ impl From<RawSchedulerConfig> for SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: SchedulerConfig = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            what: "scheduler config",
-            reason: e.to_string(),
-        })?;
+        let config: SchedulerConfig = crate::diffusion::error::read_json_file(path, "scheduler config")?;
         config.validate()?;
         Ok(config)
     }

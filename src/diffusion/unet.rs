@@ -144,12 +144,7 @@ pub struct Config {
 impl Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            what: "UNet2DModel config",
-            reason: e.to_string(),
-        })?;
+        let config: Config = crate::diffusion::error::read_json_file(path, "UNet2DModel config")?;
         config.validate()?;
         Ok(config)
     }

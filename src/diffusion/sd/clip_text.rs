@@ -125,12 +125,7 @@ pub enum Activation {
 impl Config {
     /// Reads and validates `config.json` of a `text_encoder/` folder.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            what: "CLIPTextModel config",
-            reason: e.to_string(),
-        })?;
+        let config: Config = crate::diffusion::error::read_json_file(path, "CLIPTextModel config")?;
         config.validate()?;
         Ok(config)
     }

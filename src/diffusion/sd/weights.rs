@@ -111,12 +111,7 @@ fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     if size > MAX_INDEX_BYTES {
         return Err(weights_error(index, format!("shard index of {size} bytes (at most {MAX_INDEX_BYTES})")));
     }
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: index.to_path_buf(),
-        what: "safetensors shard index",
-        reason: e.to_string(),
-    })?;
+    let parsed: ShardIndex = crate::diffusion::error::read_json_file(index, "safetensors shard index")?;
     if parsed.weight_map.is_empty() {
         return Err(weights_error(index, "the shard index lists no tensors"));
     }

@@ -191,27 +191,13 @@ impl Config {
             return unsupported(format!("downsample_padding {}", self.downsample_padding));
         }
         let n = self.block_out_channels.len();
-        if n == 0 {
-            return Err(Error::Config("block_out_channels is empty".into()));
-        }
-        if self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err(Error::Config(format!(
-                "{} down blocks and {} up blocks for {} block_out_channels (must be equal)",
-                self.down_block_types.len(),
-                self.up_block_types.len(),
-                n
-            )));
-        }
-        for t in &self.down_block_types {
-            if t != "DownBlock2D" && t != "AttnDownBlock2D" {
-                return unsupported(format!("down block type '{t}'"));
-            }
-        }
-        for t in &self.up_block_types {
-            if t != "UpBlock2D" && t != "AttnUpBlock2D" {
-                return unsupported(format!("up block type '{t}'"));
-            }
-        }
+        check_block_types(
+            n,
+            &self.down_block_types,
+            &self.up_block_types,
+            &["AttnDownBlock2D", "DownBlock2D"],
+            &["AttnUpBlock2D", "UpBlock2D"],
+        )?;
         if self.in_channels == 0 || self.out_channels == 0 || self.layers_per_block == 0 {
             return Err(Error::Config("in_channels, out_channels and layers_per_block must be positive".into()));
         }
@@ -244,6 +230,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The block lists of a diffusers UNet config: one down and one up block per
+/// `block_out_channels` entry, each of a type this port computes.
+pub(crate) fn check_block_types(
+    n: usize,
+    down: &[String],
+    up: &[String],
+    allowed_down: &[&str],
+    allowed_up: &[&str],
+) -> Result<()> {
+    if n == 0 {
+        return Err(Error::Config("block_out_channels is empty".into()));
+    }
+    if down.len() != n || up.len() != n {
+        return Err(Error::Config(format!(
+            "{} down blocks and {} up blocks for {n} block_out_channels (must be equal)",
+            down.len(),
+            up.len()
+        )));
+    }
+    for (kind, types, allowed) in [("down", down, allowed_down), ("up", up, allowed_up)] {
+        if let Some(t) = types.iter().find(|t| !allowed.contains(&t.as_str())) {
+            return Err(Error::Unsupported(format!("{kind} block type '{t}' (only {})", allowed.join(", "))));
+        }
+    }
+    Ok(())
 }
 
 /// Named tensors that remember which ones the model asked for (shared with the Stable

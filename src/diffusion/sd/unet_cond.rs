@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::transformer2d::{Transformer2D, TransformerShape};
 use crate::diffusion::conv::{Conv2d, GroupNorm};
 use crate::diffusion::error::{Error, Result};
-use crate::diffusion::unet::{timestep_features, Downsample, ResnetBlock, TrackedTensors};
+use crate::diffusion::unet::{check_block_types, timestep_features, Downsample, ResnetBlock, TrackedTensors};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -369,27 +369,13 @@ impl Config {
             return unsupported(format!("downsample_padding {}", self.downsample_padding));
         }
         let n = self.block_out_channels.len();
-        if n == 0 {
-            return Err(Error::Config("block_out_channels is empty".into()));
-        }
-        if self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err(Error::Config(format!(
-                "{} down blocks and {} up blocks for {} block_out_channels (must be equal)",
-                self.down_block_types.len(),
-                self.up_block_types.len(),
-                n
-            )));
-        }
-        for t in &self.down_block_types {
-            if t != "DownBlock2D" && t != "CrossAttnDownBlock2D" {
-                return unsupported(format!("down block type '{t}' (only CrossAttnDownBlock2D, DownBlock2D)"));
-            }
-        }
-        for t in &self.up_block_types {
-            if t != "UpBlock2D" && t != "CrossAttnUpBlock2D" {
-                return unsupported(format!("up block type '{t}' (only CrossAttnUpBlock2D, UpBlock2D)"));
-            }
-        }
+        check_block_types(
+            n,
+            &self.down_block_types,
+            &self.up_block_types,
+            &["CrossAttnDownBlock2D", "DownBlock2D"],
+            &["CrossAttnUpBlock2D", "UpBlock2D"],
+        )?;
         let heads = self.heads()?;
         self.layers_per_block()?;
         self.transformer_layers_per_block()?;

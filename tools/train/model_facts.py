@@ -20,9 +20,9 @@ python3 tools/train/model_facts.py
 """
 import json
 import math
-import os
-import struct
 import sys
+
+import adapter_header  # tools/train/adapter_header.py
 
 Z95 = 1.959963984540054
 
@@ -122,11 +122,7 @@ def intervals(classes, confusion, macro_auc):
 
 
 def rewrite(path, report):
-    blob = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
-    data = blob[8 + n:]
-    meta = json.loads(header["__metadata__"]["adapter"])
+    header, meta, data = adapter_header.read(path)
     if meta["labels"] != report["classes"]:
         sys.exit(f"{path}: labels {meta['labels']} differ from the report's {report['classes']}")
     facts = FACTS[meta["task"]]
@@ -136,14 +132,7 @@ def rewrite(path, report):
         "research_use_only": True,
         "test_intervals": intervals(report["classes"], report["test"]["confusion"], report["test"]["macro_auc"]),
     }
-    header["__metadata__"]["adapter"] = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
-    new = struct.pack("<Q", len(text)) + text + data
-    assert new[8 + len(text):] == data, "tensor bytes changed"
-    with open(path + ".tmp", "wb") as f:
-        f.write(new)
-    os.replace(path + ".tmp", path)
+    adapter_header.write(path, header, meta, data)
 
 
 def main():

@@ -18,10 +18,11 @@ import glob
 import json
 import os
 import re
-import struct
 import sys
 
 import numpy as np
+
+import adapter_header  # tools/train/adapter_header.py
 
 SHARED = os.path.join("..", "shared", "data")
 # Old `--data` value's final component -> (name, licence); see ../shared/data/README.md.
@@ -104,25 +105,14 @@ def scrub_report(path):
 
 
 def scrub_adapter(path, report):
-    blob = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
-    data = blob[8 + n:]
-    meta = json.loads(header["__metadata__"]["adapter"])
+    header, meta, data = adapter_header.read(path)
     meta["training"]["dataset"] = report["data"]
     meta["data_set"] = {
         "licence": report["data_licence"],
         "counts": report["class_counts"],
         "skipped_files": report["skipped_files"],
     }
-    header["__metadata__"]["adapter"] = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
-    new = struct.pack("<Q", len(text)) + text + data
-    assert new[8 + len(text):] == data, "tensor bytes changed"
-    with open(path + ".tmp", "wb") as f:
-        f.write(new)
-    os.replace(path + ".tmp", path)
+    adapter_header.write(path, header, meta, data)
 
 
 def main():

@@ -25,19 +25,30 @@ pub enum PresetArg {
 /// `melo audit --target DIR --members PATH --nonmembers PATH --attack all|NAME… --out report.json`
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Diffusers model folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json).
-    #[arg(long, required_unless_present = "demo")]
+    /// Diffusers folder: a pixel-space model (config.json, diffusion_pytorch_model.safetensors,
+    /// scheduler_config.json) or a Stable Diffusion 1.x / 2.x pipeline (model_index.json).
+    #[arg(long, required_unless_present_any = ["demo", "demo_sd"])]
     pub target: Option<PathBuf>,
-    /// Known training members: .npz (key 'images', uint8) or a folder of PNG/JPEG images.
-    #[arg(long, required_unless_present = "demo")]
+    /// Known training members: .npz (key 'images', uint8), a folder of PNG/JPEG images, or a
+    /// captioned folder (metadata.jsonl with file_name and text per line) for a pipeline.
+    #[arg(long, required_unless_present_any = ["demo", "demo_sd"])]
     pub members: Option<PathBuf>,
     /// Known non-members, same formats.
-    #[arg(long, required_unless_present = "demo")]
+    #[arg(long, required_unless_present_any = ["demo", "demo_sd"])]
     pub nonmembers: Option<PathBuf>,
-    /// Use the shipped demo target and its member / non-member sets (assets/demo_ddpm).
-    #[arg(long, conflicts_with_all = ["target", "members", "nonmembers"])]
+    /// Use the shipped pixel-space demo target and its member / non-member sets (assets/demo_ddpm).
+    #[arg(long, conflicts_with_all = ["target", "members", "nonmembers", "demo_sd"])]
     pub demo: bool,
-    /// Attacks to run: all, or any of loss, pia, secmi, trajectory (repeat or comma-separate).
+    /// Use the shipped latent demo: a small Stable Diffusion pipeline fine-tuned on captioned
+    /// blood-cell images, with its members/ and nonmembers/ (assets/demo_sd).
+    #[arg(long, conflicts_with_all = ["target", "members", "nonmembers"])]
+    pub demo_sd: bool,
+    /// Continue an interrupted audit: reuse the attacks finished in the checkpoint beside
+    /// --out (OUT.partial.json), which is written after every attack.
+    #[arg(long)]
+    pub resume: bool,
+    /// Attacks to run: all (those that apply to the target), or any of loss, pia, secmi,
+    /// trajectory, clid (repeat or comma-separate).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub attack: Vec<String>,
     /// JSON report (written atomically).
@@ -86,6 +97,11 @@ pub struct AuditArgs {
     pub traj_draws: Option<usize>,
     #[arg(long)]
     pub traj_train_fraction: Option<f64>,
+    /// CLiD timesteps, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub clid_t: Option<Vec<usize>>,
+    #[arg(long)]
+    pub clid_draws: Option<usize>,
     /// Trajectory attack classifier: logistic (default) or mlp.
     #[arg(long, value_enum)]
     pub traj_classifier: Option<ClassifierArg>,
@@ -97,11 +113,11 @@ pub struct AuditArgs {
     pub bench_batch: Option<usize>,
 }
 
-fn parse_attacks(names: &[String]) -> Result<Vec<AttackKind>> {
+fn parse_attacks(names: &[String], target: &Path) -> Result<Vec<AttackKind>> {
     let mut kinds = Vec::new();
     for name in names.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
         if name.eq_ignore_ascii_case("all") {
-            kinds.extend(AttackKind::ALL);
+            kinds.extend(AttackKind::for_target(target));
         } else {
             kinds.push(name.parse::<AttackKind>().map_err(Error::Params)?);
         }
@@ -126,6 +142,8 @@ pub fn config_from_args(args: &AuditArgs) -> Result<AuditConfig> {
     };
     let mut c = if args.demo {
         AuditConfig::demo(preset)
+    } else if args.demo_sd {
+        AuditConfig::demo_sd(preset)
     } else {
         let need =
             |p: &Option<PathBuf>, what: &str| p.clone().ok_or_else(|| Error::Params(format!("--{what} is required")));
@@ -136,7 +154,7 @@ pub fn config_from_args(args: &AuditArgs) -> Result<AuditConfig> {
             preset,
         )
     };
-    c.attacks = parse_attacks(&args.attack)?;
+    c.attacks = parse_attacks(&args.attack, &c.target)?;
     c.report_file_names = args.report_file_names;
     if let Some(n) = args.n {
         c.max_per_set = Some(n);
@@ -180,6 +198,12 @@ pub fn config_from_args(args: &AuditArgs) -> Result<AuditConfig> {
     if let Some(v) = args.traj_train_fraction {
         c.trajectory.train_fraction = v;
     }
+    if let Some(v) = &args.clid_t {
+        c.clid.timesteps = v.clone();
+    }
+    if let Some(v) = args.clid_draws {
+        c.clid.draws = v;
+    }
     if let Some(v) = args.traj_classifier {
         c.trajectory.classifier = match v {
             ClassifierArg::Logistic => super::classifier::ClassifierKind::Logistic,
@@ -215,7 +239,13 @@ pub fn audit(args: &AuditArgs) -> Result<()> {
         return bench_forward(&config.target, batch);
     }
     let out = args.out.as_ref().ok_or_else(|| Error::Params("--out is required".into()))?;
+    let mut config = config;
     check_outputs(out, args.csv.as_deref(), &config)?;
+    let checkpoint = checkpoint_path(out);
+    if !args.resume && checkpoint.exists() {
+        eprintln!("note: {} is from an earlier run; starting over (--resume reuses it)", checkpoint.display());
+    }
+    config.checkpoint = Some(super::Checkpoint { path: checkpoint.clone(), resume: args.resume });
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} model calls  {elapsed_precise}  {msg}")
@@ -233,8 +263,21 @@ pub fn audit(args: &AuditArgs) -> Result<()> {
     if let Some(csv) = &args.csv {
         report.write_csv(csv)?;
     }
+    // the report holds everything the checkpoint did
+    if let Err(e) = std::fs::remove_file(&checkpoint) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("warning: could not remove {} ({e})", checkpoint.display());
+        }
+    }
     print_summary(&report);
     Ok(())
+}
+
+/// `OUT.partial.json` beside the report.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial.json");
+    out.with_file_name(name)
 }
 
 fn print_summary(r: &Report) {
@@ -242,8 +285,8 @@ fn print_summary(r: &Report) {
         eprintln!("warning: {w}");
     }
     println!(
-        "target {} ({} parameters); {} members, {} non-members",
-        r.target.dir, r.target.parameters, r.n_members, r.n_nonmembers
+        "target {}: {} ({} UNet parameters); {} members, {} non-members",
+        r.target.dir, r.target.kind, r.target.parameters, r.n_members, r.n_nonmembers
     );
     println!(
         "{:<11} {:>6} {:>17} {:>9} {:>10} {:>8} {:>8} {:>8}",

@@ -22,6 +22,8 @@ pub struct SampleSet {
     pub width: usize,
     /// `len × channels × height × width` values.
     pub pixels: Vec<f32>,
+    /// One caption per image for a captioned folder (`metadata.jsonl`), else `None`.
+    pub captions: Option<Vec<String>>,
 }
 
 /// A 2-D grey image (for display): row-major, values in [−1, 1].
@@ -160,6 +162,7 @@ impl SampleSet {
             height: h,
             width: w,
             pixels,
+            captions: None,
         })
     }
 
@@ -179,7 +182,15 @@ impl SampleSet {
             files.truncate(l);
         }
         let mut set =
-            Self { source: dir.to_path_buf(), ids: Vec::new(), channels: 1, height: 0, width: 0, pixels: Vec::new() };
+            Self {
+            source: dir.to_path_buf(),
+            ids: Vec::new(),
+            channels: 1,
+            height: 0,
+            width: 0,
+            pixels: Vec::new(),
+            captions: None,
+        };
         // Grey unless some image has colour; decided up front so all images share a layout.
         let decoded: Vec<(PathBuf, ::image::DynamicImage)> = files
             .into_iter()
@@ -229,6 +240,53 @@ impl SampleSet {
         let key = |img: &[f32]| -> Vec<u32> { img.iter().map(|v| v.to_bits()).collect() };
         let index: HashMap<Vec<u32>, usize> = (0..other.len()).map(|j| (key(other.image(j)), j)).collect();
         (0..self.len()).filter_map(|i| index.get(&key(self.image(i))).map(|&j| (i, j))).collect()
+    }
+}
+
+/// True when `path` is a folder with a `metadata.jsonl`.
+pub fn is_captioned_folder(path: &Path) -> bool {
+    path.is_dir() && path.join("metadata.jsonl").is_file()
+}
+
+impl SampleSet {
+    /// TEMPORARY (replaced by the full loader): a metadata.jsonl folder of images already at
+    /// `resolution`.
+    pub fn load_captioned(path: &Path, resolution: usize, limit: Option<usize>) -> Result<Self> {
+        let meta = path.join("metadata.jsonl");
+        let text = std::fs::read_to_string(&meta).map_err(|e| Error::io(&meta, e))?;
+        let mut set = Self {
+            source: path.to_path_buf(),
+            ids: Vec::new(),
+            channels: 3,
+            height: resolution,
+            width: resolution,
+            pixels: Vec::new(),
+            captions: Some(Vec::new()),
+        };
+        for (ln, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            if limit.is_some_and(|l| set.ids.len() >= l) {
+                break;
+            }
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| Error::Data(format!("{}:{}: {e}", meta.display(), ln + 1)))?;
+            let (Some(f), Some(c)) = (v["file_name"].as_str(), v["text"].as_str()) else {
+                return Err(Error::Data(format!("{}:{}: no file_name / text", meta.display(), ln + 1)));
+            };
+            let img = ::image::open(path.join(f))
+                .map_err(|e| Error::Data(format!("{}: cannot decode ({e})", path.join(f).display())))?
+                .to_rgb8();
+            if (img.width() as usize, img.height() as usize) != (resolution, resolution) {
+                return Err(Error::Data(format!("{f}: not {resolution}×{resolution}")));
+            }
+            for ch in 0..3 {
+                set.pixels.extend(img.pixels().map(|px| to_model_range(px.0[ch])));
+            }
+            set.ids.push(f.to_string());
+            if let Some(caps) = set.captions.as_mut() {
+                caps.push(c.to_string());
+            }
+        }
+        Ok(set)
     }
 }
 

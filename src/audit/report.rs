@@ -24,6 +24,10 @@ pub struct SampleScore {
     pub member: bool,
     /// Higher = more likely a member.
     pub score: f64,
+    /// The image's caption (captioned sets). Left out of written reports unless
+    /// `report_file_names`: a caption can be a radiology report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +55,10 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetInfo {
     pub dir: String,
+    /// What the folder holds: a pixel-space DDPM or a Stable Diffusion pipeline (with its
+    /// prediction type, resolution and latent shape).
+    #[serde(default)]
+    pub kind: String,
     pub parameters: usize,
     pub sample_size: Option<usize>,
     pub num_train_timesteps: usize,
@@ -101,6 +109,7 @@ impl Report {
             for a in &mut r.attacks {
                 for s in &mut a.scores {
                     s.id = super::pseudonym(s.member, s.index);
+                    s.caption = None;
                 }
             }
         }

@@ -52,7 +52,7 @@ impl Attack for LossAttack {
             for k in 0..p.draws {
                 runner.label = format!("loss: t = {t}, draw {}/{}", k + 1, p.draws);
                 let noise = gaussian_noise(input.images.dims(), input.seed, 1_000 * ti as u64 + k as u64)?;
-                let x_t = runner.model.schedule.add_noise(input.images, &noise, t)?;
+                let x_t = runner.model.schedule().add_noise(input.images, &noise, t)?;
                 let eps = runner.eps(&x_t, t)?;
                 for (a, l) in acc.iter_mut().zip(per_sample_mse(&eps, &noise)?) {
                     *a += l;

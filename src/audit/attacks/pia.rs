@@ -45,7 +45,7 @@ impl Attack for PiaAttack {
         }
         runner.label = "PIA: ε_θ(x₀, 0)".into();
         let eps0 = runner.eps(input.images, 0)?;
-        let x_t = runner.model.schedule.add_noise(input.images, &eps0, t)?;
+        let x_t = runner.model.schedule().add_noise(input.images, &eps0, t)?;
         runner.label = format!("PIA: ε_θ(x_t, {t})");
         let eps_t = runner.eps(&x_t, t)?;
         let diff = rows(&(eps0 - eps_t)?)?;

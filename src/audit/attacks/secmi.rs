@@ -47,7 +47,7 @@ impl Attack for SecmiAttack {
             )));
         }
         check_timestep(runner.model, t_sec, "SecMI timestep")?;
-        let schedule = runner.model.schedule.clone();
+        let schedule = runner.model.schedule().clone();
         let mut x = input.images.clone();
         for t in (0..t_sec).step_by(k) {
             runner.label = format!("SecMI: inversion {t} → {}", t + k);

@@ -71,7 +71,7 @@ pub fn generate_back(
     t_start: usize,
     steps: usize,
 ) -> Result<Vec<Tensor>> {
-    let schedule = runner.model.schedule.clone();
+    let schedule = runner.model.schedule().clone();
     let ts = trajectory_timesteps(t_start, steps);
     let mut x = schedule.add_noise(x0, noise, t_start)?;
     let mut estimates = Vec::with_capacity(steps);
@@ -114,8 +114,10 @@ impl TrajectoryAttack {
     /// the candidate, then the slope of each over the steps (averaged over the draws).
     pub fn features(&self, input: &AttackInput, runner: &mut QueryRunner) -> Result<Vec<Vec<f64>>> {
         let p = &self.params;
-        let (_, c, h, w) = input.images.dims4()?;
-        let originals = rows(input.images)?;
+        // Compared in pixels: a latent pipeline's estimates are decoded, as its img2img output is.
+        let reference = input.pixels.unwrap_or(input.images);
+        let (_, c, h, w) = reference.dims4()?;
+        let originals = rows(reference)?;
         let n = originals.len();
         let per_strength = 3 * p.steps + 3;
         let mut feats = vec![vec![0.0f64; per_strength * p.strengths.len()]; n];
@@ -127,7 +129,8 @@ impl TrajectoryAttack {
                 let estimates = generate_back(runner, input.images, &noise, t0, p.steps)?;
                 let mut series = vec![[Vec::new(), Vec::new(), Vec::new()]; n];
                 for est in &estimates {
-                    for (i, r) in rows(est)?.iter().enumerate() {
+                    let est = runner.to_pixels(est)?;
+                    for (i, r) in rows(&est)?.iter().enumerate() {
                         series[i][0].push(mse(r, &originals[i]));
                         series[i][1].push(l1(r, &originals[i]));
                         series[i][2].push(ssim(r, &originals[i], c, h, w, &ssim_opts));

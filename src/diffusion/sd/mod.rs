@@ -5,6 +5,7 @@
 
 pub mod clip_text;
 pub mod pipeline;
+pub mod stable_diffusion;
 mod transformer2d;
 pub mod unet_cond;
 pub mod vae;

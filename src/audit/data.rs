@@ -341,16 +341,16 @@ fn read_caption_metadata(dir: &Path) -> Result<Vec<CaptionEntry>> {
     let size = match std::fs::metadata(&metadata) {
         Ok(m) if m.is_file() => m.len(),
         Ok(_) => return Err(Error::Data(format!("{meta}: not a file"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Data(format!(
-                "{}: no {METADATA_FILE} (a captioned set needs one {{\"file_name\": ..., \"text\": ...}} line per image)",
-                dir.display()
-            )))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::Data(format!(
+            "{}: no {METADATA_FILE} (a captioned set needs one {{\"file_name\": ..., \"text\": ...}} line per image)",
+            dir.display()
+        ))),
         Err(e) => return Err(Error::io(&metadata, e)),
     };
     if size > MAX_METADATA_BYTES {
-        return Err(Error::Data(format!("{meta}: {size} bytes, more than a caption file of {MAX_METADATA_BYTES} bytes")));
+        return Err(Error::Data(format!(
+            "{meta}: {size} bytes, more than a caption file of {MAX_METADATA_BYTES} bytes"
+        )));
     }
     let bytes = std::fs::read(&metadata).map_err(|e| Error::io(&metadata, e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -374,9 +374,9 @@ fn read_caption_metadata(dir: &Path) -> Result<Vec<CaptionEntry>> {
         let string_field = |key: &str| -> Result<String> {
             match object.get(key) {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(Error::Data(one_line(&format!(
-                    "{meta}:{line}: \"{key}\" must be a string, found {other}"
-                )))),
+                Some(other) => {
+                    Err(Error::Data(one_line(&format!("{meta}:{line}: \"{key}\" must be a string, found {other}"))))
+                }
                 None => Err(Error::Data(format!("{meta}:{line}: no \"{key}\" key"))),
             }
         };
@@ -385,10 +385,8 @@ fn read_caption_metadata(dir: &Path) -> Result<Vec<CaptionEntry>> {
         // Only a plain name inside the folder: a separator, `..` or an absolute path would read
         // files the auditor did not hand over.
         let mut components = Path::new(&file_name).components();
-        let plain = matches!(
-            (components.next(), components.next()),
-            (Some(std::path::Component::Normal(_)), None)
-        ) && !file_name.contains(['/', '\\', '\0']);
+        let plain = matches!((components.next(), components.next()), (Some(std::path::Component::Normal(_)), None))
+            && !file_name.contains(['/', '\\', '\0']);
         if !plain {
             return Err(Error::Data(one_line(&format!(
                 "{meta}:{line}: file_name {file_name:?} is not a plain file name in the folder (no separators or '..')"
@@ -520,10 +518,9 @@ fn pil_resize_bilinear(src: &[u8], w: usize, h: usize, new_w: usize, new_h: usiz
             for (xx, &(xmin, count)) in bounds.iter().enumerate() {
                 let k = &kernel[xx * ksize..xx * ksize + count];
                 for c in 0..channels {
-                    let acc =
-                        k.iter().enumerate().fold(1i64 << (PIL_PRECISION_BITS - 1), |acc, (x, &kx)| {
-                            acc + row[(xmin + x) * channels + c] as i64 * kx
-                        });
+                    let acc = k.iter().enumerate().fold(1i64 << (PIL_PRECISION_BITS - 1), |acc, (x, &kx)| {
+                        acc + row[(xmin + x) * channels + c] as i64 * kx
+                    });
                     out[(y * new_w + xx) * channels + c] = pil_clip8(acc);
                 }
             }

@@ -248,6 +248,8 @@ fn a_listed_file_that_does_not_exist_is_refused() {
     let b = Broken::new();
     std::fs::remove_file(b.dir.join("ERB_352362.jpg")).unwrap();
     b.refused(32, &[&format!("{}:2:", b.metadata().display()), "\"ERB_352362.jpg\" does not exist"]);
+    std::fs::create_dir(b.dir.join("ERB_352362.jpg")).unwrap();
+    b.refused(32, &[&format!("{}:2:", b.metadata().display()), "\"ERB_352362.jpg\" is not a file"]);
 }
 
 #[test]
@@ -334,7 +336,7 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 fn an_image_over_the_pixel_limit_is_refused_before_decoding() {
     let b = Broken::new();
     // 10,000 × 9,000 = 90 M pixels: just over PIL's MAX_IMAGE_PIXELS (89,478,485), 270 MB decoded.
-    assert!(10_000 * 9_000 > MAX_IMAGE_PIXELS);
+    const { assert!(10_000 * 9_000 > MAX_IMAGE_PIXELS) };
     std::fs::write(b.dir.join("square64.png"), png_claiming(10_000, 9_000)).unwrap();
     let file = b.dir.join("square64.png").display().to_string();
     b.refused(32, &[&file, "line 6 of", "10000×9000", "limit of 89478485 pixels"]);

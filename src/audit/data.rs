@@ -307,8 +307,9 @@ impl SampleSet {
             height: resolution,
             width: resolution,
             pixels: Vec::with_capacity(take * 3 * resolution * resolution),
-            captions: Some(Vec::with_capacity(take)),
+            captions: None,
         };
+        let mut captions = Vec::with_capacity(take);
         let plane = resolution * resolution;
         for entry in entries.into_iter().take(take) {
             let file = path.join(&entry.file_name);
@@ -326,8 +327,9 @@ impl SampleSet {
                 set.pixels.extend((0..plane).map(|p| to_model_range(square[p * 3 + ch])));
             }
             set.ids.push(entry.file_name);
-            set.captions.as_mut().expect("set above").push(entry.text);
+            captions.push(entry.text);
         }
+        set.captions = Some(captions);
         Ok(set)
     }
 }
@@ -341,10 +343,12 @@ fn read_caption_metadata(dir: &Path) -> Result<Vec<CaptionEntry>> {
     let size = match std::fs::metadata(&metadata) {
         Ok(m) if m.is_file() => m.len(),
         Ok(_) => return Err(Error::Data(format!("{meta}: not a file"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::Data(format!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Data(format!(
             "{}: no {METADATA_FILE} (a captioned set needs one {{\"file_name\": ..., \"text\": ...}} line per image)",
             dir.display()
-        ))),
+        )))
+        }
         Err(e) => return Err(Error::io(&metadata, e)),
     };
     if size > MAX_METADATA_BYTES {
@@ -397,11 +401,10 @@ fn read_caption_metadata(dir: &Path) -> Result<Vec<CaptionEntry>> {
                 "{meta}:{line}: {file_name:?} is listed twice (first on line {first})"
             ))));
         }
-        if !dir.join(&file_name).is_file() {
-            return Err(Error::Data(one_line(&format!(
-                "{meta}:{line}: {file_name:?} does not exist in {}",
-                dir.display()
-            ))));
+        let file = dir.join(&file_name);
+        if !file.is_file() {
+            let problem = if file.exists() { "is not a file" } else { "does not exist" };
+            return Err(Error::Data(one_line(&format!("{meta}:{line}: {file_name:?} {problem} in {}", dir.display()))));
         }
         entries.push(CaptionEntry { line, file_name, text: caption });
     }
@@ -436,7 +439,7 @@ fn read_caption_metadata(dir: &Path) -> Result<Vec<CaptionEntry>> {
 
 /// Error text on one line (decoder and JSON messages may carry newlines).
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    s.replace(['\n', '\r'], " ")
 }
 
 /// Decodes a PNG / JPEG to 8-bit RGB as PIL's `convert("RGB")` does (grey replicated, alpha

@@ -345,6 +345,20 @@ fn an_image_over_the_pixel_limit_is_refused_before_decoding() {
 }
 
 #[test]
+fn a_sliver_that_would_resize_past_the_pixel_limit_is_refused() {
+    let b = Broken::new();
+    // 1 × 3000 with the shorter side to 2048 is 2048 × 6,144,000 before the crop.
+    image::GrayImage::from_pixel(1, 3000, image::Luma([90])).save(b.dir.join("tall_grey.png")).unwrap();
+    // First in line, so that no image is upscaled to 2048 before the refusal (a slow test).
+    let mut lines = b.lines();
+    lines.swap(0, 4);
+    b.write_lines(&lines);
+    b.refused(2048, &[&b.dir.join("tall_grey.png").display().to_string(), "line 1 of", "aspect ratio too extreme"]);
+    // At resolution 16 the same sliver is 16 × 48,000 and loads.
+    assert_eq!(SampleSet::load_captioned(&b.dir, 16, None).unwrap().len(), FILES.len());
+}
+
+#[test]
 fn sixteen_bit_images_are_refused() {
     let b = Broken::new();
     let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(40, 40, |x, y| image::Luma([(x * 1000 + y) as u16]));

@@ -322,6 +322,17 @@ impl SampleSet {
                 )))
             })?;
             let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+            let (new_w, new_h) = resized_size(w, h, resolution);
+            // A sliver (1 × 3000 at 2048 is 2048 × 6 M) would need more memory than the image
+            // limit allows; the training script could not have used it either.
+            if w == 0 || h == 0 || (new_w as u64) * (new_h as u64) > MAX_IMAGE_PIXELS {
+                return Err(Error::Data(format!(
+                    "{} (listed on line {} of {}): {w}×{h} resized to {new_w}×{new_h} before the crop is more than {MAX_IMAGE_PIXELS} pixels (aspect ratio too extreme for resolution {resolution})",
+                    file.display(),
+                    entry.line,
+                    metadata.display()
+                )));
+            }
             let square = resize_center_crop(rgb.as_raw(), w, h, resolution);
             for ch in 0..3 {
                 set.pixels.extend((0..plane).map(|p| to_model_range(square[p * 3 + ch])));
@@ -476,13 +487,22 @@ fn decode_rgb8(file: &Path) -> std::result::Result<::image::RgbImage, String> {
     }
 }
 
+/// The size torchvision `Resize(res)` gives a `w × h` image (its _compute_resized_output_size):
+/// the shorter side `res`, the longer int(res · long / short).
+fn resized_size(w: usize, h: usize, res: usize) -> (usize, usize) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = ((res * long) as f64 / short.max(1) as f64) as usize;
+    if w <= h {
+        (res, new_long)
+    } else {
+        (new_long, res)
+    }
+}
+
 /// torchvision `Resize(res)` (shorter side to `res`, PIL `BILINEAR`) then `CenterCrop(res)` of
 /// an interleaved RGB image: `res × res × 3` bytes.
 fn resize_center_crop(rgb: &[u8], w: usize, h: usize, res: usize) -> Vec<u8> {
-    // torchvision's _compute_resized_output_size: new_long = int(res * long / short).
-    let (short, long) = if w <= h { (w, h) } else { (h, w) };
-    let new_long = ((res * long) as f64 / short as f64) as usize;
-    let (new_w, new_h) = if w <= h { (res, new_long) } else { (new_long, res) };
+    let (new_w, new_h) = resized_size(w, h, res);
     let resized = pil_resize_bilinear(rgb, w, h, new_w, new_h, 3);
     // torchvision CenterCrop: int(round((size - res) / 2.0)), Python's round half to even.
     let offset = |size: usize| -> usize {

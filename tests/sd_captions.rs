@@ -76,6 +76,8 @@ fn matches_pil_preprocessing_at_32_and_64() {
                 assert!(max <= 1 && mean <= 0.02, "res {res} {name}: max {max}, mean {mean} grey levels from PIL");
             }
         }
+        // tall_grey.png is stored 101 × 90 with EXIF orientation 6; the reference is the upright
+        // 90 × 101 image (datasets' exif_transpose), so the match above checks the rotation.
         // Greyscale input is replicated into R = G = B (PIL convert("RGB")).
         let grey = grey_levels(&set, 4);
         assert!(grey.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));

@@ -277,7 +277,7 @@ struct CaptionEntry {
 
 impl SampleSet {
     /// A Hugging Face "imagefolder" with `metadata.jsonl` (`{"file_name": ..., "text": ...}` per
-    /// line; other keys ignored): RGB, resized (shorter side to `resolution`, PIL's antialiased
+    /// line; other keys ignored): turned upright by the EXIF orientation as `datasets` does, RGB, resized (shorter side to `resolution`, PIL's antialiased
     /// `Image.BILINEAR`) and centre-cropped to `resolution × resolution` the way diffusers'
     /// `train_text_to_image.py` pre-processes (torchvision `Resize(res, BILINEAR)` +
     /// `CenterCrop(res)` on a PIL image); x = u8/127.5 − 1; channels = 3. An image already at
@@ -454,7 +454,8 @@ fn one_line(s: &str) -> String {
 }
 
 /// Decodes a PNG / JPEG to 8-bit RGB as PIL's `convert("RGB")` does (grey replicated, alpha
-/// dropped without compositing), refusing anything above [`MAX_IMAGE_PIXELS`] before decoding.
+/// dropped without compositing), upright per its EXIF orientation, refusing anything above
+/// [`MAX_IMAGE_PIXELS`] before decoding.
 fn decode_rgb8(file: &Path) -> std::result::Result<::image::RgbImage, String> {
     use ::image::{ColorType, ImageDecoder};
     let mut reader = ::image::ImageReader::open(file)
@@ -465,7 +466,7 @@ fn decode_rgb8(file: &Path) -> std::result::Result<::image::RgbImage, String> {
     limits.max_alloc = Some(MAX_IMAGE_PIXELS * 4);
     reader.limits(limits);
     let too_large = |w: u64, h: u64| format!("{w}×{h} pixels is more than the limit of {MAX_IMAGE_PIXELS} pixels");
-    let decoder = reader.into_decoder().map_err(|e| match e {
+    let mut decoder = reader.into_decoder().map_err(|e| match e {
         ::image::ImageError::Limits(_) => format!("larger than the decoding limit of {MAX_IMAGE_PIXELS} pixels ({e})"),
         e => format!("cannot decode ({e})"),
     })?;
@@ -473,10 +474,14 @@ fn decode_rgb8(file: &Path) -> std::result::Result<::image::RgbImage, String> {
     if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
         return Err(too_large(w as u64, h as u64));
     }
-    let img = ::image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
+    // datasets' imagefolder (which train_text_to_image.py loads through) applies
+    // exif_transpose when the file has an orientation tag: the model saw the upright image.
+    let orientation = decoder.orientation().map_err(|e| format!("cannot read its EXIF orientation ({e})"))?;
+    let mut img = ::image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
         ::image::ImageError::Limits(_) => too_large(w as u64, h as u64),
         e => format!("cannot decode ({e})"),
     })?;
+    img.apply_orientation(orientation);
     match img.color() {
         ColorType::L8 | ColorType::La8 | ColorType::Rgb8 | ColorType::Rgba8 => Ok(img.to_rgb8()),
         // PIL opens 16-bit grey as mode I;16 and its convert("RGB") clips every value above 255

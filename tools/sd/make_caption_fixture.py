@@ -12,12 +12,14 @@ train_text_to_image.py pre-processing makes of each, for tests/sd_captions.rs:
                                       (360x363, the shorter side is the width)
       wide_rgba.png                   a 120x77 crop of a fourth image with a varying alpha
                                       channel (odd aspect, landscape, crop offset .5 rounding)
-      tall_grey.png                   a 90x101 greyscale crop of a fifth image (mode L)
+      tall_grey.png                   a 90x101 greyscale crop of a fifth image (mode L), stored
+                                      rotated (101x90) with EXIF orientation 6
       square64.png                    a 64x64 crop of a sixth (already at resolution 64)
   tests/data/sd/captioned_ref/r<res>/<file_name>.png   for res 32 and 64: the res x res RGB
                                       result, stored losslessly as PNG (smaller than .npy)
 
-The reference is PIL's own code path: Image.open(f).convert("RGB"), then torchvision's
+The reference is PIL's own code path: the file opened as datasets' imagefolder opens it
+(exif_transpose when there is an orientation tag), .convert("RGB"), then torchvision's
 Resize(res, InterpolationMode.BILINEAR) + CenterCrop(res) on the PIL image. torchvision is not
 installed here, so its two steps are written out from its source (torchvision 0.2x,
 transforms/functional.py): _compute_resized_output_size gives the shorter side `res` and the
@@ -35,7 +37,7 @@ import random
 import shutil
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PBC = os.path.join(REPO, "..", "shared", "data", "pbc", "train")
@@ -64,6 +66,16 @@ def torchvision_resize_center_crop(img, res):
     top = int(round((new_h - res) / 2.0))
     left = int(round((new_w - res) / 2.0))
     return img.crop((left, top, left + res, top + res))
+
+
+def load_like_datasets(path):
+    """datasets' Image feature (5.2.0, features/image.py decode_example): open, load, and
+    exif_transpose when the file has an orientation tag."""
+    image = Image.open(path)
+    image.load()
+    if image.getexif().get(ExifTags.Base.Orientation) is not None:
+        image = ImageOps.exif_transpose(image)
+    return image
 
 
 def main():
@@ -95,7 +107,13 @@ def main():
     cls, src = picks[4]
     grey = np.asarray(Image.open(src).convert("L"))
     y, x = rng.randrange(0, grey.shape[0] - 101), rng.randrange(0, grey.shape[1] - 90)
-    Image.fromarray(grey[y : y + 101, x : x + 90], "L").save(os.path.join(OUT, "tall_grey.png"))
+    # Stored 101 wide x 90 high with EXIF orientation 6 (rotate 90 degrees clockwise to view),
+    # as phones and some scanners write them: datasets' imagefolder applies exif_transpose, so
+    # the model saw the 90 x 101 portrait.
+    stored = Image.fromarray(grey[y : y + 101, x : x + 90], "L").transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    stored.save(os.path.join(OUT, "tall_grey.png"), exif=exif)
     # The unconditional caption: an empty text is allowed.
     records.append({"file_name": "tall_grey.png", "text": "", "label": cls})
 
@@ -112,7 +130,7 @@ def main():
     for res in RESOLUTIONS:
         os.makedirs(os.path.join(REF, f"r{res}"))
         for r in records:
-            img = Image.open(os.path.join(OUT, r["file_name"])).convert("RGB")
+            img = load_like_datasets(os.path.join(OUT, r["file_name"])).convert("RGB")
             out = torchvision_resize_center_crop(img, res)
             assert out.size == (res, res)
             out.save(os.path.join(REF, f"r{res}", r["file_name"] + ".png"))
@@ -121,8 +139,8 @@ def main():
                 for f in fs if d.startswith((OUT, REF)))
     print(f"wrote {len(records)} images, references at {RESOLUTIONS}; {total} bytes in all")
     for r in records:
-        print(" ", r["file_name"], Image.open(os.path.join(OUT, r["file_name"])).size,
-              Image.open(os.path.join(OUT, r["file_name"])).mode, repr(r["text"]))
+        img = load_like_datasets(os.path.join(OUT, r["file_name"]))
+        print(" ", r["file_name"], img.size, img.mode, repr(r["text"]))
 
 
 if __name__ == "__main__":

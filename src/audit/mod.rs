@@ -459,6 +459,12 @@ pub fn run(config: &AuditConfig, progress: &mut dyn FnMut(Progress), cancel: &At
     }
     progress(Progress { message: "loading the target model".into(), done: 0, total: 0 });
     let device = Device::Cpu;
+    if !config.target.is_dir() {
+        return Err(Error::Model(crate::diffusion::Error::Input(format!(
+            "{}: not a model folder (no such folder)",
+            config.target.display()
+        ))));
+    }
     match detect(&config.target) {
         PipelineKind::Unsupported(reason) => Err(Error::Model(crate::diffusion::Error::Unsupported(reason))),
         PipelineKind::PixelDdpm => {

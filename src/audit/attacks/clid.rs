@@ -77,7 +77,9 @@ impl Attack for ClidAttack {
         Ok(AttackOutput {
             evaluated: (0..n).collect(),
             scores: acc.iter().map(|a| a / m).collect(),
-            notes: vec!["CLiD without the paper's reduced-caption variants: the full caption against the empty one".into()],
+            notes: vec![
+                "CLiD without the paper's reduced-caption variants: the full caption against the empty one".into()
+            ],
         })
     }
 }

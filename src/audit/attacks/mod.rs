@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{DType, Device, Tensor};
 
 use super::error::{Error, Result};
-use super::Progress;
 use super::target::{AuditTarget, Conditioning};
+use super::Progress;
 
 /// What every attack gets.
 pub struct AttackInput<'a> {

@@ -80,7 +80,11 @@ impl StableDiffusion {
         let mut rows = Vec::with_capacity(prompts.len());
         for p in prompts {
             let enc = self.tokenizer.encode_padded(p)?;
-            rows.push(Tensor::from_vec(enc.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), (1, enc.ids.len()), &Device::Cpu)?);
+            rows.push(Tensor::from_vec(
+                enc.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                (1, enc.ids.len()),
+                &Device::Cpu,
+            )?);
         }
         if rows.is_empty() {
             return Err(Error::Input("no prompt to encode".into()));

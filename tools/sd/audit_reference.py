@@ -144,6 +144,14 @@ def auc(members, nonmembers):
     return float(((m > n) + 0.5 * (m == n)).mean())
 
 
+def auc_ci(members, nonmembers, resamples=1000, seed=0):
+    """Stratified percentile bootstrap 95 % CI of the AUC."""
+    rng = np.random.default_rng(seed)
+    m, n = np.asarray(members), np.asarray(nonmembers)
+    vals = [auc(rng.choice(m, len(m)), rng.choice(n, len(n))) for _ in range(resamples)]
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+
+
 def mse(a, b):
     return ((a.double() - b.double()) ** 2).flatten(1).mean(1)
 
@@ -220,11 +228,16 @@ def main():
            "params": {k: v for k, v in vars(a).items() if k not in ("out", "compare")},
            "score_convention": "higher = more likely a member", "scores": scores}
     out["auc"] = {k: auc(v[:n_m], v[n_m:]) for k, v in scores.items()}
+    out["auc_ci95"] = {k: auc_ci(v[:n_m], v[n_m:]) for k, v in scores.items()}
+    # model-free scores: near 0.5 when the two sets are distribution-matched
+    flat = x.flatten(1).double()
+    base = {"mean_intensity": flat.mean(1).tolist(), "pixel_std": flat.std(1).tolist()}
+    out["baselines_auc"] = {k: auc(v[:n_m], v[n_m:]) for k, v in base.items()}
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
     os.replace(tmp, a.out)
-    print(json.dumps(out["auc"]))
+    print(json.dumps({"auc": out["auc"], "ci": out["auc_ci95"], "baselines": out["baselines_auc"]}))
 
     if a.compare:
         rep = json.load(open(a.compare))

@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::weights::{self, Variant, Weights, DIFFUSERS_WEIGHTS};
 use crate::diffusion::conv::{Conv2d, GroupNorm};
 use crate::diffusion::error::{Error, Result};
 use crate::diffusion::unet::TrackedTensors;
@@ -508,37 +509,39 @@ impl std::fmt::Debug for AutoencoderKL {
     }
 }
 
-/// The named tensors of the VAE's single weights file. Kept apart so that the pipeline loader
-/// (f16 variants, sharded files with an index) can replace it without touching the model.
-fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let path = dir.join(WEIGHTS_FILE);
-    if !path.is_file() {
-        return Err(Error::Weights {
-            context: dir.display().to_string(),
-            reason: format!("no {WEIGHTS_FILE} in the VAE folder"),
-        });
-    }
-    candle_core::safetensors::load(&path, device).map_err(|e| Error::Weights {
-        context: path.display().to_string(),
-        reason: format!("not a readable safetensors file ({e})"),
-    })
-}
-
 impl AutoencoderKL {
-    /// Loads a diffusers `vae/` folder: `config.json` + `diffusion_pytorch_model.safetensors`.
+    /// Loads a diffusers `vae/` folder: `config.json` and the weights of the variant
+    /// [`weights::preferred_variant`] picks (`diffusion_pytorch_model.safetensors`, else a lone
+    /// `.fp16` copy; either may be sharded with an index).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_variant(dir, weights::preferred_variant(dir, DIFFUSERS_WEIGHTS), device)
+    }
+
+    /// Loads the `vae/` folder's weights of `variant` (see [`Variant`]); f16 / bf16 are widened
+    /// to f32 one tensor at a time, so loading peaks at the f32 model plus one tensor.
+    pub fn load_variant(dir: &Path, variant: Variant, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Input(format!("{}: not a VAE folder", dir.display())));
         }
         let config = Config::from_file(&dir.join(CONFIG_FILE))?;
-        let tensors = load_weights(dir, device)?;
-        Self::from_tensors(config, tensors, device).map_err(|e| match e {
-            Error::Candle(inner) => Error::Weights {
-                context: dir.join(WEIGHTS_FILE).display().to_string(),
-                reason: format!("weights do not fit config.json: {inner}"),
-            },
-            other => other,
-        })
+        let weights = Weights::load(dir, DIFFUSERS_WEIGHTS, variant)?;
+        Self::from_weights(config, &weights, device)
+    }
+
+    /// Builds the VAE from opened weights (diffusers names), reading each tensor as the model
+    /// asks for it. Tensors the config does not account for are refused.
+    pub fn from_weights(config: Config, weights: &Weights, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let model =
+            Self::build(config, weights.var_builder(device), device, weights.num_params()).map_err(|e| match e {
+                Error::Candle(inner) => Error::Weights {
+                    context: weights.files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                    reason: format!("weights do not fit config.json: {inner}"),
+                },
+                other => other,
+            })?;
+        weights.check_all_used("AutoencoderKL", |_| false)?;
+        Ok(model)
     }
 
     /// Builds the VAE from named tensors (diffusers names, f32 or f16) and a config. Tensors the
@@ -547,6 +550,12 @@ impl AutoencoderKL {
         config.validate()?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
         let (vb, usage) = TrackedTensors::var_builder(tensors, device);
+        let model = Self::build(config, vb, device, num_params)?;
+        usage.refuse_unused("AutoencoderKL", |_| "")?;
+        Ok(model)
+    }
+
+    fn build(config: Config, vb: VarBuilder, device: &Device, num_params: usize) -> Result<Self> {
         let lc = config.latent_channels;
         let encoder = Encoder::new(&config, vb.pp("encoder"))?;
         let decoder = Decoder::new(&config, vb.pp("decoder"))?;
@@ -560,7 +569,6 @@ impl AutoencoderKL {
         } else {
             None
         };
-        usage.refuse_unused("AutoencoderKL", |_| "")?;
         Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder, device: device.clone(), num_params })
     }
 

@@ -1,6 +1,6 @@
 //! One call of each Stable Diffusion component (src/diffusion/sd/) for issue 13 point 7: the
-//! `UNet2DConditionModel`, the `AutoencoderKL` encoder (posterior mean) and the `CLIPTextModel`
-//! (77 tokens). The peer is `benches/torch_sd_scale.py` (diffusers / transformers), which also
+//! `UNet2DConditionModel`, the `AutoencoderKL` encoder (posterior mean) and decoder, and the
+//! `CLIPTextModel` (77 tokens). The peer is `benches/torch_sd_scale.py` (diffusers / transformers), which also
 //! writes the random SD 2.1-base-shaped pipeline (UNet 865 M, VAE 84 M, OpenCLIP-H text 340 M)
 //! both time:
 //!
@@ -8,7 +8,7 @@
 //!   RAYON_NUM_THREADS=2 cargo bench --bench sd_unet_speed -- unet /tmp/sd21_random 512 3
 //!   python benches/torch_sd_scale.py --pipeline /tmp/sd21_random --component unet --px 512 --threads 2
 //!
-//! Arguments: COMPONENT (unet | vae | text) PIPELINE_DIR PX [REPS [BATCH]]: one component at one
+//! Arguments: COMPONENT (unet | vae | decode | text) PIPELINE_DIR PX [REPS [BATCH]]: one component at one
 //! resolution per process, so that the peak resident memory (VmHWM) printed is that of loading
 //! it plus its calls. Prints one JSON line: median ms per call over REPS calls after one warm-up.
 //! The older form UNET_DIR [LATENT_SIZES [BATCH [REPS]]] (`benches/torch_sd_unet.py`) still works.
@@ -63,6 +63,13 @@ fn component(comp: &str, root: &Path, px: usize, reps: usize, batch: usize) {
             let x = Tensor::rand(-1f32, 1.0, (batch, 3, px, px), &cpu).expect("image");
             (load_s, time_calls(reps, || drop(vae.encode(&x).expect("call").mode().clone())))
         }
+        "decode" => {
+            let vae = AutoencoderKL::load(&root.join("vae"), &cpu).expect("load vae/");
+            let load_s = t0.elapsed().as_secs_f64();
+            let s = px / 8;
+            let z = Tensor::randn(0f32, 1.0, (batch, vae.config().latent_channels, s, s), &cpu).expect("latents");
+            (load_s, time_calls(reps, || drop(vae.decode(&z).expect("call"))))
+        }
         "text" => {
             let clip = ClipTextModel::load(&root.join("text_encoder"), &cpu).expect("load text_encoder/");
             let load_s = t0.elapsed().as_secs_f64();
@@ -73,7 +80,7 @@ fn component(comp: &str, root: &Path, px: usize, reps: usize, batch: usize) {
                 .expect("ids");
             (load_s, time_calls(reps, || drop(clip.forward(&ids, None).expect("call").last_hidden_state)))
         }
-        other => panic!("unknown component {other} (unet | vae | text)"),
+        other => panic!("unknown component {other} (unet | vae | decode | text)"),
     };
     let (load_s, times) = times;
     let ms: Vec<String> = times.iter().map(|t| format!("{:.1}", 1000.0 * t)).collect();
@@ -122,7 +129,7 @@ fn main() {
     match args.first().map(String::as_str) {
         // `cargo test --all-targets` runs every bench binary without arguments: nothing to time.
         None => eprintln!("usage: sd_unet_speed COMPONENT PIPELINE_DIR PX [REPS [BATCH]] (see the file's doc comment)"),
-        Some(comp @ ("unet" | "vae" | "text")) => {
+        Some(comp @ ("unet" | "vae" | "decode" | "text")) => {
             let root = PathBuf::from(args.get(1).expect("PIPELINE_DIR"));
             let px: usize = args.get(2).map_or(512, |s| s.parse().expect("px"));
             let reps: usize = args.get(3).map_or(3, |s| s.parse().expect("reps"));

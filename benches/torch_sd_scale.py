@@ -2,7 +2,7 @@
 """Peer benchmark for `benches/sd_unet_speed.rs` (issue 13 point 7): one call of each Stable
 Diffusion 2.1-base component with its real shapes and random weights, CPU, f32, fixed threads:
 the UNet (865 M, as in `benches/torch_sd_unet.py`), the AutoencoderKL encoder (posterior mean)
-and the OpenCLIP-H CLIPTextModel (77 tokens).
+and decoder, and the OpenCLIP-H CLIPTextModel (77 tokens).
 
   python benches/torch_sd_scale.py --make /tmp/sd21_random          # once: unet/ vae/ text_encoder/
   python benches/torch_sd_scale.py --pipeline /tmp/sd21_random --component unet --px 256 --threads 2
@@ -106,6 +106,15 @@ def bench(a):
 
         def call():
             return m.encode(x).latent_dist.mean
+    elif comp == "decode":
+        from diffusers import AutoencoderKL
+
+        m = AutoencoderKL.from_pretrained(os.path.join(root, "vae")).eval()
+        s = px // 8
+        z = torch.randn(a.batch, m.config.latent_channels, s, s, generator=g)
+
+        def call():
+            return m.decode(z).sample
     elif comp == "text":
         from transformers import CLIPTextModel
 
@@ -136,7 +145,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--make")
     ap.add_argument("--pipeline")
-    ap.add_argument("--component", choices=["unet", "vae", "text"])
+    ap.add_argument("--component", choices=["unet", "vae", "decode", "text"])
     ap.add_argument("--px", type=int, default=512)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)

@@ -222,6 +222,35 @@ impl Config {
 /// diffusers' `ResnetBlock2D` without time embedding (`temb_channels=None`), default norm:
 /// GroupNorm → SiLU → conv → GroupNorm → SiLU → conv, plus the input (through a 1×1 conv when
 /// the channel count changes). Dropout is inactive at inference.
+/// Patch-matrix values per band of [`conv3x3_in_bands`]: 16 MB of f32, the chunk size
+/// `diffusion::conv` aims for.
+const BAND_COLS: usize = 4 << 20;
+
+/// A 3×3, stride-1, padding-1 convolution computed over horizontal bands of at most `budget`
+/// patch-matrix values each (every band with one halo row above and below, whose output rows
+/// are dropped). Same values as `conv.forward(x)`: each output is the same dot product. Why:
+/// at the VAE's 512 × 512 and 256 × 256 levels one image's patch matrix is 0.3–1.2 GB, which
+/// `Conv2d` allocates (page faults), fills and streams through the gemm from memory; bands
+/// keep it near the cache and the allocator reuses the same block.
+fn conv3x3_in_bands(conv: &Conv2d, x: &Tensor, budget: usize) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let rows = (budget / (b * c * 9 * w).max(1)).max(1);
+    if rows + 2 >= h {
+        return conv.forward(x);
+    }
+    let mut bands = Vec::with_capacity(h.div_ceil(rows));
+    let mut r0 = 0;
+    while r0 < h {
+        let r1 = (r0 + rows).min(h);
+        let lo = r0.saturating_sub(1);
+        let hi = (r1 + 1).min(h);
+        let out = conv.forward(&x.narrow(2, lo, hi - lo)?)?;
+        bands.push(out.narrow(2, r0 - lo, r1 - r0)?);
+        r0 = r1;
+    }
+    Tensor::cat(&bands, 2)
+}
+
 struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
@@ -244,8 +273,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        let h = conv3x3_in_bands(&self.conv1, &self.norm1.forward(x, true)?, BAND_COLS)?;
+        let h = conv3x3_in_bands(&self.conv2, &self.norm2.forward(&h, true)?, BAND_COLS)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -380,7 +409,7 @@ impl Encoder {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.conv_in.forward(x)?;
+        let mut h = conv3x3_in_bands(&self.conv_in, x, BAND_COLS)?;
         for block in &self.down {
             for r in &block.resnets {
                 h = r.forward(&h)?;
@@ -390,7 +419,7 @@ impl Encoder {
             }
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)
+        conv3x3_in_bands(&self.conv_out, &self.conv_norm_out.forward(&h, true)?, BAND_COLS)
     }
 }
 
@@ -438,17 +467,17 @@ impl Decoder {
     }
 
     fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.mid.forward(&self.conv_in.forward(z)?)?;
+        let mut h = self.mid.forward(&conv3x3_in_bands(&self.conv_in, z, BAND_COLS)?)?;
         for block in &self.up {
             for r in &block.resnets {
                 h = r.forward(&h)?;
             }
             if let Some(conv) = &block.upsample {
                 let (_, _, hh, ww) = h.dims4()?;
-                h = conv.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
+                h = conv3x3_in_bands(conv, &h.upsample_nearest2d(hh * 2, ww * 2)?, BAND_COLS)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)
+        conv3x3_in_bands(&self.conv_out, &self.conv_norm_out.forward(&h, true)?, BAND_COLS)
     }
 }
 
@@ -667,5 +696,32 @@ impl AutoencoderKL {
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
         let z = (latents.to_dtype(DType::F32)? / self.config.scaling_factor)?;
         self.decode(&z)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banded_conv_equals_the_whole_image_conv() {
+        let cpu = Device::Cpu;
+        let (cin, cout) = (5, 7);
+        let tensors = HashMap::from([
+            ("weight".to_string(), Tensor::randn(0f32, 0.3, (cout, cin, 3, 3), &cpu).unwrap()),
+            ("bias".to_string(), Tensor::randn(0f32, 0.3, cout, &cpu).unwrap()),
+        ]);
+        let conv = Conv2d::load(cin, cout, 3, 1, 1, VarBuilder::from_tensors(tensors, DType::F32, &cpu)).unwrap();
+        // 2 images of 23 × 11: budgets of 1, 2 and 6 rows per band (the last band shorter), and
+        // one large enough for the plain path.
+        let x = Tensor::randn(0f32, 1.0, (2, cin, 23, 11), &cpu).unwrap();
+        let whole = conv.forward(&x).unwrap();
+        for rows in [1, 2, 6, 100] {
+            let banded = conv3x3_in_bands(&conv, &x, rows * 2 * cin * 9 * 11).unwrap();
+            assert_eq!(banded.dims(), whole.dims());
+            let d = (&banded - &whole).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-6, "{rows} rows per band: max |diff| {d}");
+        }
     }
 }

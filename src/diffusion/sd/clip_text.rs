@@ -15,12 +15,13 @@
 //! Computation is in float32 whatever the weights' type (f16 weights are widened on load).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::weights::{self, Variant, WeightFiles, Weights, TRANSFORMERS_WEIGHTS};
 use crate::diffusion::error::{Error, Result};
 use crate::diffusion::unet::TrackedTensors;
 
@@ -310,60 +311,67 @@ impl std::fmt::Debug for ClipTextModel {
     }
 }
 
-/// The weights file [`ClipTextModel::load`] reads in `dir`: `model.safetensors`, else the fp16
-/// variant `model.fp16.safetensors` (a folder that ships only that one).
-pub fn weights_file(dir: &Path) -> Result<PathBuf> {
-    for name in [WEIGHTS_FILE, WEIGHTS_FILE_FP16] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let reason = if dir.join(format!("{WEIGHTS_FILE}.index.json")).is_file() {
-        format!("sharded weights ({WEIGHTS_FILE}.index.json) are not read by the text encoder yet")
-    } else {
-        format!("no {WEIGHTS_FILE} or {WEIGHTS_FILE_FP16} in the text encoder folder")
-    };
-    Err(Error::Weights { context: dir.display().to_string(), reason })
-}
-
-/// Reads one safetensors file into memory (the crate allows no `unsafe`, so no mmap).
-// This is the piece that the pipeline loader (variants, shards) replaces.
-fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Weights {
-        context: path.display().to_string(),
-        reason: format!("not a readable safetensors file ({})", first_line(&e)),
-    })
-}
-
 /// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set,
 /// so that a refused file is reported in one line.
 fn first_line(e: &candle_core::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
+/// What unused text-encoder tensors suggest, for the refusal.
+fn unused_hint(unused: &[&str]) -> &'static str {
+    if unused.iter().any(|n| n.contains("text_projection")) {
+        " (a text projection: these are CLIPTextModelWithProjection / CLIPModel weights)"
+    } else if unused.iter().any(|n| n.contains("encoder.layers.")) {
+        " (more layers than num_hidden_layers)"
+    } else {
+        ""
+    }
+}
+
 impl ClipTextModel {
-    /// Loads a `text_encoder/` folder: `config.json` and [`weights_file`].
+    /// Loads a `text_encoder/` folder: `config.json` and the weights of the variant
+    /// [`weights::preferred_variant`] picks (`model.safetensors`, else a lone
+    /// `model.fp16.safetensors`; either may be sharded with an index).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_variant(dir, weights::preferred_variant(dir, TRANSFORMERS_WEIGHTS), device)
+    }
+
+    /// Loads the `text_encoder/` folder's weights of `variant` (see [`Variant`]).
+    pub fn load_variant(dir: &Path, variant: Variant, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Input(format!("{}: not a text encoder folder", dir.display())));
         }
-        let weights = weights_file(dir)?;
-        Self::load_files(&dir.join(CONFIG_FILE), &weights, device)
+        // Weights first: a folder without them is "not a text encoder" before its config matters.
+        let weights = Weights::load(dir, TRANSFORMERS_WEIGHTS, variant)?;
+        let config = Config::from_file(&dir.join(CONFIG_FILE))?;
+        Self::from_weights(config, &weights, device)
     }
 
     /// Loads the given `config.json` and safetensors file (f32, f16 or bf16 weights).
     pub fn load_files(config_path: &Path, weights_path: &Path, device: &Device) -> Result<Self> {
         let config = Config::from_file(config_path)?;
-        let tensors = read_safetensors(weights_path)?;
-        Self::from_tensors(config, tensors, device).map_err(|e| match e {
+        let weights = Weights::open(&WeightFiles::Single(weights_path.to_path_buf()))?;
+        Self::from_weights(config, &weights, device)
+    }
+
+    /// Builds the model from opened weights in either layout transformers has written (see
+    /// [`ClipTextModel::from_tensors`]), reading each tensor as the model asks for it.
+    pub fn from_weights(config: Config, weights: &Weights, device: &Device) -> Result<Self> {
+        let context = || weights.files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let prefixed = weights.contains("text_model.embeddings.token_embedding.weight");
+        let position_ids = if prefixed { "text_model.embeddings.position_ids" } else { "embeddings.position_ids" };
+        let model = Self::build(config, weights.var_builder(device), prefixed).map_err(|e| match e {
             Error::Candle(inner) => Error::Weights {
-                context: weights_path.display().to_string(),
+                context: context(),
                 reason: format!("weights do not fit config.json: {}", first_line(&inner)),
             },
-            Error::Weights { reason, .. } => Error::Weights { context: weights_path.display().to_string(), reason },
             other => other,
-        })
+        })?;
+        weights.check_all_used_hinted("CLIPTextModel", |n| n == position_ids, unused_hint).map_err(|e| match e {
+            Error::Weights { reason, .. } => Error::Weights { context: context(), reason },
+            other => other,
+        })?;
+        Ok(model)
     }
 
     /// Builds the model from named tensors in either layout transformers has written:
@@ -371,13 +379,23 @@ impl ClipTextModel {
     /// (transformers 5). The `position_ids` buffer older versions saved is ignored, as
     /// transformers ignores it; any other tensor the config does not account for is refused.
     pub fn from_tensors(config: Config, mut tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
-        config.validate()?;
-        let activation = config.activation()?;
-        let eos_token_id = config.eos_token_id()?;
         let prefixed = tensors.contains_key("text_model.embeddings.token_embedding.weight");
         let prefix = if prefixed { "text_model." } else { "" };
         tensors.remove(&format!("{prefix}embeddings.position_ids"));
         let (root, usage) = TrackedTensors::var_builder(tensors, device);
+        let model = Self::build(config, root, prefixed)?;
+        usage.refuse_unused("CLIPTextModel", |unused| {
+            unused_hint(&unused.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+        })?;
+        Ok(model)
+    }
+
+    /// The model from a [`VarBuilder`] over transformers' names (`text_model.`-prefixed or not).
+    fn build(config: Config, root: VarBuilder, prefixed: bool) -> Result<Self> {
+        config.validate()?;
+        let activation = config.activation()?;
+        let eos_token_id = config.eos_token_id()?;
+        let device = root.device().clone();
         let vb = if prefixed { root.pp("text_model") } else { root };
         let c = &config;
         let d = c.hidden_size;
@@ -387,24 +405,7 @@ impl ClipTextModel {
             .map(|i| EncoderLayer::new(c, activation, vb.pp(format!("encoder.layers.{i}"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let final_layer_norm = LayerNorm::new(d, c.layer_norm_eps, vb.pp("final_layer_norm"))?;
-        usage.refuse_unused("CLIPTextModel", |unused| {
-            if unused.iter().any(|n| n.contains("text_projection")) {
-                " (a text projection: these are CLIPTextModelWithProjection / CLIPModel weights)"
-            } else if unused.iter().any(|n| n.contains("encoder.layers.")) {
-                " (more layers than num_hidden_layers)"
-            } else {
-                ""
-            }
-        })?;
-        Ok(Self {
-            config,
-            eos_token_id,
-            token_embedding,
-            position_embedding,
-            layers,
-            final_layer_norm,
-            device: device.clone(),
-        })
+        Ok(Self { config, eos_token_id, token_embedding, position_embedding, layers, final_layer_norm, device })
     }
 
     pub fn config(&self) -> &Config {

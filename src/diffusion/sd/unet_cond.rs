@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::transformer2d::{Transformer2D, TransformerShape};
+use super::weights::{self, Variant, Weights, DIFFUSERS_WEIGHTS};
 use crate::diffusion::conv::{Conv2d, GroupNorm};
 use crate::diffusion::error::{Error, Result};
 use crate::diffusion::unet::{check_block_types, timestep_features, Downsample, ResnetBlock, TrackedTensors};
@@ -482,35 +483,37 @@ impl std::fmt::Debug for UNet2DConditionModel {
     }
 }
 
-/// Reads the weights of a `unet/` folder: one `diffusion_pytorch_model.safetensors`, f32 or f16
-/// (converted to f32 when the model takes them).
-// TODO(issue 13): swap for src/diffusion/sd/weights.rs (fp16 variants, sharded index files).
-fn read_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, String)> {
-    let path = dir.join(WEIGHTS_FILE);
-    if !path.is_file() {
-        return Err(Error::Weights {
-            context: dir.display().to_string(),
-            reason: format!("no {WEIGHTS_FILE} in the unet folder"),
-        });
-    }
-    let tensors = candle_core::safetensors::load(&path, device).map_err(|e| Error::Weights {
-        context: path.display().to_string(),
-        reason: format!("not a readable safetensors file ({e})"),
-    })?;
-    Ok((tensors, path.display().to_string()))
-}
-
 impl UNet2DConditionModel {
-    /// Loads a diffusers `unet/` folder: `config.json` + `diffusion_pytorch_model.safetensors`.
+    /// Loads a diffusers `unet/` folder: `config.json` and the weights of the variant
+    /// [`weights::preferred_variant`] picks (`diffusion_pytorch_model.safetensors`, else a lone
+    /// `.fp16` copy; either may be sharded with an index).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_variant(dir, weights::preferred_variant(dir, DIFFUSERS_WEIGHTS), device)
+    }
+
+    /// Loads the `unet/` folder's weights of `variant` (see [`Variant`]); f16 / bf16 are widened
+    /// to f32 one tensor at a time, so loading peaks at the f32 model plus one tensor.
+    pub fn load_variant(dir: &Path, variant: Variant, device: &Device) -> Result<Self> {
         let config = Config::from_file(&dir.join(CONFIG_FILE))?;
-        let (tensors, context) = read_weights(dir, device)?;
-        Self::from_tensors(config, tensors, device).map_err(|e| match e {
-            Error::Candle(inner) => {
-                Error::Weights { context, reason: format!("weights do not fit config.json: {inner}") }
-            }
-            other => other,
-        })
+        let weights = Weights::load(dir, DIFFUSERS_WEIGHTS, variant)?;
+        Self::from_weights(config, &weights, device)
+    }
+
+    /// Builds the model from opened weights (diffusers names), reading each tensor as the model
+    /// asks for it. Refuses tensors the config does not account for: they mean the config
+    /// describes another model.
+    pub fn from_weights(config: Config, weights: &Weights, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let context = || weights.files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let model =
+            Self::build(config, weights.var_builder(device), device, weights.num_params()).map_err(|e| match e {
+                Error::Candle(inner) => {
+                    Error::Weights { context: context(), reason: format!("weights do not fit config.json: {inner}") }
+                }
+                other => other,
+            })?;
+        weights.check_all_used("UNet2DConditionModel", |_| false)?;
+        Ok(model)
     }
 
     /// Builds the model from named tensors (diffusers names) and a config. Refuses tensors the

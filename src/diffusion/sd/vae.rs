@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::weights::{self, Variant, Weights, DIFFUSERS_WEIGHTS};
 use crate::diffusion::conv::{Conv2d, GroupNorm};
 use crate::diffusion::error::{Error, Result};
 use crate::diffusion::unet::TrackedTensors;
@@ -221,6 +222,35 @@ impl Config {
 /// diffusers' `ResnetBlock2D` without time embedding (`temb_channels=None`), default norm:
 /// GroupNorm → SiLU → conv → GroupNorm → SiLU → conv, plus the input (through a 1×1 conv when
 /// the channel count changes). Dropout is inactive at inference.
+/// Patch-matrix values per band of [`conv3x3_in_bands`]: 16 MB of f32, the chunk size
+/// `diffusion::conv` aims for.
+const BAND_COLS: usize = 4 << 20;
+
+/// A 3×3, stride-1, padding-1 convolution computed over horizontal bands of at most `budget`
+/// patch-matrix values each (every band with one halo row above and below, whose output rows
+/// are dropped). Same values as `conv.forward(x)`: each output is the same dot product. Why:
+/// at the VAE's 512 × 512 and 256 × 256 levels one image's patch matrix is 0.3–1.2 GB, which
+/// `Conv2d` allocates (page faults), fills and streams through the gemm from memory; bands
+/// keep it near the cache and the allocator reuses the same block.
+fn conv3x3_in_bands(conv: &Conv2d, x: &Tensor, budget: usize) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let rows = (budget / (b * c * 9 * w).max(1)).max(1);
+    if rows + 2 >= h {
+        return conv.forward(x);
+    }
+    let mut bands = Vec::with_capacity(h.div_ceil(rows));
+    let mut r0 = 0;
+    while r0 < h {
+        let r1 = (r0 + rows).min(h);
+        let lo = r0.saturating_sub(1);
+        let hi = (r1 + 1).min(h);
+        let out = conv.forward(&x.narrow(2, lo, hi - lo)?)?;
+        bands.push(out.narrow(2, r0 - lo, r1 - r0)?);
+        r0 = r1;
+    }
+    Tensor::cat(&bands, 2)
+}
+
 struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
@@ -243,8 +273,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        let h = conv3x3_in_bands(&self.conv1, &self.norm1.forward(x, true)?, BAND_COLS)?;
+        let h = conv3x3_in_bands(&self.conv2, &self.norm2.forward(&h, true)?, BAND_COLS)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -379,7 +409,7 @@ impl Encoder {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.conv_in.forward(x)?;
+        let mut h = conv3x3_in_bands(&self.conv_in, x, BAND_COLS)?;
         for block in &self.down {
             for r in &block.resnets {
                 h = r.forward(&h)?;
@@ -389,7 +419,7 @@ impl Encoder {
             }
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)
+        conv3x3_in_bands(&self.conv_out, &self.conv_norm_out.forward(&h, true)?, BAND_COLS)
     }
 }
 
@@ -437,17 +467,17 @@ impl Decoder {
     }
 
     fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.mid.forward(&self.conv_in.forward(z)?)?;
+        let mut h = self.mid.forward(&conv3x3_in_bands(&self.conv_in, z, BAND_COLS)?)?;
         for block in &self.up {
             for r in &block.resnets {
                 h = r.forward(&h)?;
             }
             if let Some(conv) = &block.upsample {
                 let (_, _, hh, ww) = h.dims4()?;
-                h = conv.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
+                h = conv3x3_in_bands(conv, &h.upsample_nearest2d(hh * 2, ww * 2)?, BAND_COLS)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)
+        conv3x3_in_bands(&self.conv_out, &self.conv_norm_out.forward(&h, true)?, BAND_COLS)
     }
 }
 
@@ -508,37 +538,39 @@ impl std::fmt::Debug for AutoencoderKL {
     }
 }
 
-/// The named tensors of the VAE's single weights file. Kept apart so that the pipeline loader
-/// (f16 variants, sharded files with an index) can replace it without touching the model.
-fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let path = dir.join(WEIGHTS_FILE);
-    if !path.is_file() {
-        return Err(Error::Weights {
-            context: dir.display().to_string(),
-            reason: format!("no {WEIGHTS_FILE} in the VAE folder"),
-        });
-    }
-    candle_core::safetensors::load(&path, device).map_err(|e| Error::Weights {
-        context: path.display().to_string(),
-        reason: format!("not a readable safetensors file ({e})"),
-    })
-}
-
 impl AutoencoderKL {
-    /// Loads a diffusers `vae/` folder: `config.json` + `diffusion_pytorch_model.safetensors`.
+    /// Loads a diffusers `vae/` folder: `config.json` and the weights of the variant
+    /// [`weights::preferred_variant`] picks (`diffusion_pytorch_model.safetensors`, else a lone
+    /// `.fp16` copy; either may be sharded with an index).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_variant(dir, weights::preferred_variant(dir, DIFFUSERS_WEIGHTS), device)
+    }
+
+    /// Loads the `vae/` folder's weights of `variant` (see [`Variant`]); f16 / bf16 are widened
+    /// to f32 one tensor at a time, so loading peaks at the f32 model plus one tensor.
+    pub fn load_variant(dir: &Path, variant: Variant, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Input(format!("{}: not a VAE folder", dir.display())));
         }
         let config = Config::from_file(&dir.join(CONFIG_FILE))?;
-        let tensors = load_weights(dir, device)?;
-        Self::from_tensors(config, tensors, device).map_err(|e| match e {
-            Error::Candle(inner) => Error::Weights {
-                context: dir.join(WEIGHTS_FILE).display().to_string(),
-                reason: format!("weights do not fit config.json: {inner}"),
-            },
-            other => other,
-        })
+        let weights = Weights::load(dir, DIFFUSERS_WEIGHTS, variant)?;
+        Self::from_weights(config, &weights, device)
+    }
+
+    /// Builds the VAE from opened weights (diffusers names), reading each tensor as the model
+    /// asks for it. Tensors the config does not account for are refused.
+    pub fn from_weights(config: Config, weights: &Weights, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let model =
+            Self::build(config, weights.var_builder(device), device, weights.num_params()).map_err(|e| match e {
+                Error::Candle(inner) => Error::Weights {
+                    context: weights.files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                    reason: format!("weights do not fit config.json: {inner}"),
+                },
+                other => other,
+            })?;
+        weights.check_all_used("AutoencoderKL", |_| false)?;
+        Ok(model)
     }
 
     /// Builds the VAE from named tensors (diffusers names, f32 or f16) and a config. Tensors the
@@ -547,6 +579,12 @@ impl AutoencoderKL {
         config.validate()?;
         let num_params = tensors.values().map(|t| t.elem_count()).sum();
         let (vb, usage) = TrackedTensors::var_builder(tensors, device);
+        let model = Self::build(config, vb, device, num_params)?;
+        usage.refuse_unused("AutoencoderKL", |_| "")?;
+        Ok(model)
+    }
+
+    fn build(config: Config, vb: VarBuilder, device: &Device, num_params: usize) -> Result<Self> {
         let lc = config.latent_channels;
         let encoder = Encoder::new(&config, vb.pp("encoder"))?;
         let decoder = Decoder::new(&config, vb.pp("decoder"))?;
@@ -560,7 +598,6 @@ impl AutoencoderKL {
         } else {
             None
         };
-        usage.refuse_unused("AutoencoderKL", |_| "")?;
         Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder, device: device.clone(), num_params })
     }
 
@@ -659,5 +696,32 @@ impl AutoencoderKL {
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
         let z = (latents.to_dtype(DType::F32)? / self.config.scaling_factor)?;
         self.decode(&z)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banded_conv_equals_the_whole_image_conv() {
+        let cpu = Device::Cpu;
+        let (cin, cout) = (5, 7);
+        let tensors = HashMap::from([
+            ("weight".to_string(), Tensor::randn(0f32, 0.3, (cout, cin, 3, 3), &cpu).unwrap()),
+            ("bias".to_string(), Tensor::randn(0f32, 0.3, cout, &cpu).unwrap()),
+        ]);
+        let conv = Conv2d::load(cin, cout, 3, 1, 1, VarBuilder::from_tensors(tensors, DType::F32, &cpu)).unwrap();
+        // 2 images of 23 × 11: budgets of 1, 2 and 6 rows per band (the last band shorter), and
+        // one large enough for the plain path.
+        let x = Tensor::randn(0f32, 1.0, (2, cin, 23, 11), &cpu).unwrap();
+        let whole = conv.forward(&x).unwrap();
+        for rows in [1, 2, 6, 100] {
+            let banded = conv3x3_in_bands(&conv, &x, rows * 2 * cin * 9 * 11).unwrap();
+            assert_eq!(banded.dims(), whole.dims());
+            let d = (&banded - &whole).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-6, "{rows} rows per band: max |diff| {d}");
+        }
     }
 }

@@ -170,6 +170,16 @@ pub fn locate(dir: &Path, stem: &str, variant: Variant) -> Result<WeightFiles> {
     Err(weights_error(dir, format!("no {} or {}{hint}", variant.file_name(stem), variant.index_name(stem))))
 }
 
+/// The variant a component loader reads when none is named: the full-precision copy when it is
+/// there, else the fp16 one when that is the only copy (a folder saved with `variant="fp16"`
+/// alone). With neither, [`Variant::Default`], so that the refusal names the usual file.
+pub fn preferred_variant(dir: &Path, stem: &str) -> Variant {
+    match available_variants(dir, stem).as_slice() {
+        [Variant::Fp16] => Variant::Fp16,
+        _ => Variant::Default,
+    }
+}
+
 /// The variants whose weights are present in `dir` (for showing what a folder holds).
 pub fn available_variants(dir: &Path, stem: &str) -> Vec<Variant> {
     [Variant::Default, Variant::Fp16]
@@ -344,16 +354,29 @@ impl Weights {
     /// does not use (they describe another model), except names `ignore` accepts (e.g. the
     /// `position_ids` buffer older transformers saved with CLIP).
     pub fn check_all_used(&self, component: &str, ignore: impl Fn(&str) -> bool) -> Result<()> {
+        self.check_all_used_hinted(component, ignore, |_| "")
+    }
+
+    /// [`Weights::check_all_used`] whose reason also says what the unused tensors suggest:
+    /// `hint` gets them (sorted) and returns a phrase placed after the count, or "".
+    pub fn check_all_used_hinted(
+        &self,
+        component: &str,
+        ignore: impl Fn(&str) -> bool,
+        hint: impl Fn(&[&str]) -> &'static str,
+    ) -> Result<()> {
         let unused: Vec<String> = self.unused().into_iter().filter(|n| !ignore(n)).collect();
         if unused.is_empty() {
             return Ok(());
         }
+        let names: Vec<&str> = unused.iter().map(String::as_str).collect();
         Err(Error::Weights {
             context: component.to_string(),
             reason: format!(
-                "weights do not fit config.json: {} tensor(s) are not used by the architecture it describes (e.g. {})",
+                "weights do not fit config.json: {} tensor(s) are not used by the architecture it describes{} (e.g. {})",
                 unused.len(),
-                unused.iter().take(3).map(String::as_str).collect::<Vec<_>>().join(", ")
+                hint(&names),
+                names.iter().take(3).copied().collect::<Vec<_>>().join(", ")
             ),
         })
     }

@@ -24,8 +24,7 @@ fn pipeline() -> PathBuf {
 }
 
 fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 /// The captions of a captioned folder, in metadata.jsonl order.
@@ -96,10 +95,12 @@ fn the_target_line_says_what_the_folder_is() {
     // the pipeline: class, prediction and resolution as its JSON files give them
     let dir = pipeline();
     let class = json(&dir.join("model_index.json"))["_class_name"].as_str().unwrap().to_string();
-    let prediction = json(&dir.join("scheduler/scheduler_config.json"))["prediction_type"].as_str().unwrap().to_string();
+    let prediction =
+        json(&dir.join("scheduler/scheduler_config.json"))["prediction_type"].as_str().unwrap().to_string();
     let latent = json(&dir.join("unet/config.json"))["sample_size"].as_u64().unwrap();
     let vae_blocks = json(&dir.join("vae/config.json"))["block_out_channels"].as_array().unwrap().len() as u32;
-    let expected = format!("Stable Diffusion pipeline: {class}, {prediction}, {} px", latent * 2u64.pow(vae_blocks - 1));
+    let expected =
+        format!("Stable Diffusion pipeline: {class}, {prediction}, {} px", latent * 2u64.pow(vae_blocks - 1));
     harness.state_mut().send(Command::Privacy(PrivacyCommand::SetTarget(dir)));
     harness.run_steps(2);
     assert!(label_shown(&harness, &expected), "{expected}");

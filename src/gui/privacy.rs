@@ -614,12 +614,11 @@ impl PrivacyPanel {
         let checkpoint = run_config.as_ref().map(|c| checkpoint_path(&self.checkpoint_dir, c));
         let found = checkpoint.as_ref().is_some_and(|p| p.is_file());
         ui.add_enabled_ui(!running, |ui| {
-            ui.checkbox(&mut self.resume, "Resume")
-                .on_hover_text(format!(
-                    "Take the attacks that an interrupted run of these same parameters finished from its checkpoint \
+            ui.checkbox(&mut self.resume, "Resume").on_hover_text(format!(
+                "Take the attacks that an interrupted run of these same parameters finished from its checkpoint \
                      instead of running them again. Checkpoints are kept in {} until their audit finishes.",
-                    self.checkpoint_dir.display()
-                ));
+                self.checkpoint_dir.display()
+            ));
             if found {
                 ui.label(RichText::new("An interrupted run of these parameters left a checkpoint").small().weak());
             }
@@ -1069,6 +1068,46 @@ mod tests {
         assert_eq!(parse_list("100 250", "x").unwrap(), vec![100, 250]);
         assert!(parse_list("", "loss timesteps").unwrap_err().contains("loss timesteps"));
         assert!(parse_list("1, a", "x").is_err());
+    }
+
+    #[test]
+    fn seconds_keep_three_significant_digits() {
+        assert_eq!(format_seconds(0.012345), "0.0123");
+        assert_eq!(format_seconds(0.5), "0.500");
+        assert_eq!(format_seconds(2.5), "2.50");
+        assert_eq!(format_seconds(250.0), "250");
+        assert_eq!(format_duration(Duration::from_secs(2 * 3600 + 5 * 60)), "2 h 05 min");
+    }
+
+    #[test]
+    fn cost_text_names_every_part_of_the_sum() {
+        let e = CostEstimate {
+            samples: 8,
+            calls_per_sample: 6,
+            model_calls: 48,
+            vae_encodes: 8,
+            vae_decodes: 0,
+            seconds_per_call: 0.25,
+            seconds_per_encode: 0.5,
+            seconds_per_decode: 0.0,
+            projected_seconds: 16.0,
+        };
+        assert_eq!(
+            cost_text(&e),
+            "8 samples × 6 calls = 48 model calls × 0.250 s/call + 8 VAE encodes × 0.500 s ≈ 16 s"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_is_named_by_the_parameters_but_not_the_batch_size() {
+        let dir = Path::new("/cache");
+        let a = AuditConfig::demo(Preset::Quick);
+        let mut b = a.clone();
+        b.batch_size += 1;
+        assert_eq!(checkpoint_path(dir, &a), checkpoint_path(dir, &b));
+        b.pia.timestep += 1;
+        assert_ne!(checkpoint_path(dir, &a), checkpoint_path(dir, &b));
+        assert!(checkpoint_path(dir, &a).starts_with(dir));
     }
 
     #[test]

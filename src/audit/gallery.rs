@@ -26,7 +26,7 @@ const RECONSTRUCTION_STREAM: u64 = 100_000;
 
 /// The loaded target of an audit.
 pub enum LoadedTarget {
-    Pixel(DiffusionModel),
+    Pixel(Box<DiffusionModel>),
     Pipeline(Box<StableDiffusion>),
 }
 
@@ -40,7 +40,7 @@ impl LoadedTarget {
             ))));
         }
         match detect(&config.target) {
-            PipelineKind::PixelDdpm => Ok(Self::Pixel(DiffusionModel::load(&config.target)?)),
+            PipelineKind::PixelDdpm => Ok(Self::Pixel(Box::new(DiffusionModel::load(&config.target)?))),
             PipelineKind::StableDiffusion(_) => Ok(Self::Pipeline(Box::new(StableDiffusion::load(&config.target)?))),
             PipelineKind::Unsupported(reason) => Err(Error::Model(crate::diffusion::Error::Unsupported(reason))),
         }
@@ -208,7 +208,7 @@ pub fn estimate(config: &AuditConfig, cancel: &AtomicBool) -> Result<CostEstimat
     };
     match &target {
         LoadedTarget::Pixel(model) => {
-            e.seconds_per_call = time_unet(model, &pixels, 0..batch, &check)?;
+            e.seconds_per_call = time_unet(model.as_ref(), &pixels, 0..batch, &check)?;
         }
         LoadedTarget::Pipeline(sd) => {
             e.vae_encodes = samples;

@@ -39,6 +39,7 @@ pub mod cli;
 pub mod data;
 mod error;
 pub mod features;
+pub mod gallery;
 pub mod metrics;
 pub mod report;
 pub mod target;

@@ -3,7 +3,11 @@
 //! model calls, so a cancel takes effect within a batch (well under a second on the demo).
 //!
 //! After the report, the same thread computes the gallery: the most exposed members of each
-//! attack with the model's reconstruction of each (a few model calls per image).
+//! attack with the model's reconstruction of each (a few model calls per image; img2img through
+//! the VAE for a Stable Diffusion pipeline), and removes the run's checkpoint, whose work the
+//! report now holds.
+//!
+//! [`EstimateRun`] measures an audit's cost on its own thread the same way.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +15,8 @@ use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::audit::gallery::{estimate, CostEstimate, MemberGallery};
 use crate::audit::{self, AuditConfig, Image2d, Report};
-use crate::diffusion::DiffusionModel;
 
 /// Exposed members shown per attack.
 pub const GALLERY_SIZE: usize = 6;
@@ -23,6 +27,8 @@ pub struct ExposedImage {
     pub id: String,
     pub index: usize,
     pub score: f64,
+    /// The member's caption (a captioned set of a pipeline audit), shown under the images.
+    pub caption: Option<String>,
     pub original: Image2d,
     pub reconstruction: Image2d,
 }
@@ -129,6 +135,10 @@ fn work(config: &AuditConfig, cancel: &AtomicBool, send: &dyn Fn(AuditEvent)) {
         Err(e) => return send(AuditEvent::Failed(e.to_string())),
     };
     send(AuditEvent::Finished(Box::new(report.clone())));
+    if let Some(checkpoint) = &config.checkpoint {
+        // finished: nothing left to resume, and the file names members next to their scores
+        let _ = std::fs::remove_file(&checkpoint.path);
+    }
     match gallery(config, &report, cancel) {
         Ok(items) => send(AuditEvent::Gallery(items)),
         Err(message) => send(AuditEvent::GalleryFailed(message)),
@@ -142,9 +152,7 @@ fn gallery(
     report: &Report,
     cancel: &AtomicBool,
 ) -> Result<Vec<(String, Vec<ExposedImage>)>, String> {
-    let model = DiffusionModel::load(&config.target).map_err(|e| e.to_string())?;
-    let (members, _) = config.load_samples().map_err(|e| e.to_string())?;
-    let shape = (members.channels, members.height, members.width);
+    let members = MemberGallery::load(config).map_err(|e| e.to_string())?;
     let t_start = config.trajectory.strengths.first().copied().unwrap_or(100);
     let steps = config.trajectory.steps.clamp(1, t_start.max(1));
     let mut out = Vec::new();
@@ -157,19 +165,70 @@ fn gallery(
             if score.index >= members.len() {
                 continue;
             }
-            let steps_out =
-                audit::reconstruction(&model, members.image(score.index), shape, t_start, steps, config.seed)
-                    .map_err(|e| e.to_string())?;
-            let Some(reconstruction) = steps_out.last().cloned() else { continue };
+            let reconstruction =
+                members.reconstruction(score.index, t_start, steps, config.seed).map_err(|e| e.to_string())?;
             items.push(ExposedImage {
                 id: score.id.clone(),
                 index: score.index,
                 score: score.score,
-                original: members.image2d(score.index),
+                caption: score.caption.clone().filter(|c| !c.is_empty()),
+                original: members.original(score.index).map_err(|e| e.to_string())?,
                 reconstruction,
             });
         }
         out.push((attack.name.clone(), items));
     }
     Ok(out)
+}
+
+/// A cost estimate measured on a worker thread (it loads the model and runs a batch of calls).
+pub struct EstimateRun {
+    result: Receiver<Result<CostEstimate, String>>,
+    cancel: Arc<AtomicBool>,
+    /// The parameters it measures (to tell when the form has changed since).
+    pub config: serde_json::Value,
+}
+
+impl EstimateRun {
+    pub fn start(config: AuditConfig, ctx: &egui::Context) -> std::io::Result<Self> {
+        let (sender, result) = channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let ctx = ctx.clone();
+        let key = estimate_key(&config);
+        std::thread::Builder::new().name("melo-estimate".into()).spawn(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(|| estimate(&config, &flag).map_err(|e| e.to_string())))
+                .unwrap_or_else(|payload| {
+                    Err(format!("internal error: {}", super::diagnosis_worker::panic_text(&*payload)))
+                });
+            let _ = sender.send(outcome);
+            ctx.request_repaint();
+        })?;
+        Ok(Self { result, cancel, config: key })
+    }
+
+    /// The result once it is there (`Some` once; a thread gone without one is an error).
+    pub fn poll(&self) -> Option<Result<CostEstimate, String>> {
+        match self.result.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err("the estimate stopped unexpectedly".into())),
+        }
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for EstimateRun {
+    /// A superseded estimate stops at its next step instead of loading and timing for nothing.
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// The parameters an estimate depends on, comparable between frames.
+pub fn estimate_key(config: &AuditConfig) -> serde_json::Value {
+    serde_json::to_value(config).unwrap_or_default()
 }

@@ -42,7 +42,7 @@ pub use diagnosis_worker::{
     attach_histories, AdapterLayout, CalibrationView, EpochPoint, ImageKey, ImportFields, OodView, ReliabilityBin,
     TaskInfo, TaskRow,
 };
-pub use privacy::{PathField, PrivacyCommand, PrivacyPanel, RunState};
+pub use privacy::{checkpoint_path, cost_text, PathField, PrivacyCommand, PrivacyPanel, RunState, TargetKind};
 pub use shortcuts::SHORTCUTS;
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
 pub use tags::{tag_matches, TagBrowser};

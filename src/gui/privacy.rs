@@ -2,7 +2,14 @@
 //! members, non-members, attacks and their parameters), run it on a worker ([`AuditRun`]) with
 //! progress, ETA and Cancel, and read the results — ROC curves of every attack on one plot
 //! (linear or log-log, with the chance diagonal), a table of AUC ± CI and TPR at low FPR, a
-//! gallery of the most exposed members beside their reconstructions — and export them.
+//! gallery of the most exposed members beside their reconstructions (and captions, for a
+//! Stable Diffusion pipeline) — and export them.
+//!
+//! Before a run the tab says what the target folder is (pixel-space DDPM, Stable Diffusion
+//! pipeline, or why it is refused: read from its JSON files once per path), measures what the
+//! audit will cost ([`EstimateRun`]), and keeps a checkpoint of every run in a per-user cache
+//! folder, one file per set of parameters ([`checkpoint_path`]), so that a cancelled or crashed
+//! audit can be resumed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,9 +19,13 @@ use std::time::Duration;
 use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions, Vec2};
 use egui_plot::{Legend, Line, LineStyle, Plot, PlotPoints};
 
-use super::audit_worker::{AuditEvent, AuditRun, ExposedImage};
+use sha2::{Digest, Sha256};
+
+use super::audit_worker::{estimate_key, AuditEvent, AuditRun, EstimateRun, ExposedImage};
 use super::{Command, MessageLevel};
-use crate::audit::{demo_dir, AttackKind, AuditConfig, Image2d, Preset, Report};
+use crate::audit::gallery::CostEstimate;
+use crate::audit::{demo_dir, demo_sd_dir, AttackKind, AuditConfig, Checkpoint, Image2d, Preset, Report};
+use crate::diffusion::sd::pipeline::{detect, PipelineKind};
 
 /// Lowest FPR / TPR drawn on log axes (0 has no logarithm).
 const LOG_FLOOR: f64 = 1e-3;
@@ -29,7 +40,11 @@ pub enum PrivacyCommand {
     SetMembers(PathBuf),
     SetNonmembers(PathBuf),
     UseDemo,
+    /// The shipped latent demo: a small Stable Diffusion pipeline with captioned sets.
+    UseDemoSd,
     ApplyPreset(Preset),
+    /// Measure what the audit with the current parameters will cost (on a worker).
+    Estimate,
     /// Pick a path with the system dialog for one of the fields.
     Browse(PathField),
     Run,
@@ -59,6 +74,38 @@ pub enum RunState {
     Cancelling,
 }
 
+/// What the target folder is, as the line under it says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetKind {
+    pub path: PathBuf,
+    pub text: String,
+    /// The folder cannot be audited; `text` says why.
+    pub refused: bool,
+    /// A caption-conditioned pipeline (CLiD applies).
+    pub text_conditional: bool,
+}
+
+impl TargetKind {
+    /// Reads the folder's JSON files (no weights).
+    pub fn detect(path: &Path) -> Self {
+        let (text, refused, text_conditional) = match detect(path) {
+            PipelineKind::PixelDdpm => ("pixel-space DDPM".to_string(), false, false),
+            PipelineKind::StableDiffusion(index) => (
+                format!(
+                    "Stable Diffusion pipeline: {}, {}, {} px",
+                    index.class.class_name(),
+                    index.prediction.name(),
+                    index.resolution
+                ),
+                false,
+                true,
+            ),
+            PipelineKind::Unsupported(reason) => (reason, true, false),
+        };
+        Self { path: path.to_path_buf(), text, refused, text_conditional }
+    }
+}
+
 /// Both ends of a channel that file dialogs (running on their own threads) answer on.
 type Channel<T> = (Sender<T>, Receiver<T>);
 
@@ -70,6 +117,15 @@ pub struct PrivacyPanel {
     pub loss_timesteps: String,
     pub trajectory_strengths: String,
     pub state: RunState,
+    /// Continue from the checkpoint of an earlier run with the same parameters.
+    pub resume: bool,
+    /// Where runs keep their checkpoints (a per-user cache folder by default).
+    pub checkpoint_dir: PathBuf,
+    /// The last cost estimate (or why there is none) and the parameters it was measured for.
+    pub cost: Option<(Result<CostEstimate, String>, serde_json::Value)>,
+    estimate_run: Option<EstimateRun>,
+    /// The target folder's kind, read once per path.
+    target_kind: Option<TargetKind>,
     pub report: Option<Report>,
     pub gallery: Vec<(String, Vec<ExposedImage>)>,
     pub gallery_attack: Option<String>,
@@ -103,6 +159,11 @@ impl Default for PrivacyPanel {
             config,
             preset: Preset::Quick,
             state: RunState::Idle,
+            resume: false,
+            checkpoint_dir: default_checkpoint_dir(),
+            cost: None,
+            estimate_run: None,
+            target_kind: None,
             report: None,
             gallery: Vec::new(),
             gallery_attack: None,
@@ -140,9 +201,29 @@ impl PrivacyPanel {
         self.run.as_ref().is_some_and(|r| !r.is_finished())
     }
 
-    /// The config as the run will use it (list fields parsed).
+    pub fn is_estimating(&self) -> bool {
+        self.estimate_run.is_some()
+    }
+
+    /// What the target folder is, read again only when the path changes. CLiD, which needs a
+    /// caption-conditioned pipeline, is dropped from the selection for any other target.
+    pub fn target_kind(&mut self) -> &TargetKind {
+        if self.target_kind.as_ref().is_none_or(|k| k.path != self.config.target) {
+            self.target_kind = Some(TargetKind::detect(&self.config.target));
+        }
+        let kind = self.target_kind.as_ref().expect("just set");
+        if !kind.text_conditional {
+            self.config.attacks.retain(|k| !k.needs_captions());
+        }
+        kind
+    }
+
+    /// The config as the run will use it (list fields parsed). The window's runs leave file
+    /// names out of the report's parameters: the export applies the checkbox as it is then, and
+    /// a checkpoint does not depend on it.
     pub fn run_config(&self) -> Result<AuditConfig, String> {
         let mut config = self.config.clone();
+        config.report_file_names = false;
         config.loss.timesteps = parse_list(&self.loss_timesteps, "loss timesteps")?;
         config.trajectory.strengths = parse_list(&self.trajectory_strengths, "trajectory strengths")?;
         if config.attacks.is_empty() {
@@ -154,9 +235,16 @@ impl PrivacyPanel {
     /// Applies worker events; returns messages for the app.
     pub fn receive(&mut self, ctx: &egui::Context) -> Vec<(MessageLevel, String)> {
         let mut messages = Vec::new();
+        if let Some(result) = self.estimate_run.as_ref().and_then(EstimateRun::poll) {
+            let run = self.estimate_run.take().expect("polled");
+            self.cost = Some((result, run.config.clone()));
+        }
         while let Ok((field, path)) = self.picked.1.try_recv() {
             match field {
-                PathField::Target => self.config.target = path,
+                PathField::Target => {
+                    self.config.target = path;
+                    self.target_kind = None;
+                }
                 PathField::MembersFile | PathField::MembersFolder => self.config.members = path,
                 PathField::NonmembersFile | PathField::NonmembersFolder => self.config.nonmembers = path,
             }
@@ -242,7 +330,10 @@ impl PrivacyPanel {
 
     pub fn apply(&mut self, command: PrivacyCommand, ctx: &egui::Context) -> Vec<(MessageLevel, String)> {
         match command {
-            PrivacyCommand::SetTarget(p) => self.config.target = p,
+            PrivacyCommand::SetTarget(p) => {
+                self.config.target = p;
+                self.target_kind = None;
+            }
             PrivacyCommand::SetMembers(p) => self.config.members = p,
             PrivacyCommand::SetNonmembers(p) => self.config.nonmembers = p,
             PrivacyCommand::UseDemo => {
@@ -250,6 +341,42 @@ impl PrivacyPanel {
                 self.config.target = demo.target;
                 self.config.members = demo.members;
                 self.config.nonmembers = demo.nonmembers;
+                self.target_kind = None;
+            }
+            PrivacyCommand::UseDemoSd => {
+                let demo = AuditConfig::demo_sd(self.preset);
+                self.config.target = demo.target;
+                self.config.members = demo.members;
+                self.config.nonmembers = demo.nonmembers;
+                self.target_kind = None;
+                // the strongest attack on a fine-tuned pipeline, left out for pixel targets
+                if !self.config.attacks.contains(&AttackKind::Clid) {
+                    self.config.attacks.push(AttackKind::Clid);
+                    self.config.attacks.sort_by_key(|k| AttackKind::ALL.iter().position(|a| a == k));
+                }
+                if !demo_sd_dir().is_dir() {
+                    return vec![(
+                        MessageLevel::Warning,
+                        format!(
+                            "The latent demo is not installed: {} does not exist (tools/sd/train_demo_sd.py makes it)",
+                            demo_sd_dir().display()
+                        ),
+                    )];
+                }
+            }
+            PrivacyCommand::Estimate => {
+                if self.is_running() {
+                    return vec![(MessageLevel::Warning, "An audit is running: estimate once it is done".into())];
+                }
+                self.target_kind();
+                let config = match self.run_config() {
+                    Ok(c) => c,
+                    Err(e) => return vec![(MessageLevel::Error, e)],
+                };
+                match EstimateRun::start(config, ctx) {
+                    Ok(run) => self.estimate_run = Some(run),
+                    Err(e) => return vec![(MessageLevel::Error, format!("cannot start the estimate: {e}"))],
+                }
             }
             PrivacyCommand::ApplyPreset(preset) => {
                 let fresh = AuditConfig::new(
@@ -273,10 +400,27 @@ impl PrivacyPanel {
                 if self.is_running() {
                     return vec![(MessageLevel::Warning, "An audit is already running".into())];
                 }
-                let config = match self.run_config() {
+                self.target_kind();
+                let mut config = match self.run_config() {
                     Ok(c) => c,
                     Err(e) => return vec![(MessageLevel::Error, e)],
                 };
+                let mut messages = Vec::new();
+                match std::fs::create_dir_all(&self.checkpoint_dir) {
+                    Ok(()) => {
+                        let path = checkpoint_path(&self.checkpoint_dir, &config);
+                        config.checkpoint = Some(Checkpoint { path, resume: self.resume });
+                    }
+                    Err(e) => messages.push((
+                        MessageLevel::Warning,
+                        format!(
+                            "No checkpoint for this run (it cannot be resumed): cannot create {}: {e}",
+                            self.checkpoint_dir.display()
+                        ),
+                    )),
+                }
+                // a timing taken while the audit runs would be wrong: stop it
+                self.estimate_run = None;
                 match AuditRun::start(config, ctx) {
                     Ok(run) => {
                         self.run = Some(run);
@@ -288,6 +432,7 @@ impl PrivacyPanel {
                     }
                     Err(e) => return vec![(MessageLevel::Error, format!("cannot start the audit worker: {e}"))],
                 }
+                return messages;
             }
             PrivacyCommand::Cancel => {
                 if let Some(run) = self.run.as_mut().filter(|r| !r.is_finished()) {
@@ -394,9 +539,13 @@ impl PrivacyPanel {
             RichText::new("Membership inference on a diffusion model: can its training images be told apart?").small(),
         );
         let running = self.is_running();
+        let kind = self.target_kind().clone();
         ui.add_enabled_ui(!running, |ui| {
             ui.separator();
             path_row(ui, "Target model folder", &self.config.target, commands, &[("Browse…", PathField::Target)]);
+            let kind_text = RichText::new(super::drawable(ui.ctx(), &kind.text)).small();
+            let kind_text = if kind.refused { kind_text.color(ui.visuals().error_fg_color) } else { kind_text };
+            ui.add(egui::Label::new(kind_text).wrap());
             path_row(
                 ui,
                 "Members",
@@ -411,9 +560,18 @@ impl PrivacyPanel {
                 commands,
                 &[("npz…", PathField::NonmembersFile), ("Folder…", PathField::NonmembersFolder)],
             );
-            if ui.button("Use the demo model and sets").on_hover_text(demo_dir().display().to_string()).clicked() {
-                send(commands, PrivacyCommand::UseDemo);
-            }
+            ui.horizontal_wrapped(|ui| {
+                if ui.button("Use the demo model and sets").on_hover_text(demo_dir().display().to_string()).clicked() {
+                    send(commands, PrivacyCommand::UseDemo);
+                }
+                if ui
+                    .button("Use the latent demo (Stable Diffusion)")
+                    .on_hover_text(demo_sd_dir().display().to_string())
+                    .clicked()
+                {
+                    send(commands, PrivacyCommand::UseDemoSd);
+                }
+            });
             ui.separator();
             ui.horizontal(|ui| {
                 ui.label("Preset");
@@ -425,14 +583,21 @@ impl PrivacyPanel {
             });
             ui.label("Attacks");
             ui.horizontal_wrapped(|ui| {
-                for kind in AttackKind::ALL {
-                    let mut on = self.config.attacks.contains(&kind);
-                    if ui.checkbox(&mut on, kind.name()).changed() {
+                for attack in AttackKind::ALL {
+                    if attack.needs_captions() && !kind.text_conditional {
+                        ui.add_enabled(false, egui::Checkbox::new(&mut false, attack.name())).on_disabled_hover_text(
+                            "CLiD compares caption-conditioned and unconditional denoising: it needs a Stable \
+                             Diffusion pipeline as the target (captioned member and non-member folders)",
+                        );
+                        continue;
+                    }
+                    let mut on = self.config.attacks.contains(&attack);
+                    if ui.checkbox(&mut on, attack.name()).changed() {
                         if on {
-                            self.config.attacks.push(kind);
+                            self.config.attacks.push(attack);
                             self.config.attacks.sort_by_key(|k| AttackKind::ALL.iter().position(|a| a == k));
                         } else {
-                            self.config.attacks.retain(|k| *k != kind);
+                            self.config.attacks.retain(|k| *k != attack);
                         }
                     }
                 }
@@ -444,6 +609,20 @@ impl PrivacyPanel {
              not say which patient's image was in the training set",
         );
         ui.separator();
+        self.cost_ui(ui, commands, running);
+        let run_config = self.run_config().ok();
+        let checkpoint = run_config.as_ref().map(|c| checkpoint_path(&self.checkpoint_dir, c));
+        let found = checkpoint.as_ref().is_some_and(|p| p.is_file());
+        ui.add_enabled_ui(!running, |ui| {
+            ui.checkbox(&mut self.resume, "Resume").on_hover_text(format!(
+                "Take the attacks that an interrupted run of these same parameters finished from its checkpoint \
+                     instead of running them again. Checkpoints are kept in {} until their audit finishes.",
+                self.checkpoint_dir.display()
+            ));
+            if found {
+                ui.label(RichText::new("An interrupted run of these parameters left a checkpoint").small().weak());
+            }
+        });
         ui.horizontal(|ui| {
             if ui.add_enabled(!running, egui::Button::new("Run")).on_hover_text("Ctrl+Enter").clicked() {
                 send(commands, PrivacyCommand::Run);
@@ -475,6 +654,44 @@ impl PrivacyPanel {
         }
         if let Some(latency) = self.last_cancel_latency {
             ui.label(RichText::new(format!("Last cancel took {:.2} s", latency.as_secs_f64())).small().weak());
+        }
+    }
+
+    /// The "Cost" line: an Estimate button and what the last estimate measured.
+    fn cost_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<Command>, running: bool) {
+        ui.horizontal(|ui| {
+            ui.label("Cost");
+            let estimating = self.is_estimating();
+            if ui
+                .add_enabled(!running && !estimating, egui::Button::new("Estimate"))
+                .on_hover_text(
+                    "Load the target and the sets, count the model calls of the selected attacks and time one batch \
+                     of them on this machine",
+                )
+                .clicked()
+            {
+                commands.push(Command::Privacy(PrivacyCommand::Estimate));
+            }
+            if estimating {
+                ui.spinner();
+                ui.label(RichText::new("measuring…").small());
+            }
+        });
+        let Some((result, measured_for)) = &self.cost else { return };
+        match result {
+            Ok(estimate) => {
+                ui.add(egui::Label::new(RichText::new(cost_text(estimate)).small()).wrap());
+                let current = self.run_config().map(|c| estimate_key(&c)).ok();
+                if current.as_ref() != Some(measured_for) {
+                    ui.label(RichText::new("(for other parameters: estimate again)").small().weak());
+                }
+            }
+            Err(e) => {
+                let text = RichText::new(super::drawable(ui.ctx(), &format!("Cannot estimate: {e}")))
+                    .small()
+                    .color(ui.visuals().error_fg_color);
+                ui.add(egui::Label::new(text).wrap());
+            }
         }
     }
 
@@ -696,6 +913,10 @@ impl PrivacyPanel {
                             );
                         });
                         ui.label(RichText::new(format!("#{} · score {:.3}", item.id, item.score)).small());
+                        if let Some(caption) = &item.caption {
+                            ui.set_max_width(2.0 * 72.0 + ui.spacing().item_spacing.x);
+                            ui.add(egui::Label::new(RichText::new(super::drawable(ui.ctx(), caption)).small()).wrap());
+                        }
                     });
                 });
             }
@@ -735,9 +956,68 @@ fn format_duration(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 60.0 {
         format!("{s:.0} s")
-    } else {
+    } else if s < 3600.0 {
         format!("{}:{:02} min", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{} h {:02} min", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
     }
+}
+
+/// Seconds with three significant digits (a model call takes from microseconds to minutes).
+fn format_seconds(s: f64) -> String {
+    if s >= 100.0 {
+        format!("{s:.0}")
+    } else if s >= 1.0 {
+        format!("{s:.2}")
+    } else {
+        let decimals = (2.0 - s.max(1e-9).log10().floor()) as usize;
+        format!("{s:.decimals$}")
+    }
+}
+
+/// The cost line: "N samples × k calls = M model calls × S s/call (+ VAE) ≈ T".
+pub fn cost_text(e: &CostEstimate) -> String {
+    let mut text = format!(
+        "{} samples × {} calls = {} model calls × {} s/call",
+        e.samples,
+        e.calls_per_sample,
+        e.model_calls,
+        format_seconds(e.seconds_per_call)
+    );
+    if e.vae_encodes > 0 {
+        text += &format!(" + {} VAE encodes × {} s", e.vae_encodes, format_seconds(e.seconds_per_encode));
+    }
+    if e.vae_decodes > 0 {
+        text += &format!(" + {} VAE decodes × {} s", e.vae_decodes, format_seconds(e.seconds_per_decode));
+    }
+    text + &format!(" ≈ {}", format_duration(Duration::from_secs_f64(e.projected_seconds.max(0.0))))
+}
+
+/// The checkpoint file of an audit: named by a hash of the parameters that decide its results
+/// (the ones [`crate::audit::run`] compares before resuming; the batch size is not one).
+pub fn checkpoint_path(dir: &Path, config: &AuditConfig) -> PathBuf {
+    let mut params = serde_json::to_value(config).unwrap_or_default();
+    if let Some(m) = params.as_object_mut() {
+        m.remove("batch_size");
+    }
+    let digest = Sha256::digest(params.to_string().as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("audit-{hex}.json"))
+}
+
+/// The per-user cache folder for audit checkpoints: `$XDG_CACHE_HOME` or `~/.cache` (Linux),
+/// `~/Library/Caches` (macOS), `%LOCALAPPDATA%` (Windows), each with `melo/audit-checkpoints`;
+/// the temporary folder when none is set.
+fn default_checkpoint_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = if cfg!(target_os = "windows") {
+        var("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        var("HOME").map(|h| h.join("Library/Caches"))
+    } else {
+        var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))
+    };
+    base.unwrap_or_else(std::env::temp_dir).join("melo").join("audit-checkpoints")
 }
 
 /// A [−1, 1] grey image for display.
@@ -788,6 +1068,46 @@ mod tests {
         assert_eq!(parse_list("100 250", "x").unwrap(), vec![100, 250]);
         assert!(parse_list("", "loss timesteps").unwrap_err().contains("loss timesteps"));
         assert!(parse_list("1, a", "x").is_err());
+    }
+
+    #[test]
+    fn seconds_keep_three_significant_digits() {
+        assert_eq!(format_seconds(0.012345), "0.0123");
+        assert_eq!(format_seconds(0.5), "0.500");
+        assert_eq!(format_seconds(2.5), "2.50");
+        assert_eq!(format_seconds(250.0), "250");
+        assert_eq!(format_duration(Duration::from_secs(2 * 3600 + 5 * 60)), "2 h 05 min");
+    }
+
+    #[test]
+    fn cost_text_names_every_part_of_the_sum() {
+        let e = CostEstimate {
+            samples: 8,
+            calls_per_sample: 6,
+            model_calls: 48,
+            vae_encodes: 8,
+            vae_decodes: 0,
+            seconds_per_call: 0.25,
+            seconds_per_encode: 0.5,
+            seconds_per_decode: 0.0,
+            projected_seconds: 16.0,
+        };
+        assert_eq!(
+            cost_text(&e),
+            "8 samples × 6 calls = 48 model calls × 0.250 s/call + 8 VAE encodes × 0.500 s ≈ 16 s"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_is_named_by_the_parameters_but_not_the_batch_size() {
+        let dir = Path::new("/cache");
+        let a = AuditConfig::demo(Preset::Quick);
+        let mut b = a.clone();
+        b.batch_size += 1;
+        assert_eq!(checkpoint_path(dir, &a), checkpoint_path(dir, &b));
+        b.pia.timestep += 1;
+        assert_ne!(checkpoint_path(dir, &a), checkpoint_path(dir, &b));
+        assert!(checkpoint_path(dir, &a).starts_with(dir));
     }
 
     #[test]

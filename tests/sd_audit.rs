@@ -193,3 +193,61 @@ fn a_checkpoint_resumes_with_the_finished_attacks_and_refuses_other_parameters()
     let e = run(&other).expect_err("other parameters").to_string();
     assert!(e.contains("other parameters"), "{e}");
 }
+
+/// Lines of a `metadata.jsonl`, parsed.
+fn metadata(folder: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(folder.join("metadata.jsonl"))
+        .expect("metadata.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The shipped latent demo (`assets/demo_sd`): its sets are what its README says, and the loss
+/// and PIA scores of `melo audit --preset full` agree per sample with the independent diffusers
+/// run shipped beside it (`leakage_diffusers.json`, `tools/sd/audit_reference.py`).
+#[test]
+fn the_latent_demo_scores_as_diffusers_scores_it() {
+    let dir = common::repo().join("assets/demo_sd");
+    let members = metadata(&dir.join("members"));
+    let nonmembers = metadata(&dir.join("nonmembers"));
+    assert_eq!((members.len(), nonmembers.len()), (200, 200));
+    let sources = |rows: &[Value]| -> std::collections::BTreeSet<String> {
+        rows.iter().map(|r| r["source"].as_str().expect("source").to_string()).collect()
+    };
+    assert_eq!(sources(&members).len(), 200, "a member listed twice");
+    assert!(sources(&members).is_disjoint(&sources(&nonmembers)), "a member is also a non-member");
+    let class_counts = |rows: &[Value]| -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for r in rows {
+            *counts.entry(r["text"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        }
+        counts
+    };
+    assert_eq!(class_counts(&members), class_counts(&nonmembers), "the sets are not matched by class");
+
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("leakage_diffusers.json")).expect("leakage_diffusers.json"),
+    )
+    .expect("valid JSON");
+    assert_eq!(reference["n_members"].as_u64(), Some(200));
+    let mut c = AuditConfig::new(&dir, dir.join("members"), dir.join("nonmembers"), Preset::Full);
+    c.attacks = vec![AttackKind::Loss, AttackKind::Pia];
+    c.max_per_set = Some(5);
+    c.seed = reference["params"]["seed"].as_u64().expect("seed");
+    c.bootstrap_resamples = 100;
+    let report = run(&c).expect("the demo audits");
+    assert!(report.target.kind.contains("epsilon"), "{}", report.target.kind);
+    for attack in &report.attacks {
+        let expected = reference["scores"][&attack.name].as_array().expect("reference scores");
+        assert_eq!(expected.len(), 400);
+        assert_eq!(attack.scores.len(), 10);
+        for s in &attack.scores {
+            let want = expected[s.index + if s.member { 0 } else { 200 }].as_f64().unwrap();
+            let rel = (s.score - want).abs() / want.abs().max(1e-12);
+            // the acceptance bound is 1e-3 relative; the whole 400 agree far closer (results.md)
+            assert!(rel < 1e-4, "{} sample {} (member {}): {} vs diffusers {want}", attack.name, s.index, s.member, s.score);
+        }
+    }
+}

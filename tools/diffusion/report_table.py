@@ -20,6 +20,8 @@ for path in sys.argv[1:]:
             s = f"t = {p['pia']['timestep']}, p = {p['pia']['p']:g}"
         elif name == "secmi":
             s = f"t = {p['secmi']['timestep']}, interval {p['secmi']['interval']}"
+        elif name == "clid":
+            s = f"t = {p['clid']['timesteps']}, {p['clid']['draws']} draws; caption vs empty caption"
         else:
             t = p["trajectory"]
             s = f"t₀ = {t['strengths']}, {t['steps']} steps, {t['draws']} draws; eval {m['n_members']}+{m['n_nonmembers']}"

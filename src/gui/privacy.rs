@@ -610,10 +610,9 @@ impl PrivacyPanel {
         );
         ui.separator();
         self.cost_ui(ui, commands, running);
-        let run_config = self.run_config().ok();
-        let checkpoint = run_config.as_ref().map(|c| checkpoint_path(&self.checkpoint_dir, c));
-        // while a run is going, the checkpoint on disk is its own, not an interrupted one
-        let found = !running && checkpoint.as_ref().is_some_and(|p| p.is_file());
+        // while a run is going, the checkpoint on disk is its own, not an interrupted one (and
+        // the config is neither cloned, hashed nor looked up on disk every frame)
+        let found = !running && self.run_config().is_ok_and(|c| checkpoint_path(&self.checkpoint_dir, &c).is_file());
         ui.add_enabled_ui(!running, |ui| {
             ui.checkbox(&mut self.resume, "Resume").on_hover_text(format!(
                 "Take the attacks that an interrupted run of these same parameters finished from its checkpoint \

@@ -20,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_sd_unet import SD21  # noqa: E402  (the UNet config the UNet-only peer already uses)
+from torch_sd_unet import SD21, peak_rss_mb  # noqa: E402  (the UNet config and VmHWM reader of the UNet-only peer)
 
 # stabilityai/stable-diffusion-2-1-base vae/config.json
 SD21_VAE = dict(
@@ -57,14 +57,6 @@ SD21_TEXT = dict(
     eos_token_id=2,
     pad_token_id=1,
 )
-
-
-def peak_rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make(root):

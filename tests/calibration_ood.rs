@@ -140,6 +140,16 @@ fn shipped_adapters_carry_calibration_and_ood_statistics_under_one_megabyte() {
         assert_eq!(cal.reliability_after.len(), RELIABILITY_BINS, "{task}");
         let ood = meta.ood.as_ref().unwrap_or_else(|| panic!("{task}: no OOD statistics"));
         assert_eq!(ood.threshold_quantile, THRESHOLD_QUANTILE);
+        // The window's histogram and the validation rank come from this grid; the threshold
+        // is a point on it.
+        assert_eq!(ood.validation_quantiles.len(), melo::model::ood::VALIDATION_QUANTILES, "{task}");
+        let rank = ood.validation_rank(ood.mahalanobis_threshold).unwrap();
+        assert!((rank - THRESHOLD_QUANTILE).abs() < 1e-6, "{task}: threshold at rank {rank}");
+        // Temperature kept only when the validation split supports it.
+        let lr = cal.likelihood_ratio.unwrap_or_else(|| panic!("{task}: no likelihood ratio"));
+        assert_eq!(cal.temperature == 1.0, lr <= melo::model::calibration::LIKELIHOOD_RATIO_CRITICAL, "{task}");
+        let [lo, hi] = cal.ece_change_ci.unwrap_or_else(|| panic!("{task}: no ECE change interval"));
+        assert!(lo <= hi, "{task}");
         assert!(adapter.ood_stats().is_some(), "{task}");
     }
 }
@@ -191,13 +201,17 @@ fn images_of_other_tasks_are_flagged_and_the_tasks_own_images_pass() {
     let blood = checks(&engine, "pbc", None, 4);
     let flagged = |c: &[OodCheck]| c.iter().filter(|x| !x.in_distribution).count();
     let scores = |c: &[OodCheck]| c.iter().map(|x| f64::from(x.ood_score)).collect::<Vec<_>>();
-    // The threshold passes 95 % of validation images; PneumoniaMNIST's test split is shifted
-    // from its validation split (13.7 % alarms over all 621, docs/results.md).
-    assert!(flagged(&own) <= n / 4, "PneumoniaMNIST test images flagged: {own:?}");
+    // The threshold passes 99 % of validation images; PneumoniaMNIST's test split is shifted
+    // from its validation split (3.2 % alarms over all 621, docs/results.md).
+    assert!(flagged(&own) <= n / 8, "PneumoniaMNIST test images flagged: {own:?}");
     // Near OOD (ultrasound of the breast, same 28 px grey source): separated by score, most flagged.
     let separation = auroc(&scores(&own), &scores(&breast));
     assert!(separation >= 0.9, "AUROC PneumoniaMNIST vs BreastMNIST {separation}: {own:?} {breast:?}");
-    assert!(flagged(&breast) > n / 2, "BreastMNIST test images flagged by the pneumonia adapter: {breast:?}");
+    // 82 % of all 600 near-OOD images are flagged (docs/results.md); of these 16, half are
+    // flagged and most of the rest marked unusual.
+    assert!(flagged(&breast) >= n / 2, "BreastMNIST test images flagged by the pneumonia adapter: {breast:?}");
+    let cautioned = breast.iter().filter(|x| !x.in_distribution || x.is_unusual()).count();
+    assert!(cautioned >= 3 * n / 4, "BreastMNIST test images flagged or unusual: {breast:?}");
     // Far OOD (colour microscopy): every one flagged.
     assert_eq!(flagged(&blood), blood.len(), "PBC images through the pneumonia adapter: {blood:?}");
 }
@@ -222,7 +236,19 @@ fn predict_json_carries_calibration_and_ood_fields() {
         let (score, threshold) = (p["ood_score"].as_f64().unwrap(), p["ood_threshold"].as_f64().unwrap());
         assert_eq!(p["in_distribution"], Value::Bool(score <= threshold), "{p}");
     }
-    // An adult chest CR is not a 28-px paediatric PneumoniaMNIST image.
+    // An adult chest CR is not a 28-px paediatric PneumoniaMNIST image, but at 28 px it is
+    // close: it scores above 95 % of the validation images (rank 0.985), under the 99 %
+    // threshold, so it is in distribution yet marked unusual.
     let pneumonia = predictions.iter().find(|p| p["task"] == "pneumonia").unwrap();
-    assert_eq!(pneumonia["in_distribution"], Value::Bool(false), "{pneumonia}");
+    let rank = pneumonia["ood_validation_rank"].as_f64().unwrap();
+    assert!(rank > melo::model::ood::UNUSUAL_RANK, "{pneumonia}");
+    let text = Command::new(env!("CARGO_BIN_EXE_melo"))
+        .args(["predict", "--task", "pneumonia", "--adapters"])
+        .arg(repo.join("adapters"))
+        .arg(&image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    let caveat = if pneumonia["in_distribution"] == Value::Bool(false) { "OUT OF DISTRIBUTION" } else { "unusual" };
+    assert!(text.contains(caveat), "{text}");
 }

@@ -87,6 +87,7 @@ fn ood(score: f32, threshold: f32) -> OodCheck {
         ood_score: score,
         ood_threshold: threshold,
         in_distribution: score <= threshold,
+        ood_validation_rank: Some(if score <= threshold { 0.5 } else { 1.0 }),
     }
 }
 
@@ -106,6 +107,17 @@ fn an_out_of_distribution_image_gets_the_banner_and_greyed_probabilities() {
     assert!(!shown(&harness, BANNER), "banner on an in-distribution image");
     assert!(!shown(&harness, GREYED_CAPTION));
     assert!(shown(&harness, "Looks like the training images (mahalanobis score 120.00 <= threshold 260.25)"));
+
+    // Under the threshold but less typical than 95 % of the validation images: a caution,
+    // nothing greyed.
+    let unusual = OodCheck { ood_validation_rank: Some(0.985), ..ood(250.0, 260.25) };
+    show(&mut harness, Some(unusual), false);
+    assert!(!shown(&harness, BANNER) && !shown(&harness, GREYED_CAPTION));
+    assert!(shown(
+        &harness,
+        "Unusual image for this model: its mahalanobis score 250.00 is higher than 98.5 % of the validation \
+         images (threshold 260.25). Read the probabilities with care."
+    ));
 
     // No OOD statistics (adapters without them): no banner either; a calibrated prediction
     // loses the mark.
@@ -154,6 +166,14 @@ fn calibration_and_ood_plots_appear_when_the_adapter_has_them() {
         serde_json::from_str(&std::fs::read_to_string(common::repo().join("adapters/pneumonia.report.json")).unwrap())
             .unwrap();
     let history = report["history"].as_array().unwrap();
+    // The histogram is rebuilt from the adapter's validation quantiles: it holds every
+    // validation image (up to rounding per bin) and the threshold lies within its range.
+    let view = info.ood.as_ref().unwrap();
+    let n = report["ood"]["threshold_samples"].as_u64().unwrap();
+    let total: u64 = view.validation_histogram.iter().map(|b| b.2).sum();
+    assert!(total.abs_diff(n) <= view.validation_histogram.len() as u64 / 2 + 1, "{total} of {n} images");
+    let (lo, hi) = (view.validation_histogram[0].0, view.validation_histogram.last().unwrap().1);
+    assert!(lo < view.threshold && view.threshold < hi, "{lo} {} {hi}", view.threshold);
     assert_eq!(info.history.len(), history.len());
     for (point, epoch) in info.history.iter().zip(history) {
         assert_eq!(point.epoch as u64, epoch["epoch"].as_u64().unwrap());
@@ -162,8 +182,10 @@ fn calibration_and_ood_plots_appear_when_the_adapter_has_them() {
     }
     info.calibration = Some(CalibrationView {
         temperature: 1.7,
+        rejected_temperature: None,
         ece_before: 0.081,
         ece_after: 0.023,
+        ece_change_ci: Some([-0.07, -0.04]),
         brier_before: Some(0.1),
         brier_after: Some(0.09),
         bins: (0..15)
@@ -180,12 +202,15 @@ fn calibration_and_ood_plots_appear_when_the_adapter_has_them() {
     for header in ["Reliability diagram", "Out-of-distribution score", "Training curves"] {
         assert!(shown(&harness, header), "{header} missing");
     }
-    assert!(shown(&harness, "temperature 1.70 fitted on validation; test ECE 0.081 -> 0.023, Brier 0.100 -> 0.090"));
+    assert!(shown(&harness, "temperature 1.70 fitted on validation; test ECE 0.081 -> 0.023 (change 95 % CI -0.070 to -0.040), Brier 0.100 -> 0.090"));
     assert!(!marked_uncalibrated(&harness) && !shown(&harness, "uncalibrated: the probabilities"));
     // Opening the OOD plot shows this image's score against the threshold.
     harness.get_by_label("Out-of-distribution score").click();
     harness.run_steps(3);
-    assert!(shown(&harness, "mahalanobis: this image 412.50, threshold 260.25 (out of distribution)"));
+    assert!(shown(
+        &harness,
+        "mahalanobis: this image 412.50 (above 100.0 % of validation images), threshold 260.25 (out of distribution)"
+    ));
     harness.get_by_label("Training curves").click();
     harness.run_steps(3);
     assert!(shown(&harness, "3 epochs, from the training report"));

@@ -127,6 +127,7 @@ fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
         stop_after: None,
         head_epochs: 0,
         head_lr: 3e-3,
+        ood_pass_rate: melo::model::ood::THRESHOLD_QUANTILE,
         progress: false,
         intended_use: String::new(),
         limitations: Vec::new(),

@@ -576,6 +576,7 @@ fn options(data: PathBuf, out: PathBuf, method: Method, epochs: usize) -> TrainO
         stop_after: None,
         head_epochs: 0,
         head_lr: 3e-3,
+        ood_pass_rate: melo::model::ood::THRESHOLD_QUANTILE,
         progress: false,
         intended_use: String::new(),
         limitations: Vec::new(),

@@ -731,6 +731,8 @@ fn prediction_ui(ui: &mut egui::Ui, prediction: &Prediction, info: &TaskInfo) {
         egui::Frame::new().fill(Color32::from_rgb(110, 60, 20)).inner_margin(6.0).corner_radius(4.0).show(ui, |ui| {
             ui.label(RichText::new(ood_banner_text(ood, &info.training_dataset)).color(Color32::WHITE).strong());
         });
+    } else if let Some(ood) = prediction.ood.as_ref().filter(|o| o.is_unusual()) {
+        ui.label(RichText::new(unusual_text(ood)).color(Color32::from_rgb(230, 170, 60)));
     } else if let Some(ood) = &prediction.ood {
         ui.label(
             RichText::new(format!(
@@ -744,12 +746,31 @@ fn prediction_ui(ui: &mut egui::Ui, prediction: &Prediction, info: &TaskInfo) {
     probabilities_ui(ui, prediction, outside.is_some());
 }
 
+/// The caution shown above the probabilities of an in-distribution image that is less typical
+/// than 95 % of the validation images.
+pub fn unusual_text(ood: &OodCheck) -> String {
+    format!(
+        "Unusual image for this model: its {} score {:.2} is higher than {:.1} % of the validation images \
+         (threshold {:.2}). Read the probabilities with care.",
+        ood.ood_detector,
+        ood.ood_score,
+        100.0 * ood.ood_validation_rank.unwrap_or(1.0),
+        ood.ood_threshold
+    )
+}
+
 /// The banner shown above the probabilities of an out-of-distribution image.
 pub fn ood_banner_text(ood: &OodCheck, dataset: &str) -> String {
     let trained_on = trained_on_text(dataset).map(|t| format!(" ({})", t.to_lowercase())).unwrap_or_default();
+    let rank = match ood.ood_validation_rank {
+        // At or beyond the top of the grid: the image is further out than every validation image.
+        Some(r) if r >= 1.0 => ", further out than every validation image".to_string(),
+        Some(r) => format!(", higher than {:.1} % of the validation images", 100.0 * r),
+        None => String::new(),
+    };
     format!(
         "This image does not look like the images this model was trained on{trained_on}: {} score {:.2} > \
-         threshold {:.2}. The probabilities below are not reliable for it.",
+         threshold {:.2}{rank}. The probabilities below are not reliable for it.",
         ood.ood_detector, ood.ood_score, ood.ood_threshold
     )
 }
@@ -894,9 +915,17 @@ pub fn calibration_text(calibration: Option<&CalibrationView>) -> String {
                 (Some(b), Some(a)) => format!(", Brier {b:.3} -> {a:.3}"),
                 _ => String::new(),
             };
+            let temperature = match c.rejected_temperature {
+                Some(t) => {
+                    format!("temperature 1 kept: the fitted {t:.2} is not significantly better on the validation split")
+                }
+                None => format!("temperature {:.2} fitted on validation", c.temperature),
+            };
             format!(
-                "temperature {:.2} fitted on validation; test ECE {:.3} -> {:.3}{brier}",
-                c.temperature, c.ece_before, c.ece_after
+                "{temperature}; test ECE {:.3} -> {:.3}{}{brier}",
+                c.ece_before,
+                c.ece_after,
+                c.ece_change_ci.map(|[a, b]| format!(" (change 95 % CI {a:+.3} to {b:+.3})")).unwrap_or_default()
             )
         }
     }
@@ -962,9 +991,12 @@ fn ood_histogram_plot(ui: &mut egui::Ui, task: &str, ood: &OodView, now: Option<
     });
     let text = match now {
         Some(now) => format!(
-            "{}: this image {:.2}, threshold {:.2} ({})",
+            "{}: this image {:.2}{}, threshold {:.2} ({})",
             ood.detector,
             now.ood_score,
+            now.ood_validation_rank
+                .map(|r| format!(" (above {:.1} % of validation images)", 100.0 * r))
+                .unwrap_or_default(),
             ood.threshold,
             if now.in_distribution { "in distribution" } else { "out of distribution" }
         ),

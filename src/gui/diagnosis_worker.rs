@@ -61,8 +61,13 @@ pub struct TaskInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CalibrationView {
     pub temperature: f64,
+    /// The NLL-optimal temperature when the likelihood-ratio test kept T = 1 instead
+    /// (`None` when the fitted one is used, or the adapter predates the test).
+    pub rejected_temperature: Option<f64>,
     pub ece_before: f64,
     pub ece_after: f64,
+    /// Bootstrap 95 % interval of the test ECE's change, when the adapter records it.
+    pub ece_change_ci: Option<[f64; 2]>,
     pub brier_before: Option<f64>,
     pub brier_after: Option<f64>,
     /// Equal-width confidence bins over 0..1 on the test split, after scaling.
@@ -143,8 +148,10 @@ impl TaskInfo {
 fn calibration_view(m: &AdapterMetadata) -> Option<CalibrationView> {
     m.calibration.as_ref().map(|c| CalibrationView {
         temperature: c.temperature,
+        rejected_temperature: c.fitted_temperature.filter(|&t| t != c.temperature),
         ece_before: c.ece_before,
         ece_after: c.ece_after,
+        ece_change_ci: c.ece_change_ci,
         brier_before: Some(c.brier_before),
         brier_after: Some(c.brier_after),
         bins: c
@@ -155,14 +162,36 @@ fn calibration_view(m: &AdapterMetadata) -> Option<CalibrationView> {
     })
 }
 
-/// The OOD statistics the adapter records, for the panel: detector and threshold. The
-/// metadata keeps no histogram of the validation scores yet, so the plot shows the threshold
-/// and the current image's score only.
+/// Bins of the validation-score histogram drawn in the panel.
+const HISTOGRAM_BINS: usize = 24;
+
+/// The OOD statistics the adapter records, for the panel: detector, threshold and a histogram
+/// of the validation scores rebuilt from the stored quantile grid (equal-width bins; the count
+/// of a bin is the rank difference of its edges times the number of validation images).
+/// Adapters fitted before the grid existed get no histogram: the plot shows the threshold and
+/// the current image's score only.
 fn ood_view(m: &AdapterMetadata) -> Option<OodView> {
-    m.ood.as_ref().map(|o| OodView {
-        detector: o.detector.name().to_string(),
-        threshold: o.threshold(o.detector),
-        validation_histogram: Vec::new(),
+    m.ood.as_ref().map(|o| {
+        let q = &o.validation_quantiles;
+        let mut histogram = Vec::new();
+        if let (Some(&lo), Some(&hi)) = (q.first(), q.last()) {
+            if hi > lo {
+                let width = (hi - lo) / HISTOGRAM_BINS as f64;
+                let rank = |x: f64| o.validation_rank(x).unwrap_or(0.0);
+                for b in 0..HISTOGRAM_BINS {
+                    let (a, z) = (lo + b as f64 * width, lo + (b + 1) as f64 * width);
+                    // The first edge is the minimum itself: count it in the first bin.
+                    let below = if b == 0 { 0.0 } else { rank(a) };
+                    let count = ((rank(z) - below) * o.threshold_samples as f64).round().max(0.0) as u64;
+                    histogram.push((a, z, count));
+                }
+            }
+        }
+        OodView {
+            detector: o.detector.name().to_string(),
+            threshold: o.threshold(o.detector),
+            validation_histogram: histogram,
+        }
     })
 }
 

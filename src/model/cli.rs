@@ -499,17 +499,29 @@ fn list_adapters(args: &AdaptersArgs) -> Result<()> {
 /// Whether the adapter's probabilities went through a fitted temperature.
 fn calibration_text(m: &AdapterMetadata) -> String {
     match &m.calibration {
-        Some(c) => format!(
-            "calibrated: temperature {:.2} fitted on {} ({} images); {} ECE {:.3} -> {:.3}, Brier {:.3} -> {:.3}",
-            c.temperature,
-            c.fitted_on,
-            c.fitted_samples,
-            c.evaluated_on,
-            c.ece_before,
-            c.ece_after,
-            c.brier_before,
-            c.brier_after
-        ),
+        Some(c) => {
+            let temperature = match c.fitted_temperature.filter(|&t| t != c.temperature) {
+                Some(t) => format!(
+                    "temperature 1 kept (fitted {t:.2} not significantly better on {} {} images: \
+                     likelihood ratio {:.2} < 3.84)",
+                    c.fitted_samples,
+                    c.fitted_on,
+                    c.likelihood_ratio.unwrap_or(0.0)
+                ),
+                None => {
+                    format!("temperature {:.2} fitted on {} ({} images)", c.temperature, c.fitted_on, c.fitted_samples)
+                }
+            };
+            format!(
+                "calibrated: {temperature}; {} ECE {:.3} -> {:.3}{}, Brier {:.3} -> {:.3}",
+                c.evaluated_on,
+                c.ece_before,
+                c.ece_after,
+                c.ece_change_ci.map(|[a, b]| format!(" (change 95 % CI [{a:+.3}, {b:+.3}])")).unwrap_or_default(),
+                c.brier_before,
+                c.brier_after
+            )
+        }
         None => "uncalibrated (raw softmax; no temperature fitted)".into(),
     }
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::error::{Error, Result};
 use super::lora::Adapter;
-use super::ood::{energy, Detector};
+use super::ood::{energy, Detector, UNUSUAL_RANK};
 use super::vit::{Config, VisionTransformer};
 use crate::display::default_voi;
 use crate::image::MedicalImage;
@@ -56,6 +56,16 @@ pub struct OodCheck {
     pub ood_threshold: f32,
     /// `ood_score <= ood_threshold`.
     pub in_distribution: bool,
+    /// Share of the adapter's in-distribution validation images scoring at or below this
+    /// image (from the adapter's stored quantiles; `None` for adapters without them).
+    pub ood_validation_rank: Option<f32>,
+}
+
+impl OodCheck {
+    /// In distribution, but scoring higher than [`UNUSUAL_RANK`] of the validation images.
+    pub fn is_unusual(&self) -> bool {
+        self.in_distribution && self.ood_validation_rank.is_some_and(|r| f64::from(r) > UNUSUAL_RANK)
+    }
 }
 
 impl Prediction {
@@ -68,6 +78,11 @@ impl Prediction {
             Some(o) if !o.in_distribution => notes.push(format!(
                 "OUT OF DISTRIBUTION: unlike this adapter's training images ({} score {:.1} > threshold {:.1})",
                 o.ood_detector, o.ood_score, o.ood_threshold
+            )),
+            Some(o) if o.is_unusual() => notes.push(format!(
+                "unusual for this adapter: {} score higher than {:.1} % of its validation images",
+                o.ood_detector,
+                100.0 * o.ood_validation_rank.unwrap_or(1.0)
             )),
             Some(_) => {}
             None => notes.push("no out-of-distribution check".to_string()),
@@ -344,6 +359,7 @@ fn to_prediction(adapter: &Adapter, logits: &Tensor, features: &Tensor) -> Resul
                 ood_threshold: threshold as f32,
                 // A NaN score (it cannot arise from finite features) would fail this test: flagged.
                 in_distribution: score <= threshold,
+                ood_validation_rank: summary.validation_rank(score).map(|r| r as f32),
             })
         }
         None => None,

@@ -5,7 +5,7 @@
 //! - temperature: fitted on the validation logits, measured on test ([`Calibration`]);
 //! - Mahalanobis statistics: the adapter's own pooled features (LoRA applied, no augmentation)
 //!   of at most [`DEFAULT_MAX_TRAIN`] training images, evenly spread over the split;
-//! - thresholds: the 95th percentile of each detector's validation scores.
+//! - thresholds: a quantile of each detector's validation scores (`--ood-pass-rate`).
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,8 @@ use super::{Error, Result};
 use crate::model::calibration::Calibration;
 use crate::model::engine::default_backbone_dir;
 use crate::model::ood::{
-    energy, quantile, Mahalanobis, OodSummary, DEFAULT_COMPONENTS, DEFAULT_DETECTOR, THRESHOLD_QUANTILE,
+    energy, quantile, quantile_grid, Detector, Mahalanobis, OodSummary, DEFAULT_COMPONENTS, DEFAULT_DETECTOR,
+    THRESHOLD_QUANTILE,
 };
 use crate::model::{Adapter, Engine, VisionTransformer};
 
@@ -67,6 +68,23 @@ pub struct Fitted {
     pub stats: Mahalanobis,
 }
 
+/// How the OOD statistics are fitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitOptions {
+    /// k: leading eigenpairs of the shared covariance kept.
+    pub components: usize,
+    /// Training images whose features make the statistics (evenly spread).
+    pub max_train: usize,
+    /// Share of in-distribution validation images that must pass the threshold.
+    pub pass_rate: f64,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        Self { components: DEFAULT_COMPONENTS, max_train: DEFAULT_MAX_TRAIN, pass_rate: THRESHOLD_QUANTILE }
+    }
+}
+
 /// Fits temperature and OOD statistics for `adapter` on prepared train/val/test splits.
 pub fn fit(
     vit: &VisionTransformer,
@@ -74,9 +92,12 @@ pub fn fit(
     train: &Prepared,
     val: &Prepared,
     test: &Prepared,
-    components: usize,
-    max_train: usize,
+    options: FitOptions,
 ) -> Result<Fitted> {
+    let FitOptions { components, max_train, pass_rate } = options;
+    if !(0.5..=1.0).contains(&pass_rate) {
+        return Err(Error::Options(format!("OOD pass rate {pass_rate}: expected 0.5 to 1")));
+    }
     let classes = adapter.labels().len();
     let dim = adapter.head_weight().dims2()?.1;
     for (split, p) in [("train", train), ("validation", val), ("test", test)] {
@@ -104,13 +125,17 @@ pub fn fit(
         detector: DEFAULT_DETECTOR,
         components,
         residual_variance: stats.residual_variance(),
-        mahalanobis_threshold: quantile(&maha, THRESHOLD_QUANTILE),
-        energy_threshold: quantile(&energies, THRESHOLD_QUANTILE),
+        mahalanobis_threshold: quantile(&maha, pass_rate),
+        energy_threshold: quantile(&energies, pass_rate),
         fitted_on: "train".into(),
         fitted_samples: train_items.len() as u64,
         threshold_on: "validation".into(),
         threshold_samples: val.len() as u64,
-        threshold_quantile: THRESHOLD_QUANTILE,
+        threshold_quantile: pass_rate,
+        validation_quantiles: quantile_grid(match DEFAULT_DETECTOR {
+            Detector::Mahalanobis => &maha,
+            Detector::Energy => &energies,
+        }),
     };
     Ok(Fitted { calibration, ood, stats })
 }
@@ -142,6 +167,10 @@ pub struct CalibrateArgs {
     /// Training images used for the OOD statistics (evenly spread over the split).
     #[arg(long, default_value_t = DEFAULT_MAX_TRAIN)]
     pub max_train: usize,
+    /// Share of the in-distribution validation images that pass the OOD threshold (the
+    /// threshold is that quantile of their scores).
+    #[arg(long, default_value_t = THRESHOLD_QUANTILE)]
+    pub ood_pass_rate: f64,
     /// Write the adapter here instead of over --adapter (no report is written then).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -186,7 +215,8 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let m = adapter.metadata();
     let prepare = |s: Split| source.prepare(s, m.input_size, m.mean, m.std, None);
     let (train, val, test) = (prepare(Split::Train)?, prepare(Split::Val)?, prepare(Split::Test)?);
-    let fitted = fit(engine.backbone(), &adapter, &train, &val, &test, args.components, args.max_train)?;
+    let options = FitOptions { components: args.components, max_train: args.max_train, pass_rate: args.ood_pass_rate };
+    let fitted = fit(engine.backbone(), &adapter, &train, &val, &test, options)?;
     let mut out_adapter = adapter.clone();
     out_adapter.set_calibration(fitted.calibration.clone(), Some((fitted.ood.clone(), fitted.stats)))?;
     let out = args.out.clone().unwrap_or_else(|| args.adapter.clone());

@@ -93,6 +93,10 @@ pub struct TrainArgs {
     /// Peak learning rate of that head-only phase.
     #[arg(long, default_value_t = 3e-3)]
     pub head_lr: f64,
+    /// Share of in-distribution validation images that pass the out-of-distribution
+    /// threshold fitted after training.
+    #[arg(long, default_value_t = crate::model::ood::THRESHOLD_QUANTILE)]
+    pub ood_pass_rate: f64,
     /// Stop after N epochs of this invocation, keeping the checkpoint (continue with --resume).
     #[arg(long)]
     pub stop_after: Option<usize>,
@@ -187,6 +191,7 @@ impl TrainArgs {
             stop_after: self.stop_after,
             head_epochs: self.head_epochs,
             head_lr: self.head_lr,
+            ood_pass_rate: self.ood_pass_rate,
             progress: !self.quiet,
             intended_use: self.intended_use.clone(),
             limitations: self.limitation.clone(),

@@ -32,14 +32,14 @@ use serde::{Deserialize, Serialize};
 pub use super::augment::Augment;
 use super::augment::Transform;
 use super::backprop::{FrozenBackbone, LoraFactors};
-use super::calibrate::{self, DEFAULT_MAX_TRAIN};
+use super::calibrate;
 use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::grad::{uniform, GradVit, Trainable};
 use super::metrics::{evaluate, Evaluation};
 use super::{Error, Result};
 use crate::model::calibration::Calibration;
 use crate::model::lora::{DataSetSummary, LoraTarget, TrainingSummary};
-use crate::model::ood::{OodSummary, DEFAULT_COMPONENTS};
+use crate::model::ood::{OodSummary, THRESHOLD_QUANTILE};
 use crate::model::vit::{LowRank, QkvLora};
 use crate::model::{Adapter, AdapterMetadata, Engine, Pooling, VisionTransformer};
 
@@ -99,6 +99,9 @@ pub struct TrainOptions {
     /// everything from there ("LP-FT", Kumar et al. 2022). 0 = start from a random head.
     #[serde(default)]
     pub head_epochs: usize,
+    /// Share of in-distribution validation images that pass the fitted OOD threshold.
+    #[serde(default = "default_ood_pass_rate")]
+    pub ood_pass_rate: f64,
     /// Peak learning rate of that head-only phase.
     #[serde(default = "default_head_lr")]
     pub head_lr: f64,
@@ -114,6 +117,10 @@ pub struct TrainOptions {
     /// run itself shows (one data set, input size, classes with few test images).
     #[serde(default)]
     pub limitations: Vec<String>,
+}
+
+fn default_ood_pass_rate() -> f64 {
+    THRESHOLD_QUANTILE
 }
 
 fn default_head_lr() -> f64 {
@@ -781,8 +788,8 @@ pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainRepor
         Method::Lora | Method::Linear => {
             let mut adapter = build_adapter(&model, &head, vit, o, &report, lora_scale)?;
             // Same fit as `melo calibrate`, on the chosen epoch's weights.
-            match calibrate::fit(vit, &adapter, &train_set, &val_set, &test_set, DEFAULT_COMPONENTS, DEFAULT_MAX_TRAIN)
-            {
+            let fit_options = calibrate::FitOptions { pass_rate: o.ood_pass_rate, ..Default::default() };
+            match calibrate::fit(vit, &adapter, &train_set, &val_set, &test_set, fit_options) {
                 Ok(fitted) => {
                     report.calibration = fitted.calibration.clone();
                     report.ood = Some(fitted.ood.clone());

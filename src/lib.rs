@@ -16,6 +16,7 @@ pub mod error;
 pub mod export;
 pub mod gui;
 pub mod image;
+pub mod measure;
 pub mod model;
 pub mod series;
 pub mod train;

@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod audit;
+pub mod cine;
 pub mod cli;
 pub mod codec;
 pub mod diffusion;

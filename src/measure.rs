@@ -103,12 +103,25 @@ impl Calibration {
 /// What can be drawn on an image.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum Shape {
-    Length { a: Point, b: Point },
-    Angle { a: Point, vertex: Point, b: Point },
+    Length {
+        a: Point,
+        b: Point,
+    },
+    Angle {
+        a: Point,
+        vertex: Point,
+        b: Point,
+    },
     /// Axis-aligned rectangle between two opposite corners.
-    Rectangle { a: Point, b: Point },
+    Rectangle {
+        a: Point,
+        b: Point,
+    },
     /// The ellipse inscribed in the axis-aligned rectangle between two opposite corners.
-    Ellipse { a: Point, b: Point },
+    Ellipse {
+        a: Point,
+        b: Point,
+    },
 }
 
 impl Shape {

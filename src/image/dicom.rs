@@ -98,13 +98,18 @@ fn has_known_un(obj: &InMemDicomObject, depth: usize) -> bool {
 /// data set in which its header names the dictionary's VR.
 fn resolve_un_vrs(obj: &mut InMemDicomObject, little_endian: bool, depth: usize) {
     // Text values keep the data set's character set: it goes first in each one-element set.
-    let charset = obj.element_opt(tags::SPECIFIC_CHARACTER_SET).ok().flatten().and_then(|e| e.value().to_bytes().ok().map(|b| b.to_vec()));
+    let charset = obj
+        .element_opt(tags::SPECIFIC_CHARACTER_SET)
+        .ok()
+        .flatten()
+        .and_then(|e| e.value().to_bytes().ok().map(|b| b.to_vec()));
     let mut replacements = Vec::new();
     for elem in obj.iter() {
         if is_known_un(elem) {
             let DicomValue::Primitive(value) = elem.value() else { continue };
             let vr = StandardDataDictionary.by_tag(elem.tag()).map(|e| e.vr().relaxed()).unwrap_or(VR::UN);
-            if let Some(resolved) = reread_with_vr(elem.tag(), vr, &value.to_bytes(), little_endian, charset.as_deref()) {
+            if let Some(resolved) = reread_with_vr(elem.tag(), vr, &value.to_bytes(), little_endian, charset.as_deref())
+            {
                 replacements.push(resolved);
             }
         } else if elem.items().is_some_and(|items| items.iter().any(|item| has_known_un(item, depth + 1))) {
@@ -1142,7 +1147,11 @@ fn apply_palette(obj: &DefaultDicomObject, values: &[f64], signed: bool) -> Resu
 /// `_expand_segmented_lut` does: discrete, linear (numpy's `linspace` and round-half-to-even)
 /// and indirect segments. `words` are the element's 16-bit words; with 8-bit entries (the
 /// descriptor's third value) the segments are read byte by byte in file order.
-pub(crate) fn expand_segmented_lut(words: &[u16], bits: u16, little_endian: bool) -> std::result::Result<Vec<u16>, String> {
+pub(crate) fn expand_segmented_lut(
+    words: &[u16],
+    bits: u16,
+    little_endian: bool,
+) -> std::result::Result<Vec<u16>, String> {
     let eight_bit = bits == 8;
     let data: Vec<u32> = if eight_bit {
         words

@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod audit;
+pub mod cine;
 pub mod cli;
 pub mod codec;
 pub mod diffusion;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod export;
 pub mod gui;
 pub mod image;
+pub mod measure;
 pub mod model;
 pub mod series;
 pub mod train;

@@ -46,7 +46,7 @@ pub use privacy::{checkpoint_path, cost_text, PathField, PrivacyCommand, Privacy
 pub use shortcuts::SHORTCUTS;
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
 pub use tags::{tag_matches, TagBrowser};
-pub use viewer::{Viewer, ViewerCommand, ViewerState};
+pub use viewer::{CineState, Tool, Viewer, ViewerCommand, ViewerState};
 
 /// The window title (also the name eframe stores settings under).
 pub const APP_NAME: &str = "MeLo Workstation";

@@ -131,6 +131,10 @@ pub const VIEWER_KEYS: &[(&str, &str)] = &[
     ("Left drag", "Pan"),
     ("Right drag", "Window / level"),
     ("Double-click", "Fit"),
+    ("V / L / G / R / E", "Tool: pan / length / angle / rectangle ROI / ellipse ROI"),
+    ("Ctrl+Z", "Undo the last measurement added or deleted"),
+    ("Delete", "Delete the selected measurement"),
+    ("Space", "Play / pause cine"),
 ];
 
 /// The commands of the shortcuts pressed this frame (their key events are consumed).

@@ -6,16 +6,18 @@
 //! and later views can read it.
 
 use egui::{
-    Align, Color32, Key, Layout, Modifiers, MouseWheelUnit, PointerButton, Pos2, Rect, RichText, Sense, TextureHandle,
-    TextureOptions, UiBuilder, Vec2,
+    Align, Color32, FontId, Key, Layout, Modifiers, MouseWheelUnit, PointerButton, Pos2, Rect, RichText, Sense, Stroke,
+    StrokeKind, TextureHandle, TextureOptions, UiBuilder, Vec2,
 };
 
 use super::overlay;
 use super::stack::{render_color_image, SliceStack};
 use super::tags::TagBrowser;
 use super::Command;
+use crate::cine::{header_rate, CineClock, RateSource, MAX_FPS, MIN_FPS};
 use crate::display::{orientation_labels, preset_voi, Voi, WindowPreset};
 use crate::image::{ImageMeta, MedicalImage, Window};
+use crate::measure::{measure, Calibration, Measurements, Point, Shape, SliceKey};
 
 /// Window/level change per point dragged, as a fraction of the current width: the same drag
 /// is a fine adjustment on a narrow brain window and a coarse one on a full 16-bit range.
@@ -29,6 +31,65 @@ const MIN_ZOOM: f32 = 0.01;
 const MAX_ZOOM: f32 = 64.0;
 /// How much of the image stays in view however far it is panned, in points.
 const MIN_VISIBLE: f32 = 32.0;
+
+/// What a left-drag (or click) on the image does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tool {
+    /// Pan (the default).
+    #[default]
+    Navigate,
+    /// Drag from one end to the other.
+    Length,
+    /// Click the first end, the vertex, then the second end.
+    Angle,
+    /// Drag between opposite corners.
+    Rectangle,
+    /// Drag the corners of the ellipse's bounding box.
+    Ellipse,
+}
+
+impl Tool {
+    pub const ALL: [Tool; 5] = [Tool::Navigate, Tool::Length, Tool::Angle, Tool::Rectangle, Tool::Ellipse];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Tool::Navigate => "Pan (V)",
+            Tool::Length => "Length (L)",
+            Tool::Angle => "Angle (G)",
+            Tool::Rectangle => "Rectangle ROI (R)",
+            Tool::Ellipse => "Ellipse ROI (E)",
+        }
+    }
+
+    pub fn key(self) -> Key {
+        match self {
+            Tool::Navigate => Key::V,
+            Tool::Length => Key::L,
+            Tool::Angle => Key::G,
+            Tool::Rectangle => Key::R,
+            Tool::Ellipse => Key::E,
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Tool::Navigate => "Left-drag pans the image",
+            Tool::Length => "Drag from one end of the length to the other",
+            Tool::Angle => "Click the first end, the vertex, then the second end",
+            Tool::Rectangle => "Drag between opposite corners; mean, SD, min, max and area inside",
+            Tool::Ellipse => "Drag the corners of the ellipse's box; mean, SD, min, max and area inside",
+        }
+    }
+}
+
+/// Cine playback of a multi-frame image or a series.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CineState {
+    /// Playing since this clock started; `None` when paused.
+    pub clock: Option<CineClock>,
+    /// The user's rate, frames per second; `None`: the header's.
+    pub chosen_fps: Option<f64>,
+}
 
 /// What the viewer shows and how.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +109,8 @@ pub struct ViewerState {
     pub fit: bool,
     /// The value under the cursor for the status line ("x 12  y 40  -1000 HU"), if any.
     pub probe: Option<String>,
+    pub tool: Tool,
+    pub cine: CineState,
 }
 
 impl Default for ViewerState {
@@ -60,6 +123,8 @@ impl Default for ViewerState {
             pan: Vec2::ZERO,
             fit: true,
             probe: None,
+            tool: Tool::Navigate,
+            cine: CineState::default(),
         }
     }
 }
@@ -94,6 +159,18 @@ pub enum ViewerCommand {
     /// One image pixel per screen pixel.
     ActualSize,
     ToggleTags,
+    SetTool(Tool),
+    /// Adds a measurement to the current slice.
+    AddMeasurement(Shape),
+    DeleteMeasurement(u64),
+    /// Reverts the last measurement added or deleted.
+    UndoMeasurement,
+    SelectMeasurement(Option<u64>),
+    ToggleMeasurementList,
+    /// Play or pause cine.
+    ToggleCine,
+    /// Cine rate in frames per second; `None` goes back to the header's.
+    SetCineRate(Option<f64>),
 }
 
 /// What a cached texture was rendered from; a new render happens only when this changes.
@@ -130,6 +207,15 @@ pub struct Viewer {
     /// Fractional slice steps from pixel-precise scrolling, carried between events.
     pending_wheel_lines: f32,
     pixels_per_point: f32,
+    /// Every measurement drawn since the files were opened, per slice.
+    pub measurements: Measurements,
+    pub selected_measurement: Option<u64>,
+    pub show_measurements: bool,
+    /// Points of the measurement being drawn (image coordinates); the last follows the pointer
+    /// while dragging.
+    pub drawing: Vec<Point>,
+    /// The UI clock (seconds) of the last frame, for starting cine.
+    now: f64,
 }
 
 impl Default for Viewer {
@@ -148,6 +234,11 @@ impl Default for Viewer {
             phi_free_meta: None,
             pending_wheel_lines: 0.0,
             pixels_per_point: 1.0,
+            measurements: Measurements::default(),
+            selected_measurement: None,
+            show_measurements: false,
+            drawing: Vec::new(),
+            now: 0.0,
         }
     }
 }
@@ -156,7 +247,9 @@ impl Viewer {
     /// Shows a newly loaded series from its first slice, fitted, with the preferred preset
     /// (a CT preset is not applied to other modalities: it would show nothing useful).
     pub fn set_stack(&mut self, stack: SliceStack) {
-        self.state = ViewerState { preset: self.state.preset, ..ViewerState::default() };
+        self.state = ViewerState { preset: self.state.preset, tool: self.state.tool, ..ViewerState::default() };
+        self.drawing.clear();
+        self.selected_measurement = None;
         self.texture = None;
         self.phi_free_meta = None;
         self.pending_wheel_lines = 0.0;
@@ -173,9 +266,30 @@ impl Viewer {
     /// Forgets the shown series (e.g. when another folder is opened).
     pub fn clear(&mut self) {
         self.stack = None;
+        self.measurements.clear();
+        self.drawing.clear();
+        self.selected_measurement = None;
+        self.state.cine.clock = None;
         self.texture = None;
         self.phi_free_meta = None;
         self.state.probe = None;
+    }
+
+    /// Which slice measurements are attached to now.
+    pub fn slice_key(&self) -> Option<SliceKey> {
+        let stack = self.stack.as_ref()?;
+        (self.state.slice < stack.len()).then_some(SliceKey { stack: stack.id, slice: self.state.slice })
+    }
+
+    /// The cine rate in use and where it comes from.
+    pub fn cine_rate(&self) -> (f64, RateSource) {
+        match self.state.cine.chosen_fps {
+            Some(fps) => (fps, RateSource::Chosen),
+            None => match self.current() {
+                Some((image, _)) => header_rate(&image.meta),
+                None => (crate::cine::DEFAULT_FPS, RateSource::Default),
+            },
+        }
     }
 
     pub fn slice_count(&self) -> usize {
@@ -238,6 +352,43 @@ impl Viewer {
                 self.state.zoom = 1.0 / self.pixels_per_point.max(0.01);
             }
             ViewerCommand::ToggleTags => self.show_tags = !self.show_tags,
+            ViewerCommand::SetTool(tool) => {
+                self.state.tool = tool;
+                self.drawing.clear();
+                if tool != Tool::Navigate {
+                    self.show_measurements = true;
+                }
+            }
+            ViewerCommand::AddMeasurement(shape) => {
+                if let Some(key) = self.slice_key() {
+                    self.selected_measurement = Some(self.measurements.add(key, shape));
+                    self.show_measurements = true;
+                }
+            }
+            ViewerCommand::DeleteMeasurement(id) => {
+                self.measurements.delete(id);
+                if self.selected_measurement == Some(id) {
+                    self.selected_measurement = None;
+                }
+            }
+            ViewerCommand::UndoMeasurement => {
+                self.measurements.undo();
+            }
+            ViewerCommand::SelectMeasurement(id) => self.selected_measurement = id,
+            ViewerCommand::ToggleMeasurementList => self.show_measurements = !self.show_measurements,
+            ViewerCommand::ToggleCine => {
+                self.state.cine.clock = match self.state.cine.clock {
+                    Some(_) => None,
+                    None if self.slice_count() > 1 => Some(CineClock::new(self.cine_rate().0, self.now)),
+                    None => None,
+                };
+            }
+            ViewerCommand::SetCineRate(fps) => {
+                self.state.cine.chosen_fps = fps.filter(|f| f.is_finite()).map(|f| f.clamp(MIN_FPS, MAX_FPS));
+                if self.state.cine.clock.is_some() {
+                    self.state.cine.clock = Some(CineClock::new(self.cine_rate().0, self.now));
+                }
+            }
         }
     }
 
@@ -275,6 +426,8 @@ impl Viewer {
         self.pixels_per_point = ui.ctx().pixels_per_point();
         let last = self.slice_count().saturating_sub(1);
         self.state.slice = self.state.slice.min(last);
+        self.now = ui.input(|i| i.time);
+        self.advance_cine(ui.ctx());
         self.refresh_phi_free_meta(hide_patient_details);
 
         egui::Panel::top("viewer_toolbar").show(ui, |ui| self.toolbar_ui(ui, commands));
@@ -286,6 +439,11 @@ impl Viewer {
                 let meta = shown_meta(stack.as_ref(), phi_free_meta.as_ref(), state.slice, hide_patient_details);
                 tags.ui(ui, meta);
             });
+        }
+        if self.show_measurements && self.stack.is_some() {
+            egui::Panel::right("viewer_measurements")
+                .default_size(320.0)
+                .show(ui, |ui| self.measurement_list_ui(ui, commands));
         }
         egui::CentralPanel::no_frame().show(ui, |ui| self.image_ui(ui, hide_patient_details, commands));
     }
@@ -314,6 +472,21 @@ impl Viewer {
             if ui.selectable_label(self.show_tags, "Tags").on_hover_text("Show the tag browser").clicked() {
                 commands.push(Command::Viewer(ViewerCommand::ToggleTags));
             }
+            ui.separator();
+            ui.add_enabled_ui(enabled, |ui| {
+                for tool in Tool::ALL {
+                    if ui.selectable_label(self.state.tool == tool, tool.label()).on_hover_text(tool.hint()).clicked() {
+                        commands.push(Command::Viewer(ViewerCommand::SetTool(tool)));
+                    }
+                }
+                if ui
+                    .selectable_label(self.show_measurements, "Measurements")
+                    .on_hover_text("The current image's measurements, with delete and undo")
+                    .clicked()
+                {
+                    commands.push(Command::Viewer(ViewerCommand::ToggleMeasurementList));
+                }
+            });
             let count = self.slice_count();
             if count > 1 {
                 ui.separator();
@@ -324,8 +497,92 @@ impl Viewer {
                 if ui.add(slider).changed() {
                     commands.push(Command::Viewer(ViewerCommand::GoToSlice(one_based.saturating_sub(1))));
                 }
+                ui.separator();
+                let playing = self.state.cine.clock.is_some();
+                let label = if playing { "Pause" } else { "Play" };
+                if ui.button(label).on_hover_text("Play or pause cine (Space)").clicked() {
+                    commands.push(Command::Viewer(ViewerCommand::ToggleCine));
+                }
+                let (rate, source) = self.cine_rate();
+                let mut fps = rate;
+                let drag =
+                    egui::DragValue::new(&mut fps).range(MIN_FPS..=MAX_FPS).speed(0.25).max_decimals(1).suffix(" fps");
+                if ui.add(drag).on_hover_text("Cine rate").changed() {
+                    commands.push(Command::Viewer(ViewerCommand::SetCineRate(Some(fps))));
+                }
+                if source == RateSource::Chosen {
+                    if ui.small_button("Header rate").on_hover_text("Use the rate from the header").clicked() {
+                        commands.push(Command::Viewer(ViewerCommand::SetCineRate(None)));
+                    }
+                } else {
+                    ui.label(RichText::new(format!("({})", source.label())).weak());
+                }
             }
         });
+    }
+
+    /// Moves cine on by the frames due since the last UI frame, and asks for a repaint when
+    /// the next one is due.
+    fn advance_cine(&mut self, ctx: &egui::Context) {
+        let count = self.slice_count();
+        let Some(clock) = self.state.cine.clock.as_mut() else { return };
+        if count < 2 {
+            self.state.cine.clock = None;
+            return;
+        }
+        let steps = clock.due(self.now);
+        if steps > 0 {
+            self.state.slice = ((self.state.slice as u64 + steps) % count as u64) as usize;
+        }
+        ctx.request_repaint_after(std::time::Duration::from_secs_f64(clock.until_next(self.now)));
+    }
+
+    /// The list of the current image's measurements, with delete, undo and the calibration's caveat.
+    fn measurement_list_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        let mut send = |command| commands.push(Command::Viewer(command));
+        ui.heading("Measurements");
+        let (Some(key), Some((image, frame))) = (self.slice_key(), self.current()) else {
+            ui.label("No image");
+            return;
+        };
+        if let Some(caveat) = Calibration::of(&image.meta).caveat() {
+            ui.label(RichText::new(format!("Note: {caveat}")).color(Color32::from_rgb(230, 180, 60)));
+        }
+        ui.horizontal(|ui| {
+            let undo = egui::Button::new("Undo");
+            if ui
+                .add_enabled(self.measurements.can_undo(), undo)
+                .on_hover_text("Undo the last measurement added or deleted (Ctrl+Z)")
+                .clicked()
+            {
+                send(ViewerCommand::UndoMeasurement);
+            }
+            if ui.button("Hide").clicked() {
+                send(ViewerCommand::ToggleMeasurementList);
+            }
+        });
+        ui.label(RichText::new(self.state.tool.hint()).weak());
+        ui.separator();
+        let mut any = false;
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            for (n, m) in self.measurements.on(key).enumerate() {
+                any = true;
+                let text = format!("{} {}: {}", m.shape.kind(), n + 1, measure(image, frame, &m.shape).text());
+                ui.horizontal_wrapped(|ui| {
+                    if ui.small_button("Delete").on_hover_text("Delete this measurement (Del when selected)").clicked()
+                    {
+                        send(ViewerCommand::DeleteMeasurement(m.id));
+                    }
+                    let selected = self.selected_measurement == Some(m.id);
+                    if ui.selectable_label(selected, text).clicked() {
+                        send(ViewerCommand::SelectMeasurement((!selected).then_some(m.id)));
+                    }
+                });
+            }
+        });
+        if !any {
+            ui.label("None on this image: pick a tool in the tool bar and draw on the image.");
+        }
     }
 
     fn status_ui(&self, ui: &mut egui::Ui, hide_patient_details: bool) {
@@ -403,6 +660,9 @@ impl Viewer {
             }
         }
 
+        self.measure_input(ui, &response, image_rect, commands);
+        self.paint_measurements(ui, rect, image_rect);
+
         if let Some(pointer) =
             ui.input(|i| i.pointer.hover_pos()).filter(|p| ui.rect_contains_pointer(rect) && rect.contains(*p))
         {
@@ -414,6 +674,110 @@ impl Viewer {
             }
         }
         self.overlays_ui(ui, rect, hide_patient_details);
+    }
+
+    /// A left-drag (or clicks, for an angle) with a measuring tool becomes a measurement, in
+    /// image coordinates so that it stays on the anatomy whatever the zoom and pan.
+    fn measure_input(
+        &mut self,
+        ui: &egui::Ui,
+        response: &egui::Response,
+        image_rect: Rect,
+        commands: &mut Vec<Command>,
+    ) {
+        let tool = self.state.tool;
+        if tool == Tool::Navigate {
+            self.drawing.clear();
+            return;
+        }
+        let zoom = self.state.zoom.max(MIN_ZOOM);
+        let to_image = |p: Pos2| {
+            Point::new(f64::from((p.x - image_rect.min.x) / zoom), f64::from((p.y - image_rect.min.y) / zoom))
+        };
+        let pointer = ui.input(|i| i.pointer.latest_pos());
+        let mut add = |shape| commands.push(Command::Viewer(ViewerCommand::AddMeasurement(shape)));
+        if tool == Tool::Angle {
+            if response.clicked_by(PointerButton::Primary) {
+                if let Some(p) = response.interact_pointer_pos() {
+                    self.drawing.push(to_image(p));
+                }
+            }
+            if let [a, vertex, b] = self.drawing[..] {
+                add(Shape::Angle { a, vertex, b });
+                self.drawing.clear();
+            }
+            return;
+        }
+        if response.drag_started_by(PointerButton::Primary) {
+            if let Some(origin) = ui.input(|i| i.pointer.press_origin()) {
+                self.drawing = vec![to_image(origin), to_image(origin)];
+            }
+        }
+        if self.drawing.len() == 2 {
+            if let Some(p) = pointer {
+                self.drawing[1] = to_image(p);
+            }
+        }
+        if response.drag_stopped_by(PointerButton::Primary) && self.drawing.len() == 2 {
+            let (a, b) = (self.drawing[0], self.drawing[1]);
+            // A press without a real drag draws nothing.
+            if (a.x - b.x).abs().max((a.y - b.y).abs()) >= 0.5 {
+                add(match tool {
+                    Tool::Length => Shape::Length { a, b },
+                    Tool::Rectangle => Shape::Rectangle { a, b },
+                    _ => Shape::Ellipse { a, b },
+                });
+            }
+            self.drawing.clear();
+        }
+    }
+
+    /// The current slice's measurements (and the one being drawn) over the image.
+    fn paint_measurements(&self, ui: &egui::Ui, rect: Rect, image_rect: Rect) {
+        let (Some(key), Some((image, frame))) = (self.slice_key(), self.current()) else { return };
+        let painter = ui.painter_at(rect);
+        let zoom = self.state.zoom;
+        let to_screen =
+            |p: Point| Pos2::new(image_rect.min.x + p.x as f32 * zoom, image_rect.min.y + p.y as f32 * zoom);
+        for (n, m) in self.measurements.on(key).enumerate() {
+            let colour = if self.selected_measurement == Some(m.id) {
+                Color32::from_rgb(255, 140, 0)
+            } else {
+                Color32::from_rgb(255, 230, 0)
+            };
+            let anchor = paint_shape(&painter, &m.shape, &to_screen, Stroke::new(1.5, colour));
+            let reading = measure(image, frame, &m.shape);
+            let text = match &reading {
+                crate::measure::Reading::Roi { stats: Ok(s), value_units, .. } => {
+                    format!("{}: mean {:.1} {value_units}, SD {:.1}", n + 1, s.mean, s.sd)
+                }
+                other => format!("{}: {}", n + 1, other.text()),
+            };
+            let galley = painter.layout_no_wrap(text, FontId::proportional(13.0), colour);
+            let at = Rect::from_min_size(anchor + Vec2::new(6.0, 4.0), galley.size()).expand(2.0);
+            painter.rect_filled(at, 2.0, Color32::from_black_alpha(160));
+            painter.galley(at.min + Vec2::splat(2.0), galley, colour);
+        }
+        // The measurement being drawn: its points so far, then the pointer.
+        let pointer = ui.input(|i| i.pointer.hover_pos());
+        let preview = Stroke::new(1.0, Color32::from_rgb(120, 220, 255));
+        match (self.state.tool, &self.drawing[..]) {
+            (Tool::Angle, points) if !points.is_empty() => {
+                let mut screen: Vec<Pos2> = points.iter().map(|&p| to_screen(p)).collect();
+                screen.extend(pointer);
+                painter.add(egui::Shape::line(screen, preview));
+            }
+            (Tool::Length, [a, b]) => {
+                paint_shape(&painter, &Shape::Length { a: *a, b: *b }, &to_screen, preview);
+            }
+            (Tool::Rectangle, [a, b]) => {
+                paint_shape(&painter, &Shape::Rectangle { a: *a, b: *b }, &to_screen, preview);
+            }
+            (Tool::Ellipse, [a, b]) => {
+                paint_shape(&painter, &Shape::Ellipse { a: *a, b: *b }, &to_screen, preview);
+            }
+            _ => {}
+        }
     }
 
     /// The texture of the current slice, re-rendered only when the slice or the VOI changed.
@@ -450,7 +814,9 @@ impl Viewer {
         if delta != Vec2::ZERO {
             if response.dragged_by(PointerButton::Secondary) {
                 send(ViewerCommand::AdjustWindow { dx: delta.x, dy: delta.y });
-            } else if response.dragged_by(PointerButton::Primary) || response.dragged_by(PointerButton::Middle) {
+            } else if response.dragged_by(PointerButton::Middle)
+                || (response.dragged_by(PointerButton::Primary) && self.state.tool == Tool::Navigate)
+            {
                 send(ViewerCommand::Pan(delta));
             }
         }
@@ -519,6 +885,22 @@ impl Viewer {
             if ui.input_mut(|i| i.consume_key(Modifiers::NONE, Key::End)) {
                 send(ViewerCommand::GoToSlice(usize::MAX));
             }
+            for tool in Tool::ALL {
+                if ui.input_mut(|i| i.consume_key(Modifiers::NONE, tool.key())) {
+                    send(ViewerCommand::SetTool(tool));
+                }
+            }
+            if ui.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::Z)) {
+                send(ViewerCommand::UndoMeasurement);
+            }
+            if let Some(id) = self.selected_measurement {
+                if ui.input_mut(|i| i.consume_key(Modifiers::NONE, Key::Delete)) {
+                    send(ViewerCommand::DeleteMeasurement(id));
+                }
+            }
+            if ui.input_mut(|i| i.consume_key(Modifiers::NONE, Key::Space)) {
+                send(ViewerCommand::ToggleCine);
+            }
         }
     }
 
@@ -564,6 +946,35 @@ impl Viewer {
                     ui.put(Rect::from_center_size(center, size), overlay_label(&text));
                 }
             }
+        }
+    }
+}
+
+/// Strokes a measurement's shape; returns where its label goes (screen points).
+fn paint_shape(painter: &egui::Painter, shape: &Shape, to_screen: &dyn Fn(Point) -> Pos2, stroke: Stroke) -> Pos2 {
+    match *shape {
+        Shape::Length { a, b } => {
+            let (a, b) = (to_screen(a), to_screen(b));
+            painter.line_segment([a, b], stroke);
+            painter.circle_stroke(a, 2.5, stroke);
+            painter.circle_stroke(b, 2.5, stroke);
+            b
+        }
+        Shape::Angle { a, vertex, b } => {
+            let (a, v, b) = (to_screen(a), to_screen(vertex), to_screen(b));
+            painter.line_segment([v, a], stroke);
+            painter.line_segment([v, b], stroke);
+            v
+        }
+        Shape::Rectangle { a, b } => {
+            let r = Rect::from_two_pos(to_screen(a), to_screen(b));
+            painter.rect_stroke(r, 0.0, stroke, StrokeKind::Middle);
+            r.right_bottom()
+        }
+        Shape::Ellipse { a, b } => {
+            let r = Rect::from_two_pos(to_screen(a), to_screen(b));
+            painter.add(egui::Shape::ellipse_stroke(r.center(), r.size() / 2.0, stroke));
+            r.right_bottom()
         }
     }
 }

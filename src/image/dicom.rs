@@ -2,6 +2,7 @@
 //! transfer syntax the corpus holds, colour conversion and the modality LUT — matching what
 //! pydicom's `pixel_array` + `apply_modality_lut` / `apply_color_lut` give.
 
+use dicom_core::dictionary::DataDictionaryEntry;
 use dicom_core::header::Header;
 use dicom_core::value::Value as DicomValue;
 use dicom_core::{DataDictionary, Tag, VR};
@@ -43,6 +44,15 @@ pub fn parse_header(bytes: &[u8]) -> Result<ImageMeta> {
 }
 
 pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
+    let (mut obj, inferred) = parse_raw(bytes)?;
+    let little = encoding_of(obj.meta().transfer_syntax()).1;
+    if has_known_un(&obj, 0) {
+        resolve_un_vrs(&mut obj, little, 0);
+    }
+    Ok((obj, inferred))
+}
+
+fn parse_raw(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
     let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
         Some(&bytes[128..])
     } else if bytes.starts_with(b"DICM") {
@@ -57,6 +67,117 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(DefaultDicomObject, bool)> {
         return inflated.map(|obj| (obj, false));
     }
     parse_plain(bytes, body)
+}
+
+/// How deep [`resolve_un_vrs`] follows nested sequences (the tag listing stops at 8 too).
+const MAX_UN_DEPTH: usize = 16;
+
+/// A standard attribute written with VR UN, which [`resolve_un_vrs`] re-reads.
+fn is_known_un(elem: &dicom_object::mem::InMemElement) -> bool {
+    let tag = elem.tag();
+    elem.vr() == VR::UN
+        && tag.group() % 2 == 0
+        && tag.group() != 0x0002
+        && matches!(elem.value(), DicomValue::Primitive(_))
+        && StandardDataDictionary.by_tag(tag).is_some_and(|e| e.vr().relaxed() != VR::UN)
+}
+
+fn has_known_un(obj: &InMemDicomObject, depth: usize) -> bool {
+    depth < MAX_UN_DEPTH
+        && obj.iter().any(|elem| {
+            is_known_un(elem)
+                || elem.items().is_some_and(|items| items.iter().any(|item| has_known_un(item, depth + 1)))
+        })
+}
+
+/// PS3.5 6.2.2: a writer that does not know an attribute's VR writes UN, the value bytes as the
+/// data set's encoding holds them (a sequence's items in implicit VR little endian). pydicom
+/// reads a standard attribute's UN value with the dictionary's VR; without that, Modality reads
+/// as bytes ("67\84") and Rows or Pixel Representation as missing, so the pixels cannot be
+/// decoded (or decode unsigned). Each such value is parsed again, by dicom-rs, from a one-element
+/// data set in which its header names the dictionary's VR.
+fn resolve_un_vrs(obj: &mut InMemDicomObject, little_endian: bool, depth: usize) {
+    // Text values keep the data set's character set: it goes first in each one-element set.
+    let charset = obj
+        .element_opt(tags::SPECIFIC_CHARACTER_SET)
+        .ok()
+        .flatten()
+        .and_then(|e| e.value().to_bytes().ok().map(|b| b.to_vec()));
+    let mut replacements = Vec::new();
+    for elem in obj.iter() {
+        if is_known_un(elem) {
+            let DicomValue::Primitive(value) = elem.value() else { continue };
+            let vr = StandardDataDictionary.by_tag(elem.tag()).map(|e| e.vr().relaxed()).unwrap_or(VR::UN);
+            if let Some(resolved) = reread_with_vr(elem.tag(), vr, &value.to_bytes(), little_endian, charset.as_deref())
+            {
+                replacements.push(resolved);
+            }
+        } else if elem.items().is_some_and(|items| items.iter().any(|item| has_known_un(item, depth + 1))) {
+            let mut elem = elem.clone();
+            for item in elem.items_mut().into_iter().flatten() {
+                resolve_un_vrs(item, little_endian, depth + 1);
+            }
+            replacements.push(elem);
+        }
+    }
+    for elem in replacements {
+        obj.put(elem);
+    }
+}
+
+/// The element `tag` read by dicom-rs from `value` as if its header had said `vr`; None when
+/// that fails (the UN element is then kept as it is).
+fn reread_with_vr(
+    tag: Tag,
+    vr: VR,
+    value: &[u8],
+    little_endian: bool,
+    charset: Option<&[u8]>,
+) -> Option<dicom_object::mem::InMemElement> {
+    let mut stream = Vec::with_capacity(value.len() + 64);
+    let padded = |v: &[u8]| {
+        let mut v = v.to_vec();
+        if v.len() % 2 == 1 {
+            v.push(b' ');
+        }
+        v
+    };
+    let ts = if little_endian || vr == VR::SQ {
+        // Implicit VR little endian: the reader takes every VR from the dictionary, which is
+        // what is wanted; a UN sequence's items are in this encoding whatever the data set's.
+        let mut push = |t: Tag, v: &[u8]| {
+            stream.extend(t.group().to_le_bytes());
+            stream.extend(t.element().to_le_bytes());
+            stream.extend((v.len() as u32).to_le_bytes());
+            stream.extend(v);
+        };
+        if let Some(cs) = charset.filter(|_| tag != tags::SPECIFIC_CHARACTER_SET) {
+            push(tags::SPECIFIC_CHARACTER_SET, &padded(cs));
+        }
+        push(tag, value);
+        entries::IMPLICIT_VR_LITTLE_ENDIAN.erased()
+    } else {
+        let mut push = |t: Tag, vr: VR, v: &[u8]| -> Option<()> {
+            stream.extend(t.group().to_be_bytes());
+            stream.extend(t.element().to_be_bytes());
+            stream.extend(vr.to_string().as_bytes());
+            if has_long_length(vr) {
+                stream.extend([0, 0]);
+                stream.extend((v.len() as u32).to_be_bytes());
+            } else {
+                stream.extend(u16::try_from(v.len()).ok()?.to_be_bytes());
+            }
+            stream.extend(v);
+            Some(())
+        };
+        if let Some(cs) = charset.filter(|_| tag != tags::SPECIFIC_CHARACTER_SET) {
+            push(tags::SPECIFIC_CHARACTER_SET, VR::CS, &padded(cs))?;
+        }
+        push(tag, vr, value)?;
+        entries::EXPLICIT_VR_BIG_ENDIAN.erased()
+    };
+    let set = InMemDicomObject::read_dataset_with_ts(&stream[..], &ts).ok()?;
+    set.element_opt(tag).ok().flatten().cloned()
 }
 
 /// Whether a data set's first element carries a VR (explicit VR) rather than a length there.
@@ -389,6 +510,10 @@ fn read_meta(obj: &DefaultDicomObject, inferred: bool) -> ImageMeta {
         windows,
         voi_luts,
         pixel_spacing: arr(tags::PIXEL_SPACING, 2).map(|v| [v[0], v[1]]),
+        imager_pixel_spacing: arr(tags::IMAGER_PIXEL_SPACING, 2).map(|v| [v[0], v[1]]),
+        frame_time_ms: f64_of(obj, tags::FRAME_TIME).filter(|&v| v > 0.0),
+        cine_rate: f64_of(obj, tags::CINE_RATE).filter(|&v| v > 0.0),
+        recommended_frame_rate: f64_of(obj, tags::RECOMMENDED_DISPLAY_FRAME_RATE).filter(|&v| v > 0.0),
         image_orientation: arr(tags::IMAGE_ORIENTATION_PATIENT, 6).map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]),
         image_position: arr(tags::IMAGE_POSITION_PATIENT, 3).map(|v| [v[0], v[1], v[2]]),
         slice_location: f64_of(obj, tags::SLICE_LOCATION),
@@ -973,15 +1098,19 @@ fn ybr_full_to_rgb(values: &mut [f64], bits_stored: u16) {
 }
 
 fn apply_palette(obj: &DefaultDicomObject, values: &[f64], signed: bool) -> Result<Vec<f32>> {
+    let little_endian = encoding_of(obj.meta().transfer_syntax()).1;
     let channel = |desc: Tag, data: Tag, name: &'static str| -> Result<(usize, f64, Vec<u16>)> {
         let (entries, first, bits) = lut_descriptor(obj, desc, signed).ok_or(Error::MissingAttribute(name))?;
-        let mut words = lut_words(obj, data).ok_or_else(|| {
-            if obj.element_opt(Tag(data.group(), data.element() + 0x0020)).ok().flatten().is_some() {
-                Error::Unsupported("segmented palette colour LUTs".into())
-            } else {
-                Error::MissingAttribute(name)
+        // Segmented LUT Data (0028,122x) sits 0x20 after the LUT Data (0028,120x).
+        let segmented = Tag(data.group(), data.element() + 0x0020);
+        let mut words = match lut_words(obj, data) {
+            Some(words) => words,
+            None => {
+                let encoded = lut_words(obj, segmented).ok_or(Error::MissingAttribute(name))?;
+                expand_segmented_lut(&encoded, bits, little_endian)
+                    .map_err(|e| Error::Invalid(format!("{name}: segmented LUT: {e}")))?
             }
-        })?;
+        };
         if bits == 8 && words.len() * 2 == entries {
             // 8-bit entries packed two per word.
             words = words.iter().flat_map(|w| [w & 0xFF, w >> 8]).collect();
@@ -1012,6 +1141,124 @@ fn apply_palette(obj: &DefaultDicomObject, values: &[f64], signed: bool) -> Resu
         f32::from(data[index])
     };
     Ok(values.iter().flat_map(|&v| [lookup(&red, v), lookup(&green, v), lookup(&blue, v)]).collect())
+}
+
+/// Segmented Palette Color LUT Data (PS3.3 C.7.9.2) expanded as pydicom's
+/// `_expand_segmented_lut` does: discrete, linear (numpy's `linspace` and round-half-to-even)
+/// and indirect segments. `words` are the element's 16-bit words; with 8-bit entries (the
+/// descriptor's third value) the segments are read byte by byte in file order.
+pub(crate) fn expand_segmented_lut(
+    words: &[u16],
+    bits: u16,
+    little_endian: bool,
+) -> std::result::Result<Vec<u16>, String> {
+    let eight_bit = bits == 8;
+    let data: Vec<u32> = if eight_bit {
+        words
+            .iter()
+            .flat_map(|w| if little_endian { w.to_le_bytes() } else { w.to_be_bytes() })
+            .map(u32::from)
+            .collect()
+    } else {
+        words.iter().map(|&w| u32::from(w)).collect()
+    };
+    let mut lut = Vec::new();
+    expand_segments(&data, eight_bit, little_endian, None, None, &mut lut, 0)?;
+    Ok(lut.into_iter().map(|v| v as u16).collect())
+}
+
+/// Expanded entries of a segmented LUT may not exceed this (a 16-bit LUT has at most 65536;
+/// indirect segments could otherwise repeat one another without bound).
+const MAX_SEGMENTED_ENTRIES: usize = 1 << 20;
+
+fn expand_segments(
+    data: &[u32],
+    eight_bit: bool,
+    little_endian: bool,
+    nr_segments: Option<usize>,
+    last_value: Option<u32>,
+    lut: &mut Vec<u32>,
+    depth: usize,
+) -> std::result::Result<(), String> {
+    if depth > 8 {
+        return Err("indirect segments nested more than 8 deep".into());
+    }
+    let start_len = lut.len();
+    let mut offset = 0usize;
+    let mut segments_read = 0usize;
+    let at = |i: usize| data.get(i).copied().ok_or_else(|| "segment runs past the end of the data".to_string());
+    // `offset + 1`: a trailing pad value after the last segment is not a segment.
+    while offset + 1 < data.len() {
+        let (opcode, length) = (data[offset], data[offset + 1] as usize);
+        offset += 2;
+        match opcode {
+            0 => {
+                let segment = data.get(offset..offset + length).ok_or("discrete segment runs past the end")?;
+                lut.extend_from_slice(segment);
+                offset += length;
+            }
+            1 => {
+                // pydicom's nested call starts its own list: only this call's entries count.
+                let y0 = if lut.len() > start_len {
+                    lut[lut.len() - 1]
+                } else {
+                    match last_value.filter(|&v| v != 0) {
+                        Some(v) => v,
+                        None => return Err("the first segment cannot be a linear segment".into()),
+                    }
+                };
+                let y1 = at(offset)?;
+                offset += 1;
+                if y0 == y1 {
+                    lut.extend(std::iter::repeat_n(y1, length));
+                } else {
+                    // np.around(np.linspace(y0 + step, y1, length)), step = (y1 - y0) / length
+                    let (y0f, y1f) = (f64::from(y0), f64::from(y1));
+                    let step = (y1f - y0f) / length as f64;
+                    let start = y0f + step;
+                    let delta = y1f - start;
+                    let div = length.saturating_sub(1) as f64;
+                    for i in 0..length {
+                        let v = if i + 1 == length && length > 1 {
+                            y1f
+                        } else if div > 0.0 {
+                            i as f64 * (delta / div) + start
+                        } else {
+                            start
+                        };
+                        lut.push(v.round_ties_even().max(0.0) as u32);
+                    }
+                }
+            }
+            2 => {
+                if lut.len() == start_len {
+                    return Err("the first segment cannot be an indirect segment".into());
+                }
+                let byte_offset = if eight_bit {
+                    let order: [usize; 4] = if little_endian { [3, 2, 1, 0] } else { [2, 3, 0, 1] };
+                    let ii = order.map(|v| data.get(offset + v).copied().unwrap_or(0));
+                    offset += 4;
+                    ((ii[0] << 8 | ii[1]) << 16) | (ii[2] << 8 | ii[3])
+                } else {
+                    let v = (at(offset + 1)? << 16) | at(offset)?;
+                    offset += 2;
+                    v
+                } as usize;
+                let rest = data.get(byte_offset..).ok_or("indirect segment points past the end")?;
+                let last = lut.last().copied();
+                expand_segments(rest, eight_bit, little_endian, Some(length), last, lut, depth + 1)?;
+            }
+            other => return Err(format!("unknown segment type {other}")),
+        }
+        if lut.len() > MAX_SEGMENTED_ENTRIES {
+            return Err(format!("expands past {MAX_SEGMENTED_ENTRIES} entries"));
+        }
+        segments_read += 1;
+        if Some(segments_read) == nr_segments {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Rescale slope/intercept, or the Modality LUT Sequence when present (it takes precedence).
@@ -1152,7 +1399,6 @@ fn check_meta_lengths(body: &[u8]) -> Result<()> {
 /// UN) it stops and leaves the verdict to dicom-rs. dicom-rs's byte and number values have the
 /// same weakness; they are not refused here (see docs/reliability.md).
 fn check_value_lengths(data: &[u8], explicit: bool, little: bool) -> Result<()> {
-    use dicom_core::dictionary::DataDictionaryEntry;
     let u16_at = |p: usize, le: bool| {
         let b = [data[p], data[p + 1]];
         if le {
@@ -1241,5 +1487,36 @@ fn encoding_of(transfer_syntax: &str) -> (bool, bool) {
         "1.2.840.10008.1.2" => (false, true),
         "1.2.840.10008.1.2.2" => (true, false),
         _ => (true, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_segmented_lut;
+
+    /// Expected values printed by pydicom 3.0.2's `_expand_segmented_lut` for the same data.
+    #[test]
+    fn segmented_lut_expands_as_pydicom() {
+        let words = [0, 3, 10, 20, 30, 1, 5, 33, 1, 4, 1000, 2, 2, 0, 0, 1, 3, 7];
+        assert_eq!(
+            expand_segmented_lut(&words, 16, true).unwrap(),
+            [10, 20, 30, 31, 31, 32, 32, 33, 275, 516, 758, 1000, 10, 20, 30, 31, 31, 32, 32, 33, 24, 16, 7]
+        );
+        // 8-bit entries, two per word in file order; 104.5 rounds to even.
+        let bytes: [u8; 16] = [0, 2, 5, 9, 1, 3, 0, 2, 1, 0, 0, 0, 0, 1, 2, 200];
+        let want = [5, 9, 6, 3, 0, 5, 9, 104, 200];
+        let le: Vec<u16> = bytes.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let be: Vec<u16> = bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+        assert_eq!(expand_segmented_lut(&le, 8, true).unwrap(), want);
+        assert_eq!(expand_segmented_lut(&be, 8, false).unwrap(), want);
+    }
+
+    #[test]
+    fn malformed_segmented_luts_are_errors() {
+        assert!(expand_segmented_lut(&[1, 4, 10], 16, true).unwrap_err().contains("first segment"));
+        assert!(expand_segmented_lut(&[0, 9, 1, 2], 16, true).unwrap_err().contains("past the end"));
+        assert!(expand_segmented_lut(&[7, 1, 1], 16, true).unwrap_err().contains("unknown segment type 7"));
+        // An indirect segment that points at itself recurses until the depth limit.
+        assert!(expand_segmented_lut(&[0, 1, 5, 2, 9, 0, 0], 16, true).is_err());
     }
 }

@@ -65,6 +65,15 @@ pub struct ImageMeta {
     pub voi_luts: Vec<VoiLut>,
     /// Row spacing, column spacing in mm.
     pub pixel_spacing: Option<[f64; 2]>,
+    /// Imager Pixel Spacing (0018,1164): row, column spacing in mm at the detector, not in the
+    /// patient (projection images magnify); used for measurements only when Pixel Spacing is absent.
+    pub imager_pixel_spacing: Option<[f64; 2]>,
+    /// Frame Time (0018,1063) in ms, for cine.
+    pub frame_time_ms: Option<f64>,
+    /// Cine Rate (0018,0040), frames per second.
+    pub cine_rate: Option<f64>,
+    /// Recommended Display Frame Rate (0008,2144), frames per second.
+    pub recommended_frame_rate: Option<f64>,
     pub image_orientation: Option<[f64; 6]>,
     pub image_position: Option<[f64; 3]>,
     pub slice_location: Option<f64>,

@@ -234,9 +234,16 @@ fn the_all_tasks_table_marks_out_of_distribution_rows() {
         latency_ms: 5.0,
     };
     app.diagnosis.show_all_tasks = true;
-    app.diagnosis.all_tasks =
-        Some((key, vec![row("pneumonia", 0.616, ood(412.5, 260.25)), row("other", 0.9, ood(10.0, 260.25))]));
+    app.diagnosis.all_tasks = Some((
+        key,
+        vec![
+            row("pneumonia", 0.616, ood(412.5, 260.25)),
+            row("other", 0.9, ood(10.0, 260.25)),
+            row("third", 0.7, OodCheck { ood_validation_rank: Some(0.97), ..ood(200.0, 260.25) }),
+        ],
+    ));
     harness.run_steps(3);
     assert!(shown(&harness, "61.6 % (out of distribution)"), "the OOD row is not marked");
     assert!(shown(&harness, "90.0 %") && !shown(&harness, "90.0 % (out of distribution)"), "in-distribution row");
+    assert!(shown(&harness, "70.0 % (unusual)"), "the unusual row is not marked");
 }

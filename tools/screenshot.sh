@@ -14,6 +14,13 @@ DISPLAY=$display WINIT_UNIX_BACKEND=x11 ./target/release/melo "$@" &
 app=$!
 trap 'kill $app $xvfb 2>/dev/null || true' EXIT
 sleep "${MELO_SCREENSHOT_WAIT:-8}"
+# Optional input before the picture, e.g. drawing a measurement:
+# MELO_SCREENSHOT_XDOTOOL="key r mousemove 500 300 mousedown 1 mousemove 600 400 mouseup 1"
+if [ -n "${MELO_SCREENSHOT_XDOTOOL:-}" ]; then
+    # shellcheck disable=SC2086  # word splitting makes the chained xdotool commands
+    DISPLAY=$display xdotool $MELO_SCREENSHOT_XDOTOOL
+    sleep 1
+fi
 # The pointer off the widgets: no hover highlight or plot crosshair in the picture.
 DISPLAY=$display xdotool mousemove 2 2 2>/dev/null || true
 sleep 0.5

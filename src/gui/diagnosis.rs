@@ -1047,10 +1047,20 @@ fn all_tasks_ui(ui: &mut egui::Ui, rows: &[TaskRow], tasks: &[TaskInfo]) {
                             ood.ood_detector, ood.ood_score, ood.ood_threshold
                         ));
                 }
-                None => {
-                    ui.label(top);
-                    ui.label(format!("{:.1} %", p * 100.0));
-                }
+                None => match row.prediction.ood.as_ref().filter(|o| o.is_unusual()) {
+                    Some(ood) => {
+                        ui.label(top);
+                        ui.label(
+                            RichText::new(format!("{:.1} % (unusual)", p * 100.0))
+                                .color(Color32::from_rgb(230, 170, 60)),
+                        )
+                        .on_hover_text(unusual_text(ood));
+                    }
+                    None => {
+                        ui.label(top);
+                        ui.label(format!("{:.1} %", p * 100.0));
+                    }
+                },
             }
             ui.label(format!("{:.0}", row.latency_ms));
             ui.end_row();

@@ -27,8 +27,27 @@ pub enum PresetArg {
 pub struct AuditArgs {
     /// Diffusers folder: a pixel-space model (config.json, diffusion_pytorch_model.safetensors,
     /// scheduler_config.json) or a Stable Diffusion 1.x / 2.x pipeline (model_index.json).
-    #[arg(long, required_unless_present_any = ["demo", "demo_sd"])]
+    #[arg(long, required_unless_present_any = ["demo", "demo_sd", "adapter"])]
     pub target: Option<PathBuf>,
+    /// Audit a diagnosis adapter instead of a diffusion model (issue 19): loss and LiRA with
+    /// shadow adapters trained by the target's recipe. --members / --nonmembers / --population
+    /// are then `.npz` files or ImageFolder folders as `melo train` reads them, optionally
+    /// `PATH:train|val|test` for one split (split as the target's recipe split it).
+    #[arg(long, conflicts_with_all = ["target", "demo", "demo_sd"])]
+    pub adapter: Option<PathBuf>,
+    /// The target adapter's `melo train` report (its recipe; default: ADAPTER.report.json).
+    #[arg(long, requires = "adapter")]
+    pub recipe: Option<PathBuf>,
+    /// Adapter audit: extra images the shadows may train on besides members and non-members.
+    #[arg(long, requires = "adapter")]
+    pub population: Option<PathBuf>,
+    /// Adapter audit: shadow adapters for LiRA (at least 2; the paper's figures use 64+).
+    #[arg(long, default_value_t = 16, requires = "adapter")]
+    pub shadows: usize,
+    /// Adapter audit: cache of shadow adapters (default: OUT.shadows/ beside --out); reused
+    /// when target, recipe, pool and seed are the same.
+    #[arg(long, requires = "adapter")]
+    pub shadow_dir: Option<PathBuf>,
     /// Known training members: .npz (key 'images', uint8), a folder of PNG/JPEG images, or a
     /// captioned folder (metadata.jsonl with file_name and text per line) for a pipeline.
     #[arg(long, required_unless_present_any = ["demo", "demo_sd"])]
@@ -234,6 +253,9 @@ fn check_outputs(out: &Path, csv: Option<&Path>, config: &AuditConfig) -> Result
 }
 
 pub fn audit(args: &AuditArgs) -> Result<()> {
+    if let Some(adapter) = &args.adapter {
+        return audit_adapter(args, adapter);
+    }
     let config = config_from_args(args)?;
     if let Some(batch) = args.bench_batch {
         return bench_forward(&config.target, batch);
@@ -270,6 +292,69 @@ pub fn audit(args: &AuditArgs) -> Result<()> {
         }
     }
     print_summary(&report);
+    Ok(())
+}
+
+/// `melo audit --adapter …`: membership inference on a diagnosis adapter.
+fn audit_adapter(args: &AuditArgs, adapter: &Path) -> Result<()> {
+    use super::adapter::{AdapterAttack, AdapterAuditConfig, SetSpec};
+    let out = args.out.as_ref().ok_or_else(|| Error::Params("--out is required".into()))?;
+    let spec = |p: &Option<PathBuf>, what: &str| -> Result<SetSpec> {
+        p.as_ref()
+            .map(|p| SetSpec::parse(&p.to_string_lossy()))
+            .ok_or_else(|| Error::Params(format!("--{what} is required with --adapter")))
+    };
+    let mut shadow_dir = out.clone().into_os_string();
+    shadow_dir.push(".shadows");
+    let backbone = crate::model::engine::default_backbone_dir()
+        .ok_or_else(|| Error::Params("no backbone folder found (set MELO_BACKBONE)".into()))?;
+    let config = AdapterAuditConfig {
+        adapter: adapter.to_path_buf(),
+        recipe: args.recipe.clone(),
+        members: spec(&args.members, "members")?,
+        nonmembers: spec(&args.nonmembers, "nonmembers")?,
+        population: args.population.as_ref().map(|p| SetSpec::parse(&p.to_string_lossy())),
+        attacks: AdapterAttack::parse_list(&args.attack)?,
+        shadows: args.shadows,
+        shadow_dir: args.shadow_dir.clone().unwrap_or_else(|| PathBuf::from(shadow_dir)),
+        limit: args.n,
+        seed: args.seed.unwrap_or(0),
+        bootstrap: super::metrics::BootstrapOptions {
+            resamples: args.bootstrap.unwrap_or(2000),
+            ..Default::default()
+        },
+        backbone,
+    };
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Both cores for the backbone's matrix products (shadows train one after another).
+        std::env::set_var("CANDLE_NUM_THREADS", "2");
+    }
+    let quiet = args.quiet;
+    let cancel = AtomicBool::new(false);
+    let started = Instant::now();
+    let mut on_progress = |p: super::adapter::Progress| {
+        if !quiet {
+            eprintln!("[{:>6.0} s] {} ({}/{})", started.elapsed().as_secs_f64(), p.message, p.done, p.total);
+        }
+    };
+    let report = super::adapter::run(&config, &mut on_progress, &cancel)?;
+    report.write_json(out)?;
+    for a in &report.attacks {
+        let m = &a.metrics;
+        println!(
+            "{:<13} AUC {:.3} [{:.3}, {:.3}]  TPR@1%FPR {:.3}  TPR@0.1%FPR {:.3}  ({} + {})",
+            a.name, m.auc, m.auc_ci95[0], m.auc_ci95[1], m.tpr_at_1pct_fpr, m.tpr_at_0_1pct_fpr, m.n_members, m.n_nonmembers
+        );
+    }
+    if let Some(s) = &report.shadows {
+        println!(
+            "shadows: {} ({} trained now in {:.0} s, {} from the cache), each on {} of {} pool images",
+            s.count, s.trained_now, s.seconds_training, s.reused_from_cache, s.train_size, s.pool_size
+        );
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(())
 }
 

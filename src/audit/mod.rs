@@ -33,6 +33,7 @@
 //!
 //! Runs are deterministic for a seed. Nothing here depends on egui.
 
+pub mod adapter;
 pub mod attacks;
 pub mod classifier;
 pub mod cli;

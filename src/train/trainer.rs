@@ -473,8 +473,7 @@ pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainRepor
     check_options(o)?;
     data_set.check()?;
     let engine = Engine::open(&o.backbone)?;
-    let vit = engine.backbone();
-    let cfg = vit.config().clone();
+    let cfg = engine.backbone().config().clone();
     let (mean, std) = (cfg.mean, cfg.std);
 
     let source = DataSource::open(&o.data, o.labels.as_deref(), o.split)?;
@@ -485,8 +484,6 @@ pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainRepor
             o.split.seed
         );
     }
-    let classes = source.classes.clone();
-    let c = classes.len();
     let load = |split: Split| -> Result<Prepared> {
         let p = source.prepare(split, o.size, mean, std, o.limit)?;
         if !p.skipped.is_empty() {
@@ -505,9 +502,48 @@ pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainRepor
         Ok(p)
     };
     let t_load = Instant::now();
-    let train_set = load(Split::Train)?;
-    let val_set = load(Split::Val)?;
-    let test_set = load(Split::Test)?;
+    let splits = Splits { train: load(Split::Train)?, val: load(Split::Val)?, test: load(Split::Test)? };
+    eprintln!(
+        "{}: {} classes, train {} / val {} / test {} images at {} px (loaded in {:.1} s)",
+        o.data.display(),
+        source.classes.len(),
+        splits.train.len(),
+        splits.val.len(),
+        splits.test.len(),
+        o.size,
+        t_load.elapsed().as_secs_f64(),
+    );
+    train_prepared(o, data_set, &engine, &source.classes, &splits)
+}
+
+/// The three prepared splits a training run reads.
+pub struct Splits {
+    pub train: Prepared,
+    pub val: Prepared,
+    pub test: Prepared,
+}
+
+/// [`train_with`] on splits already in memory (at `o.size`, normalised with the backbone's
+/// mean and std) and a backbone already open: what the membership audit's shadow adapters
+/// use, so that each shadow is trained by exactly the target's code path.
+pub fn train_prepared(
+    o: &TrainOptions,
+    data_set: &DataSetInfo,
+    engine: &Engine,
+    classes: &[String],
+    splits: &Splits,
+) -> Result<TrainReport> {
+    check_options(o)?;
+    let vit = engine.backbone();
+    let cfg = vit.config().clone();
+    let classes = classes.to_vec();
+    let c = classes.len();
+    let (train_set, val_set, test_set) = (&splits.train, &splits.val, &splits.test);
+    for (name, p) in [("train", train_set), ("validation", val_set), ("test", test_set)] {
+        if p.is_empty() {
+            return Err(Error::data(&o.data, format!("the {name} split has no readable images")));
+        }
+    }
     let counts = train_set.class_counts(c);
     if counts.iter().filter(|&&n| n > 0).count() < 2 {
         return Err(Error::data(&o.data, "the training split holds a single class; a classifier needs at least 2"));
@@ -517,17 +553,9 @@ pub fn train_with(o: &TrainOptions, data_set: &DataSetInfo) -> Result<TrainRepor
             eprintln!("warning: class '{}' has no training images", classes[k]);
         }
     }
-    eprintln!(
-        "{}: {} classes, train {} / val {} / test {} images at {} px (loaded in {:.1} s); train counts {:?}",
-        o.data.display(),
-        c,
-        train_set.len(),
-        val_set.len(),
-        test_set.len(),
-        o.size,
-        t_load.elapsed().as_secs_f64(),
-        counts
-    );
+    if o.progress {
+        eprintln!("train counts {counts:?}");
+    }
     let weights = if o.class_weights { class_weights(&counts) } else { vec![1.0; c] };
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);

@@ -1,0 +1,716 @@
+//! Membership inference on a diagnosis adapter (issue 19): can someone holding an adapter tell
+//! whether an image was in its training set?
+//!
+//! - **loss** (Yeom et al. 2018): the target's log-probability of the true label, log p_y
+//!   (higher = more likely a member). Needs nothing but the adapter.
+//! - **LiRA** (Carlini et al., "Membership Inference Attacks From First Principles", 2022): K
+//!   *shadow adapters* are trained by the target's own recipe (its `melo train` options, read
+//!   from the report beside it) on random halves of a pool (members ∪ non-members ∪ the optional
+//!   population), so each audited image is IN for about half of them and OUT for the rest.
+//!   Per image and query (the image and its horizontal flip), the logit-scaled confidence
+//!   φ = z_y − log Σ_{j≠y} e^{z_j} of each shadow gives Gaussians N(μ_in, σ_in²) and
+//!   N(μ_out, σ_out²). *Online*: score = mean over queries of log N(φ; μ_in, σ_in²) −
+//!   log N(φ; μ_out, σ_out²). *Offline* (OUT shadows only): score = mean over queries of
+//!   (φ − μ_out)/σ_out, the one-sided test of the paper (a monotone function of Φ). With few
+//!   shadows the per-image variances are too noisy, so — as the paper recommends below 64
+//!   shadows — one *fixed* variance per query and side is used: the pooled within-image
+//!   variance of the shadows' φ. An image no shadow holds IN (likely only with K < 8) is
+//!   scored by its OUT term alone; the report counts such images.
+//!
+//! Shadows are cached in `--shadow-dir`, one JSON per shadow (membership mask over the pool,
+//! the shadow's φ for every audited image and query, and a fingerprint of recipe, backbone,
+//! pool and seed) beside the shadow adapter itself; a repeated audit reuses every shadow whose
+//! fingerprint matches, and an interrupted one resumes from the shadows already written.
+//!
+//! `tools/lira/check_scores.py` re-implements the scoring in numpy from the cached files;
+//! `tests/adapter_audit.rs` compares.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::{Error, Result};
+use super::metrics::{evaluate, BootstrapOptions, Metrics, RocPoint};
+use super::report::{AttackReport, SampleScore};
+use crate::model::{Adapter, Engine};
+use crate::train::calibrate::features_and_logits;
+use crate::train::data::{DataSource, Prepared, Split, SplitFractions};
+use crate::train::trainer::{train_prepared, DataSetInfo, Splits, TrainOptions};
+
+/// Attacks on an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterAttack {
+    Loss,
+    LiraOnline,
+    LiraOffline,
+}
+
+impl AdapterAttack {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdapterAttack::Loss => "loss",
+            AdapterAttack::LiraOnline => "lira_online",
+            AdapterAttack::LiraOffline => "lira_offline",
+        }
+    }
+
+    /// `loss`, `lira` (both LiRA variants), `lira_online`, `lira_offline`, `all`.
+    pub fn parse_list(names: &[String]) -> Result<Vec<AdapterAttack>> {
+        let mut out = Vec::new();
+        for name in names {
+            let add: &[AdapterAttack] = match name.trim() {
+                "all" => &[AdapterAttack::Loss, AdapterAttack::LiraOnline, AdapterAttack::LiraOffline],
+                "loss" => &[AdapterAttack::Loss],
+                "lira" => &[AdapterAttack::LiraOnline, AdapterAttack::LiraOffline],
+                "lira_online" => &[AdapterAttack::LiraOnline],
+                "lira_offline" => &[AdapterAttack::LiraOffline],
+                other => {
+                    return Err(Error::Params(format!(
+                        "unknown attack '{other}' for an adapter target (loss, lira, lira_online, lira_offline, all)"
+                    )))
+                }
+            };
+            for a in add {
+                if !out.contains(a) {
+                    out.push(*a);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn needs_shadows(self) -> bool {
+        self != AdapterAttack::Loss
+    }
+}
+
+/// A set of images: a `.npz` or ImageFolder directory as `melo train` reads it, optionally
+/// restricted to one split (`PATH:train`, `PATH:val`, `PATH:test`), split with the target's
+/// own fractions and seed, so that `DATA:train` is exactly the target's training split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetSpec {
+    pub path: PathBuf,
+    pub split: Option<Split>,
+}
+
+impl SetSpec {
+    pub fn parse(text: &str) -> Self {
+        for (suffix, split) in [(":train", Split::Train), (":val", Split::Val), (":test", Split::Test)] {
+            if let Some(path) = text.strip_suffix(suffix) {
+                return Self { path: PathBuf::from(path), split: Some(split) };
+            }
+        }
+        Self { path: PathBuf::from(text), split: None }
+    }
+
+    /// "breastmnist.npz:train" without folders: what a shared report may say of the set.
+    fn shareable(&self) -> String {
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match self.split {
+            Some(s) => format!("{name}:{}", s.name()),
+            None => name,
+        }
+    }
+}
+
+/// What an adapter audit needs.
+#[derive(Debug, Clone)]
+pub struct AdapterAuditConfig {
+    pub adapter: PathBuf,
+    /// The `melo train` report holding the target's options (default: beside the adapter).
+    pub recipe: Option<PathBuf>,
+    pub members: SetSpec,
+    pub nonmembers: SetSpec,
+    pub population: Option<SetSpec>,
+    pub attacks: Vec<AdapterAttack>,
+    pub shadows: usize,
+    pub shadow_dir: PathBuf,
+    /// At most this many images of each set (the first ones).
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub bootstrap: BootstrapOptions,
+    pub backbone: PathBuf,
+}
+
+/// Progress of a running audit.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub message: String,
+    pub done: usize,
+    pub total: usize,
+}
+
+/// Leakage within one class: members and non-members of that true label only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassLeakage {
+    pub class: String,
+    pub attack: String,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShadowSummary {
+    pub count: usize,
+    pub trained_now: usize,
+    pub reused_from_cache: usize,
+    pub train_size: usize,
+    pub pool_size: usize,
+    pub seconds_training: f64,
+    /// Audited images that no shadow held IN (scored by the OUT term alone).
+    pub images_never_in: usize,
+    pub images_never_out: usize,
+}
+
+/// The report of an adapter audit (written as JSON; no input paths).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdapterAuditReport {
+    pub melo_version: String,
+    pub score_convention: String,
+    pub target_task: String,
+    pub target_labels: Vec<String>,
+    pub recipe: serde_json::Value,
+    pub members: String,
+    pub nonmembers: String,
+    pub population: Option<String>,
+    pub n_members: usize,
+    pub n_nonmembers: usize,
+    pub queries: Vec<String>,
+    pub shadows: Option<ShadowSummary>,
+    pub attacks: Vec<AttackReport>,
+    pub per_class: Vec<ClassLeakage>,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+}
+
+impl AdapterAuditReport {
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        crate::atomic::write_atomic(path, |w| {
+            serde_json::to_writer_pretty(&mut *w, self).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")
+        })?;
+        Ok(())
+    }
+}
+
+/// Queries per image: the image and its horizontal flip (the augmentation every shipped recipe
+/// trains with), as LiRA's "augmented queries".
+pub const QUERIES: [&str; 2] = ["identity", "hflip"];
+
+/// One cached shadow: which pool images it trained on and its φ for the audited images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShadowRecord {
+    pub fingerprint: String,
+    pub index: usize,
+    /// Over the pool (members, then non-members, then population).
+    pub in_mask: Vec<bool>,
+    /// [audited image][query], audited = members then non-members.
+    pub phi: Vec<Vec<f64>>,
+    pub train_seconds: f64,
+}
+
+/// φ = z_y − log Σ_{j≠y} e^{z_j} (Carlini et al.'s logit scaling of the true-label
+/// probability, computed from the logits without forming p).
+pub fn logit_scaled_confidence(logits: &[f32], label: usize) -> f64 {
+    let zy = f64::from(logits[label]);
+    let others: Vec<f64> =
+        logits.iter().enumerate().filter(|&(j, _)| j != label).map(|(_, &z)| f64::from(z)).collect();
+    let max = others.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    zy - (max + others.iter().map(|z| (z - max).exp()).sum::<f64>().ln())
+}
+
+/// log p_y of the softmax of `logits`.
+pub fn log_probability(logits: &[f32], label: usize) -> f64 {
+    let max = logits.iter().map(|&z| f64::from(z)).fold(f64::NEG_INFINITY, f64::max);
+    f64::from(logits[label]) - (max + logits.iter().map(|&z| (f64::from(z) - max).exp()).sum::<f64>().ln())
+}
+
+fn log_normal_pdf(x: f64, mean: f64, sd: f64) -> f64 {
+    let z = (x - mean) / sd;
+    -0.5 * z * z - sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+}
+
+/// LiRA scores from the target's φ [n][q], the shadows' φ [k][n][q] and their IN masks
+/// [k][n] (over the audited images). Returns (online, offline, images never IN, never OUT).
+pub fn lira_scores(
+    target: &[Vec<f64>],
+    shadow_phi: &[Vec<Vec<f64>>],
+    shadow_in: &[Vec<bool>],
+) -> Result<(Vec<f64>, Vec<f64>, usize, usize)> {
+    let n = target.len();
+    let q = target.first().map_or(0, Vec::len);
+    if shadow_phi.len() < 2 || shadow_phi.len() != shadow_in.len() {
+        return Err(Error::Params(format!("LiRA needs at least 2 shadows, got {}", shadow_phi.len())));
+    }
+    // Per image and query: IN / OUT means, and the pooled within-image variances.
+    let mut mean_in = vec![vec![f64::NAN; q]; n];
+    let mut mean_out = vec![vec![f64::NAN; q]; n];
+    let (mut ss_in, mut df_in, mut ss_out, mut df_out) = (vec![0.0; q], vec![0usize; q], vec![0.0; q], vec![0usize; q]);
+    let (mut never_in, mut never_out) = (0, 0);
+    for i in 0..n {
+        let ins: Vec<usize> = (0..shadow_phi.len()).filter(|&k| shadow_in[k][i]).collect();
+        let outs: Vec<usize> = (0..shadow_phi.len()).filter(|&k| !shadow_in[k][i]).collect();
+        never_in += usize::from(ins.is_empty());
+        never_out += usize::from(outs.is_empty());
+        for j in 0..q {
+            for (side, mean, ss, df) in
+                [(&ins, &mut mean_in, &mut ss_in, &mut df_in), (&outs, &mut mean_out, &mut ss_out, &mut df_out)]
+            {
+                if side.is_empty() {
+                    continue;
+                }
+                let m = side.iter().map(|&k| shadow_phi[k][i][j]).sum::<f64>() / side.len() as f64;
+                mean[i][j] = m;
+                ss[j] += side.iter().map(|&k| (shadow_phi[k][i][j] - m).powi(2)).sum::<f64>();
+                df[j] += side.len() - 1;
+            }
+        }
+    }
+    // A floor keeps a degenerate (all-equal) shadow set from dividing by zero.
+    let sd = |ss: f64, df: usize| (ss / df.max(1) as f64).sqrt().max(1e-6);
+    let sd_in: Vec<f64> = (0..q).map(|j| sd(ss_in[j], df_in[j])).collect();
+    let sd_out: Vec<f64> = (0..q).map(|j| sd(ss_out[j], df_out[j])).collect();
+    let (mut online, mut offline) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let (mut on, mut off) = (0.0, 0.0);
+        for j in 0..q {
+            let x = target[i][j];
+            let out = if mean_out[i][j].is_nan() { 0.0 } else { log_normal_pdf(x, mean_out[i][j], sd_out[j]) };
+            let inside = if mean_in[i][j].is_nan() { 0.0 } else { log_normal_pdf(x, mean_in[i][j], sd_in[j]) };
+            on += inside - out;
+            off += if mean_out[i][j].is_nan() { 0.0 } else { (x - mean_out[i][j]) / sd_out[j] };
+        }
+        online.push(on / q as f64);
+        offline.push(off / q as f64);
+    }
+    Ok((online, offline, never_in, never_out))
+}
+
+/// Pixels [n, 3, s, s] mirrored left-right.
+fn hflip(p: &Prepared) -> Prepared {
+    let s = p.size;
+    let mut pixels = p.pixels.clone();
+    for row in pixels.chunks_exact_mut(s) {
+        row.reverse();
+    }
+    Prepared { pixels, labels: p.labels.clone(), size: s, skipped: Vec::new() }
+}
+
+fn concat(parts: &[&Prepared]) -> Prepared {
+    let size = parts.first().map_or(0, |p| p.size);
+    let mut out = Prepared { pixels: Vec::new(), labels: Vec::new(), size, skipped: Vec::new() };
+    for p in parts {
+        out.pixels.extend_from_slice(&p.pixels);
+        out.labels.extend_from_slice(&p.labels);
+    }
+    out
+}
+
+fn subset(p: &Prepared, items: &[usize]) -> Prepared {
+    let mut out = Prepared { pixels: Vec::new(), labels: Vec::new(), size: p.size, skipped: Vec::new() };
+    for &i in items {
+        out.pixels.extend_from_slice(p.item(i));
+        out.labels.push(p.labels[i]);
+    }
+    out
+}
+
+/// φ per image and query [n][q] of `adapter` on `images` (identity, hflip).
+fn phi_of(engine: &Engine, adapter: &Adapter, images: &Prepared) -> Result<(Vec<Vec<f64>>, Vec<f64>)> {
+    let c = adapter.labels().len();
+    let all: Vec<usize> = (0..images.len()).collect();
+    let mut phi = vec![Vec::with_capacity(QUERIES.len()); images.len()];
+    let mut log_p = Vec::new();
+    for (q, view) in [images.clone(), hflip(images)].iter().enumerate() {
+        let (_, logits) = features_and_logits(engine.backbone(), adapter, view, &all).map_err(train_error)?;
+        for (i, row) in logits.chunks_exact(c).enumerate() {
+            phi[i].push(logit_scaled_confidence(row, images.labels[i]));
+            if q == 0 {
+                log_p.push(log_probability(row, images.labels[i]));
+            }
+        }
+    }
+    Ok((phi, log_p))
+}
+
+fn train_error(e: crate::train::Error) -> Error {
+    Error::Data(e.to_string())
+}
+
+fn model_error(e: crate::model::Error) -> Error {
+    Error::Data(e.to_string())
+}
+
+/// sha256 over the pool's pixels and labels (the cache must not mix pools).
+fn pool_digest(pool: &Prepared) -> String {
+    let mut h = Sha256::new();
+    for v in &pool.pixels {
+        h.update(v.to_le_bytes());
+    }
+    for &l in &pool.labels {
+        h.update((l as u64).to_le_bytes());
+    }
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Loads a set at the adapter's input size, checking its classes against the adapter's labels.
+fn load_set(spec: &SetSpec, adapter: &Adapter, split: SplitFractions, limit: Option<usize>, what: &str) -> Result<Prepared> {
+    let labels = adapter.labels().to_vec();
+    let source = DataSource::open(&spec.path, None, split).map_err(|e| Error::Data(format!("{what}: {e}")))?;
+    // An npz names its classes class_0…; a folder by its class folders, which must be the
+    // adapter's labels.
+    let is_npz = source.classes.iter().enumerate().all(|(i, c)| *c == format!("class_{i}"));
+    if is_npz {
+        if source.classes.len() != labels.len() {
+            return Err(Error::Data(format!(
+                "{what}: the data has {} classes, the adapter {} ({})",
+                source.classes.len(),
+                labels.len(),
+                labels.join(", ")
+            )));
+        }
+    } else if let Some(stray) = source.classes.iter().find(|c| !labels.contains(c)) {
+        return Err(Error::Data(format!(
+            "{what}: class '{stray}' is not one of the adapter's labels ({})",
+            labels.join(", ")
+        )));
+    }
+    let m = adapter.metadata();
+    let splits: Vec<Split> = match spec.split {
+        Some(s) => vec![s],
+        None => vec![Split::Train, Split::Val, Split::Test],
+    };
+    let mut parts = Vec::new();
+    for s in splits {
+        let mut p = source.prepare(s, m.input_size, m.mean, m.std, None).map_err(|e| Error::Data(format!("{what}: {e}")))?;
+        if !is_npz {
+            // Folder classes are sorted names; map them onto the adapter's label order.
+            p.labels = p.labels.iter().map(|&l| labels.iter().position(|x| *x == source.classes[l]).unwrap_or(0)).collect();
+        }
+        parts.push(p);
+    }
+    let mut set = concat(&parts.iter().collect::<Vec<_>>());
+    if let Some(n) = limit {
+        let keep: Vec<usize> = (0..set.len().min(n)).collect();
+        set = subset(&set, &keep);
+    }
+    if set.is_empty() {
+        return Err(Error::Data(format!("{what}: no readable images")));
+    }
+    Ok(set)
+}
+
+/// Runs the audit. `progress` is called as work advances; `cancel` stops between shadows and
+/// batches (cached shadows stay for a resume).
+pub fn run(
+    config: &AdapterAuditConfig,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<AdapterAuditReport> {
+    let t0 = Instant::now();
+    let attacks = if config.attacks.is_empty() {
+        vec![AdapterAttack::Loss, AdapterAttack::LiraOnline, AdapterAttack::LiraOffline]
+    } else {
+        config.attacks.clone()
+    };
+    let need_shadows = attacks.iter().any(|a| a.needs_shadows());
+    if need_shadows && config.shadows < 2 {
+        return Err(Error::Params(format!("LiRA needs at least 2 shadow adapters (--shadows), got {}", config.shadows)));
+    }
+    let mut engine = Engine::open(&config.backbone).map_err(model_error)?;
+    let adapter = Adapter::load(&config.adapter).map_err(model_error)?;
+    engine.register(adapter).map_err(|e| Error::Data(format!("{}: {e}", config.adapter.display())))?;
+    let task = engine.adapters()[0].task().to_string();
+    let adapter = engine.adapter(&task).map_err(model_error)?.clone();
+
+    // The recipe: the target's `melo train` options.
+    let recipe_path = config.recipe.clone().unwrap_or_else(|| crate::train::trainer::report_path(&config.adapter));
+    let recipe_text = std::fs::read_to_string(&recipe_path).map_err(|e| {
+        Error::Data(format!(
+            "the target's training recipe {} cannot be read ({e}); give --recipe REPORT.json (the `melo train` report)",
+            recipe_path.display()
+        ))
+    })?;
+    let recipe_json: serde_json::Value =
+        serde_json::from_str(&recipe_text).map_err(|e| Error::Data(format!("{}: {e}", recipe_path.display())))?;
+    let mut recipe: TrainOptions = serde_json::from_value(recipe_json.get("options").cloned().unwrap_or_default())
+        .map_err(|e| Error::Data(format!("{}: no usable `options` ({e})", recipe_path.display())))?;
+    if recipe.size != adapter.metadata().input_size {
+        return Err(Error::Data(format!(
+            "the recipe trains at {} px, the adapter takes {} px: not this adapter's report",
+            recipe.size,
+            adapter.metadata().input_size
+        )));
+    }
+
+    progress(Progress { message: "loading images".into(), done: 0, total: 1 });
+    let members = load_set(&config.members, &adapter, recipe.split, config.limit, "members")?;
+    let nonmembers = load_set(&config.nonmembers, &adapter, recipe.split, config.limit, "non-members")?;
+    let population = match &config.population {
+        Some(p) => Some(load_set(p, &adapter, recipe.split, None, "population")?),
+        None => None,
+    };
+    let mut warnings = Vec::new();
+    let audited = concat(&[&members, &nonmembers]);
+    let (target_phi, log_p) = phi_of(&engine, &adapter, &audited)?;
+    let (nm, nn) = (members.len(), nonmembers.len());
+    let is_member = |i: usize| i < nm;
+    let bootstrap = &config.bootstrap;
+
+    let mut reports = Vec::new();
+    let mut add_attack = |name: &str, description: &str, queries: usize, seconds: f64, scores: &[f64], notes: Vec<String>| -> Result<()> {
+        let (metrics, roc) = evaluate(&scores[..nm], &scores[nm..], bootstrap)?;
+        reports.push(AttackReport {
+            name: name.into(),
+            description: description.into(),
+            queries_per_sample: queries,
+            seconds,
+            evaluated_on: "all samples".into(),
+            notes,
+            metrics,
+            roc,
+            scores: scores
+                .iter()
+                .enumerate()
+                .map(|(i, &score)| {
+                    let (member, index) = if is_member(i) { (true, i) } else { (false, i - nm) };
+                    SampleScore { index, id: super::pseudonym(member, index), member, score, caption: None }
+                })
+                .collect(),
+        });
+        Ok(())
+    };
+    if attacks.contains(&AdapterAttack::Loss) {
+        add_attack(
+            "loss",
+            "log-probability of the true label under the target (Yeom et al. 2018)",
+            1,
+            0.0,
+            &log_p,
+            Vec::new(),
+        )?;
+    }
+
+    let mut shadow_summary = None;
+    if need_shadows {
+        let pool = match &population {
+            Some(p) => concat(&[&members, &nonmembers, p]),
+            None => concat(&[&members, &nonmembers]),
+        };
+        let train_size = pool.len() / 2;
+        let fingerprint_base = {
+            let mut r = recipe.clone();
+            r.data = PathBuf::new();
+            r.out = PathBuf::new();
+            r.progress = false;
+            let mut h = Sha256::new();
+            h.update(serde_json::to_string(&r).unwrap_or_default().as_bytes());
+            h.update(engine.backbone().sha256().as_bytes());
+            h.update(pool_digest(&pool).as_bytes());
+            h.update(nm.to_le_bytes());
+            h.update(config.seed.to_le_bytes());
+            hex(&h.finalize())
+        };
+        std::fs::create_dir_all(&config.shadow_dir).map_err(|e| Error::io(&config.shadow_dir, e))?;
+        let (mut records, mut trained_now, mut seconds_training) = (Vec::new(), 0, 0.0);
+        for k in 0..config.shadows {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let record_path = config.shadow_dir.join(format!("shadow_{k:03}.json"));
+            let fingerprint = format!("{fingerprint_base}-{k}");
+            if let Some(record) = read_record(&record_path).filter(|r| r.fingerprint == fingerprint) {
+                records.push(record);
+                continue;
+            }
+            progress(Progress {
+                message: format!("training shadow adapter {} of {}", k + 1, config.shadows),
+                done: k,
+                total: config.shadows,
+            });
+            let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(k as u64));
+            let mut order: Vec<usize> = (0..pool.len()).collect();
+            order.shuffle(&mut rng);
+            let (inside, outside) = order.split_at(train_size);
+            // The recipe picks its epoch on a validation split: a tenth of the OUT half, never
+            // trained on (also its test split, which the shadow's calibration needs).
+            let val_items: Vec<usize> = outside.iter().copied().take((outside.len() / 10).max(2)).collect();
+            let mut in_mask = vec![false; pool.len()];
+            for &i in inside {
+                in_mask[i] = true;
+            }
+            let splits = Splits { train: subset(&pool, inside), val: subset(&pool, &val_items), test: subset(&pool, &val_items) };
+            let out = config.shadow_dir.join(format!("shadow_{k:03}.safetensors"));
+            recipe.out = out.clone();
+            recipe.progress = false;
+            recipe.resume = false;
+            recipe.stop_after = None;
+            recipe.seed = config.seed.wrapping_add(k as u64 + 1);
+            let t = Instant::now();
+            let info = DataSetInfo { name: "membership-audit shadow".into(), licence: String::new() };
+            train_prepared(&recipe, &info, &engine, adapter.labels(), &splits).map_err(train_error)?;
+            let shadow = Adapter::load(&out).map_err(model_error)?;
+            let (phi, _) = phi_of(&engine, &shadow, &audited)?;
+            let record = ShadowRecord { fingerprint, index: k, in_mask, phi, train_seconds: t.elapsed().as_secs_f64() };
+            seconds_training += record.train_seconds;
+            trained_now += 1;
+            let text = serde_json::to_string(&record).map_err(|e| Error::Data(e.to_string()))?;
+            crate::atomic::write_bytes_atomic(&record_path, text.as_bytes())?;
+            records.push(record);
+        }
+        let n_audited = nm + nn;
+        let shadow_phi: Vec<Vec<Vec<f64>>> = records.iter().map(|r| r.phi.clone()).collect();
+        let shadow_in: Vec<Vec<bool>> = records.iter().map(|r| r.in_mask[..n_audited].to_vec()).collect();
+        let t = Instant::now();
+        let (online, offline, never_in, never_out) = lira_scores(&target_phi, &shadow_phi, &shadow_in)?;
+        let seconds = t.elapsed().as_secs_f64();
+        if never_in > 0 {
+            warnings.push(format!("{never_in} audited images were IN no shadow (scored by the OUT term alone)"));
+        }
+        let k = records.len();
+        let note = vec![format!("{k} shadow adapters trained by the target's recipe on random halves of a pool of {}", pool.len())];
+        if attacks.contains(&AdapterAttack::LiraOnline) {
+            add_attack(
+                "lira_online",
+                "LiRA online (Carlini et al. 2022): Gaussian likelihood ratio of the logit-scaled confidence, IN vs OUT shadows, fixed variance, 2 queries",
+                2,
+                seconds,
+                &online,
+                note.clone(),
+            )?;
+        }
+        if attacks.contains(&AdapterAttack::LiraOffline) {
+            add_attack(
+                "lira_offline",
+                "LiRA offline (Carlini et al. 2022): one-sided test against the OUT shadows' Gaussian, fixed variance, 2 queries",
+                2,
+                seconds,
+                &offline,
+                note,
+            )?;
+        }
+        shadow_summary = Some(ShadowSummary {
+            count: k,
+            trained_now,
+            reused_from_cache: k - trained_now,
+            train_size,
+            pool_size: pool.len(),
+            seconds_training,
+            images_never_in: never_in,
+            images_never_out: never_out,
+        });
+    }
+
+    // Leakage per true class.
+    let mut per_class = Vec::new();
+    for (c, class) in adapter.labels().iter().enumerate() {
+        for a in &reports {
+            let pick = |member: bool| -> Vec<f64> {
+                a.scores
+                    .iter()
+                    .filter(|s| s.member == member)
+                    .filter(|s| audited.labels[if s.member { s.index } else { nm + s.index }] == c)
+                    .map(|s| s.score)
+                    .collect()
+            };
+            let (m, n) = (pick(true), pick(false));
+            if m.is_empty() || n.is_empty() {
+                continue;
+            }
+            let (metrics, _) = evaluate(&m, &n, bootstrap)?;
+            per_class.push(ClassLeakage { class: class.clone(), attack: a.name.clone(), metrics });
+        }
+    }
+    let mut shared_recipe = recipe_json.get("options").cloned().unwrap_or_default();
+    if let Some(o) = shared_recipe.as_object_mut() {
+        o.remove("out");
+        o.remove("data");
+        o.remove("backbone");
+    }
+    Ok(AdapterAuditReport {
+        melo_version: env!("CARGO_PKG_VERSION").into(),
+        score_convention: "higher = more likely a member".into(),
+        target_task: task,
+        target_labels: adapter.labels().to_vec(),
+        recipe: shared_recipe,
+        members: config.members.shareable(),
+        nonmembers: config.nonmembers.shareable(),
+        population: config.population.as_ref().map(SetSpec::shareable),
+        n_members: nm,
+        n_nonmembers: nn,
+        queries: QUERIES.iter().map(|q| q.to_string()).collect(),
+        shadows: shadow_summary,
+        attacks: reports,
+        per_class,
+        warnings,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn read_record(path: &Path) -> Option<ShadowRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Per-class AUCs as a map (for quick reading in tests and tools).
+pub fn class_aucs(report: &AdapterAuditReport, attack: &str) -> BTreeMap<String, f64> {
+    report.per_class.iter().filter(|c| c.attack == attack).map(|c| (c.class.clone(), c.metrics.auc)).collect()
+}
+
+/// ROC of an attack in the report.
+pub fn roc_of<'a>(report: &'a AdapterAuditReport, attack: &str) -> Option<&'a [RocPoint]> {
+    report.attacks.iter().find(|a| a.name == attack).map(|a| a.roc.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logit_scaling_matches_the_probability_form() {
+        let z = [2.0f32, -1.0, 0.5];
+        let p: Vec<f64> = {
+            let e: Vec<f64> = z.iter().map(|&v| f64::from(v).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        for y in 0..3 {
+            assert!((logit_scaled_confidence(&z, y) - (p[y] / (1.0 - p[y])).ln()).abs() < 1e-12);
+            assert!((log_probability(&z, y) - p[y].ln()).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn set_specs_name_their_split() {
+        assert_eq!(SetSpec::parse("d/b.npz:train").split, Some(Split::Train));
+        assert_eq!(SetSpec::parse("d/b.npz").split, None);
+        assert_eq!(SetSpec::parse("d/b.npz:test").shareable(), "b.npz:test");
+    }
+
+    #[test]
+    fn lira_separates_images_the_shadows_show_are_memorised() {
+        // Two images, one query; IN shadows see φ ≈ 5, OUT ≈ 0. The target gives image 0
+        // φ = 5 (looks IN) and image 1 φ = 0 (looks OUT).
+        let masks = vec![vec![true, false], vec![false, true], vec![true, true], vec![false, false]];
+        let phi: Vec<Vec<Vec<f64>>> = masks
+            .iter()
+            .enumerate()
+            .map(|(k, m)| m.iter().map(|&inside| vec![if inside { 5.0 } else { 0.0 } + 0.1 * k as f64]).collect())
+            .collect();
+        let (on, off, never_in, never_out) = lira_scores(&[vec![5.0], vec![0.0]], &phi, &masks).unwrap();
+        assert!(on[0] > 0.0 && on[1] < 0.0, "{on:?}");
+        assert!(off[0] > off[1]);
+        assert_eq!((never_in, never_out), (0, 0));
+        assert!(lira_scores(&[vec![5.0]], &phi[..1], &masks[..1]).is_err());
+    }
+}

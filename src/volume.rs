@@ -377,6 +377,28 @@ impl Geometry {
         }
     }
 
+    /// Millimetres per display pixel of a plane: [down, across].
+    pub fn plane_pixel_mm(&self, kind: PlaneKind) -> [f64; 2] {
+        let [row_mm, col_mm] = self.pixel_spacing;
+        match kind {
+            PlaneKind::Acquired => [row_mm, col_mm],
+            PlaneKind::Reformat1 => [self.slice_spacing, col_mm],
+            PlaneKind::Reformat2 => [self.slice_spacing, row_mm],
+        }
+    }
+
+    /// Patient directions of a plane's increasing x (across) and y (down), in the layout of
+    /// Image Orientation (Patient), for its edge labels.
+    pub fn plane_orientation(&self, kind: PlaneKind) -> [f64; 6] {
+        let down = if self.last_slice_on_top() { neg(self.normal) } else { self.normal };
+        let (across, down) = match kind {
+            PlaneKind::Acquired => (self.row_dir, self.col_dir),
+            PlaneKind::Reformat1 => (self.row_dir, down),
+            PlaneKind::Reformat2 => (self.col_dir, down),
+        };
+        [across[0], across[1], across[2], down[0], down[1], down[2]]
+    }
+
     /// The cursor at the centre of the volume.
     pub fn centre(&self) -> Cursor {
         Cursor { slice: self.slices() / 2, row: self.rows / 2, col: self.cols / 2 }
@@ -408,28 +430,25 @@ impl Volume {
             return None;
         }
         let slices = g.slices();
-        let [row_mm, col_mm] = g.pixel_spacing;
-        let down = if g.last_slice_on_top() { neg(g.normal) } else { g.normal };
-        let both = |a: [f64; 3], b: [f64; 3]| [a[0], a[1], a[2], b[0], b[1], b[2]];
-        let (width, height, values, pixel_mm, orientation) = match kind {
+        let (width, height, values) = match kind {
             PlaneKind::Acquired => {
                 let n = g.rows * g.cols;
-                let values = self.values[index * n..(index + 1) * n].to_vec();
-                (g.cols, g.rows, values, [row_mm, col_mm], both(g.row_dir, g.col_dir))
+                (g.cols, g.rows, self.values[index * n..(index + 1) * n].to_vec())
             }
             PlaneKind::Reformat1 => {
                 let values = (0..slices)
                     .flat_map(|y| (0..g.cols).map(move |c| (g.display_row(y), c)))
                     .map(|(k, c)| self.at(k, index, c));
-                (g.cols, slices, values.collect(), [g.slice_spacing, col_mm], both(g.row_dir, down))
+                (g.cols, slices, values.collect())
             }
             PlaneKind::Reformat2 => {
                 let values = (0..slices)
                     .flat_map(|y| (0..g.rows).map(move |r| (g.display_row(y), r)))
                     .map(|(k, r)| self.at(k, r, index));
-                (g.rows, slices, values.collect(), [g.slice_spacing, row_mm], both(g.col_dir, down))
+                (g.rows, slices, values.collect())
             }
         };
+        let (pixel_mm, orientation) = (g.plane_pixel_mm(kind), g.plane_orientation(kind));
         Some(Plane { kind, index, width, height, values, pixel_mm, orientation })
     }
 }

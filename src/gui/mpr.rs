@@ -202,7 +202,8 @@ impl Mpr {
         let size_mm = Vec2::new((width as f64 * pixel_mm[1]) as f32, (height as f64 * pixel_mm[0]) as f32);
         let scale = (area.width() / size_mm.x).min(area.height() / size_mm.y);
         let image_rect = Rect::from_center_size(area.center(), size_mm * scale);
-        let response = ui.interact(image_rect, egui::Id::new(("melo_mpr_plane", slot(kind))), Sense::click_and_drag());
+        let response =
+            ui.interact(image_rect, ui.scope_id().with(("melo_mpr_plane", slot(kind))), Sense::click_and_drag());
         response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, format!("{heading} view")));
         let painter = ui.painter_at(cell);
         let uv = Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));

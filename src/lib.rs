@@ -21,5 +21,6 @@ pub mod measure;
 pub mod model;
 pub mod series;
 pub mod train;
+pub mod volume;
 
 pub use error::{Error, Result};

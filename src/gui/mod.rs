@@ -16,6 +16,7 @@ mod diagnosis;
 mod diagnosis_worker;
 mod frame_log;
 mod loader;
+mod mpr;
 mod overlay;
 mod privacy;
 mod shortcuts;
@@ -42,8 +43,9 @@ pub use diagnosis_worker::{
     attach_histories, AdapterLayout, CalibrationView, EpochPoint, ImageKey, ImportFields, OodView, ReliabilityBin,
     TaskInfo, TaskRow,
 };
+pub use mpr::Mpr;
 pub use privacy::{checkpoint_path, cost_text, PathField, PrivacyCommand, PrivacyPanel, RunState, TargetKind};
-pub use shortcuts::SHORTCUTS;
+pub use shortcuts::{SHORTCUTS, VIEWER_KEYS};
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
 pub use tags::{tag_matches, TagBrowser};
 pub use viewer::{CineState, Tool, Viewer, ViewerCommand, ViewerState};

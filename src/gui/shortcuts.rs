@@ -135,6 +135,8 @@ pub const VIEWER_KEYS: &[(&str, &str)] = &[
     ("Ctrl+Z", "Undo the last measurement added or deleted"),
     ("Delete", "Delete the selected measurement"),
     ("Space", "Play / pause cine"),
+    ("M", "MPR: three planes side by side (click a plane to move the others)"),
+    ("Wheel (MPR)", "Step through the plane under the cursor"),
 ];
 
 /// The commands of the shortcuts pressed this frame (their key events are consumed).

@@ -10,6 +10,7 @@ use egui::{
     StrokeKind, TextureHandle, TextureOptions, UiBuilder, Vec2,
 };
 
+use super::mpr::{self, Mpr};
 use super::overlay;
 use super::stack::{render_color_image, SliceStack};
 use super::tags::TagBrowser;
@@ -18,6 +19,7 @@ use crate::cine::{header_rate, CineClock, RateSource, MAX_FPS, MIN_FPS};
 use crate::display::{orientation_labels, preset_voi, Voi, WindowPreset};
 use crate::image::{ImageMeta, MedicalImage, Window};
 use crate::measure::{measure, Calibration, Measurements, Point, Shape, SliceKey};
+use crate::volume::Cursor;
 
 /// Window/level change per point dragged, as a fraction of the current width: the same drag
 /// is a fine adjustment on a narrow brain window and a coarse one on a full 16-bit range.
@@ -171,6 +173,11 @@ pub enum ViewerCommand {
     ToggleCine,
     /// Cine rate in frames per second; `None` goes back to the header's.
     SetCineRate(Option<f64>),
+    /// MPR mode on or off (three planes side by side instead of one slice).
+    ToggleMpr,
+    /// Moves the point where the three MPR planes cross (the acquired plane's slice becomes
+    /// the viewer's slice).
+    SetMprCursor(Cursor),
 }
 
 /// What a cached texture was rendered from; a new render happens only when this changes.
@@ -216,6 +223,8 @@ pub struct Viewer {
     pub drawing: Vec<Point>,
     /// The UI clock (seconds) of the last frame, for starting cine.
     now: f64,
+    /// MPR mode and its volume.
+    pub mpr: Mpr,
 }
 
 impl Default for Viewer {
@@ -239,6 +248,7 @@ impl Default for Viewer {
             show_measurements: false,
             drawing: Vec::new(),
             now: 0.0,
+            mpr: Mpr::default(),
         }
     }
 }
@@ -259,6 +269,7 @@ impl Viewer {
             }
             _ => self.preferred_preset,
         };
+        self.mpr.set_stack(&stack);
         self.stack = Some(stack);
         self.use_preset(preset);
     }
@@ -266,6 +277,7 @@ impl Viewer {
     /// Forgets the shown series (e.g. when another folder is opened).
     pub fn clear(&mut self) {
         self.stack = None;
+        self.mpr.clear();
         self.measurements.clear();
         self.drawing.clear();
         self.selected_measurement = None;
@@ -389,6 +401,12 @@ impl Viewer {
                     self.state.cine.clock = Some(CineClock::new(self.cine_rate().0, self.now));
                 }
             }
+            ViewerCommand::ToggleMpr => self.mpr.on = self.stack.is_some() && !self.mpr.on,
+            ViewerCommand::SetMprCursor(cursor) => {
+                if let Some(slice) = self.mpr.set_cursor(cursor) {
+                    self.state.slice = slice.min(last);
+                }
+            }
         }
     }
 
@@ -445,7 +463,29 @@ impl Viewer {
                 .default_size(320.0)
                 .show(ui, |ui| self.measurement_list_ui(ui, commands));
         }
-        egui::CentralPanel::no_frame().show(ui, |ui| self.image_ui(ui, hide_patient_details, commands));
+        if mpr::toggle_pressed(ui) {
+            commands.push(Command::Viewer(ViewerCommand::ToggleMpr));
+        }
+        egui::CentralPanel::no_frame().show(ui, |ui| {
+            if self.mpr.on && self.stack.is_some() {
+                self.mpr_ui(ui, commands);
+            } else {
+                self.image_ui(ui, hide_patient_details, commands);
+            }
+        });
+    }
+
+    /// The three MPR planes in place of the image; the keyboard pages the acquired plane.
+    fn mpr_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        self.view_rect = Some(ui.max_rect());
+        self.image_rect = None;
+        self.overlay_rect = None;
+        self.state.probe = None;
+        self.keyboard_input(ui, commands);
+        let Viewer { mpr, stack, state, .. } = self;
+        if let Some(stack) = stack.as_ref() {
+            mpr.ui(ui, stack, state.slice, &state.voi, &mut state.probe, commands);
+        }
     }
 
     fn toolbar_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
@@ -471,6 +511,19 @@ impl Viewer {
             });
             if ui.selectable_label(self.show_tags, "Tags").on_hover_text("Show the tag browser").clicked() {
                 commands.push(Command::Viewer(ViewerCommand::ToggleTags));
+            }
+            // MPR: enabled when the series forms a volume, else the reason as the tooltip.
+            let (mpr_ok, mpr_why) = match self.mpr.availability() {
+                Some(Ok(_)) => (true, String::new()),
+                Some(Err(reason)) => (false, format!("Not a volume: {reason}")),
+                None => (false, "Open a series first".to_string()),
+            };
+            let button = ui
+                .add_enabled(mpr_ok || self.mpr.on, egui::Button::selectable(self.mpr.on, "MPR"))
+                .on_hover_text("Three planes side by side with linked cross-hairs (M)")
+                .on_disabled_hover_text(mpr_why);
+            if button.clicked() {
+                commands.push(Command::Viewer(ViewerCommand::ToggleMpr));
             }
             ui.separator();
             ui.add_enabled_ui(enabled, |ui| {
@@ -859,6 +912,12 @@ impl Viewer {
             }
         }
 
+        self.keyboard_input(ui, commands);
+    }
+
+    /// Keys on the viewer: slices, tools, undo, cine.
+    fn keyboard_input(&self, ui: &egui::Ui, commands: &mut Vec<Command>) {
+        let mut send = |command| commands.push(Command::Viewer(command));
         // Arrow keys page through the stack unless a widget (a text box, the slider) has the
         // keyboard: egui uses arrows there to move the cursor or the focus.
         if ui.ctx().memory(|m| m.focused().is_none()) {
@@ -1015,7 +1074,7 @@ fn corner(ui: &mut egui::Ui, rect: Rect, layout: Layout, lines: &[String]) {
     }
 }
 
-fn overlay_label(text: &str) -> egui::Label {
+pub(super) fn overlay_label(text: &str) -> egui::Label {
     // A dark outline is not available for labels; a translucent backing keeps the text
     // readable on bright images.
     egui::Label::new(

@@ -522,6 +522,10 @@ pub fn run(
             hex(&h.finalize())
         };
         std::fs::create_dir_all(&config.shadow_dir).map_err(|e| Error::io(&config.shadow_dir, e))?;
+        // The target's own φ beside the shadows': what an independent re-scoring
+        // (tools/lira/check_scores.py) needs.
+        let target_record = serde_json::json!({ "n_members": nm, "n_nonmembers": nn, "queries": QUERIES, "phi": target_phi });
+        crate::atomic::write_bytes_atomic(&config.shadow_dir.join("target_phi.json"), target_record.to_string().as_bytes())?;
         let (mut records, mut trained_now, mut seconds_training) = (Vec::new(), 0, 0.0);
         for k in 0..config.shadows {
             if cancel.load(Ordering::Relaxed) {

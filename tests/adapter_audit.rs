@@ -1,0 +1,182 @@
+//! Issue 19: membership inference on a diagnosis adapter — LiRA scoring against numpy, the
+//! whole audit on a tiny target with cached shadows, and bad input.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use melo::audit::adapter::{lira_scores, run, AdapterAttack, AdapterAuditConfig, SetSpec};
+use melo::audit::metrics::BootstrapOptions;
+use melo::model::Pooling;
+use melo::train::augment::Augment;
+use melo::train::data::SplitFractions;
+use melo::train::trainer::{train, Method, TrainOptions};
+use serde_json::Value;
+
+fn breastmnist() -> PathBuf {
+    let p = common::require_shared_data("the adapter audit").join("medmnist/breastmnist.npz");
+    assert!(p.is_file(), "{} is missing (see ../shared/data/README.md)", p.display());
+    p
+}
+
+#[test]
+fn lira_scores_match_numpy() {
+    let text = std::fs::read_to_string(common::repo().join("tests/data/lira_fixture.json")).unwrap();
+    let f: Value = serde_json::from_str(&text).unwrap();
+    let rows = |v: &Value| -> Vec<Vec<f64>> {
+        v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
+    };
+    let target = rows(&f["target"]);
+    let phi: Vec<Vec<Vec<f64>>> = f["phi"].as_array().unwrap().iter().map(rows).collect();
+    let inside: Vec<Vec<bool>> = f["inside"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect())
+        .collect();
+    let (online, offline, never_in, never_out) = lira_scores(&target, &phi, &inside).unwrap();
+    assert_eq!((never_in, never_out), (1, 1), "the fixture has one image always IN and one never IN");
+    for (name, ours, theirs) in [("online", &online, &f["online"]), ("offline", &offline, &f["offline"])] {
+        for (i, (a, b)) in ours.iter().zip(theirs.as_array().unwrap()).enumerate() {
+            let b = b.as_f64().unwrap();
+            assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{name} score of image {i}: {a} here, {b} by numpy");
+        }
+    }
+}
+
+fn tiny_target(dir: &std::path::Path) -> PathBuf {
+    let out = dir.join("target.safetensors");
+    let options = TrainOptions {
+        data: breastmnist(),
+        method: Method::Lora,
+        rank: 2,
+        alpha: 2.0,
+        epochs: 2,
+        lr: 2e-3,
+        min_lr: 1e-6,
+        warmup: 0.0,
+        batch: 8,
+        size: 28,
+        seed: 1,
+        out: out.clone(),
+        task: "breast_tiny".into(),
+        labels: Some(vec!["malignant".into(), "normal_or_benign".into()]),
+        modality: "US".into(),
+        description: String::new(),
+        augment: Augment::None,
+        label_smoothing: 0.0,
+        weight_decay: 1e-4,
+        class_weights: true,
+        pooling: Pooling::ClsMeanPatch,
+        backbone: common::repo().join("assets/backbone"),
+        limit: Some(16),
+        split: SplitFractions::default(),
+        resume: false,
+        stop_after: None,
+        head_epochs: 0,
+        head_lr: 3e-3,
+        ood_pass_rate: melo::model::ood::THRESHOLD_QUANTILE,
+        progress: false,
+        intended_use: String::new(),
+        limitations: Vec::new(),
+    };
+    train(&options).unwrap();
+    out
+}
+
+fn config(adapter: PathBuf, shadow_dir: PathBuf, shadows: usize) -> AdapterAuditConfig {
+    let data = breastmnist().display().to_string();
+    AdapterAuditConfig {
+        adapter,
+        recipe: None,
+        members: SetSpec::parse(&format!("{data}:train")),
+        nonmembers: SetSpec::parse(&format!("{data}:test")),
+        population: None,
+        attacks: vec![AdapterAttack::Loss, AdapterAttack::LiraOnline, AdapterAttack::LiraOffline],
+        shadows,
+        shadow_dir,
+        limit: Some(16),
+        seed: 0,
+        bootstrap: BootstrapOptions { resamples: 100, seed: 0 },
+        backbone: common::repo().join("assets/backbone"),
+    }
+}
+
+#[test]
+fn an_adapter_audit_trains_caches_and_reuses_its_shadows() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = tiny_target(dir.path());
+    let shadow_dir = dir.path().join("shadows");
+    let cancel = AtomicBool::new(false);
+    let first = run(&config(target.clone(), shadow_dir.clone(), 3), &mut |_| {}, &cancel).unwrap();
+    let names: Vec<&str> = first.attacks.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["loss", "lira_online", "lira_offline"]);
+    for a in &first.attacks {
+        assert_eq!((a.metrics.n_members, a.metrics.n_nonmembers), (16, 16), "{}", a.name);
+        assert!((0.0..=1.0).contains(&a.metrics.auc), "{}: {}", a.name, a.metrics.auc);
+        assert!(a.scores.iter().all(|s| s.score.is_finite()), "{}", a.name);
+    }
+    let shadows = first.shadows.as_ref().unwrap();
+    assert_eq!((shadows.count, shadows.trained_now, shadows.pool_size, shadows.train_size), (3, 3, 32, 16));
+    // Per-class leakage for both labels and every attack.
+    assert_eq!(first.per_class.len(), 2 * 3, "{:?}", first.per_class);
+    // The report names sets by file name and split, never by folder.
+    assert_eq!(first.members, "breastmnist.npz:train");
+    let text = serde_json::to_string(&first).unwrap();
+    assert!(!text.contains(&*common::repo().to_string_lossy()), "a path travelled into the report");
+    for k in 0..3 {
+        assert!(shadow_dir.join(format!("shadow_{k:03}.json")).is_file());
+        assert!(shadow_dir.join(format!("shadow_{k:03}.safetensors")).is_file());
+    }
+
+    // Again: every shadow from the cache, the same scores.
+    let second = run(&config(target.clone(), shadow_dir.clone(), 3), &mut |_| {}, &cancel).unwrap();
+    let s2 = second.shadows.as_ref().unwrap();
+    assert_eq!((s2.trained_now, s2.reused_from_cache), (0, 3));
+    for (a, b) in first.attacks.iter().zip(&second.attacks) {
+        let (x, y): (Vec<f64>, Vec<f64>) = (a.scores.iter().map(|s| s.score).collect(), b.scores.iter().map(|s| s.score).collect());
+        assert_eq!(x, y, "{}", a.name);
+    }
+    // A different seed is a different shadow set: nothing reused.
+    let mut other = config(target, shadow_dir, 2);
+    other.seed = 7;
+    other.attacks = vec![AdapterAttack::LiraOffline];
+    let third = run(&other, &mut |_| {}, &cancel).unwrap();
+    assert_eq!(third.shadows.unwrap().reused_from_cache, 0);
+}
+
+#[test]
+fn bad_input_gets_a_one_line_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = AtomicBool::new(false);
+    let shipped = common::repo().join("adapters/breast_malignancy.safetensors");
+    let err = |c: AdapterAuditConfig| run(&c, &mut |_| {}, &cancel).unwrap_err().to_string();
+
+    // K < 2.
+    let message = err(config(shipped.clone(), dir.path().join("s"), 1));
+    assert!(message.contains("at least 2 shadow"), "{message}");
+    assert!(!message.contains('\n'));
+
+    // Members whose classes are not the adapter's labels.
+    let folder = dir.path().join("images");
+    for class in ["malignant", "cat"] {
+        std::fs::create_dir_all(folder.join(class)).unwrap();
+        image::GrayImage::from_pixel(28, 28, image::Luma([90])).save(folder.join(class).join("a.png")).unwrap();
+    }
+    let mut c = config(shipped.clone(), dir.path().join("s"), 2);
+    c.members = SetSpec::parse(&folder.display().to_string());
+    let message = err(c);
+    assert!(message.contains("class 'cat' is not one of the adapter's labels"), "{message}");
+
+    // An adapter for another backbone.
+    let mut adapter = melo::model::Adapter::load(&shipped).unwrap();
+    let mut meta = adapter.metadata().clone();
+    meta.backbone_sha256 = "ab".repeat(32);
+    adapter.set_metadata(meta);
+    let foreign = dir.path().join("foreign.safetensors");
+    adapter.save(&foreign).unwrap();
+    let message = err(config(foreign, dir.path().join("s"), 2));
+    assert!(message.contains("ab".repeat(32).as_str()), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Independent LiRA scoring (numpy) of an adapter audit, from the shadow cache.
+
+Usage: python3 tools/lira/check_scores.py SHADOW_DIR REPORT.json
+
+Reads SHADOW_DIR/target_phi.json (the target's logit-scaled confidences per audited image and
+query) and SHADOW_DIR/shadow_*.json (each shadow's IN mask over the pool and its confidences),
+recomputes LiRA online and offline exactly as specified in Carlini et al. 2022 with the fixed
+(pooled within-image) variance described in src/audit/adapter.rs, and prints the worst
+absolute difference to the scores in REPORT.json (exit 1 above 1e-9 relative)."""
+import glob
+import json
+import sys
+
+import numpy as np
+
+
+def lira(target, phi, inside):
+    """target [n, q]; phi [k, n, q]; inside [k, n] bool -> (online [n], offline [n])."""
+    k, n, q = phi.shape
+    ins = inside[:, :, None]
+    count_in = inside.sum(0)[:, None]
+    count_out = (~inside).sum(0)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_in = np.where(ins, phi, 0).sum(0) / count_in
+        mean_out = np.where(~ins, phi, 0).sum(0) / count_out
+    ss_in = np.nansum(np.where(ins, (phi - mean_in[None]) ** 2, 0), axis=(0, 1))
+    ss_out = np.nansum(np.where(~ins, (phi - mean_out[None]) ** 2, 0), axis=(0, 1))
+    df_in = np.maximum(count_in - 1, 0).sum(0)
+    df_out = np.maximum(count_out - 1, 0).sum(0)
+    sd_in = np.maximum(np.sqrt(ss_in / np.maximum(df_in, 1)), 1e-6)
+    sd_out = np.maximum(np.sqrt(ss_out / np.maximum(df_out, 1)), 1e-6)
+
+    def logpdf(x, m, s):
+        return -0.5 * ((x - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+
+    has_in, has_out = count_in > 0, count_out > 0
+    term_in = np.where(has_in, logpdf(target, np.nan_to_num(mean_in), sd_in), 0.0)
+    term_out = np.where(has_out, logpdf(target, np.nan_to_num(mean_out), sd_out), 0.0)
+    online = (term_in - term_out).mean(1)
+    offline = np.where(has_out, (target - np.nan_to_num(mean_out)) / sd_out, 0.0).mean(1)
+    return online, offline
+
+
+def main():
+    shadow_dir, report_path = sys.argv[1], sys.argv[2]
+    t = json.load(open(f"{shadow_dir}/target_phi.json"))
+    target = np.array(t["phi"], dtype=np.float64)
+    n = target.shape[0]
+    shadows = [json.load(open(p)) for p in sorted(glob.glob(f"{shadow_dir}/shadow_*.json"))]
+    phi = np.array([s["phi"] for s in shadows], dtype=np.float64)
+    inside = np.array([s["in_mask"][:n] for s in shadows], dtype=bool)
+    online, offline = lira(target, phi, inside)
+    report = json.load(open(report_path))
+    nm = t["n_members"]
+    worst = 0.0
+    for name, ours in (("lira_online", online), ("lira_offline", offline)):
+        attack = next((a for a in report["attacks"] if a["name"] == name), None)
+        if attack is None:
+            continue
+        theirs = np.array([s["score"] for s in sorted(attack["scores"], key=lambda s: (not s["member"], s["index"]))])
+        diff = np.abs(theirs - ours) / np.maximum(1.0, np.abs(ours))
+        worst = max(worst, diff.max())
+        print(f"{name}: {len(shadows)} shadows, {nm} + {n - nm} images, worst relative difference {diff.max():.2e}")
+    sys.exit(0 if worst < 1e-9 else 1)
+
+
+if __name__ == "__main__":
+    main()

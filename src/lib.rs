@@ -17,7 +17,9 @@ pub mod export;
 pub mod gui;
 pub mod image;
 pub mod model;
+pub mod net;
 pub mod series;
+pub mod store;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -158,7 +158,16 @@ fn status_error(peer: &Peer, operation: &'static str, status: Status, command: &
 /// C-FIND: every match of `keys` at `level`, as the peer returned them.
 pub fn find(peer: &Peer, options: &ScuOptions, model: Model, level: Level, keys: &QueryKeys) -> Result<Vec<InMemDicomObject>> {
     let identifier = find_identifier(model, level, keys)?;
-    let sop_class = model.find_sop_class();
+    find_with_identifier(peer, options, model.find_sop_class(), &identifier)
+}
+
+/// C-FIND with a ready identifier.
+pub fn find_with_identifier(
+    peer: &Peer,
+    options: &ScuOptions,
+    sop_class: &str,
+    identifier: &InMemDicomObject,
+) -> Result<Vec<InMemDicomObject>> {
     let link = associate(peer, options, &[proposed(sop_class, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE])], &[], "C-FIND")?;
     with_link(link, |link| {
         let (ctx, ts_uid) = accepted_context(link, sop_class)
@@ -409,13 +418,78 @@ pub fn get(
 ) -> Result<RetrieveReport> {
     let identifier = retrieve_identifier(model, level, keys)?;
     let sop_class = model.get_sop_class();
-    let mut contexts = vec![proposed(sop_class, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE])];
-    for class in sop::STORAGE {
-        contexts.push(proposed(class, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE]));
-        contexts.push(proposed(class, sop::COMPRESSED));
-    }
-    let link = associate(peer, options, &contexts, sop::STORAGE, "C-GET")?;
+    let classes = discover_sop_classes(peer, options, model, keys);
+    let (contexts, roles) = get_contexts(sop_class, &classes);
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    let link = associate(peer, options, &contexts, &roles, "C-GET")?;
     retrieve(link, peer, sop_class, field::C_GET_RQ, field::C_GET_RSP, "C-GET", None, &identifier, Some(store), progress)
+}
+
+/// SOP classes of what a retrieve will bring, from the study-level attribute SOP Classes in
+/// Study (a C-FIND first). Empty when the peer does not say; the retrieve then proposes the
+/// generic contexts.
+fn discover_sop_classes(peer: &Peer, options: &ScuOptions, model: Model, keys: &QueryKeys) -> Vec<String> {
+    let study_keys = QueryKeys {
+        patient_id: keys.patient_id.clone(),
+        study_uid: keys.study_uid.clone(),
+        ..Default::default()
+    };
+    let Ok(mut identifier) = find_identifier(model, Level::Study, &study_keys) else { return Vec::new() };
+    identifier.put(dicom_core::DataElement::new(tags::SOP_CLASSES_IN_STUDY, VR::UI, dicom_core::PrimitiveValue::Empty));
+    let Ok(matches) = find_with_identifier(peer, options, model.find_sop_class(), &identifier) else { return Vec::new() };
+    let mut classes: Vec<String> = Vec::new();
+    for m in &matches {
+        if let Ok(Some(e)) = m.element_opt(tags::SOP_CLASSES_IN_STUDY) {
+            if let Ok(values) = e.to_multi_str() {
+                for v in values.iter() {
+                    let v = v.trim_end_matches(['\0', ' ']).to_string();
+                    if !v.is_empty() && !classes.contains(&v) {
+                        classes.push(v);
+                    }
+                }
+            }
+        }
+    }
+    classes
+}
+
+/// Largest number of SOP classes proposed with one context per compressed transfer syntax
+/// (11 contexts each: uncompressed + 10 compressed; 128 contexts at most per association).
+const CLASSES_WITH_EVERY_SYNTAX: usize = 11;
+
+/// Presentation contexts of a C-GET. An acceptor picks one transfer syntax per context by its
+/// own preference (Orthanc prefers deflate), and then has to transcode what it stores
+/// otherwise, which it may not be able to do (Orthanc has no JPEG 2000 encoder/decoder
+/// without plugins). So the SOP classes known to come get one context per compressed syntax,
+/// and the peer can send each file as it holds it; the other storage classes get an
+/// uncompressed context, then, if room remains, a compressed one.
+fn get_contexts(get_class: &str, known: &[String]) -> (Vec<Proposed>, Vec<String>) {
+    let mut contexts = vec![proposed(get_class, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE])];
+    let mut roles: Vec<String> = Vec::new();
+    for class in known.iter().take(CLASSES_WITH_EVERY_SYNTAX) {
+        contexts.push(proposed(class, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE]));
+        for ts in sop::COMPRESSED {
+            contexts.push(proposed(class, &[ts]));
+        }
+        roles.push(class.clone());
+    }
+    let others: Vec<&str> = sop::STORAGE.iter().copied().filter(|c| !roles.iter().any(|r| r == c)).collect();
+    for class in &others {
+        if contexts.len() >= 127 {
+            break;
+        }
+        contexts.push(proposed(class, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE]));
+        roles.push(class.to_string());
+    }
+    for class in &others {
+        if contexts.len() >= 127 {
+            break;
+        }
+        if roles.iter().any(|r| r == class) {
+            contexts.push(proposed(class, sop::COMPRESSED));
+        }
+    }
+    (contexts, roles)
 }
 
 /// C-MOVE: the peer sends the matching instances to `destination` (an AE title it knows, for

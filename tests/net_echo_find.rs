@@ -116,9 +116,14 @@ fn find_studies_and_series_matches_orthancs_index() {
     let dates = orthanc.find("Study", json!({}));
     let date = dates[0]["MainDicomTags"]["StudyDate"].as_str().unwrap().to_string();
     let range = format!("{date}-{date}");
-    let by_date =
-        net::find(&p, &options(), Model::StudyRoot, Level::Study, &QueryKeys { study_date: Some(range.clone()), ..Default::default() })
-            .unwrap();
+    let by_date = net::find(
+        &p,
+        &options(),
+        Model::StudyRoot,
+        Level::Study,
+        &QueryKeys { study_date: Some(range.clone()), ..Default::default() },
+    )
+    .unwrap();
     let expected = set(orthanc
         .find("Study", json!({ "StudyDate": range }))
         .iter()
@@ -136,7 +141,11 @@ fn find_studies_and_series_matches_orthancs_index() {
             .unwrap()
             .iter()
             .map(|s| s["MainDicomTags"]["SeriesInstanceUID"].as_str().unwrap().to_string()));
-        assert_eq!(set(series.iter().map(|m| match_to_map(m)["SeriesInstanceUID"].clone())), theirs, "study {study_uid}");
+        assert_eq!(
+            set(series.iter().map(|m| match_to_map(m)["SeriesInstanceUID"].clone())),
+            theirs,
+            "study {study_uid}"
+        );
     }
 
     // Image level: the 20 MR slices.
@@ -156,9 +165,13 @@ fn find_studies_and_series_matches_orthancs_index() {
 #[test]
 fn patient_root_lists_patients() {
     let orthanc = orthanc_with_corpus();
-    let patients = net::find(&peer(&orthanc), &options(), Model::PatientRoot, Level::Patient, &QueryKeys::default()).unwrap();
+    let patients =
+        net::find(&peer(&orthanc), &options(), Model::PatientRoot, Level::Patient, &QueryKeys::default()).unwrap();
     let ours = set(patients.iter().map(|m| match_to_map(m)["PatientID"].clone()));
-    let theirs = set(orthanc.find("Patient", json!({})).iter().map(|p| p["MainDicomTags"]["PatientID"].as_str().unwrap().to_string()));
+    let theirs = set(orthanc
+        .find("Patient", json!({}))
+        .iter()
+        .map(|p| p["MainDicomTags"]["PatientID"].as_str().unwrap().to_string()));
     assert_eq!(ours, theirs);
     // Studies of one patient through Patient Root.
     let id = ours.iter().next().unwrap().clone();

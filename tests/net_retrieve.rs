@@ -123,9 +123,16 @@ fn c_get_keeps_compressed_files_and_patient_root_works() {
         study_uid: Some(study["MainDicomTags"]["StudyInstanceUID"].as_str().unwrap().into()),
         ..Default::default()
     };
-    let report =
-        net::get(&orthanc.peer().parse().unwrap(), &options(), Model::PatientRoot, Level::Study, &keys, &store, &mut |_| true)
-            .unwrap();
+    let report = net::get(
+        &orthanc.peer().parse().unwrap(),
+        &options(),
+        Model::PatientRoot,
+        Level::Study,
+        &keys,
+        &store,
+        &mut |_| true,
+    )
+    .unwrap();
     assert_eq!(report.stored.len(), 1);
     // JPEG 2000 lossless was proposed, so Orthanc sends the file as stored, not decompressed.
     assert_eq!(report.stored[0].transfer_syntax, "1.2.840.10008.1.2.4.90");
@@ -150,7 +157,8 @@ fn c_move_of_a_series_to_our_scp() {
     let keys = mr_keys(&orthanc, &uploads[0]);
     let peer: Peer = orthanc.peer().parse().unwrap();
 
-    let report = net::move_to(&peer, &options(), Model::StudyRoot, Level::Series, &keys, "MELO", &mut |_| true).unwrap();
+    let report =
+        net::move_to(&peer, &options(), Model::StudyRoot, Level::Series, &keys, "MELO", &mut |_| true).unwrap();
     assert!(report.status.is_success(), "{}", report.status);
     assert_eq!(report.sub_operations.completed, 20);
     // Orthanc answers the C-MOVE once its sub-operations are acknowledged, and we acknowledge

@@ -158,7 +158,9 @@ fn unknown_callers_and_wrong_called_titles_are_refused() {
     let out = dcmtk::storescu("STORESCU", "SOMEONE", scp.port, &[&file]);
     assert!(!out.status.success());
     assert!(dcmtk::text(&out).contains("Called AE Title Not Recognized"), "{}", dcmtk::text(&out));
-    scp.wait_for(|e| matches!(e, ScpEvent::Refused { reason, .. } if reason.contains("calling AE title not recognized")));
+    scp.wait_for(
+        |e| matches!(e, ScpEvent::Refused { reason, .. } if reason.contains("calling AE title not recognized")),
+    );
     assert_eq!(scp.store.instance_count().unwrap(), 0);
     assert!(scp.files().is_empty());
 

@@ -171,7 +171,11 @@ fn parse_level(s: &str) -> std::result::Result<Level, String> {
 }
 
 pub fn run(args: &NetArgs) -> Result<()> {
-    let options = ScuOptions { calling_aet: args.aet.clone(), timeout: Duration::from_secs(args.timeout.max(1)), ..Default::default() };
+    let options = ScuOptions {
+        calling_aet: args.aet.clone(),
+        timeout: Duration::from_secs(args.timeout.max(1)),
+        ..Default::default()
+    };
     match &args.action {
         NetAction::Echo { peer } => {
             let took = scu::echo(peer, &options)?;
@@ -208,7 +212,8 @@ pub fn run(args: &NetArgs) -> Result<()> {
 }
 
 fn find(a: &FindArgs, options: &ScuOptions) -> Result<()> {
-    let level = a.query.level.unwrap_or(if a.query.model == Model::PatientRoot { Level::Patient } else { Level::Study });
+    let level =
+        a.query.level.unwrap_or(if a.query.model == Model::PatientRoot { Level::Patient } else { Level::Study });
     let matches = scu::find(&a.peer, options, a.query.model, level, &a.query.keys())?;
     let maps: Vec<_> = matches.iter().map(match_to_map).collect();
     if a.json {
@@ -217,8 +222,18 @@ fn find(a: &FindArgs, options: &ScuOptions) -> Result<()> {
     }
     let columns: &[&str] = match level {
         Level::Patient => &["PatientID", "PatientName", "PatientBirthDate", "NumberOfPatientRelatedStudies"],
-        Level::Study => &["PatientID", "PatientName", "StudyDate", "ModalitiesInStudy", "AccessionNumber", "StudyDescription", "StudyInstanceUID"],
-        Level::Series => &["Modality", "SeriesNumber", "SeriesDescription", "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"],
+        Level::Study => &[
+            "PatientID",
+            "PatientName",
+            "StudyDate",
+            "ModalitiesInStudy",
+            "AccessionNumber",
+            "StudyDescription",
+            "StudyInstanceUID",
+        ],
+        Level::Series => {
+            &["Modality", "SeriesNumber", "SeriesDescription", "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"]
+        }
         Level::Image => &["InstanceNumber", "SOPClassUID", "SOPInstanceUID"],
     };
     println!("{}", columns.join("\t"));
@@ -236,7 +251,11 @@ fn move_(a: &MoveArgs, our_aet: &str, options: &ScuOptions) -> Result<()> {
     let _scp = match (&a.store, a.port) {
         (Some(dir), Some(port)) => {
             let store = Arc::new(StudyStore::open(dir)?);
-            let config = ScpConfig { allowed_callers: Some(vec![a.peer.aet.clone()]), timeout: options.timeout, ..ScpConfig::new(&dest) };
+            let config = ScpConfig {
+                allowed_callers: Some(vec![a.peer.aet.clone()]),
+                timeout: options.timeout,
+                ..ScpConfig::new(&dest)
+            };
             let scp = StoreScp::bind(&format!("0.0.0.0:{port}"), config, store)?;
             Some(scp.spawn(Arc::new(print_event)))
         }
@@ -256,9 +275,7 @@ fn listen(a: &ListenArgs, our_aet: &str, timeout: Duration) -> Result<()> {
     let allowed = if a.allow_any {
         None
     } else if a.allow.is_empty() {
-        return Err(Error::Invalid(
-            "say who may send: --allow AET (repeatable) or --allow-any".into(),
-        ));
+        return Err(Error::Invalid("say who may send: --allow AET (repeatable) or --allow-any".into()));
     } else {
         Some(a.allow.clone())
     };
@@ -306,7 +323,10 @@ fn print_report(report: &RetrieveReport, operation: &str, store: Option<&Path>) 
         eprintln!("refused {uid}: {reason}");
     }
     if s.failed > 0 || !report.refused.is_empty() {
-        return Err(Error::Invalid(format!("{operation}: {} instance(s) were not retrieved", s.failed.max(report.refused.len() as u16))));
+        return Err(Error::Invalid(format!(
+            "{operation}: {} instance(s) were not retrieved",
+            s.failed.max(report.refused.len() as u16)
+        )));
     }
     Ok(())
 }

@@ -190,7 +190,8 @@ impl Command {
 
     pub fn decode(bytes: &[u8]) -> std::result::Result<Command, String> {
         let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| format!("malformed command set: {e}"))?;
+        let obj =
+            InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| format!("malformed command set: {e}"))?;
         let command = Command(obj);
         if command.field().is_none() {
             return Err("command set without a Command Field".into());
@@ -271,7 +272,12 @@ impl<A: SyncAssociation<TcpStream>> Link<A> {
             // An empty data set is still one (last) fragment.
             return self.send_pdu(
                 &Pdu::PData {
-                    data: vec![PDataValue { presentation_context_id: context_id, value_type: kind, is_last: true, data: vec![] }],
+                    data: vec![PDataValue {
+                        presentation_context_id: context_id,
+                        value_type: kind,
+                        is_last: true,
+                        data: vec![],
+                    }],
                 },
                 during,
             );
@@ -303,7 +309,8 @@ impl<A: SyncAssociation<TcpStream>> Link<A> {
         let mut command: Option<Command> = None;
         let mut data = Vec::new();
         loop {
-            let pdu = SyncAssociation::receive(&mut self.assoc).map_err(|e| ul_error(&self.peer, during, e, self.timeout))?;
+            let pdu =
+                SyncAssociation::receive(&mut self.assoc).map_err(|e| ul_error(&self.peer, during, e, self.timeout))?;
             let values = match pdu {
                 Pdu::PData { data } => data,
                 Pdu::ReleaseRQ if command.is_none() && command_bytes.is_empty() => return Ok(Incoming::Release),
@@ -311,7 +318,11 @@ impl<A: SyncAssociation<TcpStream>> Link<A> {
                     return Err(Error::Aborted { peer: self.peer.clone(), during: during_text(during) });
                 }
                 other => {
-                    return Err(self.protocol(format!("unexpected {} {}", other.short_description(), during_text(during))))
+                    return Err(self.protocol(format!(
+                        "unexpected {} {}",
+                        other.short_description(),
+                        during_text(during)
+                    )))
                 }
             };
             for value in values {
@@ -341,10 +352,8 @@ impl<A: SyncAssociation<TcpStream>> Link<A> {
                     }
                     (PDataValueType::Data, Some(_)) => {
                         if data.len() + value.data.len() > self.max_data_set {
-                            return Err(self.protocol(format!(
-                                "data set larger than the {} MiB limit",
-                                self.max_data_set >> 20
-                            )));
+                            return Err(self
+                                .protocol(format!("data set larger than the {} MiB limit", self.max_data_set >> 20)));
                         }
                         data.extend_from_slice(&value.data);
                         if value.is_last {
@@ -362,7 +371,9 @@ impl<A: SyncAssociation<TcpStream>> Link<A> {
     pub fn receive_message(&mut self, during: &str) -> Result<Message> {
         match self.receive(during)? {
             Incoming::Message(m) => Ok(m),
-            Incoming::Release => Err(self.protocol(format!("the peer released the association {}", during_text(during)))),
+            Incoming::Release => {
+                Err(self.protocol(format!("the peer released the association {}", during_text(during))))
+            }
         }
     }
 
@@ -453,9 +464,11 @@ mod tests {
 
     #[test]
     fn command_round_trip_with_group_length() {
-        let c = Command::new(field::C_ECHO_RQ)
-            .with_u16(tags::MESSAGE_ID, 7)
-            .with_str(tags::AFFECTED_SOP_CLASS_UID, VR::UI, "1.2.840.10008.1.1");
+        let c = Command::new(field::C_ECHO_RQ).with_u16(tags::MESSAGE_ID, 7).with_str(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.1.1",
+        );
         let bytes = c.encode().unwrap();
         // (0000,0000) UL, then the rest; the group length counts the bytes after it.
         assert_eq!(&bytes[..8], &[0, 0, 0, 0, 4, 0, 0, 0]);

@@ -46,7 +46,8 @@ impl FromStr for Peer {
 
     /// `AET@HOST:PORT`; an IPv6 host goes in brackets (`PACS@[::1]:104`).
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Invalid(format!("peer {s:?}: {why}; expected AET@HOST:PORT (e.g. PACS@10.0.0.5:104)"));
+        let bad =
+            |why: &str| Error::Invalid(format!("peer {s:?}: {why}; expected AET@HOST:PORT (e.g. PACS@10.0.0.5:104)"));
         let (aet, address) = s.rsplit_once('@').ok_or_else(|| bad("no '@' between AE title and host"))?;
         let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("no ':' before the port"))?;
         let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
@@ -86,7 +87,15 @@ mod tests {
         let v6: Peer = "PACS@[::1]:104".parse().unwrap();
         assert_eq!(v6.host, "::1");
         assert_eq!(v6.socket_address(), "[::1]:104");
-        for bad in ["127.0.0.1:104", "PACS@host", "PACS@host:0", "PACS@host:x", "@host:104", "A_VERY_LONG_AE_TITLE@h:1", "A\\B@h:1"] {
+        for bad in [
+            "127.0.0.1:104",
+            "PACS@host",
+            "PACS@host:0",
+            "PACS@host:x",
+            "@host:104",
+            "A_VERY_LONG_AE_TITLE@h:1",
+            "A\\B@h:1",
+        ] {
             let err = bad.parse::<Peer>().unwrap_err().to_string();
             assert!(err.contains("expected AET@HOST:PORT"), "{bad}: {err}");
         }

@@ -146,11 +146,9 @@ fn return_keys(model: Model, level: Level) -> Vec<(Tag, VR)> {
             (tags::SERIES_DESCRIPTION, VR::LO),
             (tags::NUMBER_OF_SERIES_RELATED_INSTANCES, VR::IS),
         ],
-        Level::Image => vec![
-            (tags::SOP_INSTANCE_UID, VR::UI),
-            (tags::SOP_CLASS_UID, VR::UI),
-            (tags::INSTANCE_NUMBER, VR::IS),
-        ],
+        Level::Image => {
+            vec![(tags::SOP_INSTANCE_UID, VR::UI), (tags::SOP_CLASS_UID, VR::UI), (tags::INSTANCE_NUMBER, VR::IS)]
+        }
     }
 }
 
@@ -266,7 +264,9 @@ fn check_values(keys: &QueryKeys) -> Result<()> {
     }
     if let Some(r) = &keys.study_date {
         let ok = match r.split_once('-') {
-            Some((a, b)) => (a.is_empty() || is_date(a)) && (b.is_empty() || is_date(b)) && !(a.is_empty() && b.is_empty()),
+            Some((a, b)) => {
+                (a.is_empty() || is_date(a)) && (b.is_empty() || is_date(b)) && !(a.is_empty() && b.is_empty())
+            }
             None => is_date(r),
         };
         if !ok {
@@ -339,9 +339,13 @@ mod tests {
         assert!(err.contains("needs a patient ID"), "{err}");
         let bad_date = QueryKeys { study_date: Some("2001-01-01".into()), ..Default::default() };
         assert!(find_identifier(Model::StudyRoot, Level::Study, &bad_date).is_err());
-        let err = retrieve_identifier(Model::StudyRoot, Level::Series, &QueryKeys { study_uid: Some("1.2".into()), ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let err = retrieve_identifier(
+            Model::StudyRoot,
+            Level::Series,
+            &QueryKeys { study_uid: Some("1.2".into()), ..Default::default() },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("needs a series UID"), "{err}");
     }
 }

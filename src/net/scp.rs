@@ -37,21 +37,47 @@ pub struct ScpConfig {
 
 impl ScpConfig {
     pub fn new(aet: &str) -> Self {
-        ScpConfig { aet: aet.to_string(), allowed_callers: Some(Vec::new()), timeout: Duration::from_secs(30), max_pdu: 262_138 }
+        ScpConfig {
+            aet: aet.to_string(),
+            allowed_callers: Some(Vec::new()),
+            timeout: Duration::from_secs(30),
+            max_pdu: 262_138,
+        }
     }
 }
 
 /// What the SCP reports while it runs (the CLI prints these; the window lists them).
 #[derive(Debug, Clone)]
 pub enum ScpEvent {
-    Accepted { calling_aet: String, address: SocketAddr },
-    Refused { address: SocketAddr, reason: String },
-    Echo { calling_aet: String },
-    Stored { calling_aet: String, instance: StoredInstance },
-    StoreFailed { calling_aet: String, sop_instance_uid: String, status: Status, reason: String },
-    Released { calling_aet: String },
+    Accepted {
+        calling_aet: String,
+        address: SocketAddr,
+    },
+    Refused {
+        address: SocketAddr,
+        reason: String,
+    },
+    Echo {
+        calling_aet: String,
+    },
+    Stored {
+        calling_aet: String,
+        instance: StoredInstance,
+    },
+    StoreFailed {
+        calling_aet: String,
+        sop_instance_uid: String,
+        status: Status,
+        reason: String,
+    },
+    Released {
+        calling_aet: String,
+    },
     /// The association ended abnormally: peer abort, timeout, protocol error.
-    Failed { calling_aet: String, reason: String },
+    Failed {
+        calling_aet: String,
+        reason: String,
+    },
 }
 
 pub type EventSink = Arc<dyn Fn(ScpEvent) + Send + Sync>;

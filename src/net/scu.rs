@@ -56,7 +56,13 @@ fn proposed(abstract_syntax: &str, transfer_syntaxes: &[&str]) -> Proposed {
 
 /// Opens an association proposing `contexts`; `scp_role_for` lists SOP classes in which we
 /// also take the SCP role (C-GET receives its C-STOREs that way).
-fn associate(peer: &Peer, options: &ScuOptions, contexts: &[Proposed], scp_role_for: &[&str], what: &str) -> Result<ClientLink> {
+fn associate(
+    peer: &Peer,
+    options: &ScuOptions,
+    contexts: &[Proposed],
+    scp_role_for: &[&str],
+    what: &str,
+) -> Result<ClientLink> {
     check_ae_title(&options.calling_aet)?;
     let mut o = ClientAssociationOptions::new()
         .calling_ae_title(options.calling_aet.clone())
@@ -71,12 +77,13 @@ fn associate(peer: &Peer, options: &ScuOptions, contexts: &[Proposed], scp_role_
     for uid in scp_role_for {
         o = o.with_role_selection(uid.to_string(), false, true);
     }
-    let assoc = o.establish(peer.socket_address()).map_err(|e| match ul_error(&peer.to_string(), "", e, options.timeout) {
-        // The generic message names no service; say which one the peer does not offer.
-        Error::NoPresentationContext { peer, .. } => Error::NoPresentationContext { peer, what: what.to_string() },
-        Error::Connection { peer, reason, .. } => Error::Connect { peer, reason },
-        other => other,
-    })?;
+    let assoc =
+        o.establish(peer.socket_address()).map_err(|e| match ul_error(&peer.to_string(), "", e, options.timeout) {
+            // The generic message names no service; say which one the peer does not offer.
+            Error::NoPresentationContext { peer, .. } => Error::NoPresentationContext { peer, what: what.to_string() },
+            Error::Connection { peer, reason, .. } => Error::Connect { peer, reason },
+            other => other,
+        })?;
     Ok(Link { assoc, peer: peer.to_string(), timeout: options.timeout, max_data_set: MAX_DATA_SET })
 }
 
@@ -121,10 +128,18 @@ fn ts_of(uid: &str) -> Result<&'static dicom_encoding::TransferSyntax> {
 /// C-ECHO: whether the peer answers; returns the round trip including association set-up.
 pub fn echo(peer: &Peer, options: &ScuOptions) -> Result<Duration> {
     let start = Instant::now();
-    let link = associate(peer, options, &[proposed(sop::VERIFICATION, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE])], &[], "Verification (C-ECHO)")?;
+    let link = associate(
+        peer,
+        options,
+        &[proposed(sop::VERIFICATION, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE])],
+        &[],
+        "Verification (C-ECHO)",
+    )?;
     with_link(link, |link| {
-        let (ctx, _) = accepted_context(link, sop::VERIFICATION)
-            .ok_or_else(|| Error::NoPresentationContext { peer: peer.to_string(), what: "Verification (C-ECHO)".into() })?;
+        let (ctx, _) = accepted_context(link, sop::VERIFICATION).ok_or_else(|| Error::NoPresentationContext {
+            peer: peer.to_string(),
+            what: "Verification (C-ECHO)".into(),
+        })?;
         let rq = Command::new(field::C_ECHO_RQ)
             .with_str(tags::AFFECTED_SOP_CLASS_UID, VR::UI, sop::VERIFICATION)
             .with_u16(tags::MESSAGE_ID, 1);
@@ -141,7 +156,9 @@ pub fn echo(peer: &Peer, options: &ScuOptions) -> Result<Duration> {
 
 fn expect_response(link: &ClientLink, command: &Command, expected: u16, what: &str) -> Result<()> {
     if command.field() != Some(expected) {
-        return Err(link.protocol(format!("expected a {what} response, got command 0x{:04X}", command.field().unwrap_or(0))));
+        return Err(
+            link.protocol(format!("expected a {what} response, got command 0x{:04X}", command.field().unwrap_or(0)))
+        );
     }
     Ok(())
 }
@@ -156,7 +173,13 @@ fn status_error(peer: &Peer, operation: &'static str, status: Status, command: &
 }
 
 /// C-FIND: every match of `keys` at `level`, as the peer returned them.
-pub fn find(peer: &Peer, options: &ScuOptions, model: Model, level: Level, keys: &QueryKeys) -> Result<Vec<InMemDicomObject>> {
+pub fn find(
+    peer: &Peer,
+    options: &ScuOptions,
+    model: Model,
+    level: Level,
+    keys: &QueryKeys,
+) -> Result<Vec<InMemDicomObject>> {
     let identifier = find_identifier(model, level, keys)?;
     find_with_identifier(peer, options, model.find_sop_class(), &identifier)
 }
@@ -174,7 +197,9 @@ pub fn find_with_identifier(
             .ok_or_else(|| Error::NoPresentationContext { peer: peer.to_string(), what: "C-FIND".into() })?;
         let ts = ts_of(&ts_uid)?;
         let mut data = Vec::new();
-        identifier.write_dataset_with_ts(&mut data, ts).map_err(|e| Error::Invalid(format!("cannot encode the query: {e}")))?;
+        identifier
+            .write_dataset_with_ts(&mut data, ts)
+            .map_err(|e| Error::Invalid(format!("cannot encode the query: {e}")))?;
         let rq = Command::new(field::C_FIND_RQ)
             .with_str(tags::AFFECTED_SOP_CLASS_UID, VR::UI, sop_class)
             .with_u16(tags::MESSAGE_ID, 1)
@@ -186,7 +211,8 @@ pub fn find_with_identifier(
             expect_response(link, &rsp.command, field::C_FIND_RSP, "C-FIND")?;
             let status = rsp.command.status().unwrap_or(Status(0xFFFF));
             if status.is_pending() {
-                let bytes = rsp.data.ok_or_else(|| link.protocol("a pending C-FIND response without a match".into()))?;
+                let bytes =
+                    rsp.data.ok_or_else(|| link.protocol("a pending C-FIND response without a match".into()))?;
                 let obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], ts)
                     .map_err(|e| link.protocol(format!("unreadable C-FIND match: {e}")))?;
                 matches.push(obj);
@@ -235,8 +261,9 @@ fn read_outgoing(file: &Path) -> std::result::Result<Outgoing, String> {
     let sop_class = part10.meta.media_storage_sop_class_uid().trim_end_matches(['\0', ' ']).to_string();
     let sop_instance = part10.meta.media_storage_sop_instance_uid().trim_end_matches(['\0', ' ']).to_string();
     let syntax = TransferSyntaxRegistry.get(&ts).ok_or_else(|| format!("unknown transfer syntax {ts}"))?;
-    let obj = InMemDicomObject::read_dataset_with_ts(part10.data_set, syntax)
-        .map_err(|e| format!("not a valid DICOM data set: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")))?;
+    let obj = InMemDicomObject::read_dataset_with_ts(part10.data_set, syntax).map_err(|e| {
+        format!("not a valid DICOM data set: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+    })?;
     let in_set = obj
         .element_opt(tags::SOP_INSTANCE_UID)
         .ok()
@@ -255,7 +282,12 @@ const MAX_CONTEXTS: usize = 120;
 /// C-STORE of files to the peer. Every file gets an outcome; unreadable files are reported
 /// and skipped, the rest are sent. Files are grouped so that one association proposes at most
 /// 120 presentation contexts (one per SOP class and transfer syntax).
-pub fn store(peer: &Peer, options: &ScuOptions, files: &[PathBuf], progress: &mut dyn FnMut(&SentFile)) -> Result<Vec<SentFile>> {
+pub fn store(
+    peer: &Peer,
+    options: &ScuOptions,
+    files: &[PathBuf],
+    progress: &mut dyn FnMut(&SentFile),
+) -> Result<Vec<SentFile>> {
     let mut results = Vec::new();
     let mut batches: Vec<Vec<Outgoing>> = Vec::new();
     let mut batch_keys: Vec<Vec<(String, String)>> = Vec::new();
@@ -277,7 +309,8 @@ pub fn store(peer: &Peer, options: &ScuOptions, files: &[PathBuf], progress: &mu
                 batches[slot].push(o);
             }
             Err(reason) => {
-                let r = SentFile { file: file.clone(), sop_instance_uid: String::new(), status: None, error: Some(reason) };
+                let r =
+                    SentFile { file: file.clone(), sop_instance_uid: String::new(), status: None, error: Some(reason) };
                 progress(&r);
                 results.push(r);
             }
@@ -334,7 +367,8 @@ fn store_batch(
                     ))
                 }
                 Some(ts) => {
-                    let data = encode_for(&outgoing, ts).map_err(|e| Error::File { file: outgoing.file.display().to_string(), reason: e });
+                    let data = encode_for(&outgoing, ts)
+                        .map_err(|e| Error::File { file: outgoing.file.display().to_string(), reason: e });
                     match data {
                         Err(e) => result.error = Some(e.to_string()),
                         Ok(data) => {
@@ -422,21 +456,31 @@ pub fn get(
     let (contexts, roles) = get_contexts(sop_class, &classes);
     let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
     let link = associate(peer, options, &contexts, &roles, "C-GET")?;
-    retrieve(link, peer, sop_class, field::C_GET_RQ, field::C_GET_RSP, "C-GET", None, &identifier, Some(store), progress)
+    retrieve(
+        link,
+        peer,
+        sop_class,
+        field::C_GET_RQ,
+        field::C_GET_RSP,
+        "C-GET",
+        None,
+        &identifier,
+        Some(store),
+        progress,
+    )
 }
 
 /// SOP classes of what a retrieve will bring, from the study-level attribute SOP Classes in
 /// Study (a C-FIND first). Empty when the peer does not say; the retrieve then proposes the
 /// generic contexts.
 fn discover_sop_classes(peer: &Peer, options: &ScuOptions, model: Model, keys: &QueryKeys) -> Vec<String> {
-    let study_keys = QueryKeys {
-        patient_id: keys.patient_id.clone(),
-        study_uid: keys.study_uid.clone(),
-        ..Default::default()
-    };
+    let study_keys =
+        QueryKeys { patient_id: keys.patient_id.clone(), study_uid: keys.study_uid.clone(), ..Default::default() };
     let Ok(mut identifier) = find_identifier(model, Level::Study, &study_keys) else { return Vec::new() };
     identifier.put(dicom_core::DataElement::new(tags::SOP_CLASSES_IN_STUDY, VR::UI, dicom_core::PrimitiveValue::Empty));
-    let Ok(matches) = find_with_identifier(peer, options, model.find_sop_class(), &identifier) else { return Vec::new() };
+    let Ok(matches) = find_with_identifier(peer, options, model.find_sop_class(), &identifier) else {
+        return Vec::new();
+    };
     let mut classes: Vec<String> = Vec::new();
     for m in &matches {
         if let Ok(Some(e)) = m.element_opt(tags::SOP_CLASSES_IN_STUDY) {
@@ -507,7 +551,18 @@ pub fn move_to(
     let identifier = retrieve_identifier(model, level, keys)?;
     let sop_class = model.move_sop_class();
     let link = associate(peer, options, &[proposed(sop_class, &[sop::EXPLICIT_LE, sop::IMPLICIT_LE])], &[], "C-MOVE")?;
-    retrieve(link, peer, sop_class, field::C_MOVE_RQ, field::C_MOVE_RSP, "C-MOVE", Some(destination), &identifier, None, progress)
+    retrieve(
+        link,
+        peer,
+        sop_class,
+        field::C_MOVE_RQ,
+        field::C_MOVE_RSP,
+        "C-MOVE",
+        Some(destination),
+        &identifier,
+        None,
+        progress,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -529,7 +584,9 @@ fn retrieve(
             .ok_or_else(|| Error::NoPresentationContext { peer: peer.to_string(), what: operation.into() })?;
         let ts = ts_of(&ts_uid)?;
         let mut data = Vec::new();
-        identifier.write_dataset_with_ts(&mut data, ts).map_err(|e| Error::Invalid(format!("cannot encode the identifier: {e}")))?;
+        identifier
+            .write_dataset_with_ts(&mut data, ts)
+            .map_err(|e| Error::Invalid(format!("cannot encode the identifier: {e}")))?;
         let mut rq = Command::new(request)
             .with_str(tags::AFFECTED_SOP_CLASS_UID, VR::UI, sop_class)
             .with_u16(tags::MESSAGE_ID, 1)
@@ -585,10 +642,9 @@ fn retrieve(
                     }
                 }
                 other => {
-                    return Err(link.protocol(format!(
-                        "unexpected command 0x{:04X} during {operation}",
-                        other.unwrap_or(0)
-                    )))
+                    return Err(
+                        link.protocol(format!("unexpected command 0x{:04X} during {operation}", other.unwrap_or(0)))
+                    )
                 }
             }
             if !cancelled && !progress(&state) {

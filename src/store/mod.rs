@@ -492,7 +492,8 @@ pub fn split_part10(bytes: &[u8]) -> std::result::Result<Part10<'_>, String> {
         return Err("not a DICOM Part 10 file (no 'DICM' after the 128-byte preamble)".into());
     }
     let mut cursor = Cursor::new(&bytes[128..]);
-    let meta = FileMetaTable::from_reader(&mut cursor).map_err(|e| format!("bad file meta: {}", one_line(&e.to_string())))?;
+    let meta =
+        FileMetaTable::from_reader(&mut cursor).map_err(|e| format!("bad file meta: {}", one_line(&e.to_string())))?;
     let start = 128 + cursor.position() as usize;
     Ok(Part10 { meta, data_set: &bytes[start..] })
 }

@@ -278,3 +278,26 @@ fn a_peer_aborting_mid_transfer_leaves_nothing_behind() {
     assert_eq!(scp.store.instance_count().unwrap(), 0);
     assert!(scp.files().is_empty());
 }
+
+#[test]
+fn a_store_that_cannot_write_refuses_the_c_store_and_indexes_nothing() {
+    let scp = RunningScp::start(Some(vec!["STORESCU".into()]));
+    let bytes = std::fs::read(support::fixture("MR_small.dcm")).unwrap();
+    let part10 = split_part10(&bytes).unwrap();
+    let uid = part10.meta.media_storage_sop_instance_uid().to_string();
+    // A plain file where the study's folder has to go: the write fails as on a full or
+    // read-only disk, whatever the user running the tests may do.
+    let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(part10.data_set, &ts).unwrap();
+    let study = obj.element(tags::STUDY_INSTANCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0').to_string();
+    std::fs::write(scp.store.root().join(melo::store::safe_name(&study)), b"in the way").unwrap();
+
+    let mut link = raw_link(scp.port);
+    link.send(1, &store_rq(&uid), Some(part10.data_set), "C-STORE").unwrap();
+    let rsp = link.receive_message("C-STORE").unwrap();
+    assert_eq!(rsp.command.status(), Some(Status::OUT_OF_RESOURCES));
+    dicom_ul::association::SyncAssociation::release(link.assoc).unwrap();
+    assert_eq!(scp.store.instance_count().unwrap(), 0);
+    let event = scp.wait_for(|e| matches!(e, ScpEvent::StoreFailed { .. }));
+    assert!(matches!(event, ScpEvent::StoreFailed { status, .. } if status == Status::OUT_OF_RESOURCES));
+}

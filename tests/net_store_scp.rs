@@ -301,3 +301,31 @@ fn a_store_that_cannot_write_refuses_the_c_store_and_indexes_nothing() {
     let event = scp.wait_for(|e| matches!(e, ScpEvent::StoreFailed { .. }));
     assert!(matches!(event, ScpEvent::StoreFailed { status, .. } if status == Status::OUT_OF_RESOURCES));
 }
+
+#[test]
+fn our_scu_sends_the_padded_mr_series_to_our_scp() {
+    // The MR samples carry 2.5 MB of zero padding after Pixel Data: sent without it, received
+    // and stored with the same pixels.
+    let scp = RunningScp::start(Some(vec!["MELO".into()]));
+    let peer: Peer = format!("MELO@127.0.0.1:{}", scp.port).parse().unwrap();
+    let files = support::mr_series();
+    let results = net::store(&peer, &options(), &files, &mut |_| {}).unwrap();
+    assert!(results.iter().all(|r| r.ok()), "{results:?}");
+    assert_eq!(scp.store.instance_count().unwrap(), 20);
+    for original in &files {
+        let uid = sop_instance_uid(original);
+        let studies = scp.store.studies().unwrap();
+        let series = scp.store.series(&studies[0].study_uid).unwrap();
+        let record = scp
+            .store
+            .instances(&series[0].series_uid)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.sop_instance_uid == uid)
+            .unwrap();
+        assert!(record.size < 200_000, "padding not stored: {} bytes", record.size);
+        let a = melo::image::load_image(&record.path, &Default::default()).unwrap();
+        let b = melo::image::load_image(original, &Default::default()).unwrap();
+        assert!(a.values == b.values);
+    }
+}

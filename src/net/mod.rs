@@ -4,8 +4,10 @@
 //! Built on dicom-rs's `dicom-ul` for associations and PDUs; the message layer (command sets,
 //! P-DATA fragmentation) is [`dimse`]. Free of any GUI: the CLI (`melo net`) and the window
 //! drive the same functions. Every call blocks; the window runs them on worker threads.
+//! [`dicomweb`] is the HTTP counterpart (QIDO-RS, WADO-RS, STOW-RS).
 
 pub mod cli;
+pub mod dicomweb;
 pub mod dimse;
 pub mod error;
 pub mod peer;

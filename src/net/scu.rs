@@ -261,9 +261,8 @@ fn read_outgoing(file: &Path) -> std::result::Result<Outgoing, String> {
     let sop_class = part10.meta.media_storage_sop_class_uid().trim_end_matches(['\0', ' ']).to_string();
     let sop_instance = part10.meta.media_storage_sop_instance_uid().trim_end_matches(['\0', ' ']).to_string();
     let syntax = TransferSyntaxRegistry.get(&ts).ok_or_else(|| format!("unknown transfer syntax {ts}"))?;
-    let obj = InMemDicomObject::read_dataset_with_ts(part10.data_set, syntax).map_err(|e| {
-        format!("not a valid DICOM data set: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
-    })?;
+    let (obj, data_set) = crate::store::parse_data_set(part10.data_set, syntax)
+        .map_err(|e| format!("not a valid DICOM data set: {e}"))?;
     let in_set = obj
         .element_opt(tags::SOP_INSTANCE_UID)
         .ok()
@@ -272,7 +271,11 @@ fn read_outgoing(file: &Path) -> std::result::Result<Outgoing, String> {
     if in_set.as_deref() != Some(sop_instance.as_str()) {
         return Err("its SOP Instance UID differs between file meta and data set".into());
     }
+    // Sent without trailing zero padding, if the file has some.
     let data_start = bytes.len() - part10.data_set.len();
+    let data_end = data_start + data_set.len();
+    let mut bytes = bytes;
+    bytes.truncate(data_end);
     Ok(Outgoing { file: file.to_path_buf(), bytes, data_start, sop_class, sop_instance, ts })
 }
 

@@ -189,8 +189,7 @@ impl StudyStore {
         if ts.is_unsupported() {
             return Err(Error::Unreadable(format!("transfer syntax {} cannot be read", ts.name())));
         }
-        let obj = InMemDicomObject::read_dataset_with_ts(incoming.data_set, ts)
-            .map_err(|e| Error::Unreadable(one_line(&e.to_string())))?;
+        let (obj, data_set) = parse_data_set(incoming.data_set, ts).map_err(Error::Unreadable)?;
         let attrs = Attributes::of(&obj)?;
         if attrs.sop_instance_uid != incoming.sop_instance_uid {
             return Err(Error::Mismatch(format!(
@@ -213,13 +212,21 @@ impl StudyStore {
             .source_application_entity_title(incoming.source_aet)
             .build()
             .map_err(|e| Error::Unreadable(format!("cannot build the file meta: {e}")))?;
-        self.write_and_index(&attrs, &meta, incoming.data_set, incoming.transfer_syntax, incoming.source_aet)
+        self.write_and_index(&attrs, &meta, data_set, incoming.transfer_syntax, incoming.source_aet)
     }
 
     /// Imports a DICOM Part 10 file (preamble, `DICM`, file meta) as if it had been received.
     pub fn import_file(&self, path: &Path, source_aet: &str) -> Result<StoredInstance> {
         let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-        let part10 = split_part10(&bytes).map_err(|e| Error::Unreadable(format!("{}: {e}", path.display())))?;
+        self.import_bytes(&bytes, source_aet).map_err(|e| match e {
+            Error::Unreadable(why) => Error::Unreadable(format!("{}: {why}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Stores a DICOM Part 10 object held in memory (a WADO-RS part, a file read elsewhere).
+    pub fn import_bytes(&self, bytes: &[u8], source_aet: &str) -> Result<StoredInstance> {
+        let part10 = split_part10(bytes).map_err(Error::Unreadable)?;
         self.store_data_set(&IncomingDataSet {
             sop_class_uid: part10.meta.media_storage_sop_class_uid(),
             sop_instance_uid: part10.meta.media_storage_sop_instance_uid(),
@@ -496,6 +503,40 @@ pub fn split_part10(bytes: &[u8]) -> std::result::Result<Part10<'_>, String> {
         FileMetaTable::from_reader(&mut cursor).map_err(|e| format!("bad file meta: {}", one_line(&e.to_string())))?;
     let start = 128 + cursor.position() as usize;
     Ok(Part10 { meta, data_set: &bytes[start..] })
+}
+
+/// Parses a data set in its transfer syntax; returns the object and the bytes that make it up.
+/// Zero bytes after Pixel Data (some writers pad files so) are cut off, as DCMTK and pydicom
+/// read such files; anything else that does not parse is refused.
+pub(crate) fn parse_data_set<'a>(
+    data_set: &'a [u8],
+    ts: &dicom_encoding::TransferSyntax,
+) -> std::result::Result<(InMemDicomObject, &'a [u8]), String> {
+    match InMemDicomObject::read_dataset_with_ts(data_set, ts) {
+        Ok(obj) => Ok((obj, data_set)),
+        Err(e) => without_trailing_zeros(data_set)
+            .and_then(|trimmed| InMemDicomObject::read_dataset_with_ts(trimmed, ts).ok().map(|o| (o, trimmed)))
+            .ok_or_else(|| one_line(&e.to_string())),
+    }
+}
+
+/// The data set cut right after its (last) Pixel Data element when only zero bytes follow it;
+/// the same rule as the viewer's reader (`image::dicom`, `without_trailing_padding`).
+fn without_trailing_zeros(data_set: &[u8]) -> Option<&[u8]> {
+    let tag = [0xE0, 0x7F, 0x10, 0x00];
+    let pos = data_set.windows(4).rposition(|w| w == tag)?;
+    let header = data_set.get(pos..pos + 12)?;
+    let (value_start, len) = if &header[4..6] == b"OW" || &header[4..6] == b"OB" {
+        (pos + 12, u32::from_le_bytes([header[8], header[9], header[10], header[11]]))
+    } else {
+        (pos + 8, u32::from_le_bytes([header[4], header[5], header[6], header[7]]))
+    };
+    if len == u32::MAX {
+        return None;
+    }
+    let end = value_start.checked_add(len as usize)?;
+    let rest = data_set.get(end..)?;
+    (!rest.is_empty() && rest.iter().all(|&b| b == 0)).then(|| &data_set[..end])
 }
 
 /// A file or folder name for a UID: the UID itself when it is a well-formed UID (digits in

@@ -83,3 +83,34 @@ fn stow_sends_files_and_bad_urls_are_explained() {
     let err = DicomWebClient::new("https://pacs.example/dicom-web", Duration::from_secs(5)).err().unwrap().to_string();
     assert!(err.contains("not supported by this build"), "{err}");
 }
+
+#[test]
+fn cli_speaks_dicomweb_urls() {
+    let orthanc = Orthanc::start(&[Modality::new("melo", "MELO", 1)]);
+    orthanc.upload_all(&support::mr_series());
+    let url = orthanc.url("/dicom-web");
+    let melo = env!("CARGO_BIN_EXE_melo");
+    let run = |args: &[&str]| std::process::Command::new(melo).args(args).output().unwrap();
+
+    let out = run(&["net", "echo", &url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["net", "find", &url, "--modality", "MR", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let found: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.len(), 1);
+    let study = found[0]["StudyInstanceUID"].as_str().unwrap().to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["net", "get", &url, "--study-uid", &study, "--store", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(StudyStore::open(dir.path()).unwrap().instance_count().unwrap(), 20);
+
+    let ct = support::fixture("CT_small.dcm");
+    let out = run(&["net", "store", &url, ct.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(orthanc.instance_uids().len(), 21);
+
+    // C-MOVE has no DICOMweb form: refused by the argument parser with the usage message.
+    let out = run(&["net", "move", &url, "--study-uid", &study]);
+    assert_eq!(out.status.code(), Some(2));
+}

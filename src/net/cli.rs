@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::dicomweb::{json_to_map, DicomWebClient};
 use super::error::{Error, Result};
 use super::peer::Peer;
 use super::query::{match_to_map, Level, Model, QueryKeys};
@@ -14,7 +15,36 @@ use super::scp::{ScpConfig, ScpEvent, StoreScp};
 use super::scu::{self, RetrieveReport, ScuOptions};
 use crate::store::StudyStore;
 
-/// `melo net …`: talk to a PACS (DICOM DIMSE). Peers are written `AET@HOST:PORT`.
+/// A node as given on the command line: a DIMSE peer `AET@HOST:PORT` or a DICOMweb service
+/// root `http://HOST:PORT/dicom-web`.
+#[derive(Debug, Clone)]
+pub enum Node {
+    Dimse(Peer),
+    Web(String),
+}
+
+impl std::str::FromStr for Node {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            Ok(Node::Web(s.to_string()))
+        } else {
+            s.parse().map(Node::Dimse)
+        }
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Dimse(p) => p.fmt(f),
+            Node::Web(u) => f.write_str(u),
+        }
+    }
+}
+
+/// `melo net …`: talk to a PACS. Nodes are written `AET@HOST:PORT` (DIMSE) or, for echo, find,
+/// get and store, as a DICOMweb URL (`http://HOST:PORT/dicom-web`).
 #[derive(Debug, Args)]
 pub struct NetArgs {
     #[command(subcommand)]
@@ -30,7 +60,7 @@ pub struct NetArgs {
 #[derive(Debug, Subcommand)]
 pub enum NetAction {
     /// C-ECHO: check that a node answers and accepts our AE title.
-    Echo { peer: Peer },
+    Echo { peer: Node },
     /// C-FIND: search a node for patients, studies, series or images.
     Find(FindArgs),
     /// C-GET: retrieve into the local store over the same association.
@@ -39,7 +69,7 @@ pub enum NetAction {
     Move(MoveArgs),
     /// C-STORE: send DICOM files (folders are searched recursively) to a node.
     Store {
-        peer: Peer,
+        peer: Node,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -110,7 +140,7 @@ impl QueryArgs {
 
 #[derive(Debug, Args)]
 pub struct FindArgs {
-    pub peer: Peer,
+    pub peer: Node,
     #[command(flatten)]
     pub query: QueryArgs,
     /// Print the matches as a JSON array of {keyword: value} objects.
@@ -120,7 +150,7 @@ pub struct FindArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    pub peer: Peer,
+    pub peer: Node,
     #[command(flatten)]
     pub query: QueryArgs,
     /// Local study store folder (created when missing).
@@ -177,24 +207,34 @@ pub fn run(args: &NetArgs) -> Result<()> {
         ..Default::default()
     };
     match &args.action {
-        NetAction::Echo { peer } => {
+        NetAction::Echo { peer: Node::Dimse(peer) } => {
             let took = scu::echo(peer, &options)?;
             println!("{peer}: C-ECHO OK ({} ms)", took.as_millis());
             Ok(())
         }
-        NetAction::Find(a) => find(a, &options),
-        NetAction::Get(a) => {
-            let store = StudyStore::open(&a.store)?;
-            let level = a.query.retrieve_level();
-            let report = scu::get(&a.peer, &options, a.query.model, level, &a.query.keys(), &store, &mut |p| {
-                eprint!("\rreceived {} instance(s)", p.stored);
-                true
-            })?;
-            eprintln!();
-            print_report(&report, "C-GET", Some(&a.store))
+        NetAction::Echo { peer: Node::Web(url) } => {
+            // QIDO-RS answering a search is what "the service is there" means over HTTP.
+            let started = std::time::Instant::now();
+            DicomWebClient::new(url, options.timeout)?.search_studies(&QueryKeys::default())?;
+            println!("{url}: QIDO-RS OK ({} ms)", started.elapsed().as_millis());
+            Ok(())
         }
+        NetAction::Find(a) => find(a, &options),
+        NetAction::Get(a) => match &a.peer {
+            Node::Dimse(peer) => {
+                let store = StudyStore::open(&a.store)?;
+                let level = a.query.retrieve_level();
+                let report = scu::get(peer, &options, a.query.model, level, &a.query.keys(), &store, &mut |p| {
+                    eprint!("\rreceived {} instance(s)", p.stored);
+                    true
+                })?;
+                eprintln!();
+                print_report(&report, "C-GET", Some(&a.store))
+            }
+            Node::Web(url) => web_get(url, a, options.timeout),
+        },
         NetAction::Move(a) => move_(a, &args.aet, &options),
-        NetAction::Store { peer, files } => {
+        NetAction::Store { peer: Node::Dimse(peer), files } => {
             let files = collect_files(files)?;
             let results = scu::store(peer, &options, &files, &mut |r| match &r.error {
                 None => println!("sent {}", r.file.display()),
@@ -207,6 +247,17 @@ pub fn run(args: &NetArgs) -> Result<()> {
             }
             Ok(())
         }
+        NetAction::Store { peer: Node::Web(url), files } => {
+            let files = collect_files(files)?;
+            let answer = DicomWebClient::new(url, options.timeout)?.store_files(&files)?;
+            let count = |tag: &str| answer[tag]["Value"].as_array().map(Vec::len).unwrap_or(0);
+            let (stored, failed) = (count("00081199"), count("00081198"));
+            println!("{stored} of {} file(s) stored on {url} (STOW-RS)", files.len());
+            if failed > 0 || stored < files.len() {
+                return Err(Error::Invalid(format!("{} file(s) were not stored on {url}", files.len() - stored)));
+            }
+            Ok(())
+        }
         NetAction::Listen(a) => listen(a, &args.aet, options.timeout),
     }
 }
@@ -214,8 +265,35 @@ pub fn run(args: &NetArgs) -> Result<()> {
 fn find(a: &FindArgs, options: &ScuOptions) -> Result<()> {
     let level =
         a.query.level.unwrap_or(if a.query.model == Model::PatientRoot { Level::Patient } else { Level::Study });
-    let matches = scu::find(&a.peer, options, a.query.model, level, &a.query.keys())?;
-    let maps: Vec<_> = matches.iter().map(match_to_map).collect();
+    let keys = a.query.keys();
+    let maps: Vec<_> = match &a.peer {
+        Node::Dimse(peer) => scu::find(peer, options, a.query.model, level, &keys)?.iter().map(match_to_map).collect(),
+        Node::Web(url) => {
+            let web = DicomWebClient::new(url, options.timeout)?;
+            let found = match level {
+                Level::Study => web.search_studies(&keys)?,
+                Level::Series => web.search_series(
+                    keys.study_uid
+                        .as_deref()
+                        .ok_or_else(|| Error::Invalid("a series search needs --study-uid".into()))?,
+                )?,
+                Level::Image => web.search_instances(
+                    keys.study_uid
+                        .as_deref()
+                        .ok_or_else(|| Error::Invalid("an image search needs --study-uid".into()))?,
+                    keys.series_uid
+                        .as_deref()
+                        .ok_or_else(|| Error::Invalid("an image search needs --series-uid".into()))?,
+                )?,
+                Level::Patient => {
+                    return Err(Error::Invalid(
+                        "DICOMweb (QIDO-RS) has no patient-level search; use --level study".into(),
+                    ))
+                }
+            };
+            found.iter().map(json_to_map).collect()
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&maps).unwrap_or_default());
         return Ok(());
@@ -242,6 +320,26 @@ fn find(a: &FindArgs, options: &ScuOptions) -> Result<()> {
         println!("{}", row.join("\t"));
     }
     eprintln!("{} match(es)", maps.len());
+    Ok(())
+}
+
+/// WADO-RS retrieve: a series, or every series of a study.
+fn web_get(url: &str, a: &GetArgs, timeout: Duration) -> Result<()> {
+    let web = DicomWebClient::new(url, timeout)?;
+    let store = StudyStore::open(&a.store)?;
+    let study =
+        a.query.study_uid.as_deref().ok_or_else(|| Error::Invalid("a DICOMweb retrieve needs --study-uid".into()))?;
+    let series: Vec<String> = match &a.query.series_uid {
+        Some(s) => vec![s.clone()],
+        None => {
+            web.search_series(study)?.iter().filter_map(|s| json_to_map(s).get("SeriesInstanceUID").cloned()).collect()
+        }
+    };
+    let mut total = 0;
+    for s in &series {
+        total += web.retrieve_series(study, s, &store)?.len();
+    }
+    println!("WADO-RS: {total} instance(s) of {} series stored in {}", series.len(), a.store.display());
     Ok(())
 }
 

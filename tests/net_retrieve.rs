@@ -211,3 +211,25 @@ fn cli_get_and_move() {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(StudyStore::open(&move_dir).unwrap().instance_count().unwrap(), 20);
 }
+
+#[test]
+fn a_cancelled_c_get_stops_and_keeps_only_complete_instances() {
+    let orthanc = Orthanc::start(&[Modality::new("melo", "MELO", 1)]);
+    let uploads = orthanc.upload_all(&support::mr_series());
+    let keys = mr_keys(&orthanc, &uploads[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = StudyStore::open(dir.path()).unwrap();
+    let peer: Peer = orthanc.peer().parse().unwrap();
+    // Cancel as soon as the first instance is in.
+    let err = net::get(&peer, &options(), Model::StudyRoot, Level::Series, &keys, &store, &mut |p| p.stored == 0)
+        .unwrap_err();
+    assert!(matches!(err, net::Error::Cancelled), "{err}");
+    let n = store.instance_count().unwrap();
+    assert!((1..20).contains(&n), "{n} instances kept");
+    // Every indexed file is complete and readable.
+    for record in store.instances(keys.series_uid.as_deref().unwrap()).unwrap() {
+        melo::image::load_image(&record.path, &Default::default()).unwrap();
+    }
+    // The peer is still usable afterwards.
+    net::echo(&peer, &options()).unwrap();
+}

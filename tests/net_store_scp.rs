@@ -329,3 +329,42 @@ fn our_scu_sends_the_padded_mr_series_to_our_scp() {
         assert!(a.values == b.values);
     }
 }
+
+#[test]
+fn cli_listen_receives_from_dcmtk_until_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let melo = env!("CARGO_BIN_EXE_melo");
+    // Who may send must be said.
+    let out = std::process::Command::new(melo)
+        .args(["net", "listen", "--port", &port.to_string(), "--store"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow"));
+
+    let mut child = std::process::Command::new(melo)
+        .args(["net", "listen", "--bind", "127.0.0.1", "--port", &port.to_string(), "--allow", "STORESCU", "--store"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it answers.
+    let mut up = false;
+    for _ in 0..100 {
+        if dcmtk::echoscu("STORESCU", "MELO", port).status.success() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ct = support::fixture("CT_small.dcm");
+    let out = dcmtk::storescu("STORESCU", "MELO", port, &[&ct]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "melo net listen did not answer C-ECHO");
+    assert!(out.status.success(), "{}", dcmtk::text(&out));
+    let store = StudyStore::open(dir.path()).unwrap();
+    assert_eq!(store.instance_count().unwrap(), 1);
+}

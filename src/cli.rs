@@ -61,6 +61,9 @@ pub enum Command {
     /// Fit an existing adapter's temperature (calibrated probabilities) and out-of-distribution
     /// statistics on its training data, without changing its weights.
     Calibrate(crate::train::calibrate::CalibrateArgs),
+    /// PACS networking: echo, find, get, move, store to a DICOM node (`AET@HOST:PORT`), or
+    /// listen for incoming C-STOREs into a local study store.
+    Net(crate::net::cli::NetArgs),
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
@@ -172,6 +175,7 @@ pub fn run(command: Command) -> i32 {
         Command::Audit(args) => crate::audit::cli::audit(&args).map_err(Into::into),
         Command::Train(args) => crate::train::cli::run(&args).map_err(Into::into),
         Command::Calibrate(args) => crate::train::calibrate::run(&args).map_err(Into::into),
+        Command::Net(args) => crate::net::cli::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => 0,

@@ -19,7 +19,9 @@ pub mod gui;
 pub mod image;
 pub mod measure;
 pub mod model;
+pub mod net;
 pub mod series;
+pub mod store;
 pub mod train;
 pub mod volume;
 

@@ -219,8 +219,7 @@ pub struct ShadowRecord {
 /// probability, computed from the logits without forming p).
 pub fn logit_scaled_confidence(logits: &[f32], label: usize) -> f64 {
     let zy = f64::from(logits[label]);
-    let others: Vec<f64> =
-        logits.iter().enumerate().filter(|&(j, _)| j != label).map(|(_, &z)| f64::from(z)).collect();
+    let others: Vec<f64> = logits.iter().enumerate().filter(|&(j, _)| j != label).map(|(_, &z)| f64::from(z)).collect();
     let max = others.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     zy - (max + others.iter().map(|z| (z - max).exp()).sum::<f64>().ln())
 }
@@ -364,7 +363,13 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Loads a set at the adapter's input size, checking its classes against the adapter's labels.
-fn load_set(spec: &SetSpec, adapter: &Adapter, split: SplitFractions, limit: Option<usize>, what: &str) -> Result<Prepared> {
+fn load_set(
+    spec: &SetSpec,
+    adapter: &Adapter,
+    split: SplitFractions,
+    limit: Option<usize>,
+    what: &str,
+) -> Result<Prepared> {
     let labels = adapter.labels().to_vec();
     let source = DataSource::open(&spec.path, None, split).map_err(|e| Error::Data(format!("{what}: {e}")))?;
     // An npz names its classes class_0…; a folder by its class folders, which must be the
@@ -392,10 +397,12 @@ fn load_set(spec: &SetSpec, adapter: &Adapter, split: SplitFractions, limit: Opt
     };
     let mut parts = Vec::new();
     for s in splits {
-        let mut p = source.prepare(s, m.input_size, m.mean, m.std, None).map_err(|e| Error::Data(format!("{what}: {e}")))?;
+        let mut p =
+            source.prepare(s, m.input_size, m.mean, m.std, None).map_err(|e| Error::Data(format!("{what}: {e}")))?;
         if !is_npz {
             // Folder classes are sorted names; map them onto the adapter's label order.
-            p.labels = p.labels.iter().map(|&l| labels.iter().position(|x| *x == source.classes[l]).unwrap_or(0)).collect();
+            p.labels =
+                p.labels.iter().map(|&l| labels.iter().position(|x| *x == source.classes[l]).unwrap_or(0)).collect();
         }
         parts.push(p);
     }
@@ -425,7 +432,10 @@ pub fn run(
     };
     let need_shadows = attacks.iter().any(|a| a.needs_shadows());
     if need_shadows && config.shadows < 2 {
-        return Err(Error::Params(format!("LiRA needs at least 2 shadow adapters (--shadows), got {}", config.shadows)));
+        return Err(Error::Params(format!(
+            "LiRA needs at least 2 shadow adapters (--shadows), got {}",
+            config.shadows
+        )));
     }
     let mut engine = Engine::open(&config.backbone).map_err(model_error)?;
     let adapter = Adapter::load(&config.adapter).map_err(model_error)?;
@@ -468,7 +478,13 @@ pub fn run(
     let bootstrap = &config.bootstrap;
 
     let mut reports = Vec::new();
-    let mut add_attack = |name: &str, description: &str, queries: usize, seconds: f64, scores: &[f64], notes: Vec<String>| -> Result<()> {
+    let mut add_attack = |name: &str,
+                          description: &str,
+                          queries: usize,
+                          seconds: f64,
+                          scores: &[f64],
+                          notes: Vec<String>|
+     -> Result<()> {
         let (metrics, roc) = evaluate(&scores[..nm], &scores[nm..], bootstrap)?;
         reports.push(AttackReport {
             name: name.into(),
@@ -524,8 +540,12 @@ pub fn run(
         std::fs::create_dir_all(&config.shadow_dir).map_err(|e| Error::io(&config.shadow_dir, e))?;
         // The target's own φ beside the shadows': what an independent re-scoring
         // (tools/lira/check_scores.py) needs.
-        let target_record = serde_json::json!({ "n_members": nm, "n_nonmembers": nn, "queries": QUERIES, "phi": target_phi });
-        crate::atomic::write_bytes_atomic(&config.shadow_dir.join("target_phi.json"), target_record.to_string().as_bytes())?;
+        let target_record =
+            serde_json::json!({ "n_members": nm, "n_nonmembers": nn, "queries": QUERIES, "phi": target_phi });
+        crate::atomic::write_bytes_atomic(
+            &config.shadow_dir.join("target_phi.json"),
+            target_record.to_string().as_bytes(),
+        )?;
         let (mut records, mut trained_now, mut seconds_training) = (Vec::new(), 0, 0.0);
         for k in 0..config.shadows {
             if cancel.load(Ordering::Relaxed) {
@@ -553,7 +573,11 @@ pub fn run(
             for &i in inside {
                 in_mask[i] = true;
             }
-            let splits = Splits { train: subset(&pool, inside), val: subset(&pool, &val_items), test: subset(&pool, &val_items) };
+            let splits = Splits {
+                train: subset(&pool, inside),
+                val: subset(&pool, &val_items),
+                test: subset(&pool, &val_items),
+            };
             let out = config.shadow_dir.join(format!("shadow_{k:03}.safetensors"));
             recipe.out = out.clone();
             recipe.progress = false;
@@ -582,7 +606,10 @@ pub fn run(
             warnings.push(format!("{never_in} audited images were IN no shadow (scored by the OUT term alone)"));
         }
         let k = records.len();
-        let note = vec![format!("{k} shadow adapters trained by the target's recipe on random halves of a pool of {}", pool.len())];
+        let note = vec![format!(
+            "{k} shadow adapters trained by the target's recipe on random halves of a pool of {}",
+            pool.len()
+        )];
         if attacks.contains(&AdapterAttack::LiraOnline) {
             add_attack(
                 "lira_online",
@@ -688,9 +715,9 @@ mod tests {
             let s: f64 = e.iter().sum();
             e.iter().map(|v| v / s).collect()
         };
-        for y in 0..3 {
-            assert!((logit_scaled_confidence(&z, y) - (p[y] / (1.0 - p[y])).ln()).abs() < 1e-12);
-            assert!((log_probability(&z, y) - p[y].ln()).abs() < 1e-12);
+        for (y, &py) in p.iter().enumerate() {
+            assert!((logit_scaled_confidence(&z, y) - (py / (1.0 - py)).ln()).abs() < 1e-12);
+            assert!((log_probability(&z, y) - py.ln()).abs() < 1e-12);
         }
     }
 

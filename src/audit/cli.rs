@@ -319,10 +319,7 @@ fn audit_adapter(args: &AuditArgs, adapter: &Path) -> Result<()> {
         shadow_dir: args.shadow_dir.clone().unwrap_or_else(|| PathBuf::from(shadow_dir)),
         limit: args.n,
         seed: args.seed.unwrap_or(0),
-        bootstrap: super::metrics::BootstrapOptions {
-            resamples: args.bootstrap.unwrap_or(2000),
-            ..Default::default()
-        },
+        bootstrap: super::metrics::BootstrapOptions { resamples: args.bootstrap.unwrap_or(2000), ..Default::default() },
         backbone,
     };
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
@@ -343,7 +340,14 @@ fn audit_adapter(args: &AuditArgs, adapter: &Path) -> Result<()> {
         let m = &a.metrics;
         println!(
             "{:<13} AUC {:.3} [{:.3}, {:.3}]  TPR@1%FPR {:.3}  TPR@0.1%FPR {:.3}  ({} + {})",
-            a.name, m.auc, m.auc_ci95[0], m.auc_ci95[1], m.tpr_at_1pct_fpr, m.tpr_at_0_1pct_fpr, m.n_members, m.n_nonmembers
+            a.name,
+            m.auc,
+            m.auc_ci95[0],
+            m.auc_ci95[1],
+            m.tpr_at_1pct_fpr,
+            m.tpr_at_0_1pct_fpr,
+            m.n_members,
+            m.n_nonmembers
         );
     }
     if let Some(s) = &report.shadows {

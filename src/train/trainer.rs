@@ -580,10 +580,10 @@ pub fn train_prepared(
             let mut variants: [Option<Tensor>; 4] = Default::default();
             for (k, slot) in variants.iter_mut().enumerate().take(o.augment.flip_variants()) {
                 let flip = Transform::flips(k & 1 == 1, k & 2 == 2);
-                *slot = Some(frozen_features(vit, &train_set, flip, o.pooling, &bar)?);
+                *slot = Some(frozen_features(vit, train_set, flip, o.pooling, &bar)?);
             }
-            let val = frozen_features(vit, &val_set, Transform::default(), o.pooling, &bar)?;
-            let test = frozen_features(vit, &test_set, Transform::default(), o.pooling, &bar)?;
+            let val = frozen_features(vit, val_set, Transform::default(), o.pooling, &bar)?;
+            let test = frozen_features(vit, test_set, Transform::default(), o.pooling, &bar)?;
             bar.finish_and_clear();
             Model::Linear { train: variants, val, test }
         }
@@ -594,7 +594,7 @@ pub fn train_prepared(
     let resuming = o.resume && ckpt.is_file();
     let mut head_phase_val_auc = None;
     if o.method != Method::Linear && o.head_epochs > 0 && !resuming {
-        head_phase_val_auc = head_phase(&head, vit, &train_set, &val_set, &classes, &weights, o)?;
+        head_phase_val_auc = head_phase(&head, vit, train_set, val_set, &classes, &weights, o)?;
     }
     let feature_seconds = t_train.elapsed().as_secs_f64();
 
@@ -655,7 +655,7 @@ pub fn train_prepared(
             let (loss, grads) = if let (Model::Backbone(g), Some(fast)) = (&model, &fast) {
                 // LoRA: the hand-written backward pass; candle only for head and loss.
                 let factors = LoraFactors::of(g.lora())?;
-                let pixels = batch_pixels(&train_set, chunk, fl)?;
+                let pixels = batch_pixels(train_set, chunk, fl)?;
                 let (features, tape) = fast.forward(&pixels, &pos, &factors, lora_scale as f32, o.pooling)?;
                 let features = Var::from_tensor(&features)?;
                 let logits = head.forward(features.as_tensor())?;
@@ -692,7 +692,7 @@ pub fn train_prepared(
                             .collect::<candle_core::Result<_>>()?;
                         Tensor::stack(&rows, 0)?
                     }
-                    Model::Backbone(g) => g.features(&batch_pixels(&train_set, chunk, fl)?, &pos, o.pooling)?,
+                    Model::Backbone(g) => g.features(&batch_pixels(train_set, chunk, fl)?, &pos, o.pooling)?,
                 };
                 let logits = head.forward(&features)?;
                 let loss = smoothed_cross_entropy(&logits, &labels, &weights, o.label_smoothing)?;
@@ -717,7 +717,7 @@ pub fn train_prepared(
         let train_seconds = t_epoch.elapsed().as_secs_f64();
         meta.train_seconds += train_seconds;
 
-        let val_probs = predict_split(&model, &head, vit, &val_set, Split::Val, o, lora_scale, &pos)?;
+        let val_probs = predict_split(&model, &head, vit, val_set, Split::Val, o, lora_scale, &pos)?;
         let val = evaluate(&val_probs, &val_set.labels, &classes);
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -760,9 +760,9 @@ pub fn train_prepared(
             var.set(t)?;
         }
     }
-    let val_probs = predict_split(&model, &head, vit, &val_set, Split::Val, o, lora_scale, &pos)?;
+    let val_probs = predict_split(&model, &head, vit, val_set, Split::Val, o, lora_scale, &pos)?;
     let val = evaluate(&val_probs, &val_set.labels, &classes);
-    let test_probs = predict_split(&model, &head, vit, &test_set, Split::Test, o, lora_scale, &pos)?;
+    let test_probs = predict_split(&model, &head, vit, test_set, Split::Test, o, lora_scale, &pos)?;
     let test = evaluate(&test_probs, &test_set.labels, &classes);
     let test_probabilities_head: Vec<Vec<f32>> =
         test_probs.chunks(c).take(REPORT_TEST_HEAD).map(<[f32]>::to_vec).collect();
@@ -817,7 +817,7 @@ pub fn train_prepared(
             let mut adapter = build_adapter(&model, &head, vit, o, &report, lora_scale)?;
             // Same fit as `melo calibrate`, on the chosen epoch's weights.
             let fit_options = calibrate::FitOptions { pass_rate: o.ood_pass_rate, ..Default::default() };
-            match calibrate::fit(vit, &adapter, &train_set, &val_set, &test_set, fit_options) {
+            match calibrate::fit(vit, &adapter, train_set, val_set, test_set, fit_options) {
                 Ok(fitted) => {
                     report.calibration = fitted.calibration.clone();
                     report.ood = Some(fitted.ood.clone());

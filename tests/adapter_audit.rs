@@ -8,10 +8,6 @@ use std::sync::atomic::AtomicBool;
 
 use melo::audit::adapter::{lira_scores, run, AdapterAttack, AdapterAuditConfig, SetSpec};
 use melo::audit::metrics::BootstrapOptions;
-use melo::model::Pooling;
-use melo::train::augment::Augment;
-use melo::train::data::SplitFractions;
-use melo::train::trainer::{train, Method, TrainOptions};
 use serde_json::Value;
 
 fn breastmnist() -> PathBuf {
@@ -50,43 +46,7 @@ fn lira_scores_match_numpy() {
 }
 
 fn tiny_target(dir: &std::path::Path) -> PathBuf {
-    let out = dir.join("target.safetensors");
-    let options = TrainOptions {
-        data: breastmnist(),
-        method: Method::Lora,
-        rank: 2,
-        alpha: 2.0,
-        epochs: 2,
-        lr: 2e-3,
-        min_lr: 1e-6,
-        warmup: 0.0,
-        batch: 8,
-        size: 28,
-        seed: 1,
-        out: out.clone(),
-        task: "breast_tiny".into(),
-        labels: Some(vec!["malignant".into(), "normal_or_benign".into()]),
-        modality: "US".into(),
-        description: String::new(),
-        augment: Augment::None,
-        label_smoothing: 0.0,
-        weight_decay: 1e-4,
-        class_weights: true,
-        pooling: Pooling::ClsMeanPatch,
-        backbone: common::repo().join("assets/backbone"),
-        limit: Some(16),
-        split: SplitFractions::default(),
-        resume: false,
-        stop_after: None,
-        head_epochs: 0,
-        head_lr: 3e-3,
-        ood_pass_rate: melo::model::ood::THRESHOLD_QUANTILE,
-        progress: false,
-        intended_use: String::new(),
-        limitations: Vec::new(),
-    };
-    train(&options).unwrap();
-    out
+    common::tiny_breast_adapter(dir)
 }
 
 fn config(adapter: PathBuf, shadow_dir: PathBuf, shadows: usize) -> AdapterAuditConfig {

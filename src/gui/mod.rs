@@ -11,6 +11,7 @@
 //!   ([`diagnosis_worker`]) that takes requests and sends results over channels.
 //! * Keyboard shortcuts come from one table ([`shortcuts`]) that also fills the help overlay.
 
+mod adapter_audit;
 mod audit_worker;
 mod diagnosis;
 mod diagnosis_worker;
@@ -44,7 +45,9 @@ pub use diagnosis_worker::{
     TaskInfo, TaskRow,
 };
 pub use mpr::Mpr;
-pub use privacy::{checkpoint_path, cost_text, PathField, PrivacyCommand, PrivacyPanel, RunState, TargetKind};
+pub use privacy::{
+    checkpoint_path, cost_text, AuditTarget, PathField, PrivacyCommand, PrivacyPanel, RunState, TargetKind,
+};
 pub use shortcuts::{SHORTCUTS, VIEWER_KEYS};
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
 pub use tags::{tag_matches, TagBrowser};

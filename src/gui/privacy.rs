@@ -74,6 +74,13 @@ pub enum RunState {
     Cancelling,
 }
 
+/// The two kinds of model the privacy tab audits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditTarget {
+    Diffusion,
+    Adapter,
+}
+
 /// What the target folder is, as the line under it says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetKind {
@@ -111,6 +118,9 @@ type Channel<T> = (Sender<T>, Receiver<T>);
 
 /// The privacy view.
 pub struct PrivacyPanel {
+    /// What is audited: a diffusion model (the panel below) or a diagnosis adapter.
+    pub target_mode: AuditTarget,
+    pub adapter_audit: super::adapter_audit::AdapterAuditPanel,
     pub config: AuditConfig,
     pub preset: Preset,
     /// Text fields for the list parameters (parsed when the run starts).
@@ -154,6 +164,8 @@ impl Default for PrivacyPanel {
         let mut config = AuditConfig::demo(Preset::Quick);
         config.batch_size = INTERACTIVE_BATCH;
         Self {
+            target_mode: AuditTarget::Diffusion,
+            adapter_audit: Default::default(),
             loss_timesteps: join(&config.loss.timesteps),
             trajectory_strengths: join(&config.trajectory.strengths),
             config,
@@ -524,6 +536,18 @@ impl PrivacyPanel {
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        ui.horizontal(|ui| {
+            ui.label("Audit target:");
+            let busy = self.is_running() || self.adapter_audit.is_running();
+            ui.add_enabled_ui(!busy, |ui| {
+                ui.selectable_value(&mut self.target_mode, AuditTarget::Diffusion, "Diffusion model");
+                ui.selectable_value(&mut self.target_mode, AuditTarget::Adapter, "Diagnosis adapter");
+            });
+        });
+        if self.target_mode == AuditTarget::Adapter {
+            egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| self.adapter_audit.ui(ui));
+            return;
+        }
         egui::Panel::left("privacy_setup").default_size(360.0).show(ui, |ui| {
             egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| self.setup_ui(ui, commands));
         });

@@ -41,3 +41,48 @@ impl eframe::Storage for MemoryStorage {
     }
     fn flush(&mut self) {}
 }
+
+/// A tiny LoRA adapter trained on the first 16 BreastMNIST training images at 28 px for 2
+/// epochs, written to `dir/target.safetensors` with its report (the recipe the membership
+/// audit's shadows reuse).
+pub fn tiny_breast_adapter(dir: &std::path::Path) -> PathBuf {
+    use melo::train::trainer::{train, Method, TrainOptions};
+    let data = require_shared_data("a tiny BreastMNIST adapter").join("medmnist/breastmnist.npz");
+    let out = dir.join("target.safetensors");
+    let options = TrainOptions {
+        data,
+        method: Method::Lora,
+        rank: 2,
+        alpha: 2.0,
+        epochs: 2,
+        lr: 2e-3,
+        min_lr: 1e-6,
+        warmup: 0.0,
+        batch: 8,
+        size: 28,
+        seed: 1,
+        out: out.clone(),
+        task: "breast_tiny".into(),
+        labels: Some(vec!["malignant".into(), "normal_or_benign".into()]),
+        modality: "US".into(),
+        description: String::new(),
+        augment: melo::train::augment::Augment::None,
+        label_smoothing: 0.0,
+        weight_decay: 1e-4,
+        class_weights: true,
+        pooling: melo::model::Pooling::ClsMeanPatch,
+        backbone: repo().join("assets/backbone"),
+        limit: Some(16),
+        split: melo::train::data::SplitFractions::default(),
+        resume: false,
+        stop_after: None,
+        head_epochs: 0,
+        head_lr: 3e-3,
+        ood_pass_rate: melo::model::ood::THRESHOLD_QUANTILE,
+        progress: false,
+        intended_use: String::new(),
+        limitations: Vec::new(),
+    };
+    train(&options).expect("training the tiny BreastMNIST adapter");
+    out
+}

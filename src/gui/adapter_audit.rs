@@ -18,7 +18,7 @@ use crate::audit::metrics::BootstrapOptions;
 
 enum Event {
     Progress(Progress),
-    Done(Result<AdapterAuditReport, String>),
+    Done(Box<Result<AdapterAuditReport, String>>),
 }
 
 struct Running {
@@ -132,7 +132,7 @@ impl AdapterAuditPanel {
                 progress_ctx.request_repaint();
             };
             let result = adapter::run(&config, &mut on_progress, &flag).map_err(|e| e.to_string());
-            let _ = send.send(Event::Done(result));
+            let _ = send.send(Event::Done(Box::new(result)));
             ctx.request_repaint();
         });
         match spawned {
@@ -160,7 +160,7 @@ impl AdapterAuditPanel {
                 Event::Done(result) => finished = Some(result),
             }
         }
-        match finished {
+        match finished.map(|b| *b) {
             Some(Ok(report)) => {
                 self.report = Some(report);
                 self.running = None;

@@ -21,6 +21,7 @@ pub mod measure;
 pub mod model;
 pub mod net;
 pub mod series;
+pub mod stats;
 pub mod store;
 pub mod train;
 pub mod volume;

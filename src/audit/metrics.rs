@@ -71,24 +71,7 @@ pub fn auc(members: &[f64], nonmembers: &[f64]) -> Result<f64> {
 }
 
 fn auc_unchecked(members: &[f64], nonmembers: &[f64], buf: &mut Vec<(f64, bool)>) -> f64 {
-    buf.clear();
-    buf.extend(members.iter().map(|&s| (s, true)));
-    buf.extend(nonmembers.iter().map(|&s| (s, false)));
-    buf.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < buf.len() {
-        let mut j = i;
-        while j + 1 < buf.len() && buf[j + 1].0 == buf[i].0 {
-            j += 1;
-        }
-        // ranks i+1 ..= j+1 share their average
-        let avg = (i + j + 2) as f64 / 2.0;
-        rank_sum += avg * buf[i..=j].iter().filter(|e| e.1).count() as f64;
-        i = j + 1;
-    }
-    let (n1, n0) = (members.len() as f64, nonmembers.len() as f64);
-    (rank_sum - n1 * (n1 + 1.0) / 2.0) / (n1 * n0)
+    crate::stats::rank_auc_with(members, nonmembers, buf)
 }
 
 /// The ROC curve: (0, 0), then one point per distinct score from the highest down, ending at

@@ -175,8 +175,9 @@ fn softmax_rows(rows: &mut [f32], width: usize, scale: f32) {
     softmax_rows_generic(rows, width, scale)
 }
 
-/// Whole rows per parallel task: about 16 k values, enough work to amortise scheduling.
-fn rows_per_task(width: usize) -> usize {
+/// Whole rows per parallel task: about 16 k values, enough work to amortise scheduling (the
+/// inference kernels here and the training kernels of `train::backprop` alike).
+pub(crate) fn rows_per_task(width: usize) -> usize {
     (16_384 / width.max(1)).max(1)
 }
 

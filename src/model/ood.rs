@@ -294,23 +294,7 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 
 /// Area under the ROC curve for "out scores higher than in": P(out > in) + ½ P(tie).
 pub fn auroc(inside: &[f64], outside: &[f64]) -> f64 {
-    let mut all: Vec<(f64, bool)> =
-        inside.iter().map(|&s| (s, false)).chain(outside.iter().map(|&s| (s, true))).collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Mann–Whitney U from mid-ranks of ties.
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < all.len() {
-        let mut j = i;
-        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        let mid = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += all[i..=j].iter().filter(|x| x.1).count() as f64 * mid;
-        i = j + 1;
-    }
-    let (n_in, n_out) = (inside.len() as f64, outside.len() as f64);
-    (rank_sum - n_out * (n_out + 1.0) / 2.0) / (n_in * n_out)
+    crate::stats::rank_auc(outside, inside)
 }
 
 /// The k leading eigenpairs of a symmetric positive semi-definite [F, F] f64 matrix:

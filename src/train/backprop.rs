@@ -29,7 +29,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{Error, Result};
-use crate::model::kernels::{erf_f32, exp_f32, gelu_erf_f32, SharedMut};
+use crate::model::kernels::{erf_f32, exp_f32, gelu_erf_f32, rows_per_task, SharedMut};
 use crate::model::vit::{LinearWeights, NormWeights};
 use crate::model::{Pooling, VisionTransformer};
 
@@ -207,14 +207,9 @@ unsafe fn gemm_raw(dst: *mut f32, dst_rs: usize, a: View, b: View, accumulate: b
     )
 }
 
-/// Rows per parallel task for element-wise work: about 16 k values each.
-fn chunk_rows(width: usize) -> usize {
-    (16_384 / width.max(1)).max(1)
-}
-
 fn add_bias(x: &mut [f32], bias: &[f32]) {
     let w = bias.len();
-    x.par_chunks_mut(w * chunk_rows(w)).for_each(|rows| {
+    x.par_chunks_mut(w * rows_per_task(w)).for_each(|rows| {
         for row in rows.chunks_exact_mut(w) {
             row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
         }
@@ -223,7 +218,7 @@ fn add_bias(x: &mut [f32], bias: &[f32]) {
 
 /// LayerNorm over rows of width `d`: writes the output, the normalised input and 1/σ per row.
 fn layer_norm(x: &[f32], n: &Norm, d: usize, out: &mut [f32], xhat: &mut [f32], rstd: &mut [f32]) {
-    let r = chunk_rows(d);
+    let r = rows_per_task(d);
     out.par_chunks_mut(d * r)
         .zip(xhat.par_chunks_mut(d * r))
         .zip(rstd.par_chunks_mut(r))
@@ -248,7 +243,7 @@ fn layer_norm(x: &[f32], n: &Norm, d: usize, out: &mut [f32], xhat: &mut [f32], 
 
 /// dx += LayerNorm backward of dy: dx̂ = dy·γ; dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ.
 fn layer_norm_backward(dy: &[f32], xhat: &[f32], rstd: &[f32], gamma: &[f32], d: usize, dx: &mut [f32]) {
-    let r = chunk_rows(d);
+    let r = rows_per_task(d);
     dx.par_chunks_mut(d * r).zip(dy.par_chunks(d * r)).zip(xhat.par_chunks(d * r)).zip(rstd.par_chunks(r)).for_each(
         |(((dx, dy), xhat), rstd)| {
             for (((dx, dy), xh), &s) in

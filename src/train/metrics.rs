@@ -55,31 +55,11 @@ pub fn argmax(row: &[f32]) -> usize {
 /// classes. Ranks with average ranks for ties, O(n log n).
 pub fn binary_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
     assert_eq!(scores.len(), positive.len(), "one score per label");
-    let n_pos = positive.iter().filter(|&&p| p).count();
-    let n_neg = positive.len() - n_pos;
-    if n_pos == 0 || n_neg == 0 {
-        return None;
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut rank_sum_pos = 0.0f64;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        // Items i..=j share the average of ranks i+1 ..= j+1.
-        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &order[i..=j] {
-            if positive[k] {
-                rank_sum_pos += avg_rank;
-            }
-        }
-        i = j + 1;
-    }
-    let u = rank_sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0;
-    Some(u / (n_pos as f64 * n_neg as f64))
+    let side = |want: bool| -> Vec<f64> {
+        scores.iter().zip(positive).filter(|&(_, &p)| p == want).map(|(&s, _)| f64::from(s)).collect()
+    };
+    let (pos, neg) = (side(true), side(false));
+    (!pos.is_empty() && !neg.is_empty()).then(|| crate::stats::rank_auc(&pos, &neg))
 }
 
 /// Evaluates probabilities `probs` [n × classes] (rows sum to 1) against `labels`.

@@ -20,6 +20,7 @@ pub mod image;
 pub mod measure;
 pub mod model;
 pub mod net;
+pub mod report;
 pub mod series;
 pub mod store;
 pub mod train;

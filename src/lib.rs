@@ -11,6 +11,7 @@ pub mod audit;
 pub mod cine;
 pub mod cli;
 pub mod codec;
+pub mod deid;
 pub mod diffusion;
 pub mod display;
 pub mod error;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_object::InMemDicomObject;
 
 /// The statement every result carries: these adapters are not cleared for clinical use.
 pub const RESEARCH_USE_ONLY: &str = "RESEARCH USE ONLY - not for diagnostic use";
@@ -82,10 +82,11 @@ const COPIED: &[(Tag, VR, bool)] = &[
 impl SourceInstance {
     /// Reads the header of a DICOM file (not its pixel data).
     pub fn read(path: &Path) -> Result<SourceInstance> {
-        let obj = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(path)
-            .map_err(|e| Error::Source { path: path.to_path_buf(), reason: e.to_string() })?;
+        // The viewer's reader: it also takes files that dicom-rs alone refuses (zero padding
+        // after the pixel data, a file meta group in the wrong VR).
+        let source_error = |reason: String| Error::Source { path: path.to_path_buf(), reason };
+        let bytes = std::fs::read(path).map_err(|e| source_error(e.to_string()))?;
+        let (obj, _) = crate::image::parse_dicom_object(&bytes).map_err(|e| source_error(e.to_string()))?;
         let text = |tag: Tag| -> Option<String> {
             obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| clean(&s)).filter(|s| !s.is_empty())
         };

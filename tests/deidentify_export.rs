@@ -78,7 +78,11 @@ fn dciodvfy_errors(file: &Path) -> BTreeSet<String> {
 
 fn fixtures() -> Vec<PathBuf> {
     let mut files = support::mr_series();
-    for f in ["assets/samples/cr_chest/RG1_J2KR.dcm", "assets/samples/ct/693_J2KR.dcm", "assets/samples/ultrasound/US1_J2KR.dcm"] {
+    for f in [
+        "assets/samples/cr_chest/RG1_J2KR.dcm",
+        "assets/samples/ct/693_J2KR.dcm",
+        "assets/samples/ultrasound/US1_J2KR.dcm",
+    ] {
         files.push(repo().join(f));
     }
     // pydicom's CT (private attributes, many identifying ones) and an RT structure set (UIDs
@@ -102,7 +106,12 @@ fn check_profile(input: &Path, output: &Path) -> BTreeSet<(u16, u16)> {
         let Some(action) = element_action(g, e, &row.vr) else {
             // Group lengths (gggg,0000) go: they would be stale after the changes.
             if g != 0x0002 && e != 0x0000 && row.vr != "SQ" {
-                assert_eq!(a.get(&(g, e)).map(|r| &r.value), Some(&row.value), "{}: ({g:04X},{e:04X}) kept", input.display());
+                assert_eq!(
+                    a.get(&(g, e)).map(|r| &r.value),
+                    Some(&row.value),
+                    "{}: ({g:04X},{e:04X}) kept",
+                    input.display()
+                );
             }
             continue;
         };
@@ -143,7 +152,14 @@ fn check_profile(input: &Path, output: &Path) -> BTreeSet<(u16, u16)> {
     let original: HashSet<&str> = before.iter().filter(|r| r.vr == "UI").map(|r| r.value.as_str()).collect();
     for row in after.iter().filter(|r| r.group != 0x0002) {
         let action = element_action(row.group, row.element, &row.vr);
-        let name = format!("{}: ({:04X},{:04X}) {} at depth {}", output.display(), row.group, row.element, row.name, row.depth);
+        let name = format!(
+            "{}: ({:04X},{:04X}) {} at depth {}",
+            output.display(),
+            row.group,
+            row.element,
+            row.name,
+            row.depth
+        );
         assert_ne!(action, Some(Action::Remove), "{name} left in");
         if action == Some(Action::ReplaceUid) && !row.value.is_empty() {
             assert!(row.value.starts_with("2.25.") && !original.contains(row.value.as_str()), "{name}: {}", row.value);
@@ -165,7 +181,11 @@ fn profile_applied_uids_consistent_pixels_identical_and_inputs_untouched() {
     let out = melo_deidentify(&args);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("Basic Application Confidentiality Profile (DCM 113100)") && said.contains("Pixel data untouched"), "{said}");
+    assert!(
+        said.contains("Basic Application Confidentiality Profile (DCM 113100)")
+            && said.contains("Pixel data untouched"),
+        "{said}"
+    );
     let pairs = pairs(&out);
     assert_eq!(pairs.len(), inputs.len(), "{said}");
     for (file, digest) in inputs.iter().zip(&before) {
@@ -185,13 +205,18 @@ fn profile_applied_uids_consistent_pixels_identical_and_inputs_untouched() {
     // pydicom: pixel data byte-identical, identity removed, method named, UIDs consistent.
     let files: Vec<&Path> = pairs.iter().flat_map(|(i, o)| [i.as_path(), o.as_path()]).collect();
     let read = pydicom(&files);
-    let (mut studies, mut series, mut frames, mut sops) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let (mut studies, mut series, mut frames, mut sops) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for (k, (input, _)) in pairs.iter().enumerate() {
         let (old, new) = (&read[2 * k], &read[2 * k + 1]);
         assert_eq!(old["pixels"], new["pixels"], "{}: pixel data byte-identical", input.display());
         assert_eq!(new["identity_removed"], "YES");
         assert_eq!(new["codes"], serde_json::json!(["113100"]));
-        assert!(new["methods"].as_array().unwrap().iter().any(|m| m.as_str().unwrap().contains("Pixel data untouched")));
+        assert!(new["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m.as_str().unwrap().contains("Pixel data untouched")));
         assert_eq!(new["sop"], new["media_sop"]);
         for key in ["study", "series", "sop", "frame_of_reference"] {
             if !old[key].as_str().unwrap().is_empty() {
@@ -205,10 +230,16 @@ fn profile_applied_uids_consistent_pixels_identical_and_inputs_untouched() {
             sops.insert(new["sop"].to_string());
         }
     }
-    assert_eq!((studies.len(), series.len(), frames.len(), sops.len()), (1, 1, 1, 20), "one study, series, frame of reference; 20 instances");
+    assert_eq!(
+        (studies.len(), series.len(), frames.len(), sops.len()),
+        (1, 1, 1, 20),
+        "one study, series, frame of reference; 20 instances"
+    );
 
     // dciodvfy: no error the input did not have (one of each kind of input).
-    for (input, output) in pairs.iter().filter(|(i, _)| !i.to_string_lossy().contains("brain_0") || i.ends_with("brain_001.dcm")) {
+    for (input, output) in
+        pairs.iter().filter(|(i, _)| !i.to_string_lossy().contains("brain_0") || i.ends_with("brain_001.dcm"))
+    {
         let (old, new) = (dciodvfy_errors(input), dciodvfy_errors(output));
         let added: Vec<&String> = new.difference(&old).collect();
         assert!(added.is_empty(), "{}: dciodvfy errors the input did not have: {added:#?}", input.display());
@@ -219,9 +250,14 @@ fn profile_applied_uids_consistent_pixels_identical_and_inputs_untouched() {
 fn retain_dates_option_is_applied_and_named() {
     let input = repo().join("assets/samples/cr_chest/RG1_J2KR.dcm");
     let out_dir = tempfile::tempdir().unwrap();
-    let out = melo_deidentify(&[input.as_os_str(), "--retain-dates".as_ref(), "--out".as_ref(), out_dir.path().as_os_str()]);
+    let out =
+        melo_deidentify(&[input.as_os_str(), "--retain-dates".as_ref(), "--out".as_ref(), out_dir.path().as_os_str()]);
     let said = text(&out);
-    assert!(out.status.success() && said.contains("Retain Longitudinal Temporal Information Full Dates Option (DCM 113106)"), "{said}");
+    assert!(
+        out.status.success()
+            && said.contains("Retain Longitudinal Temporal Information Full Dates Option (DCM 113106)"),
+        "{said}"
+    );
     let (_, output) = pairs(&out).remove(0);
     let read = pydicom(&[&input, &output]);
     assert!(!read[0]["study_date"].as_str().unwrap().is_empty());

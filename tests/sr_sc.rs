@@ -69,8 +69,14 @@ fn attr(file: &Path, tag: dicom_core::Tag) -> String {
 fn outputs() -> (tempfile::TempDir, PathBuf, PathBuf, Value) {
     let dir = tempfile::tempdir().unwrap();
     let (sr, sc) = (dir.path().join("result_sr.dcm"), dir.path().join("result_sc.dcm"));
-    let report =
-        predict(&["--task".as_ref(), "pneumonia".as_ref(), "--sr".as_ref(), sr.as_os_str(), "--sc".as_ref(), sc.as_os_str()]);
+    let report = predict(&[
+        "--task".as_ref(),
+        "pneumonia".as_ref(),
+        "--sr".as_ref(),
+        sr.as_os_str(),
+        "--sc".as_ref(),
+        sc.as_os_str(),
+    ]);
     (dir, sr, sc, report)
 }
 
@@ -102,10 +108,15 @@ fn sr_follows_tid_1500_and_passes_dciodvfy_dsrdump_and_pydicom() {
     }
     // Every class probability, as the command printed it, is a NUM in percent.
     let prediction = &report["predictions"][0];
-    for (label, p) in prediction["labels"].as_array().unwrap().iter().zip(prediction["probabilities"].as_array().unwrap()) {
+    for (label, p) in
+        prediction["labels"].as_array().unwrap().iter().zip(prediction["probabilities"].as_array().unwrap())
+    {
         let line = dump
             .lines()
-            .find(|l| l.contains("<contains NUM:") && l.contains(&format!("\"Probability of {} (pneumonia)\"", label.as_str().unwrap())))
+            .find(|l| {
+                l.contains("<contains NUM:")
+                    && l.contains(&format!("\"Probability of {} (pneumonia)\"", label.as_str().unwrap()))
+            })
             .unwrap_or_else(|| panic!("no NUM for {label}:\n{dump}"));
         let value: f64 = line.split("=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
         assert!((value - 100.0 * p.as_f64().unwrap()).abs() < 1e-3, "{line} vs {p}");

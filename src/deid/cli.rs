@@ -62,7 +62,10 @@ pub fn run(args: &DeidentifyArgs) -> Result<()> {
         println!("warning: {} is marked Burned In Annotation YES; check its pixels before sharing", b.display());
     }
     if failed > 0 {
-        return Err(Error::Invalid(format!("{failed} of {} file(s) could not be de-identified (see above)", files.len())));
+        return Err(Error::Invalid(format!(
+            "{failed} of {} file(s) could not be de-identified (see above)",
+            files.len()
+        )));
     }
     Ok(())
 }

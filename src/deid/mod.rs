@@ -160,16 +160,20 @@ impl Deidentifier {
             (Some(Action::RemoveOrEmptyOrReplaceUids), Value::Sequence(seq)) => Some(self.sequence(tag, seq)),
             (Some(Action::RemoveOrEmptyOrReplaceUids), _) => None,
             (Some(Action::ReplaceUid), Value::Primitive(p)) => {
-                let uids: Vec<String> =
-                    p.to_str().split('\\').map(|u| self.new_uid(u)).collect();
+                let uids: Vec<String> = p.to_str().split('\\').map(|u| self.new_uid(u)).collect();
                 Some(DataElement::new(tag, vr, PrimitiveValue::Strs(uids.into())))
             }
             (Some(Action::ReplaceUid), _) => None,
             // Sequences: emptied where the code allows it, removed otherwise (a dummy item
             // would be made-up content).
-            (Some(Action::Empty | Action::EmptyOrDummy | Action::RemoveOrEmpty | Action::RemoveOrEmptyOrDummy), Value::Sequence(_)) => {
-                Some(DataElement::new(tag, VR::SQ, DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED)))
-            }
+            (
+                Some(Action::Empty | Action::EmptyOrDummy | Action::RemoveOrEmpty | Action::RemoveOrEmptyOrDummy),
+                Value::Sequence(_),
+            ) => Some(DataElement::new(
+                tag,
+                VR::SQ,
+                DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED),
+            )),
             (Some(_), Value::Sequence(_)) => None,
             (Some(Action::Empty | Action::EmptyOrDummy | Action::RemoveOrEmpty | Action::RemoveOrEmptyOrDummy), _) => {
                 Some(DataElement::new(tag, vr, PrimitiveValue::Empty))
@@ -194,9 +198,15 @@ impl Deidentifier {
         let (file, _) = crate::image::parse_dicom_object(&bytes).map_err(|e| read_error(e.to_string()))?;
         let ts = file.meta().transfer_syntax().trim_end_matches(['\0', ' ']).to_string();
         let text = |tag: Tag| {
-            file.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            file.element_opt(tag)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
         };
-        let sop = text(tags::SOP_INSTANCE_UID).filter(|s| !s.is_empty()).ok_or_else(|| read_error("no SOP Instance UID".into()))?;
+        let sop = text(tags::SOP_INSTANCE_UID)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| read_error("no SOP Instance UID".into()))?;
         let burned_in_annotation = text(tags::BURNED_IN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("YES"));
         let data = self.data_set(&file);
         let new_sop = self.new_uid(&sop);

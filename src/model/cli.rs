@@ -191,7 +191,9 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         _ => None,
     };
     let Some(image_path) = single else {
-        for (flag, given) in [("--heatmap", args.heatmap.is_some()), ("--sr", args.sr.is_some()), ("--sc", args.sc.is_some())] {
+        for (flag, given) in
+            [("--heatmap", args.heatmap.is_some()), ("--sr", args.sr.is_some()), ("--sc", args.sc.is_some())]
+        {
             if given {
                 return Err(Error::Config(format!("{flag} takes one image file")));
             }
@@ -203,8 +205,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
             // Before any work: an output must not replace the scan or an adapter file (one
             // beside them, in the same folder, is fine).
             let adapters = adapters_dir(&args.adapters).map(|d| adapter_files(&d)).unwrap_or_default();
-            let inputs: Vec<&Path> =
-                std::iter::once(image_path).chain(adapters.iter().map(PathBuf::as_path)).collect();
+            let inputs: Vec<&Path> = std::iter::once(image_path).chain(adapters.iter().map(PathBuf::as_path)).collect();
             crate::atomic::refuse_overwriting_inputs(flag, out, &inputs)?;
         }
     }

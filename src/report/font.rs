@@ -59,7 +59,7 @@ mod tests {
         let (w, h) = (20, 10);
         let mut rgb = vec![0u8; w * h * 3];
         draw_text(&mut rgb, w, h, (14, 4), "AB", 1, [255, 255, 255]);
-        assert!(rgb.iter().any(|&v| v == 255), "something drawn");
+        assert!(rgb.contains(&255), "something drawn");
         // Nothing left of x = 14 in any row.
         for y in 0..h {
             assert!(rgb[y * w * 3..(y * w + 14) * 3].iter().all(|&v| v == 0));

@@ -88,7 +88,12 @@ impl SourceInstance {
         let bytes = std::fs::read(path).map_err(|e| source_error(e.to_string()))?;
         let (obj, _) = crate::image::parse_dicom_object(&bytes).map_err(|e| source_error(e.to_string()))?;
         let text = |tag: Tag| -> Option<String> {
-            obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| clean(&s)).filter(|s| !s.is_empty())
+            obj.element_opt(tag)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| clean(&s))
+                .filter(|s| !s.is_empty())
         };
         let required = |tag: Tag, attribute: &'static str| {
             text(tag).ok_or_else(|| Error::MissingSourceAttribute { path: path.to_path_buf(), attribute })
@@ -96,7 +101,11 @@ impl SourceInstance {
         let mut copied = Vec::new();
         for &(tag, vr, type2) in COPIED {
             match obj.element_opt(tag).ok().flatten() {
-                Some(e) => copied.push(DataElement::new(tag, e.vr(), e.value().primitive().cloned().unwrap_or(PrimitiveValue::Empty))),
+                Some(e) => copied.push(DataElement::new(
+                    tag,
+                    e.vr(),
+                    e.value().primitive().cloned().unwrap_or(PrimitiveValue::Empty),
+                )),
                 None if type2 => copied.push(DataElement::new(tag, vr, PrimitiveValue::Empty)),
                 None => {}
             }

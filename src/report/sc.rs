@@ -21,10 +21,7 @@ const HEATMAP_ALPHA: f32 = 0.5;
 pub fn result_lines(explanation: &Explanation) -> Vec<String> {
     let p = &explanation.prediction;
     let (label, prob) = p.top();
-    let mut lines = vec![
-        format!("{}: {label} {:.1}%", p.task, 100.0 * prob),
-        "heatmap: attention rollout".to_string(),
-    ];
+    let mut lines = vec![format!("{}: {label} {:.1}%", p.task, 100.0 * prob), "heatmap: attention rollout".to_string()];
     // The same caveats the command line prints (out of distribution, uncalibrated …).
     let caveats = p.caveats();
     if !caveats.is_empty() {
@@ -138,7 +135,11 @@ pub fn build(
     put_str(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
     put_str(&mut obj, tags::DATE_OF_SECONDARY_CAPTURE, VR::DA, &date);
     put_str(&mut obj, tags::TIME_OF_SECONDARY_CAPTURE, VR::TM, &time);
-    obj.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["DERIVED", "SECONDARY"].map(String::from).into())));
+    obj.put(DataElement::new(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        PrimitiveValue::Strs(["DERIVED", "SECONDARY"].map(String::from).into()),
+    ));
     put_str(
         &mut obj,
         tags::DERIVATION_DESCRIPTION,

@@ -13,7 +13,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use sha2::{Digest, Sha256};
 
-use super::{code, new_uid, now_da_tm, put_seq, put_str, truncate, SourceInstance, Result};
+use super::{code, new_uid, now_da_tm, put_seq, put_str, truncate, Result, SourceInstance};
 use super::{Error, MANUFACTURER, RESEARCH_USE_ONLY, SOFTWARE_VERSION};
 use crate::model::engine::Prediction;
 
@@ -44,7 +44,8 @@ impl Algorithm {
 /// The code of "probability of `label`" for `task` in [`LABEL_SCHEME`]: "L" and 12 hex digits
 /// of sha256(task, label) (Code Value is at most 16 characters).
 pub fn label_code(task: &str, label: &str) -> String {
-    let digest = Sha256::new().chain_update(task.as_bytes()).chain_update([0]).chain_update(label.as_bytes()).finalize();
+    let digest =
+        Sha256::new().chain_update(task.as_bytes()).chain_update([0]).chain_update(label.as_bytes()).finalize();
     let hex: String = digest[..6].iter().map(|b| format!("{b:02X}")).collect();
     format!("L{hex}")
 }

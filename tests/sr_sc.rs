@@ -242,6 +242,21 @@ fn a_source_that_is_not_dicom_is_refused_before_anything_is_written() {
     assert!(message.contains("cannot read the source DICOM instance"), "{message}");
     assert!(!sr.exists() && std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written");
 
+    // --sr and --sc naming one file: the second would replace the first.
+    let both = dir.path().join("both.dcm");
+    let out = melo(&[
+        "predict".as_ref(),
+        repo().join(SCAN).as_os_str(),
+        "--sr".as_ref(),
+        both.as_os_str(),
+        "--sc".as_ref(),
+        both.as_os_str(),
+        "--task".as_ref(),
+        "pneumonia".as_ref(),
+    ]);
+    assert!(!out.status.success() && text(&out).contains("given twice"), "{}", text(&out));
+    assert!(!both.exists());
+
     // An output that would replace the scan itself is refused too.
     let scan = dir.path().join("scan.dcm");
     std::fs::copy(repo().join(SCAN), &scan).unwrap();
@@ -254,6 +269,6 @@ fn a_source_that_is_not_dicom_is_refused_before_anything_is_written() {
         "--task".as_ref(),
         "pneumonia".as_ref(),
     ]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success() && text(&out).contains("would overwrite the input"), "{}", text(&out));
     assert_eq!(std::fs::read(&scan).unwrap(), before);
 }

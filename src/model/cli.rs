@@ -209,6 +209,15 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
             crate::atomic::refuse_overwriting_inputs(flag, out, &inputs)?;
         }
     }
+    let outputs: Vec<(&str, &PathBuf)> = [("--heatmap", &args.heatmap), ("--sr", &args.sr), ("--sc", &args.sc)]
+        .into_iter()
+        .filter_map(|(flag, out)| out.as_ref().map(|o| (flag, o)))
+        .collect();
+    for (i, (_, a)) in outputs.iter().enumerate() {
+        for (flag, b) in &outputs[i + 1..] {
+            crate::atomic::refuse_same_output(flag, a, b)?;
+        }
+    }
     // SR and SC reference the source instance: read its identity first, so a PNG or a file
     // without UIDs is refused before the backbone is loaded.
     let source = match (&args.sr, &args.sc) {

@@ -64,6 +64,9 @@ pub enum Command {
     /// PACS networking: echo, find, get, move, store to a DICOM node (`AET@HOST:PORT`), or
     /// listen for incoming C-STOREs into a local study store.
     Net(crate::net::cli::NetArgs),
+    /// De-identify DICOM files into new ones (PS3.15 Annex E Basic Application Level
+    /// Confidentiality Profile, new UIDs consistent within the run); pixel data untouched.
+    Deidentify(crate::deid::cli::DeidentifyArgs),
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
@@ -176,6 +179,7 @@ pub fn run(command: Command) -> i32 {
         Command::Train(args) => crate::train::cli::run(&args).map_err(Into::into),
         Command::Calibrate(args) => crate::train::calibrate::run(&args).map_err(Into::into),
         Command::Net(args) => crate::net::cli::run(&args).map_err(Into::into),
+        Command::Deidentify(args) => crate::deid::cli::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => 0,

@@ -3,6 +3,7 @@
 #   orthanc, orthanc-dicomweb  the PACS the tests query, retrieve from and send to
 #   dcmtk                      storescu/echoscu/getscu/movescu, a second independent DICOM peer
 #   dicom3tools                dciodvfy, to validate the DICOM files we generate
+#   python3-pydicom            pydicom, the reference reader of the SR / SC / de-identified files
 # Does nothing when all are present. Needs root (or sudo) only when something is missing.
 # The Debian orthanc package starts a system service; the tests never use it (they start their
 # own Orthanc on free loopback ports), so it is left as the package configures it.
@@ -11,6 +12,7 @@ set -euo pipefail
 missing=()
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+python3 -c 'import pydicom' >/dev/null 2>&1 || missing+=(python3-pydicom)
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || missing+=(orthanc)
 { [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || [ -e /usr/lib/orthanc/libOrthancDicomWeb.so ]; } \
     || missing+=(orthanc-dicomweb)

@@ -36,12 +36,27 @@ pub struct PredictArgs {
     /// Write the task's attention-rollout heatmap, aligned to the image, as a grey PNG.
     #[arg(long, conflicts_with = "all")]
     pub heatmap: Option<PathBuf>,
+    /// Write the result as a DICOM Comprehensive SR (TID 1500 Measurement Report) that
+    /// references the (DICOM) image; with --all, one measurement group per task.
+    #[arg(long, conflicts_with = "csv")]
+    pub sr: Option<PathBuf>,
+    /// Write a DICOM Secondary Capture of the image with the heatmap and the result burned in.
+    #[arg(long, conflicts_with_all = ["csv", "all"])]
+    pub sc: Option<PathBuf>,
     /// Adapters folder (default: $MELO_ADAPTERS, else ./adapters).
     #[arg(long)]
     pub adapters: Option<PathBuf>,
     /// Backbone folder with config.json (default: $MELO_BACKBONE, else assets/backbone).
     #[arg(long)]
     pub backbone: Option<PathBuf>,
+}
+
+/// A report (SR/SC) failure as this module's error: I/O keeps its path.
+fn report_error(e: crate::report::Error) -> Error {
+    match e {
+        crate::report::Error::Io(io) => Error::Io(io),
+        other => Error::Unsupported(other.to_string()),
+    }
 }
 
 /// `melo adapters [TASK] [--json]`, `melo adapters import-melo|import-peft …`
@@ -176,32 +191,63 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         _ => None,
     };
     let Some(image_path) = single else {
-        if args.heatmap.is_some() {
-            return Err(Error::Config("--heatmap takes one image file".into()));
+        for (flag, given) in
+            [("--heatmap", args.heatmap.is_some()), ("--sr", args.sr.is_some()), ("--sc", args.sc.is_some())]
+        {
+            if given {
+                return Err(Error::Config(format!("{flag} takes one image file")));
+            }
         }
         return predict_many(args);
     };
-    if let Some(out) = &args.heatmap {
-        // Before any work: the heatmap must not replace the scan or an adapter file (a heatmap
-        // beside them, in the same folder, is fine).
-        let adapters = adapters_dir(&args.adapters).map(|d| adapter_files(&d)).unwrap_or_default();
-        let inputs: Vec<&Path> = std::iter::once(image_path).chain(adapters.iter().map(PathBuf::as_path)).collect();
-        crate::atomic::refuse_overwriting_inputs("--heatmap", out, &inputs)?;
+    for (flag, out) in [("--heatmap", &args.heatmap), ("--sr", &args.sr), ("--sc", &args.sc)] {
+        if let Some(out) = out {
+            // Before any work: an output must not replace the scan or an adapter file (one
+            // beside them, in the same folder, is fine).
+            let adapters = adapters_dir(&args.adapters).map(|d| adapter_files(&d)).unwrap_or_default();
+            let inputs: Vec<&Path> = std::iter::once(image_path).chain(adapters.iter().map(PathBuf::as_path)).collect();
+            crate::atomic::refuse_overwriting_inputs(flag, out, &inputs)?;
+        }
     }
+    let outputs: Vec<(&str, &PathBuf)> = [("--heatmap", &args.heatmap), ("--sr", &args.sr), ("--sc", &args.sc)]
+        .into_iter()
+        .filter_map(|(flag, out)| out.as_ref().map(|o| (flag, o)))
+        .collect();
+    for (i, (_, a)) in outputs.iter().enumerate() {
+        for (flag, b) in &outputs[i + 1..] {
+            crate::atomic::refuse_same_output(flag, a, b)?;
+        }
+    }
+    // SR and SC reference the source instance: read its identity first, so a PNG or a file
+    // without UIDs is refused before the backbone is loaded.
+    let source = match (&args.sr, &args.sc) {
+        (None, None) => None,
+        _ => Some(crate::report::SourceInstance::read(image_path).map_err(report_error)?),
+    };
     let image = load_image(image_path, &LoadOptions::default())?;
     let (mut engine, rejected) = engine_for_predict(args)?;
     let predictions = if args.all {
         engine.predict_all(&image, args.frame)?
     } else {
         engine.switch(&chosen_task(args, &engine)?)?;
-        if let Some(out) = &args.heatmap {
+        if args.heatmap.is_some() || args.sc.is_some() {
             let explanation = engine.explain(&image, args.frame)?;
-            write_heatmap_png(&explanation.heatmap, out)?;
+            if let Some(out) = &args.heatmap {
+                write_heatmap_png(&explanation.heatmap, out)?;
+            }
+            if let (Some(out), Some(source)) = (&args.sc, &source) {
+                let sc = crate::report::sc::build(source, &image, args.frame, &explanation).map_err(report_error)?;
+                crate::report::write_part10(sc, out).map_err(report_error)?;
+            }
             vec![explanation.prediction]
         } else {
             vec![engine.predict_frame(&image, args.frame)?]
         }
     };
+    if let (Some(out), Some(source)) = (&args.sr, &source) {
+        let sr = crate::report::sr::build(source, &predictions, engine.backbone().sha256()).map_err(report_error)?;
+        crate::report::write_part10(sr, out).map_err(report_error)?;
+    }
     if args.json {
         let report = PredictReport {
             image: image_path.display().to_string(),
@@ -219,8 +265,10 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
                 println!("    {l:<24} {:>6.2} %", 100.0 * q);
             }
         }
-        if let Some(out) = &args.heatmap {
-            println!("heatmap written to {}", out.display());
+        for (what, out) in [("heatmap", &args.heatmap), ("SR", &args.sr), ("secondary capture", &args.sc)] {
+            if let Some(out) = out {
+                println!("{what} written to {}", out.display());
+            }
         }
     }
     Ok(())

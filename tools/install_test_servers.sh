@@ -12,7 +12,11 @@ set -euo pipefail
 missing=()
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
-python3 -c 'import pydicom' >/dev/null 2>&1 || missing+=(python3-pydicom)
+# pydicom for the `python3` the tests call: pip first (a pyenv or venv python does not see
+# Debian's python3-pydicom), the Debian package when pip is unavailable.
+if ! python3 -c 'import pydicom' >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'pydicom>=3,<4' >&2 || missing+=(python3-pydicom)
+fi
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || missing+=(orthanc)
 { [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || [ -e /usr/lib/orthanc/libOrthancDicomWeb.so ]; } \
     || missing+=(orthanc-dicomweb)

@@ -21,6 +21,7 @@ mod overlay;
 mod privacy;
 mod shortcuts;
 mod stack;
+mod studies;
 mod tags;
 mod viewer;
 
@@ -47,6 +48,10 @@ pub use mpr::Mpr;
 pub use privacy::{checkpoint_path, cost_text, PathField, PrivacyCommand, PrivacyPanel, RunState, TargetKind};
 pub use shortcuts::{SHORTCUTS, VIEWER_KEYS};
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
+pub use studies::{
+    default_store_folder, EchoState, Node, NodeAddress, NodeForm, RetrieveOutcome, SearchFields, SeriesRow,
+    SeriesState, StudiesCommand, StudiesEffect, StudiesPanel, StudyRow,
+};
 pub use tags::{tag_matches, TagBrowser};
 pub use viewer::{CineState, Tool, Viewer, ViewerCommand, ViewerState};
 
@@ -84,21 +89,23 @@ pub fn samples_dir() -> Option<PathBuf> {
     candidates.into_iter().find(|dir| dir.is_dir())
 }
 
-/// The tabs of the window: the viewer (with the diagnosis panel beside it) and the privacy
-/// audit.
+/// The tabs of the window: the viewer (with the diagnosis panel beside it), the privacy
+/// audit, and the studies on PACS nodes and in the local store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Tab {
     Viewer,
     Privacy,
+    Studies,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 2] = [Tab::Viewer, Tab::Privacy];
+    pub const ALL: [Tab; 3] = [Tab::Viewer, Tab::Studies, Tab::Privacy];
 
     pub fn label(self) -> &'static str {
         match self {
             Tab::Viewer => "Viewer",
             Tab::Privacy => "Privacy audit",
+            Tab::Studies => "Studies",
         }
     }
 }
@@ -140,6 +147,7 @@ pub enum Command {
     Viewer(ViewerCommand),
     Diagnosis(DiagnosisCommand),
     Privacy(PrivacyCommand),
+    Studies(StudiesCommand),
     ToggleHelp,
     /// Ctrl+Enter: run the audit (privacy tab).
     RunAudit,
@@ -200,6 +208,14 @@ pub struct Settings {
     pub audit_members: Option<PathBuf>,
     pub audit_nonmembers: Option<PathBuf>,
     pub audit_export_folder: Option<PathBuf>,
+    /// PACS nodes of the Studies view (addresses only), our calling AE title, the study store
+    /// folder and the receiver's set-up.
+    pub studies_nodes: Vec<Node>,
+    pub studies_calling_aet: Option<String>,
+    pub studies_store: Option<PathBuf>,
+    pub studies_scp_aet: Option<String>,
+    pub studies_scp_port: Option<String>,
+    pub studies_scp_allowed: Option<String>,
 }
 
 const SETTINGS_KEY: &str = "melo_settings";
@@ -217,6 +233,7 @@ pub struct MeloApp {
     pub viewer: Viewer,
     pub diagnosis: DiagnosisPanel,
     pub privacy: PrivacyPanel,
+    pub studies: StudiesPanel,
     pub show_help: bool,
     pub messages: Vec<Message>,
     /// The last folder opened (or holding the last file), where file dialogs start.
@@ -259,6 +276,7 @@ impl MeloApp {
                     app.commands.push(Command::Privacy(PrivacyCommand::Run));
                 }
                 "privacy" => app.tab = Tab::Privacy,
+                "studies" => app.tab = Tab::Studies,
                 "heatmap" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetHeatmap(true))),
                 "all-tasks" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetShowAllTasks(true))),
                 _ => {}
@@ -301,6 +319,20 @@ impl MeloApp {
             self.privacy.config.nonmembers = p;
         }
         self.privacy.export_folder = settings.audit_export_folder;
+        self.studies.nodes = settings.studies_nodes;
+        if let Some(aet) = settings.studies_calling_aet {
+            self.studies.calling_aet = aet;
+        }
+        self.studies.store_folder = settings.studies_store;
+        if let Some(aet) = settings.studies_scp_aet {
+            self.studies.scp.aet = aet;
+        }
+        if let Some(port) = settings.studies_scp_port {
+            self.studies.scp.port = port;
+        }
+        if let Some(allowed) = settings.studies_scp_allowed {
+            self.studies.scp.allowed = allowed;
+        }
     }
 
     /// What [`eframe::App::save`] stores.
@@ -320,6 +352,13 @@ impl MeloApp {
             audit_members: kept(Some(&self.privacy.config.members)),
             audit_nonmembers: kept(Some(&self.privacy.config.nonmembers)),
             audit_export_folder: kept(self.privacy.export_folder.as_ref()),
+            // A store folder is chosen once for the site, not named after a patient: kept.
+            studies_nodes: self.studies.nodes.clone(),
+            studies_calling_aet: Some(self.studies.calling_aet.clone()),
+            studies_store: self.studies.store_folder.clone(),
+            studies_scp_aet: Some(self.studies.scp.aet.clone()),
+            studies_scp_port: Some(self.studies.scp.port.clone()),
+            studies_scp_allowed: Some(self.studies.scp.allowed.clone()),
         }
     }
 
@@ -342,6 +381,7 @@ impl MeloApp {
             viewer: Viewer::default(),
             diagnosis: DiagnosisPanel::new(backbone_dir, adapters_dir),
             privacy: PrivacyPanel::default(),
+            studies: StudiesPanel::default(),
             show_help: false,
             messages: Vec::new(),
             last_folder: None,
@@ -404,6 +444,7 @@ impl MeloApp {
         for (level, text) in self.privacy.receive(&ctx) {
             self.push_message(level, text, Vec::new());
         }
+        self.studies.receive();
         if let Some(latency) = self.privacy.fresh_cancel_latency.take() {
             if let Some(log) = self.frame_log.as_mut() {
                 log.note(&format!("cancel_latency_s={:.3}", latency.as_secs_f64()));
@@ -445,6 +486,7 @@ impl MeloApp {
         egui::CentralPanel::no_frame().show(ui, |ui| match self.tab {
             Tab::Viewer => self.viewer.ui(ui, self.hide_patient_details, &mut commands),
             Tab::Privacy => self.privacy.ui(ui, &mut commands),
+            Tab::Studies => self.studies.ui(ui, self.hide_patient_details, &mut commands),
         });
         if self.privacy.is_running() {
             // Progress arrives from the worker (which wakes the UI), but the elapsed time and
@@ -491,7 +533,12 @@ impl MeloApp {
             }
             Command::DismissMessage(id) => self.messages.retain(|m| m.id != id),
             Command::SetHidePatientDetails(hide) => self.hide_patient_details = hide,
-            Command::SetTab(tab) => self.tab = tab,
+            Command::SetTab(tab) => {
+                self.tab = tab;
+                if tab == Tab::Studies {
+                    self.studies.on_shown();
+                }
+            }
             Command::Viewer(command) => self.viewer.apply(command),
             Command::Diagnosis(command) => {
                 if let Some((level, text)) = self.diagnosis.apply(command, ctx) {
@@ -501,6 +548,18 @@ impl MeloApp {
             Command::Privacy(command) => {
                 for (level, text) in self.privacy.apply(command, ctx) {
                     self.push_message(level, text, Vec::new());
+                }
+            }
+            Command::Studies(command) => {
+                for effect in self.studies.apply(command, ctx) {
+                    match effect {
+                        StudiesEffect::Message(level, text) => self.push_message(level, text, Vec::new()),
+                        StudiesEffect::Open(paths) => {
+                            // The retrieved series goes into the viewer, as an opened folder would.
+                            self.tab = Tab::Viewer;
+                            self.loader.open(paths, ctx);
+                        }
+                    }
                 }
             }
             Command::RunAudit => {

@@ -58,13 +58,17 @@ pub use viewer::{CineState, Tool, Viewer, ViewerCommand, ViewerState};
 /// The window title (also the name eframe stores settings under).
 pub const APP_NAME: &str = "MeLo Workstation";
 
+/// The app id: the window class, and the name of the data folder eframe keeps settings in
+/// (`~/.local/share/melo-workstation` on Linux), beside which the study store lives.
+pub const APP_ID: &str = "melo-workstation";
+
 /// Opens the window on `paths`; with none, on the shipped samples folder.
 pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
     let paths = if paths.is_empty() { samples_dir().into_iter().collect() } else { paths };
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(APP_NAME)
-            .with_app_id("melo-workstation")
+            .with_app_id(APP_ID)
             .with_inner_size([1400.0, 900.0])
             .with_min_inner_size([640.0, 400.0])
             .with_drag_and_drop(true),

@@ -374,7 +374,7 @@ impl Default for StudiesPanel {
 
 /// The default study store: `studies` in the app's data folder (beside eframe's settings).
 pub fn default_store_folder() -> Option<PathBuf> {
-    eframe::storage_dir(super::APP_NAME).map(|d| d.join("studies"))
+    eframe::storage_dir(super::APP_ID).map(|d| d.join("studies"))
 }
 
 /// Spawns a named worker; a failure to spawn is reported rather than panicking.

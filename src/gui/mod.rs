@@ -280,7 +280,17 @@ impl MeloApp {
                     app.commands.push(Command::Privacy(PrivacyCommand::Run));
                 }
                 "privacy" => app.tab = Tab::Privacy,
-                "studies" => app.tab = Tab::Studies,
+                // `MELO_GUI_STUDIES_NODE` (AET@HOST:PORT or a DICOMweb URL): that node added,
+                // echoed and searched for every study.
+                "studies" => {
+                    app.tab = Tab::Studies;
+                    if let Ok(node) = std::env::var("MELO_GUI_STUDIES_NODE") {
+                        app.studies.form = studies::NodeForm::parse("PACS", &node);
+                        for command in [StudiesCommand::SubmitNode, StudiesCommand::Echo(0), StudiesCommand::Search] {
+                            app.commands.push(Command::Studies(command));
+                        }
+                    }
+                }
                 "heatmap" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetHeatmap(true))),
                 "all-tasks" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetShowAllTasks(true))),
                 _ => {}
@@ -327,7 +337,7 @@ impl MeloApp {
         if let Some(aet) = settings.studies_calling_aet {
             self.studies.calling_aet = aet;
         }
-        self.studies.store_folder = settings.studies_store;
+        self.studies.set_configured_store(settings.studies_store);
         if let Some(aet) = settings.studies_scp_aet {
             self.studies.scp.aet = aet;
         }

@@ -98,6 +98,23 @@ impl NodeForm {
         Ok(Node { name: name.to_string(), address })
     }
 
+    /// A form filled from `AET@HOST:PORT` or an `http://` URL (scripted starts); what does not
+    /// parse is left in the fields for [`NodeForm::to_node`] to refuse.
+    pub fn parse(name: &str, address: &str) -> Self {
+        let mut form = NodeForm { name: name.to_string(), ..Default::default() };
+        if address.contains("://") {
+            form.dicomweb = true;
+            form.url = address.to_string();
+        } else {
+            let (aet, rest) = address.rsplit_once('@').unwrap_or(("", address));
+            let (host, port) = rest.rsplit_once(':').unwrap_or((rest, ""));
+            form.aet = aet.to_string();
+            form.host = host.to_string();
+            form.port = port.to_string();
+        }
+        form
+    }
+
     fn from_node(node: &Node, index: usize) -> Self {
         let mut form = NodeForm { name: node.name.clone(), editing: Some(index), ..Default::default() };
         match &node.address {
@@ -358,7 +375,7 @@ impl Default for StudiesPanel {
             expanded: BTreeMap::new(),
             calling_aet: "MELO".into(),
             store_folder: None,
-            store_field: String::new(),
+            store_field: default_store_folder().map(|p| p.display().to_string()).unwrap_or_default(),
             retrieve: None,
             last_retrieve: None,
             status: None,
@@ -512,6 +529,14 @@ impl StudiesPanel {
         if self.local.is_empty() && self.store.is_none() && self.store_folder().is_some_and(|f| f.is_dir()) {
             self.refresh_local();
         }
+    }
+
+    /// Uses the store folder remembered by the settings (`None`: the default).
+    pub fn set_configured_store(&mut self, folder: Option<PathBuf>) {
+        self.store_folder = folder;
+        self.store = None;
+        self.local.clear();
+        self.store_field = self.store_folder().map(|p| p.display().to_string()).unwrap_or_default();
     }
 
     /// Re-reads the "Local" list from the store's index.
@@ -922,9 +947,6 @@ impl StudiesPanel {
         labelled_text(ui, "Calling AE title", &mut self.calling_aet);
         ui.horizontal(|ui| {
             let label = ui.label("Store folder");
-            if self.store_field.is_empty() {
-                self.store_field = self.store_folder().map(|p| p.display().to_string()).unwrap_or_default();
-            }
             ui.add(egui::TextEdit::singleline(&mut self.store_field).desired_width(180.0)).labelled_by(label.id);
             if ui.button("Use").clicked() && !self.store_field.trim().is_empty() {
                 send(commands, StudiesCommand::SetStoreFolder(PathBuf::from(self.store_field.trim())));
@@ -1273,7 +1295,9 @@ fn labelled_text(ui: &mut egui::Ui, label: &str, value: &mut String) {
 
 fn grid_text(ui: &mut egui::Ui, label: &str, value: &mut String) {
     let label = ui.label(label);
-    ui.add(egui::TextEdit::singleline(value).desired_width(140.0)).labelled_by(label.id);
+    // Sized explicitly: in a grid a text field otherwise takes the column's width from the
+    // previous frame, which starts narrow.
+    ui.add_sized([150.0, 20.0], egui::TextEdit::singleline(value)).labelled_by(label.id);
 }
 
 #[cfg(test)]
@@ -1313,5 +1337,9 @@ mod tests {
         assert!(form.to_node().is_err());
         let web = NodeForm { name: "W".into(), dicomweb: true, url: "ftp://x".into(), ..Default::default() };
         assert!(web.to_node().is_err());
+        let parsed = NodeForm::parse("P", "ORTHANC@127.0.0.1:4242").to_node().unwrap();
+        assert_eq!(parsed.address, NodeAddress::Dimse { aet: "ORTHANC".into(), host: "127.0.0.1".into(), port: 4242 });
+        let parsed = NodeForm::parse("P", "http://pacs:8042/dicom-web/").to_node().unwrap();
+        assert_eq!(parsed.address, NodeAddress::DicomWeb { url: "http://pacs:8042/dicom-web".into() });
     }
 }

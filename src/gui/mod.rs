@@ -22,6 +22,7 @@ mod overlay;
 mod privacy;
 mod shortcuts;
 mod stack;
+mod studies;
 mod tags;
 mod viewer;
 
@@ -50,11 +51,19 @@ pub use privacy::{
 };
 pub use shortcuts::{SHORTCUTS, VIEWER_KEYS};
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
+pub use studies::{
+    default_store_folder, EchoState, Node, NodeAddress, NodeForm, RetrieveOutcome, SearchFields, SeriesRow,
+    SeriesState, StudiesCommand, StudiesEffect, StudiesPanel, StudyRow,
+};
 pub use tags::{tag_matches, TagBrowser};
 pub use viewer::{CineState, Tool, Viewer, ViewerCommand, ViewerState};
 
 /// The window title (also the name eframe stores settings under).
 pub const APP_NAME: &str = "MeLo Workstation";
+
+/// The app id: the window class, and the name of the data folder eframe keeps settings in
+/// (`~/.local/share/melo-workstation` on Linux), beside which the study store lives.
+pub const APP_ID: &str = "melo-workstation";
 
 /// Opens the window on `paths`; with none, on the shipped samples folder.
 pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
@@ -62,7 +71,7 @@ pub fn run_native(paths: Vec<PathBuf>) -> Result<(), String> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(APP_NAME)
-            .with_app_id("melo-workstation")
+            .with_app_id(APP_ID)
             .with_inner_size([1400.0, 900.0])
             .with_min_inner_size([640.0, 400.0])
             .with_drag_and_drop(true),
@@ -87,21 +96,23 @@ pub fn samples_dir() -> Option<PathBuf> {
     candidates.into_iter().find(|dir| dir.is_dir())
 }
 
-/// The tabs of the window: the viewer (with the diagnosis panel beside it) and the privacy
-/// audit.
+/// The tabs of the window: the viewer (with the diagnosis panel beside it), the privacy
+/// audit, and the studies on PACS nodes and in the local store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Tab {
     Viewer,
     Privacy,
+    Studies,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 2] = [Tab::Viewer, Tab::Privacy];
+    pub const ALL: [Tab; 3] = [Tab::Viewer, Tab::Studies, Tab::Privacy];
 
     pub fn label(self) -> &'static str {
         match self {
             Tab::Viewer => "Viewer",
             Tab::Privacy => "Privacy audit",
+            Tab::Studies => "Studies",
         }
     }
 }
@@ -143,6 +154,7 @@ pub enum Command {
     Viewer(ViewerCommand),
     Diagnosis(DiagnosisCommand),
     Privacy(PrivacyCommand),
+    Studies(StudiesCommand),
     ToggleHelp,
     /// Ctrl+Enter: run the audit (privacy tab).
     RunAudit,
@@ -203,6 +215,14 @@ pub struct Settings {
     pub audit_members: Option<PathBuf>,
     pub audit_nonmembers: Option<PathBuf>,
     pub audit_export_folder: Option<PathBuf>,
+    /// PACS nodes of the Studies view (addresses only), our calling AE title, the study store
+    /// folder and the receiver's set-up.
+    pub studies_nodes: Vec<Node>,
+    pub studies_calling_aet: Option<String>,
+    pub studies_store: Option<PathBuf>,
+    pub studies_scp_aet: Option<String>,
+    pub studies_scp_port: Option<String>,
+    pub studies_scp_allowed: Option<String>,
 }
 
 const SETTINGS_KEY: &str = "melo_settings";
@@ -220,6 +240,7 @@ pub struct MeloApp {
     pub viewer: Viewer,
     pub diagnosis: DiagnosisPanel,
     pub privacy: PrivacyPanel,
+    pub studies: StudiesPanel,
     pub show_help: bool,
     pub messages: Vec<Message>,
     /// The last folder opened (or holding the last file), where file dialogs start.
@@ -262,6 +283,17 @@ impl MeloApp {
                     app.commands.push(Command::Privacy(PrivacyCommand::Run));
                 }
                 "privacy" => app.tab = Tab::Privacy,
+                // `MELO_GUI_STUDIES_NODE` (AET@HOST:PORT or a DICOMweb URL): that node added,
+                // echoed and searched for every study.
+                "studies" => {
+                    app.tab = Tab::Studies;
+                    if let Ok(node) = std::env::var("MELO_GUI_STUDIES_NODE") {
+                        app.studies.form = studies::NodeForm::parse("PACS", &node);
+                        for command in [StudiesCommand::SubmitNode, StudiesCommand::Echo(0), StudiesCommand::Search] {
+                            app.commands.push(Command::Studies(command));
+                        }
+                    }
+                }
                 "heatmap" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetHeatmap(true))),
                 "all-tasks" => app.commands.push(Command::Diagnosis(DiagnosisCommand::SetShowAllTasks(true))),
                 _ => {}
@@ -304,6 +336,20 @@ impl MeloApp {
             self.privacy.config.nonmembers = p;
         }
         self.privacy.export_folder = settings.audit_export_folder;
+        self.studies.nodes = settings.studies_nodes;
+        if let Some(aet) = settings.studies_calling_aet {
+            self.studies.calling_aet = aet;
+        }
+        self.studies.set_configured_store(settings.studies_store);
+        if let Some(aet) = settings.studies_scp_aet {
+            self.studies.scp.aet = aet;
+        }
+        if let Some(port) = settings.studies_scp_port {
+            self.studies.scp.port = port;
+        }
+        if let Some(allowed) = settings.studies_scp_allowed {
+            self.studies.scp.allowed = allowed;
+        }
     }
 
     /// What [`eframe::App::save`] stores.
@@ -323,6 +369,13 @@ impl MeloApp {
             audit_members: kept(Some(&self.privacy.config.members)),
             audit_nonmembers: kept(Some(&self.privacy.config.nonmembers)),
             audit_export_folder: kept(self.privacy.export_folder.as_ref()),
+            // A store folder is chosen once for the site, not named after a patient: kept.
+            studies_nodes: self.studies.nodes.clone(),
+            studies_calling_aet: Some(self.studies.calling_aet.clone()),
+            studies_store: self.studies.store_folder.clone(),
+            studies_scp_aet: Some(self.studies.scp.aet.clone()),
+            studies_scp_port: Some(self.studies.scp.port.clone()),
+            studies_scp_allowed: Some(self.studies.scp.allowed.clone()),
         }
     }
 
@@ -345,6 +398,7 @@ impl MeloApp {
             viewer: Viewer::default(),
             diagnosis: DiagnosisPanel::new(backbone_dir, adapters_dir),
             privacy: PrivacyPanel::default(),
+            studies: StudiesPanel::default(),
             show_help: false,
             messages: Vec::new(),
             last_folder: None,
@@ -407,6 +461,7 @@ impl MeloApp {
         for (level, text) in self.privacy.receive(&ctx) {
             self.push_message(level, text, Vec::new());
         }
+        self.studies.receive();
         if let Some(latency) = self.privacy.fresh_cancel_latency.take() {
             if let Some(log) = self.frame_log.as_mut() {
                 log.note(&format!("cancel_latency_s={:.3}", latency.as_secs_f64()));
@@ -448,6 +503,7 @@ impl MeloApp {
         egui::CentralPanel::no_frame().show(ui, |ui| match self.tab {
             Tab::Viewer => self.viewer.ui(ui, self.hide_patient_details, &mut commands),
             Tab::Privacy => self.privacy.ui(ui, &mut commands),
+            Tab::Studies => self.studies.ui(ui, self.hide_patient_details, &mut commands),
         });
         if self.privacy.is_running() {
             // Progress arrives from the worker (which wakes the UI), but the elapsed time and
@@ -494,7 +550,12 @@ impl MeloApp {
             }
             Command::DismissMessage(id) => self.messages.retain(|m| m.id != id),
             Command::SetHidePatientDetails(hide) => self.hide_patient_details = hide,
-            Command::SetTab(tab) => self.tab = tab,
+            Command::SetTab(tab) => {
+                self.tab = tab;
+                if tab == Tab::Studies {
+                    self.studies.on_shown();
+                }
+            }
             Command::Viewer(command) => self.viewer.apply(command),
             Command::Diagnosis(command) => {
                 if let Some((level, text)) = self.diagnosis.apply(command, ctx) {
@@ -504,6 +565,18 @@ impl MeloApp {
             Command::Privacy(command) => {
                 for (level, text) in self.privacy.apply(command, ctx) {
                     self.push_message(level, text, Vec::new());
+                }
+            }
+            Command::Studies(command) => {
+                for effect in self.studies.apply(command, ctx) {
+                    match effect {
+                        StudiesEffect::Message(level, text) => self.push_message(level, text, Vec::new()),
+                        StudiesEffect::Open(paths) => {
+                            // The retrieved series goes into the viewer, as an opened folder would.
+                            self.tab = Tab::Viewer;
+                            self.loader.open(paths, ctx);
+                        }
+                    }
                 }
             }
             Command::RunAudit => {

@@ -60,6 +60,12 @@ pub const SHORTCUTS: &[Shortcut] = &[
         command: || Command::SetTab(Tab::Privacy),
     },
     Shortcut {
+        shortcut: key(Modifiers::COMMAND, Key::Num3),
+        needs_free_keyboard: false,
+        action: "Studies (PACS and local store)",
+        command: || Command::SetTab(Tab::Studies),
+    },
+    Shortcut {
         shortcut: key(Modifiers::COMMAND, Key::Enter),
         needs_free_keyboard: false,
         action: "Run the audit (privacy tab)",

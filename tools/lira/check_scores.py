@@ -47,7 +47,7 @@ def main():
     t = json.load(open(f"{shadow_dir}/target_phi.json"))
     target = np.array(t["phi"], dtype=np.float64)
     n = target.shape[0]
-    shadows = [json.load(open(p)) for p in sorted(glob.glob(f"{shadow_dir}/shadow_*.json"))]
+    shadows = [json.load(open(p)) for p in sorted(glob.glob(f"{shadow_dir}/shadow_[0-9][0-9][0-9].json"))]
     phi = np.array([s["phi"] for s in shadows], dtype=np.float64)
     inside = np.array([s["in_mask"][:n] for s in shadows], dtype=bool)
     online, offline = lira(target, phi, inside)

@@ -45,10 +45,6 @@ fn lira_scores_match_numpy() {
     }
 }
 
-fn tiny_target(dir: &std::path::Path) -> PathBuf {
-    common::tiny_breast_adapter(dir)
-}
-
 fn config(adapter: PathBuf, shadow_dir: PathBuf, shadows: usize) -> AdapterAuditConfig {
     let data = breastmnist().display().to_string();
     AdapterAuditConfig {
@@ -70,7 +66,7 @@ fn config(adapter: PathBuf, shadow_dir: PathBuf, shadows: usize) -> AdapterAudit
 #[test]
 fn an_adapter_audit_trains_caches_and_reuses_its_shadows() {
     let dir = tempfile::tempdir().unwrap();
-    let target = tiny_target(dir.path());
+    let target = common::tiny_breast_adapter(dir.path());
     let shadow_dir = dir.path().join("shadows");
     let cancel = AtomicBool::new(false);
     let first = run(&config(target.clone(), shadow_dir.clone(), 3), &mut |_| {}, &cancel).unwrap();

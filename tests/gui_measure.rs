@@ -1,8 +1,9 @@
 //! Headless tests of the viewer's measuring tools and cine: the real `MeloApp` driven through
 //! egui_kittest, on the shipped CT slice and MR series.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use egui::{Event, Key, Modifiers, PointerButton, Pos2, Vec2};
 use egui_kittest::kittest::{NodeT, Queryable};
@@ -21,16 +22,7 @@ fn open(paths: Vec<PathBuf>) -> Harness<'static, MeloApp> {
         .with_size(Vec2::new(1280.0, 800.0))
         .with_max_steps(32)
         .build_ui_state(|ui, app: &mut MeloApp| app.show(ui), MeloApp::with_paths(paths));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        harness.step();
-        if !harness.state().is_busy() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "loading did not finish within the time limit");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    harness.run();
+    common::wait_until_loaded(&mut harness);
     harness
 }
 

@@ -1,8 +1,9 @@
 //! Headless tests of the viewer's MPR mode: the real `MeloApp` driven through egui_kittest on
 //! the shipped 20-slice MR series (and a copy of it with a slice missing).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use egui::{Key, Pos2, Rect, Vec2};
 use egui_kittest::kittest::{NodeT, Queryable};
@@ -21,16 +22,7 @@ fn open(paths: Vec<PathBuf>) -> Harness<'static, MeloApp> {
         .with_size(Vec2::new(1400.0, 800.0))
         .with_max_steps(32)
         .build_ui_state(|ui, app: &mut MeloApp| app.show(ui), MeloApp::with_paths(paths));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        harness.step();
-        if !harness.state().is_busy() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "loading did not finish within the time limit");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    harness.run();
+    common::wait_until_loaded(&mut harness);
     harness
 }
 

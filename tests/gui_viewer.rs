@@ -1,8 +1,9 @@
 //! Headless tests of the viewer window: the real `MeloApp`, driven through egui_kittest with
 //! synthetic input, loading real DICOM files on its background threads.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use egui::{Event, Key, Modifiers, MouseWheelUnit, PointerButton, Pos2, Vec2};
 use egui_kittest::kittest::{NodeT, Queryable};
@@ -37,23 +38,9 @@ fn harness(app: MeloApp) -> Harness<'static, MeloApp> {
         .build_ui_state(|ui, app: &mut MeloApp| app.show(ui), app)
 }
 
-/// Runs frames until the app has nothing loading, then lets the UI settle.
-fn wait_until_loaded(harness: &mut Harness<'_, MeloApp>) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        harness.step();
-        if !harness.state().is_busy() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "loading did not finish within the time limit");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    harness.run();
-}
-
 fn open(paths: Vec<PathBuf>) -> Harness<'static, MeloApp> {
     let mut harness = harness(MeloApp::with_paths(paths));
-    wait_until_loaded(&mut harness);
+    common::wait_until_loaded(&mut harness);
     harness
 }
 
@@ -250,7 +237,7 @@ fn a_broken_file_shows_an_error_and_the_app_still_opens_good_files() {
 
     // The app is still usable: open a good file, then dismiss the error.
     harness.state_mut().send(Command::OpenPaths(vec![good]));
-    wait_until_loaded(&mut harness);
+    common::wait_until_loaded(&mut harness);
     assert_eq!(harness.state().viewer.slice_count(), 1);
     assert!(harness.state().viewer.current().is_some());
     harness.get_by_label("Dismiss").click();

@@ -16,9 +16,7 @@ use std::sync::atomic::AtomicBool;
 use melo::audit::{self, AttackKind, AuditConfig, LossParams, Preset};
 use melo::model::lora::{Adapter, AdapterMetadata, ImportOptions};
 use melo::model::vit::{Config, VisionTransformer};
-use melo::model::Pooling;
-use melo::train::data::SplitFractions;
-use melo::train::trainer::{report_path, train, train_with, Augment, DataSetInfo, Method, TrainOptions};
+use melo::train::trainer::{report_path, train, train_with, DataSetInfo, Method, TrainOptions};
 
 const PATIENT: &str = "DOE^JANE";
 const OTHER_PATIENT: &str = "SMITH^JOHN";
@@ -99,38 +97,16 @@ fn write_image_folder(root: &Path, per_class: usize) {
 
 fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
     TrainOptions {
-        data,
         method: Method::Linear,
         rank: 1,
         alpha: 1.0,
-        epochs: 1,
         lr: 3e-3,
-        min_lr: 1e-6,
-        warmup: 0.0,
-        batch: 8,
-        size: 28,
         seed: 0,
-        out,
         task: "leak_test".into(),
         labels: None,
         modality: String::new(),
-        description: String::new(),
-        augment: Augment::Hflip,
-        label_smoothing: 0.1,
-        weight_decay: 1e-4,
-        class_weights: true,
-        pooling: Pooling::ClsMeanPatch,
-        backbone: backbone_dir(),
         limit: None,
-        split: SplitFractions::default(),
-        resume: false,
-        stop_after: None,
-        head_epochs: 0,
-        head_lr: 3e-3,
-        ood_pass_rate: melo::model::ood::THRESHOLD_QUANTILE,
-        progress: false,
-        intended_use: String::new(),
-        limitations: Vec::new(),
+        ..common::train_options(data, out)
     }
 }
 

@@ -547,40 +547,7 @@ fn hand_written_backward_matches_candle_autograd() {
 // ---- end to end ------------------------------------------------------------------------
 
 fn options(data: PathBuf, out: PathBuf, method: Method, epochs: usize) -> TrainOptions {
-    TrainOptions {
-        data,
-        method,
-        rank: 2,
-        alpha: 2.0,
-        epochs,
-        lr: 2e-3,
-        min_lr: 1e-6,
-        warmup: 0.0,
-        batch: 8,
-        size: 28,
-        seed: 1,
-        out,
-        task: "breast_test".into(),
-        labels: Some(vec!["malignant".into(), "normal_or_benign".into()]),
-        modality: "US".into(),
-        description: String::new(),
-        augment: Augment::Hflip,
-        label_smoothing: 0.1,
-        weight_decay: 1e-4,
-        class_weights: true,
-        pooling: Pooling::ClsMeanPatch,
-        backbone: backbone_dir(),
-        limit: Some(24),
-        split: SplitFractions::default(),
-        resume: false,
-        stop_after: None,
-        head_epochs: 0,
-        head_lr: 3e-3,
-        ood_pass_rate: melo::model::ood::THRESHOLD_QUANTILE,
-        progress: false,
-        intended_use: String::new(),
-        limitations: Vec::new(),
-    }
+    TrainOptions { method, epochs, ..common::train_options(data, out) }
 }
 
 fn read_report(out: &Path) -> TrainReport {

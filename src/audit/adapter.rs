@@ -25,7 +25,6 @@
 //! `tools/lira/check_scores.py` re-implements the scoring in numpy from the cached files;
 //! `tests/adapter_audit.rs` compares.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -36,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, Result};
-use super::metrics::{evaluate, BootstrapOptions, Metrics, RocPoint};
+use super::metrics::{evaluate, BootstrapOptions, Metrics};
 use super::report::{AttackReport, SampleScore};
 use crate::model::{Adapter, Engine};
 use crate::train::calibrate::features_and_logits;
@@ -326,7 +325,8 @@ fn phi_of(engine: &Engine, adapter: &Adapter, images: &Prepared) -> Result<(Vec<
     let all: Vec<usize> = (0..images.len()).collect();
     let mut phi = vec![Vec::with_capacity(QUERIES.len()); images.len()];
     let mut log_p = Vec::new();
-    for (q, view) in [images.clone(), hflip(images)].iter().enumerate() {
+    let mirrored = hflip(images);
+    for (q, view) in [images, &mirrored].into_iter().enumerate() {
         let (_, logits) = features_and_logits(engine.backbone(), adapter, view, &all).map_err(train_error)?;
         for (i, row) in logits.chunks_exact(c).enumerate() {
             phi[i].push(logit_scaled_confidence(row, images.labels[i]));
@@ -372,9 +372,9 @@ fn load_set(
 ) -> Result<Prepared> {
     let labels = adapter.labels().to_vec();
     let source = DataSource::open(&spec.path, None, split).map_err(|e| Error::Data(format!("{what}: {e}")))?;
-    // An npz names its classes class_0…; a folder by its class folders, which must be the
-    // adapter's labels.
-    let is_npz = source.classes.iter().enumerate().all(|(i, c)| *c == format!("class_{i}"));
+    // An npz numbers its classes (class_0 …, in the adapter's label order); a folder names
+    // them by its class folders, which must be among the adapter's labels.
+    let is_npz = !spec.path.is_dir();
     if is_npz {
         if source.classes.len() != labels.len() {
             return Err(Error::Data(format!(
@@ -691,16 +691,6 @@ pub fn run(
 fn read_record(path: &Path) -> Option<ShadowRecord> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
-}
-
-/// Per-class AUCs as a map (for quick reading in tests and tools).
-pub fn class_aucs(report: &AdapterAuditReport, attack: &str) -> BTreeMap<String, f64> {
-    report.per_class.iter().filter(|c| c.attack == attack).map(|c| (c.class.clone(), c.metrics.auc)).collect()
-}
-
-/// ROC of an attack in the report.
-pub fn roc_of<'a>(report: &'a AdapterAuditReport, attack: &str) -> Option<&'a [RocPoint]> {
-    report.attacks.iter().find(|a| a.name == attack).map(|a| a.roc.as_slice())
 }
 
 #[cfg(test)]

@@ -336,20 +336,7 @@ fn audit_adapter(args: &AuditArgs, adapter: &Path) -> Result<()> {
     };
     let report = super::adapter::run(&config, &mut on_progress, &cancel)?;
     report.write_json(out)?;
-    for a in &report.attacks {
-        let m = &a.metrics;
-        println!(
-            "{:<13} AUC {:.3} [{:.3}, {:.3}]  TPR@1%FPR {:.3}  TPR@0.1%FPR {:.3}  ({} + {})",
-            a.name,
-            m.auc,
-            m.auc_ci95[0],
-            m.auc_ci95[1],
-            m.tpr_at_1pct_fpr,
-            m.tpr_at_0_1pct_fpr,
-            m.n_members,
-            m.n_nonmembers
-        );
-    }
+    print_attack_table(&report.attacks);
     if let Some(s) = &report.shadows {
         println!(
             "shadows: {} ({} trained now in {:.0} s, {} from the cache), each on {} of {} pool images",
@@ -360,6 +347,30 @@ fn audit_adapter(args: &AuditArgs, adapter: &Path) -> Result<()> {
         eprintln!("warning: {w}");
     }
     Ok(())
+}
+
+/// One row per attack: AUC with its CI, TPR at low FPR, balanced accuracy, queries, seconds
+/// (the diffusion and the adapter audit alike).
+fn print_attack_table(attacks: &[super::report::AttackReport]) {
+    println!(
+        "{:<12} {:>6} {:>17} {:>9} {:>10} {:>8} {:>8} {:>8}",
+        "attack", "AUC", "95 % CI", "TPR@1%", "TPR@0.1%", "bal.acc", "queries", "seconds"
+    );
+    for a in attacks {
+        let m = &a.metrics;
+        println!(
+            "{:<12} {:>6.3} [{:.3}, {:.3}] {:>9.3} {:>10.3} {:>8.3} {:>8} {:>8.1}",
+            a.name,
+            m.auc,
+            m.auc_ci95[0],
+            m.auc_ci95[1],
+            m.tpr_at_1pct_fpr,
+            m.tpr_at_0_1pct_fpr,
+            m.balanced_accuracy,
+            a.queries_per_sample,
+            a.seconds
+        );
+    }
 }
 
 /// `OUT.partial.json` beside the report.
@@ -377,25 +388,7 @@ fn print_summary(r: &Report) {
         "target {}: {} ({} UNet parameters); {} members, {} non-members",
         r.target.dir, r.target.kind, r.target.parameters, r.n_members, r.n_nonmembers
     );
-    println!(
-        "{:<11} {:>6} {:>17} {:>9} {:>10} {:>8} {:>8} {:>8}",
-        "attack", "AUC", "95 % CI", "TPR@1%", "TPR@0.1%", "bal.acc", "queries", "seconds"
-    );
-    for a in &r.attacks {
-        let m = &a.metrics;
-        println!(
-            "{:<11} {:>6.3} [{:.3}, {:.3}] {:>9.3} {:>10.3} {:>8.3} {:>8} {:>8.1}",
-            a.name,
-            m.auc,
-            m.auc_ci95[0],
-            m.auc_ci95[1],
-            m.tpr_at_1pct_fpr,
-            m.tpr_at_0_1pct_fpr,
-            m.balanced_accuracy,
-            a.queries_per_sample,
-            a.seconds
-        );
-    }
+    print_attack_table(&r.attacks);
     println!("total {:.1} s ({} threads)", r.timings.total_seconds, r.timings.threads);
 }
 

@@ -46,7 +46,7 @@ pub struct AdapterAuditPanel {
 
 impl Default for AdapterAuditPanel {
     fn default() -> Self {
-        let shadow_dir = dirs_cache().join("adapter-audit-shadows");
+        let shadow_dir = super::privacy::cache_dir().join("adapter-audit-shadows");
         Self {
             adapter: String::new(),
             members: String::new(),
@@ -61,14 +61,6 @@ impl Default for AdapterAuditPanel {
             running: None,
         }
     }
-}
-
-fn dirs_cache() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("melo")
 }
 
 impl AdapterAuditPanel {

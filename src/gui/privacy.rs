@@ -1033,6 +1033,12 @@ pub fn checkpoint_path(dir: &Path, config: &AuditConfig) -> PathBuf {
 /// `~/Library/Caches` (macOS), `%LOCALAPPDATA%` (Windows), each with `melo/audit-checkpoints`;
 /// the temporary folder when none is set.
 fn default_checkpoint_dir() -> PathBuf {
+    cache_dir().join("audit-checkpoints")
+}
+
+/// The per-user cache folder of the privacy tab (`…/melo`): interrupted runs' checkpoints and
+/// the adapter audit's shadow adapters.
+pub(super) fn cache_dir() -> PathBuf {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let base = if cfg!(target_os = "windows") {
         var("LOCALAPPDATA")
@@ -1041,7 +1047,7 @@ fn default_checkpoint_dir() -> PathBuf {
     } else {
         var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))
     };
-    base.unwrap_or_else(std::env::temp_dir).join("melo").join("audit-checkpoints")
+    base.unwrap_or_else(std::env::temp_dir).join("melo")
 }
 
 /// A [−1, 1] grey image for display.

@@ -245,7 +245,7 @@ fn inflate_deflated_dataset(body: &[u8]) -> Option<Result<DefaultDicomObject>> {
 /// Some writers pad the file with zero bytes after the Pixel Data element, which dicom-rs
 /// reads as a broken element; pydicom skips them. Cut the file right after Pixel Data when
 /// what follows is all zeros.
-fn without_trailing_padding(body: &[u8]) -> Option<&[u8]> {
+pub(crate) fn without_trailing_padding(body: &[u8]) -> Option<&[u8]> {
     let tag_le = [0xE0, 0x7F, 0x10, 0x00];
     let pos = body.windows(4).rposition(|w| w == tag_le)?;
     let header = body.get(pos..pos + 12)?;

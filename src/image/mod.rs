@@ -13,6 +13,7 @@ mod raster;
 /// The whole DICOM object as the viewer reads it (lenient with padding and mis-encoded meta),
 /// for the writers of derived and de-identified files.
 pub(crate) use dicom::parse as parse_dicom_object;
+pub(crate) use dicom::without_trailing_padding;
 pub use dicom::{load_dicom, load_dicom_bytes, parse_header as parse_header_bytes};
 pub use meta::{ImageMeta, TagEntry, VoiLut, Window};
 pub use raster::load_raster;

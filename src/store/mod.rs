@@ -514,29 +514,10 @@ pub(crate) fn parse_data_set<'a>(
 ) -> std::result::Result<(InMemDicomObject, &'a [u8]), String> {
     match InMemDicomObject::read_dataset_with_ts(data_set, ts) {
         Ok(obj) => Ok((obj, data_set)),
-        Err(e) => without_trailing_zeros(data_set)
+        Err(e) => crate::image::without_trailing_padding(data_set)
             .and_then(|trimmed| InMemDicomObject::read_dataset_with_ts(trimmed, ts).ok().map(|o| (o, trimmed)))
             .ok_or_else(|| one_line(&e.to_string())),
     }
-}
-
-/// The data set cut right after its (last) Pixel Data element when only zero bytes follow it;
-/// the same rule as the viewer's reader (`image::dicom`, `without_trailing_padding`).
-fn without_trailing_zeros(data_set: &[u8]) -> Option<&[u8]> {
-    let tag = [0xE0, 0x7F, 0x10, 0x00];
-    let pos = data_set.windows(4).rposition(|w| w == tag)?;
-    let header = data_set.get(pos..pos + 12)?;
-    let (value_start, len) = if &header[4..6] == b"OW" || &header[4..6] == b"OB" {
-        (pos + 12, u32::from_le_bytes([header[8], header[9], header[10], header[11]]))
-    } else {
-        (pos + 8, u32::from_le_bytes([header[4], header[5], header[6], header[7]]))
-    };
-    if len == u32::MAX {
-        return None;
-    }
-    let end = value_start.checked_add(len as usize)?;
-    let rest = data_set.get(end..)?;
-    (!rest.is_empty() && rest.iter().all(|&b| b == 0)).then(|| &data_set[..end])
 }
 
 /// A file or folder name for a UID: the UID itself when it is a well-formed UID (digits in

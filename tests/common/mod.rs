@@ -42,37 +42,34 @@ impl eframe::Storage for MemoryStorage {
     fn flush(&mut self) {}
 }
 
-/// A tiny LoRA adapter trained on the first 16 BreastMNIST training images at 28 px for 2
-/// epochs, written to `dir/target.safetensors` with its report (the recipe the membership
-/// audit's shadows reuse).
-pub fn tiny_breast_adapter(dir: &std::path::Path) -> PathBuf {
-    use melo::train::trainer::{train, Method, TrainOptions};
-    let data = require_shared_data("a tiny BreastMNIST adapter").join("medmnist/breastmnist.npz");
-    let out = dir.join("target.safetensors");
-    let options = TrainOptions {
+/// The small training run the tests share: a rank-2 LoRA on 24 images of each split at 28 px,
+/// BreastMNIST's labels, hflip and label smoothing 0.1, one epoch. Tests override what they
+/// exercise with struct-update syntax.
+pub fn train_options(data: PathBuf, out: PathBuf) -> melo::train::trainer::TrainOptions {
+    melo::train::trainer::TrainOptions {
         data,
-        method: Method::Lora,
+        method: melo::train::trainer::Method::Lora,
         rank: 2,
         alpha: 2.0,
-        epochs: 2,
+        epochs: 1,
         lr: 2e-3,
         min_lr: 1e-6,
         warmup: 0.0,
         batch: 8,
         size: 28,
         seed: 1,
-        out: out.clone(),
-        task: "breast_tiny".into(),
+        out,
+        task: "breast_test".into(),
         labels: Some(vec!["malignant".into(), "normal_or_benign".into()]),
         modality: "US".into(),
         description: String::new(),
-        augment: melo::train::augment::Augment::None,
-        label_smoothing: 0.0,
+        augment: melo::train::augment::Augment::Hflip,
+        label_smoothing: 0.1,
         weight_decay: 1e-4,
         class_weights: true,
         pooling: melo::model::Pooling::ClsMeanPatch,
         backbone: repo().join("assets/backbone"),
-        limit: Some(16),
+        limit: Some(24),
         split: melo::train::data::SplitFractions::default(),
         resume: false,
         stop_after: None,
@@ -82,7 +79,38 @@ pub fn tiny_breast_adapter(dir: &std::path::Path) -> PathBuf {
         progress: false,
         intended_use: String::new(),
         limitations: Vec::new(),
+    }
+}
+
+/// A tiny LoRA adapter trained on the first 16 BreastMNIST training images at 28 px for 2
+/// epochs, written to `dir/target.safetensors` with its report (the recipe the membership
+/// audit's shadows reuse).
+pub fn tiny_breast_adapter(dir: &std::path::Path) -> PathBuf {
+    let data = require_shared_data("a tiny BreastMNIST adapter").join("medmnist/breastmnist.npz");
+    let out = dir.join("target.safetensors");
+    let options = melo::train::trainer::TrainOptions {
+        epochs: 2,
+        task: "breast_tiny".into(),
+        augment: melo::train::augment::Augment::None,
+        label_smoothing: 0.0,
+        limit: Some(16),
+        ..train_options(data, out.clone())
     };
-    train(&options).expect("training the tiny BreastMNIST adapter");
+    melo::train::trainer::train(&options).expect("training the tiny BreastMNIST adapter");
     out
+}
+
+/// Runs the window's frames until nothing is loading (at most 2 minutes), then lets the UI
+/// settle: what every GUI test does after opening files.
+pub fn wait_until_loaded(harness: &mut egui_kittest::Harness<'_, melo::gui::MeloApp>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        harness.step();
+        if !harness.state().is_busy() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "loading did not finish within the time limit");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    harness.run();
 }

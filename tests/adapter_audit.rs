@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use melo::audit::adapter::{lira_scores, run, AdapterAttack, AdapterAuditConfig, SetSpec};
+use melo::audit::adapter::{lira_scores, rmia_scores, run, AdapterAttack, AdapterAuditConfig, SetSpec};
 use melo::audit::metrics::BootstrapOptions;
 use serde_json::Value;
 
@@ -45,6 +45,42 @@ fn lira_scores_match_numpy() {
     }
 }
 
+#[test]
+fn rmia_scores_match_numpy() {
+    let text = std::fs::read_to_string(common::repo().join("tests/data/lira_fixture.json")).unwrap();
+    let f: Value = serde_json::from_str(&text).unwrap();
+    let rows = |v: &Value| -> Vec<Vec<f64>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+            .collect()
+    };
+    let target = rows(&f["target"]);
+    let phi: Vec<Vec<Vec<f64>>> = f["phi"].as_array().unwrap().iter().map(rows).collect();
+    let inside: Vec<Vec<bool>> = f["inside"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect())
+        .collect();
+    let rmia = rmia_scores(&target, &phi, &inside).unwrap();
+    assert_eq!(rmia.offline_a, f["rmia_a"].as_f64().unwrap(), "tuned a");
+    assert!((rmia.offline_a_auc - f["rmia_a_auc"].as_f64().unwrap()).abs() < 1e-12);
+    for (name, ours, theirs) in
+        [("online", &rmia.online, &f["rmia_online"]), ("offline", &rmia.offline, &f["rmia_offline"])]
+    {
+        let theirs = theirs.as_array().unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            let b = b.as_f64().unwrap();
+            assert!((a - b).abs() <= 1e-12, "RMIA {name} score of image {i}: {a} here, {b} by numpy");
+        }
+    }
+    // The fixture has memorised and unmemorised images: both ends of the scale are used.
+    assert!(rmia.online.iter().any(|&s| s > 0.5) && rmia.online.iter().any(|&s| s < 0.5));
+}
+
 fn config(adapter: PathBuf, shadow_dir: PathBuf, shadows: usize) -> AdapterAuditConfig {
     let data = breastmnist().display().to_string();
     AdapterAuditConfig {
@@ -53,7 +89,7 @@ fn config(adapter: PathBuf, shadow_dir: PathBuf, shadows: usize) -> AdapterAudit
         members: SetSpec::parse(&format!("{data}:train")),
         nonmembers: SetSpec::parse(&format!("{data}:test")),
         population: None,
-        attacks: vec![AdapterAttack::Loss, AdapterAttack::LiraOnline, AdapterAttack::LiraOffline],
+        attacks: AdapterAttack::ALL.to_vec(),
         shadows,
         shadow_dir,
         limit: Some(16),
@@ -71,7 +107,7 @@ fn an_adapter_audit_trains_caches_and_reuses_its_shadows() {
     let cancel = AtomicBool::new(false);
     let first = run(&config(target.clone(), shadow_dir.clone(), 3), &mut |_| {}, &cancel).unwrap();
     let names: Vec<&str> = first.attacks.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["loss", "lira_online", "lira_offline"]);
+    assert_eq!(names, ["loss", "lira_online", "lira_offline", "rmia_online", "rmia_offline"]);
     for a in &first.attacks {
         assert_eq!((a.metrics.n_members, a.metrics.n_nonmembers), (16, 16), "{}", a.name);
         assert!((0.0..=1.0).contains(&a.metrics.auc), "{}: {}", a.name, a.metrics.auc);
@@ -80,7 +116,7 @@ fn an_adapter_audit_trains_caches_and_reuses_its_shadows() {
     let shadows = first.shadows.as_ref().unwrap();
     assert_eq!((shadows.count, shadows.trained_now, shadows.pool_size, shadows.train_size), (3, 3, 32, 16));
     // Per-class leakage for both labels and every attack.
-    assert_eq!(first.per_class.len(), 2 * 3, "{:?}", first.per_class);
+    assert_eq!(first.per_class.len(), 2 * 5, "{:?}", first.per_class);
     // The report names sets by file name and split, never by folder.
     assert_eq!(first.members, "breastmnist.npz:train");
     let text = serde_json::to_string(&first).unwrap();

@@ -63,7 +63,7 @@ fn the_privacy_tab_audits_a_diagnosis_adapter() {
     assert!(panel.error.is_none(), "{:?}", panel.error);
     let report = panel.report.as_ref().expect("a report");
     assert_eq!(report.shadows.as_ref().unwrap().count, 2);
-    for attack in ["loss", "lira_online", "lira_offline"] {
+    for attack in ["loss", "lira_online", "lira_offline", "rmia_online", "rmia_offline"] {
         assert!(shown(&harness, attack), "{attack} row missing");
     }
     let auc = &report.attacks[1].metrics;

@@ -22,6 +22,8 @@
 //! pool and seed) beside the shadow adapter itself; a repeated audit reuses every shadow whose
 //! fingerprint matches, and an interrupted one resumes from the shadows already written.
 //!
+//! - **RMIA** (Zarifzadeh et al., ICML 2024) on the same shadows: see [`rmia_scores`].
+//!
 //! `tools/lira/check_scores.py` re-implements the scoring in numpy from the cached files;
 //! `tests/adapter_audit.rs` compares.
 
@@ -49,6 +51,8 @@ pub enum AdapterAttack {
     Loss,
     LiraOnline,
     LiraOffline,
+    RmiaOnline,
+    RmiaOffline,
 }
 
 impl AdapterAttack {
@@ -57,22 +61,37 @@ impl AdapterAttack {
             AdapterAttack::Loss => "loss",
             AdapterAttack::LiraOnline => "lira_online",
             AdapterAttack::LiraOffline => "lira_offline",
+            AdapterAttack::RmiaOnline => "rmia_online",
+            AdapterAttack::RmiaOffline => "rmia_offline",
         }
     }
 
-    /// `loss`, `lira` (both LiRA variants), `lira_online`, `lira_offline`, `all`.
+    /// Every attack, in report order.
+    pub const ALL: [AdapterAttack; 5] = [
+        AdapterAttack::Loss,
+        AdapterAttack::LiraOnline,
+        AdapterAttack::LiraOffline,
+        AdapterAttack::RmiaOnline,
+        AdapterAttack::RmiaOffline,
+    ];
+
+    /// `loss`, `lira` / `rmia` (both variants), `lira_online`, `lira_offline`, `rmia_online`,
+    /// `rmia_offline`, `all`.
     pub fn parse_list(names: &[String]) -> Result<Vec<AdapterAttack>> {
         let mut out = Vec::new();
         for name in names {
             let add: &[AdapterAttack] = match name.trim() {
-                "all" => &[AdapterAttack::Loss, AdapterAttack::LiraOnline, AdapterAttack::LiraOffline],
+                "all" => &AdapterAttack::ALL,
                 "loss" => &[AdapterAttack::Loss],
                 "lira" => &[AdapterAttack::LiraOnline, AdapterAttack::LiraOffline],
                 "lira_online" => &[AdapterAttack::LiraOnline],
                 "lira_offline" => &[AdapterAttack::LiraOffline],
+                "rmia" => &[AdapterAttack::RmiaOnline, AdapterAttack::RmiaOffline],
+                "rmia_online" => &[AdapterAttack::RmiaOnline],
+                "rmia_offline" => &[AdapterAttack::RmiaOffline],
                 other => {
                     return Err(Error::Params(format!(
-                        "unknown attack '{other}' for an adapter target (loss, lira, lira_online, lira_offline, all)"
+                        "unknown attack '{other}' for an adapter target (loss, lira, lira_online, lira_offline, rmia, rmia_online, rmia_offline, all)"
                     )))
                 }
             };
@@ -288,6 +307,119 @@ pub fn lira_scores(
         offline.push(off / q as f64);
     }
     Ok((online, offline, never_in, never_out))
+}
+
+/// RMIA's γ: x counts as dominating a reference image z when its likelihood ratio is above
+/// z's. The paper tunes γ ≥ 1 for a decision threshold; for a ROC, which sweeps every
+/// threshold of the score, γ = 1 keeps the score a plain rank (its order is the same for any γ
+/// up to ties).
+pub const RMIA_GAMMA: f64 = 1.0;
+
+/// The grid of offline RMIA's `a` (Pr(x) ≈ ½((1 + a)·Pr_OUT(x) + 1 − a)), tuned on the shadows.
+const RMIA_A_GRID: [f64; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
+/// RMIA scores of every audited image (Zarifzadeh et al., "Low-Cost High-Power Membership
+/// Inference Attacks", ICML 2024), from the same cached shadow confidences as LiRA.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RmiaScores {
+    /// Pr(x) = mean over all shadows (IN and OUT) of p_y(x).
+    pub online: Vec<f64>,
+    /// Pr(x) from the OUT shadows alone, scaled with `offline_a`.
+    pub offline: Vec<f64>,
+    /// The `a` of the offline approximation that best separated each shadow's own members when
+    /// that shadow played the target (mean AUC over the shadows).
+    pub offline_a: f64,
+    /// That mean AUC.
+    pub offline_a_auc: f64,
+}
+
+/// RMIA: the likelihood ratio LR(x) = p_y(x | target) / Pr(x), where Pr(x) is p_y(x) averaged
+/// over reference models (the shadows), compared with the same ratio of every other audited
+/// image z: score(x) = fraction of z with LR(x) / LR(z) > γ, averaged over the queries. The
+/// z are the other audited images: the attacker knows them as data, not their membership.
+/// p_y = sigmoid(φ) since φ = z_y − log Σ_{j≠y} e^{z_j}. Offline, Pr(x) = ½((1 + a)·Pr_OUT(x) +
+/// 1 − a), the paper's linear correction for references that never saw x; `a` is tuned by
+/// letting each shadow play the target against the others (the paper's recipe). An image no
+/// shadow holds OUT uses the mean of all shadows offline too.
+pub fn rmia_scores(target: &[Vec<f64>], shadow_phi: &[Vec<Vec<f64>>], shadow_in: &[Vec<bool>]) -> Result<RmiaScores> {
+    let k = shadow_phi.len();
+    if k < 2 || k != shadow_in.len() {
+        return Err(Error::Params(format!("RMIA needs at least 2 shadows, got {k}")));
+    }
+    let sigmoid = |phi: f64| 1.0 / (1.0 + (-phi).exp());
+    // Per image and query: p_y averaged over the references (all / OUT only), leaving out one
+    // shadow when it plays the target.
+    let reference_means = |skip: Option<usize>| -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+        let n = target.len();
+        let q = target.first().map_or(0, Vec::len);
+        let (mut all, mut out) = (vec![vec![0.0; q]; n], vec![vec![0.0; q]; n]);
+        for i in 0..n {
+            let refs: Vec<usize> = (0..k).filter(|&r| Some(r) != skip).collect();
+            let outs: Vec<usize> = refs.iter().copied().filter(|&r| !shadow_in[r][i]).collect();
+            for j in 0..q {
+                let mean =
+                    |set: &[usize]| set.iter().map(|&r| sigmoid(shadow_phi[r][i][j])).sum::<f64>() / set.len() as f64;
+                all[i][j] = mean(&refs);
+                out[i][j] = if outs.is_empty() { all[i][j] } else { mean(&outs) };
+            }
+        }
+        (all, out)
+    };
+    let (all, out) = reference_means(None);
+    let offline_pr = |out: &[Vec<f64>], a: f64| -> Vec<Vec<f64>> {
+        out.iter().map(|row| row.iter().map(|&p| 0.5 * ((1.0 + a) * p + 1.0 - a)).collect()).collect()
+    };
+    let (mut best_a, mut best_auc) = (RMIA_A_GRID[0], f64::NEG_INFINITY);
+    let pseudo: Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)> = (0..k).map(|s| reference_means(Some(s))).collect();
+    for &a in &RMIA_A_GRID {
+        let mut auc_sum = 0.0;
+        for (s, (_, out_s)) in pseudo.iter().enumerate() {
+            let p_s: Vec<Vec<f64>> =
+                shadow_phi[s].iter().map(|row| row.iter().map(|&f| sigmoid(f)).collect()).collect();
+            let scores = rmia_dominance(&p_s, &offline_pr(out_s, a), RMIA_GAMMA);
+            let (pos, neg): (Vec<(usize, f64)>, Vec<(usize, f64)>) =
+                scores.iter().copied().enumerate().partition(|&(i, _)| shadow_in[s][i]);
+            let strip = |v: Vec<(usize, f64)>| v.into_iter().map(|(_, x)| x).collect::<Vec<f64>>();
+            let auc = crate::stats::rank_auc(&strip(pos), &strip(neg));
+            auc_sum += if auc.is_nan() { 0.5 } else { auc };
+        }
+        let auc = auc_sum / k as f64;
+        if auc > best_auc + 1e-12 {
+            (best_a, best_auc) = (a, auc);
+        }
+    }
+    let p_target: Vec<Vec<f64>> = target.iter().map(|row| row.iter().map(|&f| sigmoid(f)).collect()).collect();
+    Ok(RmiaScores {
+        online: rmia_dominance(&p_target, &all, RMIA_GAMMA),
+        offline: rmia_dominance(&p_target, &offline_pr(&out, best_a), RMIA_GAMMA),
+        offline_a: best_a,
+        offline_a_auc: best_auc,
+    })
+}
+
+/// score(x) = mean over queries of the fraction of other images z with LR(x) > γ·LR(z),
+/// LR = p / Pr; by sorting and binary search, O(n log n) per query.
+fn rmia_dominance(p: &[Vec<f64>], pr: &[Vec<f64>], gamma: f64) -> Vec<f64> {
+    let n = p.len();
+    let q = p.first().map_or(0, Vec::len);
+    let mut scores = vec![0.0; n];
+    if n < 2 {
+        return scores;
+    }
+    for j in 0..q {
+        let ratios: Vec<f64> = (0..n).map(|i| p[i][j] / pr[i][j].max(f64::MIN_POSITIVE)).collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        for i in 0..n {
+            let bound = ratios[i] / gamma;
+            let mut below = sorted.partition_point(|&r| r < bound);
+            if ratios[i] < bound {
+                below -= 1; // x itself is not one of its references
+            }
+            scores[i] += below as f64 / (n - 1) as f64 / q as f64;
+        }
+    }
+    scores
 }
 
 /// Pixels [n, 3, s, s] mirrored left-right.
@@ -524,6 +656,17 @@ pub fn run(
             None => concat(&[&members, &nonmembers]),
         };
         let train_size = pool.len() / 2;
+        // The shadows pick their epoch on a validation split as large, relative to their
+        // training half, as the target's was: a smaller one makes the early stopping noisier
+        // and the shadows less like the target (a tenth, the earlier rule, gave BreastMNIST
+        // shadows 39 validation images where the target had 78 for 546).
+        let shadow_val_fraction = {
+            let count = |key: &str| recipe_json.get(key).and_then(|v| v.as_f64()).filter(|v| *v > 0.0);
+            match (count("val_samples"), count("train_samples")) {
+                (Some(val), Some(train)) => (val / train).clamp(0.02, 1.0),
+                _ => 0.1,
+            }
+        };
         let fingerprint_base = {
             let mut r = recipe.clone();
             r.data = PathBuf::new();
@@ -535,6 +678,9 @@ pub fn run(
             h.update(pool_digest(&pool).as_bytes());
             h.update(nm.to_le_bytes());
             h.update(config.seed.to_le_bytes());
+            // The rule that sizes the shadows' validation split (below); a new rule must not
+            // reuse shadows trained under the old one.
+            h.update(format!("val-fraction {shadow_val_fraction:.6}").as_bytes());
             hex(&h.finalize())
         };
         std::fs::create_dir_all(&config.shadow_dir).map_err(|e| Error::io(&config.shadow_dir, e))?;
@@ -566,9 +712,10 @@ pub fn run(
             let mut order: Vec<usize> = (0..pool.len()).collect();
             order.shuffle(&mut rng);
             let (inside, outside) = order.split_at(train_size);
-            // The recipe picks its epoch on a validation split: a tenth of the OUT half, never
+            // The recipe picks its epoch on a validation split drawn from the OUT half, never
             // trained on (also its test split, which the shadow's calibration needs).
-            let val_items: Vec<usize> = outside.iter().copied().take((outside.len() / 10).max(2)).collect();
+            let val_count = ((train_size as f64 * shadow_val_fraction).round() as usize).clamp(2, outside.len());
+            let val_items: Vec<usize> = outside.iter().copied().take(val_count).collect();
             let mut in_mask = vec![false; pool.len()];
             for &i in inside {
                 in_mask[i] = true;
@@ -627,8 +774,38 @@ pub fn run(
                 2,
                 seconds,
                 &offline,
-                note,
+                note.clone(),
             )?;
+        }
+        if attacks.contains(&AdapterAttack::RmiaOnline) || attacks.contains(&AdapterAttack::RmiaOffline) {
+            let t = Instant::now();
+            let rmia = rmia_scores(&target_phi, &shadow_phi, &shadow_in)?;
+            let seconds = t.elapsed().as_secs_f64();
+            if attacks.contains(&AdapterAttack::RmiaOnline) {
+                add_attack(
+                    "rmia_online",
+                    "RMIA online (Zarifzadeh et al. 2024): p_y under the target over its mean under all shadows, ranked against the other audited images, 2 queries",
+                    2,
+                    seconds,
+                    &rmia.online,
+                    note.clone(),
+                )?;
+            }
+            if attacks.contains(&AdapterAttack::RmiaOffline) {
+                let mut notes = note;
+                notes.push(format!(
+                    "offline a = {:.1}, tuned with each shadow as the target against the others (mean AUC {:.3})",
+                    rmia.offline_a, rmia.offline_a_auc
+                ));
+                add_attack(
+                    "rmia_offline",
+                    "RMIA offline (Zarifzadeh et al. 2024): p_y under the target over ½((1+a)·Pr_OUT + 1 − a) from the OUT shadows, ranked against the other audited images, 2 queries",
+                    2,
+                    seconds,
+                    &rmia.offline,
+                    notes,
+                )?;
+            }
         }
         shadow_summary = Some(ShadowSummary {
             count: k,

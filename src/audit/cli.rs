@@ -67,7 +67,8 @@ pub struct AuditArgs {
     #[arg(long)]
     pub resume: bool,
     /// Attacks to run: all (those that apply to the target), or any of loss, pia, secmi,
-    /// trajectory, clid (repeat or comma-separate).
+    /// trajectory, clid for a diffusion model, loss, lira, rmia (or their _online / _offline
+    /// halves) for an adapter (repeat or comma-separate).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub attack: Vec<String>,
     /// JSON report (written atomically).

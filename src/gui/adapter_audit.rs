@@ -93,7 +93,7 @@ impl AdapterAuditPanel {
             members: SetSpec::parse(&need(&self.members, "Members")?),
             nonmembers: SetSpec::parse(&need(&self.nonmembers, "Non-members")?),
             population: (!self.population.trim().is_empty()).then(|| SetSpec::parse(self.population.trim())),
-            attacks: vec![AdapterAttack::Loss, AdapterAttack::LiraOnline, AdapterAttack::LiraOffline],
+            attacks: AdapterAttack::ALL.to_vec(),
             shadows: self.shadows,
             shadow_dir: PathBuf::from(need(&self.shadow_dir, "Shadow cache folder")?),
             limit: (self.limit > 0).then_some(self.limit),

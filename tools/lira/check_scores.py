@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Independent LiRA scoring (numpy) of an adapter audit, from the shadow cache.
+"""Independent LiRA and RMIA scoring (numpy) of an adapter audit, from the shadow cache.
 
 Usage: python3 tools/lira/check_scores.py SHADOW_DIR REPORT.json
 
 Reads SHADOW_DIR/target_phi.json (the target's logit-scaled confidences per audited image and
 query) and SHADOW_DIR/shadow_*.json (each shadow's IN mask over the pool and its confidences),
 recomputes LiRA online and offline exactly as specified in Carlini et al. 2022 with the fixed
-(pooled within-image) variance described in src/audit/adapter.rs, and prints the worst
+(pooled within-image) variance described in src/audit/adapter.rs, and RMIA online and offline
+(Zarifzadeh et al. 2024, gamma = 1, offline a tuned on the shadows), and prints the worst
 absolute difference to the scores in REPORT.json (exit 1 above 1e-9 relative)."""
 import glob
 import json
@@ -42,6 +43,56 @@ def lira(target, phi, inside):
     return online, offline
 
 
+def rmia_dominance(p, pr, gamma=1.0):
+    """p, pr [n, q] -> mean over queries of the fraction of other images z with
+    p(x)/pr(x) > gamma * p(z)/pr(z), by brute force over all pairs."""
+    n, q = p.shape
+    ratio = p / np.maximum(pr, np.finfo(np.float64).tiny)
+    dominates = ratio[:, None, :] > gamma * ratio[None, :, :]  # [x, z, q]
+    idx = np.arange(n)
+    dominates[idx, idx, :] = False
+    return (dominates.sum(1) / (n - 1)).mean(1)
+
+
+def rank_auc(pos, neg):
+    """P(pos > neg) + P(equal)/2 by all pairs."""
+    pos, neg = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return ((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size)
+
+
+def rmia(target, phi, inside, gamma=1.0):
+    """-> (online [n], offline [n], a, mean AUC of a) as in src/audit/adapter.rs."""
+    k, n, q = phi.shape
+    p_shadow = 1.0 / (1.0 + np.exp(-phi))
+
+    def means(keep):
+        all_ = p_shadow[keep].mean(0)
+        out_w = (~inside[keep])[:, :, None]
+        count_out = out_w.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(count_out > 0, (p_shadow[keep] * out_w).sum(0) / count_out, all_)
+        return all_, out
+
+    def offline_pr(out, a):
+        return 0.5 * ((1 + a) * out + 1 - a)
+
+    best_a, best_auc = 0.0, -np.inf
+    for a in np.round(np.arange(11) * 0.1, 1):
+        aucs = []
+        for s in range(k):
+            keep = np.arange(k) != s
+            _, out_s = means(keep)
+            sc = rmia_dominance(p_shadow[s], offline_pr(out_s, a), gamma)
+            pos, neg = sc[inside[s]], sc[~inside[s]]
+            aucs.append(rank_auc(pos, neg) if len(pos) and len(neg) else 0.5)
+        if np.mean(aucs) > best_auc + 1e-12:
+            best_a, best_auc = a, np.mean(aucs)
+    all_, out = means(np.ones(k, dtype=bool))
+    p_target = 1.0 / (1.0 + np.exp(-target))
+    return (rmia_dominance(p_target, all_, gamma), rmia_dominance(p_target, offline_pr(out, best_a), gamma),
+            best_a, best_auc)
+
+
 def main():
     shadow_dir, report_path = sys.argv[1], sys.argv[2]
     t = json.load(open(f"{shadow_dir}/target_phi.json"))
@@ -51,17 +102,19 @@ def main():
     phi = np.array([s["phi"] for s in shadows], dtype=np.float64)
     inside = np.array([s["in_mask"][:n] for s in shadows], dtype=bool)
     online, offline = lira(target, phi, inside)
+    rmia_online, rmia_offline, a, _ = rmia(target, phi, inside)
     report = json.load(open(report_path))
     nm = t["n_members"]
     worst = 0.0
-    for name, ours in (("lira_online", online), ("lira_offline", offline)):
+    for name, ours in (("lira_online", online), ("lira_offline", offline), ("rmia_online", rmia_online),
+                       ("rmia_offline", rmia_offline)):
         attack = next((a for a in report["attacks"] if a["name"] == name), None)
         if attack is None:
             continue
         theirs = np.array([s["score"] for s in sorted(attack["scores"], key=lambda s: (not s["member"], s["index"]))])
         diff = np.abs(theirs - ours) / np.maximum(1.0, np.abs(ours))
         worst = max(worst, diff.max())
-        print(f"{name}: {len(shadows)} shadows, {nm} + {n - nm} images, worst relative difference {diff.max():.2e}")
+        print(f"{name}: {len(shadows)} shadows{f', a = {a:.1f}' if name == 'rmia_offline' else ''}, {nm} + {n - nm} images, worst relative difference {diff.max():.2e}")
     sys.exit(0 if worst < 1e-9 else 1)
 
 

@@ -370,17 +370,23 @@ pub fn rmia_scores(target: &[Vec<f64>], shadow_phi: &[Vec<Vec<f64>>], shadow_in:
         out.iter().map(|row| row.iter().map(|&p| 0.5 * ((1.0 + a) * p + 1.0 - a)).collect()).collect()
     };
     let (mut best_a, mut best_auc) = (RMIA_A_GRID[0], f64::NEG_INFINITY);
-    let pseudo: Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)> = (0..k).map(|s| reference_means(Some(s))).collect();
+    // Only the OUT means are needed when a shadow plays the target (offline RMIA).
+    let pseudo_out: Vec<Vec<Vec<f64>>> = (0..k).map(|s| reference_means(Some(s)).1).collect();
     for &a in &RMIA_A_GRID {
         let mut auc_sum = 0.0;
-        for (s, (_, out_s)) in pseudo.iter().enumerate() {
+        for (s, out_s) in pseudo_out.iter().enumerate() {
             let p_s: Vec<Vec<f64>> =
                 shadow_phi[s].iter().map(|row| row.iter().map(|&f| sigmoid(f)).collect()).collect();
             let scores = rmia_dominance(&p_s, &offline_pr(out_s, a), RMIA_GAMMA);
-            let (pos, neg): (Vec<(usize, f64)>, Vec<(usize, f64)>) =
-                scores.iter().copied().enumerate().partition(|&(i, _)| shadow_in[s][i]);
-            let strip = |v: Vec<(usize, f64)>| v.into_iter().map(|(_, x)| x).collect::<Vec<f64>>();
-            let auc = crate::stats::rank_auc(&strip(pos), &strip(neg));
+            let (mut pos, mut neg) = (Vec::new(), Vec::new());
+            for (i, &score) in scores.iter().enumerate() {
+                if shadow_in[s][i] {
+                    pos.push(score)
+                } else {
+                    neg.push(score)
+                }
+            }
+            let auc = crate::stats::rank_auc(&pos, &neg);
             auc_sum += if auc.is_nan() { 0.5 } else { auc };
         }
         let auc = auc_sum / k as f64;

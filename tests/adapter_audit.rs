@@ -113,6 +113,17 @@ fn an_adapter_audit_trains_caches_and_reuses_its_shadows() {
         assert!((0.0..=1.0).contains(&a.metrics.auc), "{}: {}", a.name, a.metrics.auc);
         assert!(a.scores.iter().all(|s| s.score.is_finite()), "{}", a.name);
     }
+    // The gallery: the strongest attack's top-scored members, best first, with their pixels.
+    let strongest = first.attacks.iter().max_by(|a, b| a.metrics.auc.total_cmp(&b.metrics.auc)).unwrap();
+    let mut top: Vec<_> = strongest.scores.iter().filter(|s| s.member).collect();
+    top.sort_by(|x, y| y.score.total_cmp(&x.score));
+    assert_eq!(first.most_exposed.len(), 8);
+    for (e, s) in first.most_exposed.iter().zip(&top) {
+        assert_eq!((&e.attack, &e.id, e.score), (&strongest.name, &s.id, s.score));
+        assert_eq!(e.rgb.len(), 3 * e.side * e.side);
+        assert!(e.rgb.iter().any(|&v| v > 0), "{} is black", e.id);
+    }
+    assert!(!serde_json::to_string(&first).unwrap().contains("rgb"), "pixels travelled into the JSON report");
     let shadows = first.shadows.as_ref().unwrap();
     assert_eq!((shadows.count, shadows.trained_now, shadows.pool_size, shadows.train_size), (3, 3, 32, 16));
     // Per-class leakage for both labels and every attack.

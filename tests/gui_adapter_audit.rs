@@ -69,5 +69,7 @@ fn the_privacy_tab_audits_a_diagnosis_adapter() {
     let auc = &report.attacks[1].metrics;
     assert!(shown(&harness, &format!("{:.3} [{:.3}, {:.3}]", auc.auc, auc.auc_ci95[0], auc.auc_ci95[1])));
     assert!(shown(&harness, "Most exposed training images"));
+    let top = report.most_exposed.first().expect("a gallery");
+    assert!(shown(&harness, &format!("{}  {}", top.id, top.label)), "{} missing from the gallery", top.id);
     assert!(shown(&harness, "2 shadow adapters (2 trained now, 0 from the cache)"));
 }

@@ -205,6 +205,28 @@ pub struct AdapterAuditReport {
     pub per_class: Vec<ClassLeakage>,
     pub warnings: Vec<String>,
     pub seconds: f64,
+    /// The training images the strongest attack (highest AUC) scores highest, with their
+    /// pixels for the window's gallery. Not written to the JSON report: it carries pseudonyms
+    /// and scores, never patients' pixels.
+    #[serde(skip)]
+    pub most_exposed: Vec<ExposedImage>,
+}
+
+/// How many of the most exposed training images the report keeps for the gallery.
+pub const MOST_EXPOSED: usize = 8;
+
+/// A training image and its membership score, as the gallery shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExposedImage {
+    pub attack: String,
+    pub id: String,
+    /// Index in the members set.
+    pub index: usize,
+    pub score: f64,
+    pub label: String,
+    /// RGB, `side` × `side`, row-major: the image as the adapter sees it (its input size).
+    pub side: usize,
+    pub rgb: Vec<u8>,
 }
 
 impl AdapterAuditReport {
@@ -845,6 +867,7 @@ pub fn run(
             per_class.push(ClassLeakage { class: class.clone(), attack: a.name.clone(), metrics });
         }
     }
+    let most_exposed = most_exposed(&reports, &members, adapter.labels(), adapter.metadata());
     let mut shared_recipe = recipe_json.get("options").cloned().unwrap_or_default();
     if let Some(o) = shared_recipe.as_object_mut() {
         o.remove("out");
@@ -868,7 +891,49 @@ pub fn run(
         per_class,
         warnings,
         seconds: t0.elapsed().as_secs_f64(),
+        most_exposed,
     })
+}
+
+/// The [`MOST_EXPOSED`] members the strongest attack scores highest, un-normalised back to
+/// 8-bit RGB with the adapter's mean and standard deviation.
+fn most_exposed(
+    reports: &[AttackReport],
+    members: &Prepared,
+    labels: &[String],
+    meta: &crate::model::lora::AdapterMetadata,
+) -> Vec<ExposedImage> {
+    let Some(strongest) = reports.iter().max_by(|a, b| a.metrics.auc.total_cmp(&b.metrics.auc)) else {
+        return Vec::new();
+    };
+    let mut ranked: Vec<&SampleScore> = strongest.scores.iter().filter(|s| s.member).collect();
+    ranked.sort_by(|x, y| y.score.total_cmp(&x.score));
+    let side = members.size;
+    let plane = side * side;
+    ranked
+        .into_iter()
+        .take(MOST_EXPOSED)
+        .filter(|s| s.index < members.len())
+        .map(|s| {
+            let pixels = &members.pixels[s.index * 3 * plane..(s.index + 1) * 3 * plane];
+            let mut rgb = vec![0u8; 3 * plane];
+            for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+                for c in 0..3 {
+                    let unit = pixels[c * plane + i] * meta.std[c] + meta.mean[c];
+                    px[c] = (unit.clamp(0.0, 1.0) * 255.0).round() as u8;
+                }
+            }
+            ExposedImage {
+                attack: strongest.name.clone(),
+                id: s.id.clone(),
+                index: s.index,
+                score: s.score,
+                label: labels.get(members.labels[s.index]).cloned().unwrap_or_default(),
+                side,
+                rgb,
+            }
+        })
+        .collect()
 }
 
 fn read_record(path: &Path) -> Option<ShadowRecord> {

@@ -42,6 +42,8 @@ pub struct AdapterAuditPanel {
     pub report: Option<AdapterAuditReport>,
     pub error: Option<String>,
     running: Option<Running>,
+    /// Textures of the report's most exposed training images, made on first display.
+    exposed_textures: Vec<egui::TextureHandle>,
 }
 
 impl Default for AdapterAuditPanel {
@@ -59,6 +61,7 @@ impl Default for AdapterAuditPanel {
             report: None,
             error: None,
             running: None,
+            exposed_textures: Vec::new(),
         }
     }
 }
@@ -155,6 +158,7 @@ impl AdapterAuditPanel {
         match finished.map(|b| *b) {
             Some(Ok(report)) => {
                 self.report = Some(report);
+                self.exposed_textures.clear();
                 self.running = None;
                 true
             }
@@ -226,7 +230,18 @@ impl AdapterAuditPanel {
             ui.label(RichText::new(e).color(ui.visuals().error_fg_color));
         }
         if let Some(report) = &self.report {
+            if self.exposed_textures.len() != report.most_exposed.len() {
+                self.exposed_textures = report
+                    .most_exposed
+                    .iter()
+                    .map(|e| {
+                        let image = egui::ColorImage::from_rgb([e.side, e.side], &e.rgb);
+                        ui.ctx().load_texture(format!("exposed-{}", e.id), image, egui::TextureOptions::LINEAR)
+                    })
+                    .collect();
+            }
             results_ui(ui, report, &mut self.log_scale);
+            exposed_ui(ui, report, &self.exposed_textures);
         }
     }
 }
@@ -284,16 +299,23 @@ fn results_ui(ui: &mut egui::Ui, report: &AdapterAuditReport, log_scale: &mut bo
             }
         });
     }
-    let strongest = report.attacks.iter().max_by(|a, b| a.metrics.auc.total_cmp(&b.metrics.auc));
-    if let Some(a) = strongest {
-        ui.label(RichText::new(format!("Most exposed training images ({})", a.name)).strong());
-        let mut members: Vec<_> = a.scores.iter().filter(|s| s.member).collect();
-        members.sort_by(|x, y| y.score.total_cmp(&x.score));
-        for s in members.iter().take(8) {
-            ui.label(format!("{}  score {:.3}", s.id, s.score));
-        }
-    }
     for w in &report.warnings {
         ui.label(RichText::new(w).small().color(Color32::from_rgb(230, 170, 60)));
     }
+}
+
+/// The training images the strongest attack finds most exposed, with pseudonym, class and
+/// score (the pixels stay in memory; the JSON report has no images).
+fn exposed_ui(ui: &mut egui::Ui, report: &AdapterAuditReport, textures: &[egui::TextureHandle]) {
+    let Some(first) = report.most_exposed.first() else { return };
+    ui.label(RichText::new(format!("Most exposed training images ({})", first.attack)).strong());
+    ui.horizontal_wrapped(|ui| {
+        for (e, texture) in report.most_exposed.iter().zip(textures) {
+            ui.vertical(|ui| {
+                ui.add(egui::Image::new(texture).fit_to_exact_size(egui::vec2(96.0, 96.0)));
+                ui.label(RichText::new(format!("{}  {}", e.id, e.label)).small());
+                ui.label(RichText::new(format!("score {:.3}", e.score)).small());
+            });
+        }
+    });
 }

@@ -142,6 +142,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The down and up block lists as kinds (self-attention or plain).
+    pub(crate) fn block_kinds(&self) -> Result<(Vec<BlockKind>, Vec<BlockKind>)> {
+        block_kinds(
+            self.block_out_channels.len(),
+            &self.down_block_types,
+            &self.up_block_types,
+            &[BlockKind::SelfAttention, BlockKind::Plain],
+        )
+    }
+
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Config = crate::diffusion::error::read_json_file(path, "UNet2DModel config")?;
@@ -184,20 +194,12 @@ impl Config {
             None => return unsupported("a UNet without mid block (mid_block_type null)".into()),
             Some(other) => return unsupported(format!("mid_block_type '{other}'")),
         }
-        if self.resnet_time_scale_shift != "default" && self.resnet_time_scale_shift != "scale_shift" {
-            return unsupported(format!("resnet_time_scale_shift '{}'", self.resnet_time_scale_shift));
-        }
+        TimeScaleShift::parse(&self.resnet_time_scale_shift)?;
         if self.downsample_padding > 1 {
             return unsupported(format!("downsample_padding {}", self.downsample_padding));
         }
         let n = self.block_out_channels.len();
-        check_block_types(
-            n,
-            &self.down_block_types,
-            &self.up_block_types,
-            &["AttnDownBlock2D", "DownBlock2D"],
-            &["AttnUpBlock2D", "UpBlock2D"],
-        )?;
+        self.block_kinds()?;
         if self.in_channels == 0 || self.out_channels == 0 || self.layers_per_block == 0 {
             return Err(Error::Config("in_channels, out_channels and layers_per_block must be positive".into()));
         }
@@ -232,15 +234,59 @@ impl Config {
     }
 }
 
-/// The block lists of a diffusers UNet config: one down and one up block per
-/// `block_out_channels` entry, each of a type this port computes.
-pub(crate) fn check_block_types(
+/// What a diffusers down or up block computes besides its ResNets. Configs name blocks by
+/// class name (`AttnDownBlock2D`, `CrossAttnUpBlock2D`, …); [`block_kinds`] turns the names
+/// into kinds once, when the config is checked, so that model building matches on kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockKind {
+    /// `DownBlock2D` / `UpBlock2D`: ResNets only.
+    Plain,
+    /// `AttnDownBlock2D` / `AttnUpBlock2D`: a self-attention after each ResNet.
+    SelfAttention,
+    /// `CrossAttnDownBlock2D` / `CrossAttnUpBlock2D`: a transformer reading the text states.
+    CrossAttention,
+}
+
+impl BlockKind {
+    fn class_name(self, down: bool) -> &'static str {
+        match (self, down) {
+            (BlockKind::Plain, true) => "DownBlock2D",
+            (BlockKind::SelfAttention, true) => "AttnDownBlock2D",
+            (BlockKind::CrossAttention, true) => "CrossAttnDownBlock2D",
+            (BlockKind::Plain, false) => "UpBlock2D",
+            (BlockKind::SelfAttention, false) => "AttnUpBlock2D",
+            (BlockKind::CrossAttention, false) => "CrossAttnUpBlock2D",
+        }
+    }
+}
+
+/// diffusers' `resnet_time_scale_shift`: how a ResNet block adds the time embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeScaleShift {
+    /// `"default"`: added as a bias.
+    Default,
+    /// `"scale_shift"`: a per-channel scale and shift after the GroupNorm.
+    ScaleShift,
+}
+
+impl TimeScaleShift {
+    pub(crate) fn parse(name: &str) -> Result<Self> {
+        match name {
+            "default" => Ok(TimeScaleShift::Default),
+            "scale_shift" => Ok(TimeScaleShift::ScaleShift),
+            other => Err(Error::Unsupported(format!("resnet_time_scale_shift '{other}'"))),
+        }
+    }
+}
+
+/// The block lists of a diffusers UNet config as kinds: one down and one up block per
+/// `block_out_channels` entry, each of a kind this port computes (`allowed`).
+pub(crate) fn block_kinds(
     n: usize,
     down: &[String],
     up: &[String],
-    allowed_down: &[&str],
-    allowed_up: &[&str],
-) -> Result<()> {
+    allowed: &[BlockKind],
+) -> Result<(Vec<BlockKind>, Vec<BlockKind>)> {
     if n == 0 {
         return Err(Error::Config("block_out_channels is empty".into()));
     }
@@ -251,12 +297,19 @@ pub(crate) fn check_block_types(
             up.len()
         )));
     }
-    for (kind, types, allowed) in [("down", down, allowed_down), ("up", up, allowed_up)] {
-        if let Some(t) = types.iter().find(|t| !allowed.contains(&t.as_str())) {
-            return Err(Error::Unsupported(format!("{kind} block type '{t}' (only {})", allowed.join(", "))));
-        }
-    }
-    Ok(())
+    let parse = |names: &[String], is_down: bool| -> Result<Vec<BlockKind>> {
+        names
+            .iter()
+            .map(|name| {
+                allowed.iter().copied().find(|k| k.class_name(is_down) == name).ok_or_else(|| {
+                    let names: Vec<&str> = allowed.iter().map(|k| k.class_name(is_down)).collect();
+                    let side = if is_down { "down" } else { "up" };
+                    Error::Unsupported(format!("{side} block type '{name}' (only {})", names.join(", ")))
+                })
+            })
+            .collect()
+    };
+    Ok((parse(down, true)?, parse(up, false)?))
 }
 
 /// Named tensors that remember which ones the model asked for (shared with the Stable
@@ -359,7 +412,9 @@ impl ResnetBlock {
         cfg: &Config,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let scale_shift = cfg.resnet_time_scale_shift == "scale_shift";
+        let scale_shift = TimeScaleShift::parse(&cfg.resnet_time_scale_shift)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            == TimeScaleShift::ScaleShift;
         let norm = (cfg.norm_num_groups, cfg.norm_eps);
         Self::load(cin, cout, norm, cfg.time_embed_dim(), scale_shift, output_scale_factor, vb)
     }
@@ -583,7 +638,9 @@ impl UNet2DModel {
 
         let mut down = Vec::with_capacity(n);
         let mut out_ch = boc[0];
-        for (i, kind) in c.down_block_types.iter().enumerate() {
+        let (down_kinds, up_kinds) = c.block_kinds()?;
+        let scale_shift = TimeScaleShift::parse(&c.resnet_time_scale_shift)? == TimeScaleShift::ScaleShift;
+        for (i, &kind) in down_kinds.iter().enumerate() {
             let in_ch = out_ch;
             out_ch = boc[i];
             let vbb = vb.pp(format!("down_blocks.{i}"));
@@ -592,7 +649,7 @@ impl UNet2DModel {
             for j in 0..lpb {
                 let cin = if j == 0 { in_ch } else { out_ch };
                 resnets.push(ResnetBlock::new(cin, out_ch, 1.0, c, vbb.pp(format!("resnets.{j}")))?);
-                if kind == "AttnDownBlock2D" {
+                if kind == BlockKind::SelfAttention {
                     let a = Attention::new(out_ch, Some(c.norm_num_groups), 1.0, c, vbb.pp(format!("attentions.{j}")))?;
                     attentions.push(a);
                 }
@@ -610,8 +667,7 @@ impl UNet2DModel {
         let vbm = vb.pp("mid_block");
         // The mid attention normalises with attn_norm_num_groups, else with the ResNet groups —
         // but only for the "default" time shift: diffusers builds it without a GroupNorm otherwise.
-        let mid_attn_groups =
-            c.attn_norm_num_groups.or((c.resnet_time_scale_shift == "default").then_some(c.norm_num_groups));
+        let mid_attn_groups = c.attn_norm_num_groups.or((!scale_shift).then_some(c.norm_num_groups));
         let mid = MidBlock {
             resnet_a: ResnetBlock::new(mid_ch, mid_ch, sf, c, vbm.pp("resnets.0"))?,
             attention: if c.add_attention {
@@ -625,7 +681,7 @@ impl UNet2DModel {
         let rev: Vec<usize> = boc.iter().rev().copied().collect();
         let mut up = Vec::with_capacity(n);
         let mut out_ch = rev[0];
-        for (i, kind) in c.up_block_types.iter().enumerate() {
+        for (i, &kind) in up_kinds.iter().enumerate() {
             let prev_out = out_ch;
             out_ch = rev[i];
             let in_ch = rev[(i + 1).min(n - 1)];
@@ -637,7 +693,7 @@ impl UNet2DModel {
                 let skip_ch = if j == layers - 1 { in_ch } else { out_ch };
                 let res_in = if j == 0 { prev_out } else { out_ch };
                 resnets.push(ResnetBlock::new(res_in + skip_ch, out_ch, 1.0, c, vbb.pp(format!("resnets.{j}")))?);
-                if kind == "AttnUpBlock2D" {
+                if kind == BlockKind::SelfAttention {
                     let a = Attention::new(out_ch, Some(c.norm_num_groups), 1.0, c, vbb.pp(format!("attentions.{j}")))?;
                     attentions.push(a);
                 }

@@ -25,7 +25,9 @@ use super::transformer2d::{Transformer2D, TransformerShape};
 use super::weights::{self, Variant, Weights, DIFFUSERS_WEIGHTS};
 use crate::diffusion::conv::{Conv2d, GroupNorm};
 use crate::diffusion::error::{Error, Result};
-use crate::diffusion::unet::{check_block_types, timestep_features, Downsample, ResnetBlock, TrackedTensors};
+use crate::diffusion::unet::{
+    block_kinds, timestep_features, BlockKind, Downsample, ResnetBlock, TimeScaleShift, TrackedTensors,
+};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -239,6 +241,16 @@ impl Config {
         }
     }
 
+    /// The down and up block lists as kinds (cross-attention or plain).
+    pub(crate) fn block_kinds(&self) -> Result<(Vec<BlockKind>, Vec<BlockKind>)> {
+        block_kinds(
+            self.block_out_channels.len(),
+            &self.down_block_types,
+            &self.up_block_types,
+            &[BlockKind::CrossAttention, BlockKind::Plain],
+        )
+    }
+
     /// Attention heads per down block (diffusers' `attention_head_dim`, see the module doc).
     pub fn heads(&self) -> Result<Vec<usize>> {
         self.per_block("attention_head_dim", &self.attention_head_dim)
@@ -329,9 +341,7 @@ impl Config {
         if self.act_fn != "silu" {
             return unsupported(format!("act_fn '{}' (only 'silu')", self.act_fn));
         }
-        if self.resnet_time_scale_shift != "default" && self.resnet_time_scale_shift != "scale_shift" {
-            return unsupported(format!("resnet_time_scale_shift '{}'", self.resnet_time_scale_shift));
-        }
+        TimeScaleShift::parse(&self.resnet_time_scale_shift)?;
         if self.resnet_skip_time_act {
             return unsupported("resnet_skip_time_act true".into());
         }
@@ -370,13 +380,7 @@ impl Config {
             return unsupported(format!("downsample_padding {}", self.downsample_padding));
         }
         let n = self.block_out_channels.len();
-        check_block_types(
-            n,
-            &self.down_block_types,
-            &self.up_block_types,
-            &["CrossAttnDownBlock2D", "DownBlock2D"],
-            &["CrossAttnUpBlock2D", "UpBlock2D"],
-        )?;
+        let (down_kinds, up_kinds) = self.block_kinds()?;
         let heads = self.heads()?;
         self.layers_per_block()?;
         self.transformer_layers_per_block()?;
@@ -408,19 +412,14 @@ impl Config {
         // Heads only matter where a transformer is built: cross-attention down blocks, the mid
         // block (last entry) and cross-attention up blocks (lists read reversed).
         let n_last = n - 1;
-        let with_attention = self
-            .down_block_types
+        let with_attention = down_kinds
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.as_str() == "CrossAttnDownBlock2D")
+            .filter(|(_, &k)| k == BlockKind::CrossAttention)
             .map(|(i, _)| i)
             .chain(std::iter::once(n_last))
             .chain(
-                self.up_block_types
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.as_str() == "CrossAttnUpBlock2D")
-                    .map(|(i, _)| n_last - i),
+                up_kinds.iter().enumerate().filter(|(_, &k)| k == BlockKind::CrossAttention).map(|(i, _)| n_last - i),
             );
         for i in with_attention {
             let c = self.block_out_channels[i];
@@ -537,7 +536,8 @@ impl UNet2DConditionModel {
         let xdims = c.cross_attention_dims()?;
         let groups = c.norm_num_groups.unwrap_or(32);
         let norm = (groups, c.norm_eps);
-        let scale_shift = c.resnet_time_scale_shift == "scale_shift";
+        let scale_shift = TimeScaleShift::parse(&c.resnet_time_scale_shift)? == TimeScaleShift::ScaleShift;
+        let (down_kinds, up_kinds) = c.block_kinds()?;
         let temb_dim = c.time_embed_dim();
         let resnet = |cin: usize, cout: usize, scale: f64, vb: VarBuilder| {
             ResnetBlock::load(cin, cout, norm, temb_dim, scale_shift, scale, vb)
@@ -561,7 +561,7 @@ impl UNet2DConditionModel {
 
         let mut down = Vec::with_capacity(n);
         let mut out_ch = boc[0];
-        for (i, kind) in c.down_block_types.iter().enumerate() {
+        for (i, &kind) in down_kinds.iter().enumerate() {
             let in_ch = out_ch;
             out_ch = boc[i];
             let vbb = vb.pp(format!("down_blocks.{i}"));
@@ -570,7 +570,7 @@ impl UNet2DConditionModel {
             for j in 0..layers[i] {
                 let cin = if j == 0 { in_ch } else { out_ch };
                 resnets.push(resnet(cin, out_ch, 1.0, vbb.pp(format!("resnets.{j}")))?);
-                if kind == "CrossAttnDownBlock2D" {
+                if kind == BlockKind::CrossAttention {
                     let vba = vbb.pp(format!("attentions.{j}"));
                     attentions.push(transformer(out_ch, heads[i], tlayers[i], xdims[i], vba)?);
                 }
@@ -598,7 +598,7 @@ impl UNet2DConditionModel {
             (rev(boc), rev(&heads), rev(&layers), rev(&tlayers), rev(&xdims));
         let mut up = Vec::with_capacity(n);
         let mut out_ch = rboc[0];
-        for (i, kind) in c.up_block_types.iter().enumerate() {
+        for (i, &kind) in up_kinds.iter().enumerate() {
             let prev_out = out_ch;
             out_ch = rboc[i];
             let in_ch = rboc[(i + 1).min(n - 1)];
@@ -610,7 +610,7 @@ impl UNet2DConditionModel {
                 let skip_ch = if j == count - 1 { in_ch } else { out_ch };
                 let res_in = if j == 0 { prev_out } else { out_ch };
                 resnets.push(resnet(res_in + skip_ch, out_ch, 1.0, vbb.pp(format!("resnets.{j}")))?);
-                if kind == "CrossAttnUpBlock2D" {
+                if kind == BlockKind::CrossAttention {
                     let vba = vbb.pp(format!("attentions.{j}"));
                     attentions.push(transformer(out_ch, rheads[i], rtlayers[i], rxdims[i], vba)?);
                 }

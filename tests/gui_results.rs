@@ -419,6 +419,9 @@ fn c_move_to_the_receiver_then_de_identified_export() {
     let number = attr(&original, tags::INSTANCE_NUMBER);
     let copy = copies.iter().find(|c| attr(c, tags::INSTANCE_NUMBER) == number).unwrap();
     assert_ne!(attr(copy, tags::SOP_INSTANCE_UID).unwrap(), sop);
+    let study_date = attr(&original, tags::STUDY_DATE).unwrap();
+    assert!(!study_date.is_empty());
+    assert_ne!(attr(copy, tags::STUDY_DATE).unwrap_or_default(), study_date, "dates not retained");
     assert_eq!(pixels(copy), pixels(&original), "pixel data untouched");
 
     // An export folder inside the store is refused with one line; nothing is written there.

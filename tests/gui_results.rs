@@ -197,7 +197,7 @@ fn sr_sent_by_c_store_comes_back_from_the_pacs_and_opens_as_its_content() {
     // The content tree: title, the measurement group, each class probability with its unit.
     assert!(shown(&harness, "Imaging Measurement Report"));
     assert!(shown(&harness, "Measurement Group"));
-    assert!(shown(&harness, &format!("Algorithm Name:")));
+    assert!(shown(&harness, "Algorithm Name:"));
     for (label, p) in prediction.labels.iter().zip(&prediction.probabilities) {
         assert!(shown(&harness, &format!("Probability of {label} ({TASK}):")), "{label}");
         let value = format!("{:.4} %", 100.0 * f64::from(*p));

@@ -119,6 +119,9 @@ impl Default for ResultsState {
     }
 }
 
+/// A send thread's line: what was stored, or why not.
+type SendOutcome = Result<String, String>;
+
 /// The diagnosis view.
 pub struct DiagnosisPanel {
     pub visible: bool,
@@ -156,7 +159,7 @@ pub struct DiagnosisPanel {
     picked: (Sender<PathBuf>, Receiver<PathBuf>),
     pub results: ResultsState,
     /// Outcomes of send threads: the line to show.
-    sent: (Sender<Result<String, String>>, Receiver<Result<String, String>>),
+    sent: (Sender<SendOutcome>, Receiver<SendOutcome>),
 }
 
 impl DiagnosisPanel {

@@ -40,8 +40,10 @@ pub enum DiagnosisCommand {
     TogglePanel,
     OpenImportDialog,
     CloseImportDialog,
-    /// Ask for the adapter file (or PEFT folder) with the system dialog.
+    /// Ask for the adapter file (or PEFT folder) with the system dialog (run by the app).
     BrowseAdapter,
+    /// The dialog's answer: fills the "Load adapter" form.
+    AdapterPicked(PathBuf),
     LoadAdapter {
         path: PathBuf,
         layout: AdapterLayout,
@@ -156,7 +158,6 @@ pub struct DiagnosisPanel {
     /// The current file, shared with the worker (cloned once per file, not per request).
     image: Option<((u64, usize), Arc<MedicalImage>)>,
     heatmap_texture: Option<((ImageKey, String), TextureHandle)>,
-    picked: (Sender<PathBuf>, Receiver<PathBuf>),
     pub results: ResultsState,
     /// Outcomes of send threads: the line to show.
     sent: (Sender<SendOutcome>, Receiver<SendOutcome>),
@@ -188,7 +189,6 @@ impl DiagnosisPanel {
             requested_all: None,
             image: None,
             heatmap_texture: None,
-            picked: channel(),
             results: ResultsState::default(),
             sent: channel(),
         }
@@ -233,11 +233,6 @@ impl DiagnosisPanel {
                 Ok(line) => (MessageLevel::Info, line),
                 Err(line) => (MessageLevel::Error, line),
             });
-        }
-        if let Ok(path) = self.picked.1.try_recv() {
-            self.import.layout = guess_layout(&path);
-            self.adapter_folder = path.parent().map(Path::to_path_buf);
-            self.import.path = path.display().to_string();
         }
         let Some(worker) = self.worker.as_mut() else {
             return messages;
@@ -437,7 +432,11 @@ impl DiagnosisPanel {
             DiagnosisCommand::TogglePanel => self.visible = !self.visible,
             DiagnosisCommand::OpenImportDialog => self.import.open = true,
             DiagnosisCommand::CloseImportDialog => self.import.open = false,
-            DiagnosisCommand::BrowseAdapter => self.browse(ctx),
+            DiagnosisCommand::AdapterPicked(path) => {
+                self.import.layout = guess_layout(&path);
+                self.adapter_folder = path.parent().map(Path::to_path_buf);
+                self.import.path = path.display().to_string();
+            }
             DiagnosisCommand::LoadAdapter { path, layout, fields } => match self.worker.as_mut() {
                 Some(worker) if matches!(self.state, EngineState::Ready { .. }) => {
                     worker.send(DiagnosisRequest::LoadAdapter { path, layout, fields });
@@ -462,7 +461,8 @@ impl DiagnosisPanel {
             DiagnosisCommand::SetSendKind { kind: ResultKind::Sc, on } => self.results.send_sc = on,
             // Carried out by the app, which holds the viewer, the nodes and the file dialogs
             // (`save_result`, `send_results`).
-            DiagnosisCommand::SaveResult(_)
+            DiagnosisCommand::BrowseAdapter
+            | DiagnosisCommand::SaveResult(_)
             | DiagnosisCommand::SaveResultTo { .. }
             | DiagnosisCommand::SendResults { .. } => {}
             DiagnosisCommand::CrashWorker => {
@@ -623,38 +623,6 @@ impl DiagnosisPanel {
             ui.add(egui::Label::new(RichText::new(super::drawable(ui.ctx(), &text)).color(color)).wrap());
         }
         ui.label(RichText::new(crate::report::RESEARCH_USE_ONLY).small().weak());
-    }
-
-    /// The system file dialog, off the UI thread; the answer arrives through `picked`.
-    fn browse(&mut self, ctx: &egui::Context) {
-        let start = self.adapter_folder.clone().or_else(|| self.adapters_dir.clone());
-        let folder = self.import.layout == AdapterLayout::Peft;
-        let sender = self.picked.0.clone();
-        let ctx = ctx.clone();
-        let pick = move || {
-            let mut dialog = rfd::FileDialog::new().set_title("Load adapter");
-            if let Some(dir) = start.filter(|d| d.is_dir()) {
-                dialog = dialog.set_directory(dir);
-            }
-            let picked = std::panic::catch_unwind(move || {
-                if folder {
-                    dialog.pick_folder()
-                } else {
-                    dialog.add_filter("safetensors", &["safetensors"]).pick_file()
-                }
-            })
-            .ok()
-            .flatten();
-            if let Some(path) = picked {
-                let _ = sender.send(path);
-            }
-            ctx.request_repaint();
-        };
-        if cfg!(target_os = "macos") {
-            pick();
-        } else {
-            let _ = std::thread::Builder::new().name("melo-adapter-dialog".into()).spawn(pick);
-        }
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, viewer: &Viewer, nodes: &[Node], hide: bool, commands: &mut Vec<Command>) {

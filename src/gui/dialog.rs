@@ -16,6 +16,8 @@ use super::Command;
 pub enum PathDialog {
     /// Existing files (one or more).
     OpenFiles { title: String },
+    /// One existing file, with a filter on `extension`.
+    OpenFile { title: String, filter: String, extension: String },
     /// An existing folder (or one the dialog creates).
     Folder { title: String },
     /// A file to write, proposed under `file_name`, with a filter on `extension`.
@@ -63,6 +65,9 @@ impl Dialogs {
             // A dialog backend that panics must not leave the buttons disabled for good.
             let picked = std::panic::catch_unwind(move || match dialog {
                 PathDialog::OpenFiles { title } => rfd_dialog.set_title(title).pick_files(),
+                PathDialog::OpenFile { title, filter, extension } => {
+                    rfd_dialog.set_title(title).add_filter(filter, &[extension.as_str()]).pick_file().map(|p| vec![p])
+                }
                 PathDialog::Folder { title } => rfd_dialog.set_title(title).pick_folder().map(|p| vec![p]),
                 PathDialog::Save { title, file_name, filter, extension } => rfd_dialog
                     .set_title(title)

@@ -568,6 +568,45 @@ impl MeloApp {
                 }
             }
             Command::Viewer(command) => self.viewer.apply(command),
+            Command::Diagnosis(DiagnosisCommand::BrowseAdapter) => {
+                let start = self.diagnosis.adapter_folder.clone().or_else(|| self.diagnosis.adapters_dir.clone());
+                let dialog = if self.diagnosis.import.layout == diagnosis_worker::AdapterLayout::Peft {
+                    dialog::PathDialog::Folder { title: "Load adapter".into() }
+                } else {
+                    dialog::PathDialog::OpenFile {
+                        title: "Load adapter".into(),
+                        filter: "safetensors".into(),
+                        extension: "safetensors".into(),
+                    }
+                };
+                let then = |paths: Vec<PathBuf>| {
+                    Some(Command::Diagnosis(DiagnosisCommand::AdapterPicked(paths.into_iter().next()?)))
+                };
+                self.ask_path(ctx, dialog, start, then);
+            }
+            Command::Privacy(PrivacyCommand::Browse(field)) => {
+                let dialog = match field {
+                    PathField::MembersFile | PathField::NonmembersFile => dialog::PathDialog::OpenFile {
+                        title: "Sample set".into(),
+                        filter: "npz".into(),
+                        extension: "npz".into(),
+                    },
+                    PathField::Target => dialog::PathDialog::Folder { title: "Model to audit".into() },
+                    PathField::MembersFolder | PathField::NonmembersFolder => {
+                        dialog::PathDialog::Folder { title: "Sample set".into() }
+                    }
+                };
+                let then = move |paths: Vec<PathBuf>| {
+                    Some(Command::Privacy(PrivacyCommand::Picked(field, paths.into_iter().next()?)))
+                };
+                self.ask_path(ctx, dialog, self.privacy.browse_start(field), then);
+            }
+            Command::Privacy(PrivacyCommand::PickExportFolder) => {
+                let dialog = dialog::PathDialog::Folder { title: "Export the audit report to".into() };
+                let then =
+                    |paths: Vec<PathBuf>| Some(Command::Privacy(PrivacyCommand::ExportTo(paths.into_iter().next()?)));
+                self.ask_path(ctx, dialog, self.privacy.export_folder.clone(), then);
+            }
             Command::Diagnosis(DiagnosisCommand::SaveResult(kind)) => {
                 let task = self.diagnosis.selected.clone().unwrap_or_default();
                 let dialog = dialog::PathDialog::Save {
@@ -580,9 +619,7 @@ impl MeloApp {
                     let path = paths.into_iter().next()?;
                     Some(Command::Diagnosis(DiagnosisCommand::SaveResultTo { kind, path }))
                 };
-                if let Err(e) = self.dialogs.ask(ctx, dialog, self.last_folder.clone(), then) {
-                    self.push_message(MessageLevel::Error, e, Vec::new());
-                }
+                self.ask_path(ctx, dialog, self.last_folder.clone(), then);
             }
             Command::Diagnosis(DiagnosisCommand::SaveResultTo { kind, path }) => {
                 self.diagnosis.save_result(&self.viewer, kind, path);
@@ -612,9 +649,7 @@ impl MeloApp {
                                 let folder = paths.into_iter().next()?;
                                 Some(Command::Studies(purpose.with_folder(folder)))
                             };
-                            if let Err(e) = self.dialogs.ask(ctx, dialog, start, then) {
-                                self.push_message(MessageLevel::Error, e, Vec::new());
-                            }
+                            self.ask_path(ctx, dialog, start, then);
                         }
                         StudiesEffect::Open(paths) => {
                             // The retrieved series goes into the viewer, as an opened folder would.
@@ -750,8 +785,19 @@ impl MeloApp {
         } else {
             dialog::PathDialog::OpenFiles { title: "Open file".into() }
         };
-        if let Err(e) = self.dialogs.ask(ctx, dialog, self.last_folder.clone(), |paths| Some(Command::OpenPaths(paths)))
-        {
+        self.ask_path(ctx, dialog, self.last_folder.clone(), |paths| Some(Command::OpenPaths(paths)));
+    }
+
+    /// Every file and folder dialog of the window goes through here ([`dialog`]): `then`
+    /// turns the answer into the command that uses it.
+    fn ask_path(
+        &mut self,
+        ctx: &egui::Context,
+        dialog: dialog::PathDialog,
+        start: Option<PathBuf>,
+        then: impl FnOnce(Vec<PathBuf>) -> Option<Command> + Send + 'static,
+    ) {
+        if let Err(e) = self.dialogs.ask(ctx, dialog, start, then) {
             self.push_message(MessageLevel::Error, e, Vec::new());
         }
     }

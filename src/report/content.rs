@@ -283,3 +283,69 @@ fn value_of(item: &InMemDicomObject) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{code, put_seq, put_str, write_part10};
+    use dicom_core::VR;
+
+    fn item(concept: &str, value_type: &str) -> InMemDicomObject {
+        let mut it = InMemDicomObject::new_empty();
+        put_str(&mut it, tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS");
+        put_str(&mut it, tags::VALUE_TYPE, VR::CS, value_type);
+        put_seq(&mut it, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code("1", "99X", concept)]);
+        it
+    }
+
+    fn sr_file(dir: &Path, root_children: Vec<InMemDicomObject>) -> PathBuf {
+        let mut obj = InMemDicomObject::new_empty();
+        put_str(&mut obj, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.88.33");
+        put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "2.25.1");
+        put_str(&mut obj, tags::PATIENT_NAME, VR::PN, "DOE^JANE");
+        put_str(&mut obj, tags::VALUE_TYPE, VR::CS, "CONTAINER");
+        put_seq(&mut obj, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code("2", "99X", "Report")]);
+        put_seq(&mut obj, tags::CONTENT_SEQUENCE, root_children);
+        let path = dir.join("sr.dcm");
+        write_part10(obj, &path).unwrap();
+        path
+    }
+
+    #[test]
+    fn deep_trees_are_cut_and_counted_and_odd_items_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // 40 nested containers: the first 32 levels are listed, the rest counted.
+        let mut node = item("leaf", "CONTAINER");
+        for _ in 0..39 {
+            let mut parent = item("level", "CONTAINER");
+            put_seq(&mut parent, tags::CONTENT_SEQUENCE, vec![node]);
+            node = parent;
+        }
+        // A NUM without its measured value and an item of an unknown value type stay listed.
+        let doc = read(&sr_file(dir.path(), vec![node, item("empty", "NUM"), item("odd", "SCOORD9")])).unwrap();
+        assert_eq!(doc.title, "Report");
+        assert_eq!(doc.omitted, 8);
+        assert_eq!(doc.lines.len(), MAX_DEPTH + 2);
+        assert_eq!(doc.lines[MAX_DEPTH].value, "(no value)");
+        assert_eq!(doc.lines[MAX_DEPTH + 1].concept, "odd");
+        let text = doc.text_lines(true);
+        assert!(text[1].starts_with("Patient: (hidden)"), "{text:?}");
+        assert!(!text.join("\n").contains("DOE"));
+        assert!(doc.text_lines(false)[1].starts_with("Patient: DOE JANE"));
+        assert!(text.last().unwrap().contains("8 more item(s)"));
+    }
+
+    #[test]
+    fn subject_items_are_marked_identifying() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut name = InMemDicomObject::new_empty();
+        put_str(&mut name, tags::RELATIONSHIP_TYPE, VR::CS, "HAS OBS CONTEXT");
+        put_str(&mut name, tags::VALUE_TYPE, VR::CS, "PNAME");
+        put_seq(&mut name, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code("121029", "DCM", "Subject Name")]);
+        put_str(&mut name, tags::PERSON_NAME, VR::PN, "DOE^JANE");
+        let doc = read(&sr_file(dir.path(), vec![name])).unwrap();
+        assert!(doc.lines[0].identifying);
+        assert_eq!(doc.lines[0].value, "DOE JANE");
+        assert!(!doc.text_lines(true).join("\n").contains("DOE"));
+    }
+}

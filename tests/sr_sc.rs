@@ -168,6 +168,41 @@ fn all_tasks_give_one_measurement_group_each() {
     }
     let (errors, _) = dciodvfy(&sr);
     assert!(errors.is_empty(), "{errors:?}");
+
+    // The window's SR reader (report::content) sees the tree DCMTK sees: the same items in
+    // the same order, at the same depth, with the same relationships and value types.
+    let doc = melo::report::content::read(&sr).unwrap();
+    let dcmtk: Vec<(usize, String, String)> = dump
+        .lines()
+        .filter(|l| l.trim_start().starts_with('<'))
+        .skip(1) // the root container, which the reader gives as the title
+        .map(|l| {
+            let depth = (l.len() - l.trim_start().len()) / 2 - 1;
+            let head = l.trim_start().trim_start_matches('<').split(':').next().unwrap();
+            let (relationship, value_type) = head.rsplit_once(' ').unwrap();
+            (depth, relationship.to_uppercase(), value_type.to_string())
+        })
+        .collect();
+    let ours: Vec<(usize, String, String)> =
+        doc.lines.iter().map(|l| (l.depth, l.relationship.clone(), l.value_type.clone())).collect();
+    assert_eq!(ours, dcmtk, "{dump}");
+    assert_eq!(doc.title, "Imaging Measurement Report");
+    // Every probability of every task, as the command printed it, in percent.
+    let text = doc.text_lines(false).join("\n");
+    for p in report["predictions"].as_array().unwrap() {
+        let task = p["task"].as_str().unwrap();
+        for (label, q) in p["labels"].as_array().unwrap().iter().zip(p["probabilities"].as_array().unwrap()) {
+            let q = q.as_f64().unwrap() as f32;
+            let line = format!("Probability of {} ({task}): {:.4} %", label.as_str().unwrap(), 100.0 * f64::from(q));
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+    }
+    assert!(text.contains("Patient: CompressedSamples RG1"), "{text}");
+    let hidden = doc.text_lines(true).join("\n");
+    assert!(!hidden.contains("CompressedSamples") && !hidden.contains("9RG1"), "{hidden}");
+    // An image is not an SR: refused with the reason.
+    let err = melo::report::content::read(&repo().join(SCAN)).unwrap_err().to_string();
+    assert!(err.contains("not a structured report"), "{err}");
 }
 
 #[test]

@@ -238,6 +238,72 @@ impl Deidentifier {
     }
 }
 
+/// What an export run did.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub out_dir: PathBuf,
+    pub options: Options,
+    pub exported: Vec<Exported>,
+    /// Inputs that could not be de-identified, with the reason (one line each).
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+impl ExportReport {
+    /// The closing sentence: how many, where, the profile and the options applied by name
+    /// and code, and that the pixel data is untouched.
+    pub fn summary(&self) -> String {
+        let codes: Vec<String> = method_codes(&self.options).iter().map(|(c, m)| format!("{m} (DCM {c})")).collect();
+        format!(
+            "{} file(s) de-identified into {}: {}; new UIDs consistent within this run; Patient Identity \
+             Removed YES. Pixel data untouched: text burned into the pixels is NOT removed.",
+            self.exported.len(),
+            self.out_dir.display(),
+            codes.join(", ")
+        )
+    }
+
+    /// Inputs marked Burned In Annotation YES (their pixels may show who the patient is).
+    pub fn burned_in(&self) -> Vec<&Path> {
+        self.exported.iter().filter(|e| e.burned_in_annotation).map(|e| e.input.as_path()).collect()
+    }
+}
+
+/// De-identifies `files` into `out_dir` (created if missing) in one run, so UIDs stay
+/// consistent across them. Refuses, before any work, an `out_dir` that is or lies inside one of
+/// `inputs` (files or folders the caller read `files` from). A file that cannot be
+/// de-identified is reported in the result and the others are still written; `progress` sees
+/// each outcome as it happens.
+pub fn export_files(
+    inputs: &[&Path],
+    files: &[PathBuf],
+    out_dir: &Path,
+    options: Options,
+    progress: &mut dyn FnMut(&Result<Exported>),
+) -> Result<ExportReport> {
+    let as_error = |e: crate::Error| match e {
+        crate::Error::Io(io) => Error::Io(io),
+        other => Error::Invalid(other.to_string()),
+    };
+    crate::atomic::refuse_overwriting_inputs("the export folder", out_dir, inputs).map_err(as_error)?;
+    if files.is_empty() {
+        return Err(Error::Invalid("no file among the inputs".into()));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| as_error(crate::Error::io(out_dir, e)))?;
+    let run = Deidentifier::new(options.clone());
+    let mut report = ExportReport { out_dir: out_dir.to_path_buf(), options, exported: Vec::new(), failed: Vec::new() };
+    for file in files {
+        let outcome = run.export_file(file, out_dir);
+        progress(&outcome);
+        match outcome {
+            Ok(e) => report.exported.push(e),
+            Err(e) => {
+                report.failed.push((file.clone(), e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")))
+            }
+        }
+    }
+    Ok(report)
+}
+
 /// A value of `vr` that stands in for the original (action D): fixed, so it carries nothing.
 fn dummy(vr: VR) -> PrimitiveValue {
     match vr {

@@ -16,12 +16,14 @@ use egui_plot::{Bar, BarChart, Legend, Line, LineStyle, Plot, PlotPoints, VLine}
 
 use super::diagnosis_worker::{
     AdapterLayout, CalibrationView, DiagnosisEvent, DiagnosisRequest, DiagnosisWorker, EpochPoint, ImageKey,
-    ImportFields, OodView, TaskInfo, TaskRow,
+    ImportFields, OodView, ResultPurpose, TaskInfo, TaskRow,
 };
+use super::studies::{Node, NodeAddress};
 use super::viewer::Viewer;
 use super::{Command, MessageLevel};
 use crate::image::MedicalImage;
 use crate::model::engine::{Heatmap, OodCheck, Prediction};
+use crate::report::ResultKind;
 
 /// Largest side of the heatmap texture (the map is smooth; more pixels show nothing new).
 const HEATMAP_MAX_SIDE: usize = 512;
@@ -38,12 +40,29 @@ pub enum DiagnosisCommand {
     TogglePanel,
     OpenImportDialog,
     CloseImportDialog,
-    /// Ask for the adapter file (or PEFT folder) with the system dialog.
+    /// Ask for the adapter file (or PEFT folder) with the system dialog (run by the app).
     BrowseAdapter,
+    /// The dialog's answer: fills the "Load adapter" form.
+    AdapterPicked(PathBuf),
     LoadAdapter {
         path: PathBuf,
         layout: AdapterLayout,
         fields: ImportFields,
+    },
+    /// Ask where to save the result object (the app runs the save dialog).
+    SaveResult(ResultKind),
+    /// Write the result object of the task shown on the current image to `path`.
+    SaveResultTo {
+        kind: ResultKind,
+        path: PathBuf,
+    },
+    /// Send the result objects chosen (SR, SC) to the Studies view's node at this index.
+    SendResults {
+        node: usize,
+    },
+    SetSendKind {
+        kind: ResultKind,
+        on: bool,
     },
     /// Start a fresh worker and load the model again (after a failure).
     Restart,
@@ -84,6 +103,27 @@ pub struct ImportDialog {
     pub alpha_text: String,
 }
 
+/// Result objects (SR, SC) of the shown prediction: saving and sending them.
+#[derive(Debug, Clone)]
+pub struct ResultsState {
+    /// Which objects "Send SR / SC to" sends.
+    pub send_sr: bool,
+    pub send_sc: bool,
+    /// Writing (on the diagnosis worker) or sending (on a thread of its own) is under way.
+    pub busy: bool,
+    /// The one line of the last save or send: what happened, or why it did not.
+    pub status: Option<(MessageLevel, String)>,
+}
+
+impl Default for ResultsState {
+    fn default() -> Self {
+        ResultsState { send_sr: true, send_sc: true, busy: false, status: None }
+    }
+}
+
+/// A send thread's line: what was stored, or why not.
+type SendOutcome = Result<String, String>;
+
 /// The diagnosis view.
 pub struct DiagnosisPanel {
     pub visible: bool,
@@ -118,7 +158,9 @@ pub struct DiagnosisPanel {
     /// The current file, shared with the worker (cloned once per file, not per request).
     image: Option<((u64, usize), Arc<MedicalImage>)>,
     heatmap_texture: Option<((ImageKey, String), TextureHandle)>,
-    picked: (Sender<PathBuf>, Receiver<PathBuf>),
+    pub results: ResultsState,
+    /// Outcomes of send threads: the line to show.
+    sent: (Sender<SendOutcome>, Receiver<SendOutcome>),
 }
 
 impl DiagnosisPanel {
@@ -147,7 +189,8 @@ impl DiagnosisPanel {
             requested_all: None,
             image: None,
             heatmap_texture: None,
-            picked: channel(),
+            results: ResultsState::default(),
+            sent: channel(),
         }
     }
 
@@ -182,12 +225,14 @@ impl DiagnosisPanel {
     }
 
     /// Applies what the worker sent; returns messages for the app's message bar.
-    pub fn receive(&mut self) -> Vec<(MessageLevel, String, Vec<String>)> {
+    pub fn receive(&mut self, ctx: &egui::Context) -> Vec<(MessageLevel, String, Vec<String>)> {
         let mut messages = Vec::new();
-        if let Ok(path) = self.picked.1.try_recv() {
-            self.import.layout = guess_layout(&path);
-            self.adapter_folder = path.parent().map(Path::to_path_buf);
-            self.import.path = path.display().to_string();
+        while let Ok(outcome) = self.sent.1.try_recv() {
+            self.results.busy = false;
+            self.results.status = Some(match outcome {
+                Ok(line) => (MessageLevel::Info, line),
+                Err(line) => (MessageLevel::Error, line),
+            });
         }
         let Some(worker) = self.worker.as_mut() else {
             return messages;
@@ -247,7 +292,16 @@ impl DiagnosisPanel {
                     self.requested_all = None;
                     messages.push((MessageLevel::Info, text, Vec::new()));
                 }
+                DiagnosisEvent::ResultsWritten { outputs, purpose } => self.on_results_written(outputs, purpose, ctx),
+                DiagnosisEvent::ResultsFailed { message } => {
+                    self.results.busy = false;
+                    self.results.status = Some((MessageLevel::Error, format!("Results not written: {message}")));
+                }
                 DiagnosisEvent::Failed { what, message, key } => {
+                    if what == "Writing the results" {
+                        self.results.busy = false;
+                        self.results.status = Some((MessageLevel::Error, format!("Results not written: {message}")));
+                    }
                     if let Some(key) = key {
                         self.failure = Some((key, message.clone()));
                     }
@@ -256,6 +310,7 @@ impl DiagnosisPanel {
             }
         }
         if died {
+            self.results.busy = false;
             self.worker = None;
             self.requested = None;
             self.requested_all = None;
@@ -377,7 +432,11 @@ impl DiagnosisPanel {
             DiagnosisCommand::TogglePanel => self.visible = !self.visible,
             DiagnosisCommand::OpenImportDialog => self.import.open = true,
             DiagnosisCommand::CloseImportDialog => self.import.open = false,
-            DiagnosisCommand::BrowseAdapter => self.browse(ctx),
+            DiagnosisCommand::AdapterPicked(path) => {
+                self.import.layout = guess_layout(&path);
+                self.adapter_folder = path.parent().map(Path::to_path_buf);
+                self.import.path = path.display().to_string();
+            }
             DiagnosisCommand::LoadAdapter { path, layout, fields } => match self.worker.as_mut() {
                 Some(worker) if matches!(self.state, EngineState::Ready { .. }) => {
                     worker.send(DiagnosisRequest::LoadAdapter { path, layout, fields });
@@ -398,6 +457,14 @@ impl DiagnosisPanel {
                     return Some((MessageLevel::Error, message));
                 }
             }
+            DiagnosisCommand::SetSendKind { kind: ResultKind::Sr, on } => self.results.send_sr = on,
+            DiagnosisCommand::SetSendKind { kind: ResultKind::Sc, on } => self.results.send_sc = on,
+            // Carried out by the app, which holds the viewer, the nodes and the file dialogs
+            // (`save_result`, `send_results`).
+            DiagnosisCommand::BrowseAdapter
+            | DiagnosisCommand::SaveResult(_)
+            | DiagnosisCommand::SaveResultTo { .. }
+            | DiagnosisCommand::SendResults { .. } => {}
             DiagnosisCommand::CrashWorker => {
                 if let Some(worker) = self.worker.as_mut() {
                     worker.send(DiagnosisRequest::Panic);
@@ -407,39 +474,158 @@ impl DiagnosisPanel {
         None
     }
 
-    /// The system file dialog, off the UI thread; the answer arrives through `picked`.
-    fn browse(&mut self, ctx: &egui::Context) {
-        let start = self.adapter_folder.clone().or_else(|| self.adapters_dir.clone());
-        let folder = self.import.layout == AdapterLayout::Peft;
-        let sender = self.picked.0.clone();
-        let ctx = ctx.clone();
-        let pick = move || {
-            let mut dialog = rfd::FileDialog::new().set_title("Load adapter");
-            if let Some(dir) = start.filter(|d| d.is_dir()) {
-                dialog = dialog.set_directory(dir);
-            }
-            let picked = std::panic::catch_unwind(move || {
-                if folder {
-                    dialog.pick_folder()
-                } else {
-                    dialog.add_filter("safetensors", &["safetensors"]).pick_file()
-                }
-            })
-            .ok()
-            .flatten();
-            if let Some(path) = picked {
-                let _ = sender.send(path);
-            }
-            ctx.request_repaint();
-        };
-        if cfg!(target_os = "macos") {
-            pick();
-        } else {
-            let _ = std::thread::Builder::new().name("melo-adapter-dialog".into()).spawn(pick);
+    /// Asks the worker to write result objects of the prediction shown for the current image
+    /// (the same task, frame and model: what the user sees is what is written).
+    fn write_results(
+        &mut self,
+        viewer: &Viewer,
+        outputs: Vec<(ResultKind, PathBuf)>,
+        purpose: ResultPurpose,
+    ) -> Result<(), String> {
+        if self.results.busy {
+            return Err("a save or send is under way: wait for it".into());
+        }
+        if !matches!(self.state, EngineState::Ready { .. }) || self.worker.is_none() {
+            return Err("the model is not loaded".into());
+        }
+        let (key, image, frame) = self.current_image(viewer).ok_or("open an image first")?;
+        let task = self.selected.clone().ok_or("choose a task first")?;
+        if !self.shown.as_ref().is_some_and(|s| s.key == key && s.prediction.task == task) {
+            return Err("wait for the prediction of this image".into());
+        }
+        let Some(worker) = self.worker.as_mut() else { return Err("the model is not loaded".into()) };
+        let labels = kinds_text(outputs.iter().map(|(k, _)| *k));
+        worker.send(DiagnosisRequest::WriteResults { image, frame, task, outputs, purpose });
+        self.results.busy = true;
+        self.results.status = Some((MessageLevel::Info, format!("Writing the {labels}…")));
+        Ok(())
+    }
+
+    /// Saves one result object of the shown prediction to `path` (atomically).
+    pub fn save_result(&mut self, viewer: &Viewer, kind: ResultKind, path: PathBuf) {
+        if let Err(e) = self.write_results(viewer, vec![(kind, path)], ResultPurpose::Save) {
+            self.results.status = Some((MessageLevel::Error, format!("{} not saved: {e}", kind.label())));
         }
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, viewer: &Viewer, commands: &mut Vec<Command>) {
+    /// Sends the chosen result objects of the shown prediction to `node`: written into a
+    /// temporary folder by the worker, then sent on a thread of their own (C-STORE or STOW-RS).
+    pub fn send_results(&mut self, viewer: &Viewer, node: &Node, options: crate::net::ScuOptions) {
+        let fail = |e: String| Some((MessageLevel::Error, format!("Not sent to {}: {e}", node.name)));
+        let kinds: Vec<ResultKind> = [(ResultKind::Sr, self.results.send_sr), (ResultKind::Sc, self.results.send_sc)]
+            .into_iter()
+            .filter_map(|(k, on)| on.then_some(k))
+            .collect();
+        if kinds.is_empty() {
+            self.results.status = fail("choose SR and/or SC to send".into());
+            return;
+        }
+        let destination = match node.destination() {
+            Ok(d) => d,
+            Err(e) => return self.results.status = fail(e),
+        };
+        let folder = match tempfile::Builder::new().prefix("melo-send-").tempdir() {
+            Ok(f) => Arc::new(f),
+            Err(e) => return self.results.status = fail(format!("cannot make a temporary folder: {e}")),
+        };
+        let task = self.selected.clone().unwrap_or_default();
+        let outputs = kinds.iter().map(|k| (*k, folder.path().join(k.file_name(&task)))).collect();
+        let purpose = ResultPurpose::Send { node: destination, options, folder };
+        if let Err(e) = self.write_results(viewer, outputs, purpose) {
+            self.results.status = fail(e);
+        }
+    }
+
+    fn on_results_written(&mut self, outputs: Vec<(ResultKind, PathBuf)>, purpose: ResultPurpose, ctx: &egui::Context) {
+        let labels = kinds_text(outputs.iter().map(|(k, _)| *k));
+        match purpose {
+            ResultPurpose::Save => {
+                self.results.busy = false;
+                let paths: Vec<String> = outputs.iter().map(|(_, p)| p.display().to_string()).collect();
+                self.results.status = Some((MessageLevel::Info, format!("{labels} saved to {}", paths.join(", "))));
+            }
+            ResultPurpose::Send { node, options, folder } => {
+                self.results.status = Some((MessageLevel::Info, format!("Sending the {labels} to {node}…")));
+                let sender = self.sent.0.clone();
+                let ctx = ctx.clone();
+                let work = move || {
+                    let files: Vec<PathBuf> = outputs.into_iter().map(|(_, p)| p).collect();
+                    let outcome = crate::report::send::send(&node, &options, &files)
+                        .map(|sent| format!("Sent the {labels}: {sent}"))
+                        .map_err(|e| format!("Send failed: {}", super::loader::one_line(&e.to_string())));
+                    // The temporary copies go once the node has them (or refused them).
+                    drop(folder);
+                    let _ = sender.send(outcome);
+                    ctx.request_repaint();
+                };
+                if let Err(e) = std::thread::Builder::new().name("melo-send-results".into()).spawn(work) {
+                    self.results.busy = false;
+                    self.results.status =
+                        Some((MessageLevel::Error, format!("Send failed: cannot start a thread: {e}")));
+                }
+            }
+        }
+    }
+
+    /// Save and send buttons for the prediction on screen, and the line of the last outcome.
+    fn results_ui(&self, ui: &mut egui::Ui, nodes: &[Node], hide: bool, commands: &mut Vec<Command>) {
+        let send = |commands: &mut Vec<Command>, c: DiagnosisCommand| commands.push(Command::Diagnosis(c));
+        ui.strong("Results to the PACS");
+        ui.add_enabled_ui(!self.results.busy, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                if ui.button("Save SR…").on_hover_text("TID 1500 Comprehensive SR of this prediction").clicked() {
+                    send(commands, DiagnosisCommand::SaveResult(ResultKind::Sr));
+                }
+                if ui
+                    .button("Save Secondary Capture…")
+                    .on_hover_text("The image with the heatmap and the result burned in")
+                    .clicked()
+                {
+                    send(commands, DiagnosisCommand::SaveResult(ResultKind::Sc));
+                }
+            });
+            ui.horizontal_wrapped(|ui| {
+                for (kind, on, text) in
+                    [(ResultKind::Sr, self.results.send_sr, "SR"), (ResultKind::Sc, self.results.send_sc, "SC")]
+                {
+                    let mut checked = on;
+                    if ui.checkbox(&mut checked, text).changed() {
+                        send(commands, DiagnosisCommand::SetSendKind { kind, on: checked });
+                    }
+                }
+                ui.menu_button("Send SR / SC to", |ui| {
+                    if nodes.is_empty() {
+                        ui.label("No node: add your PACS in the Studies tab");
+                    }
+                    for (i, node) in nodes.iter().enumerate() {
+                        let service = match node.address {
+                            NodeAddress::Dimse { .. } => "C-STORE",
+                            NodeAddress::DicomWeb { .. } => "STOW-RS",
+                        };
+                        if ui.button(format!("{} ({service})", node.name)).clicked() {
+                            send(commands, DiagnosisCommand::SendResults { node: i });
+                            ui.close();
+                        }
+                    }
+                });
+                if self.results.busy {
+                    ui.spinner();
+                }
+            });
+        });
+        if let Some((level, text)) = &self.results.status {
+            let color = match level {
+                MessageLevel::Error => Color32::from_rgb(235, 90, 80),
+                MessageLevel::Warning => Color32::from_rgb(230, 180, 60),
+                MessageLevel::Info => Color32::from_rgb(140, 200, 140),
+            };
+            let text = if hide { crate::error::hide_folders(text) } else { text.clone() };
+            ui.add(egui::Label::new(RichText::new(super::drawable(ui.ctx(), &text)).color(color)).wrap());
+        }
+        ui.label(RichText::new(crate::report::RESEARCH_USE_ONLY).small().weak());
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, viewer: &Viewer, nodes: &[Node], hide: bool, commands: &mut Vec<Command>) {
         let send = |commands: &mut Vec<Command>, c: DiagnosisCommand| commands.push(Command::Diagnosis(c));
         ui.heading("Diagnosis");
         match &self.state {
@@ -554,7 +740,11 @@ impl DiagnosisPanel {
                 let failed = self.failure.as_ref().filter(|(k, _)| *k == key);
                 let shown = self.shown.as_ref().filter(|s| s.key == key && s.prediction.task == info.task);
                 match (shown, failed) {
-                    (Some(shown), _) => prediction_ui(ui, &shown.prediction, &info),
+                    (Some(shown), _) => {
+                        prediction_ui(ui, &shown.prediction, &info);
+                        ui.separator();
+                        self.results_ui(ui, nodes, hide, commands);
+                    }
                     (None, Some((_, message))) => {
                         ui.label(
                             RichText::new(format!("Cannot classify this image: {message}"))
@@ -680,6 +870,11 @@ impl DiagnosisPanel {
             self.import.open = false;
         }
     }
+}
+
+/// "SR", "Secondary Capture" or "SR and Secondary Capture".
+fn kinds_text(kinds: impl Iterator<Item = ResultKind>) -> String {
+    kinds.map(ResultKind::label).collect::<Vec<_>>().join(" and ")
 }
 
 /// MeLo files have `w_a_*` tensors and no metadata; PEFT comes as a folder with its config.

@@ -20,6 +20,7 @@ use crate::image::MedicalImage;
 use crate::model::engine::{Heatmap, Prediction};
 use crate::model::lora::{Adapter, AdapterMetadata, ImportOptions, ModelFacts};
 use crate::model::Engine;
+use crate::report::ResultKind;
 
 /// Which slice of which loaded series an image is: results are matched to the view by this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,9 +281,26 @@ pub enum DiagnosisRequest {
     PredictAll { key: ImageKey, image: Arc<MedicalImage>, frame: usize },
     /// Register an adapter file from elsewhere for this session.
     LoadAdapter { path: PathBuf, layout: AdapterLayout, fields: ImportFields },
+    /// Write the result objects of `task` on one frame (`crate::report::write_results`), for
+    /// `purpose`.
+    WriteResults {
+        image: Arc<MedicalImage>,
+        frame: usize,
+        task: String,
+        outputs: Vec<(ResultKind, PathBuf)>,
+        purpose: ResultPurpose,
+    },
     /// Panics inside the worker: lets tests check that a crash becomes a message.
     #[doc(hidden)]
     Panic,
+}
+
+/// Why result objects are written: saved where the user chose, or sent to a node (from a
+/// temporary folder removed once the send is over).
+#[derive(Debug, Clone)]
+pub enum ResultPurpose {
+    Save,
+    Send { node: crate::net::cli::Node, options: crate::net::ScuOptions, folder: Arc<tempfile::TempDir> },
 }
 
 /// One row of the "all tasks" table.
@@ -321,6 +339,14 @@ pub enum DiagnosisEvent {
         /// Boxed: the facts make it far larger than the other events.
         info: Box<TaskInfo>,
         path: PathBuf,
+    },
+    ResultsWritten {
+        outputs: Vec<(ResultKind, PathBuf)>,
+        purpose: ResultPurpose,
+    },
+    /// Result objects could not be made or written (not a DICOM source, a bad output path …).
+    ResultsFailed {
+        message: String,
     },
     /// A request failed (bad image, bad adapter, a panic); the worker keeps serving.
     Failed {
@@ -453,6 +479,7 @@ fn request_name(request: &DiagnosisRequest) -> &'static str {
         DiagnosisRequest::Predict { .. } => "Prediction",
         DiagnosisRequest::PredictAll { .. } => "All-tasks prediction",
         DiagnosisRequest::LoadAdapter { .. } => "Loading the adapter",
+        DiagnosisRequest::WriteResults { .. } => "Writing the results",
         DiagnosisRequest::Panic => "Test request",
     }
 }
@@ -547,6 +574,15 @@ fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEv
             match load_adapter(engine, &path, layout, &fields) {
                 Ok(info) => DiagnosisEvent::AdapterLoaded { info: Box::new(info), path },
                 Err(message) => DiagnosisEvent::Failed { what: "Loading the adapter", message, key: None },
+            }
+        }
+        DiagnosisRequest::WriteResults { image, frame, task, outputs, purpose } => {
+            let Some(engine) = engine.as_mut() else {
+                return DiagnosisEvent::ResultsFailed { message: "the model is not loaded".into() };
+            };
+            match crate::report::write_results(engine, &image, frame, &task, &outputs) {
+                Ok(_) => DiagnosisEvent::ResultsWritten { outputs, purpose },
+                Err(e) => DiagnosisEvent::ResultsFailed { message: e.to_string() },
             }
         }
         DiagnosisRequest::Panic => panic!("requested by a test"),

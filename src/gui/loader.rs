@@ -17,6 +17,7 @@ use egui::ColorImage;
 use super::stack::{render_color_image, SliceStack};
 use crate::display::default_voi;
 use crate::image::{load_image, LoadOptions};
+use crate::report::content::SrDocument;
 use crate::series::{scan_folder, Series};
 
 /// Longest side of a series thumbnail, in pixels.
@@ -52,13 +53,19 @@ pub enum LoaderEvent {
         stack: SliceStack,
         problems: Vec<String>,
     },
+    /// A series with no image but structured reports (an SR has no pixel data): their content,
+    /// read for display.
+    Documents {
+        job: JobId,
+        series_index: usize,
+        documents: Vec<SrDocument>,
+        problems: Vec<String>,
+    },
     /// A job failed as a whole: nothing to show.
     Failed {
         job: JobId,
         message: String,
     },
-    /// A file dialog (run off the UI thread) returned these paths.
-    Picked(Vec<PathBuf>),
     /// Always the last event of a job, however it ended.
     Finished {
         job: JobId,
@@ -144,11 +151,6 @@ impl Loader {
         let superseded = Superseded { latest: self.latest_series.clone(), job };
         self.spawn(job, ctx, move |send| load_series_job(job, series_index, &series, &superseded, send));
         job
-    }
-
-    /// A sender for other background work (file dialogs) to report through the same channel.
-    pub fn sender(&self) -> Sender<LoaderEvent> {
-        self.sender.clone()
     }
 
     fn start(&mut self) -> JobId {
@@ -277,6 +279,20 @@ fn load_series_job(
     }
     let stack = SliceStack::new(job, series.description.clone(), images);
     if stack.is_empty() {
+        // No pixels: structured reports are shown as their content, not as an error.
+        let documents: Vec<SrDocument> = series
+            .files
+            .iter()
+            .filter_map(|path| catch_unwind(|| crate::report::content::read(path)).ok().and_then(Result::ok))
+            .collect();
+        if !documents.is_empty() {
+            // What failed for the reports themselves was only "no pixel data".
+            let mut problems = problems;
+            problems
+                .retain(|p| !documents.iter().any(|d| p.starts_with(&format!("cannot open {}:", short_name(&d.path)))));
+            send(LoaderEvent::Documents { job, series_index, documents, problems });
+            return;
+        }
         let message = match problems.first() {
             Some(first) if problems.len() == 1 => capitalise(first),
             Some(first) => format!("{} (and {} more files)", capitalise(first), problems.len() - 1),

@@ -15,6 +15,8 @@ mod adapter_audit;
 mod audit_worker;
 mod diagnosis;
 mod diagnosis_worker;
+mod dialog;
+mod document;
 mod frame_log;
 mod loader;
 mod mpr;
@@ -26,20 +28,19 @@ mod studies;
 mod tags;
 mod viewer;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use egui::{Color32, RichText, TextureHandle, TextureOptions, Vec2};
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 use crate::display::WindowPreset;
 use crate::series::Series;
 use loader::{short_name, Loader, LoaderEvent, THUMBNAIL_SIDE};
 
+pub use crate::report::ResultKind;
 pub use audit_worker::{ExposedImage, GALLERY_SIZE};
 pub use diagnosis::{
-    calibration_text, DiagnosisCommand, DiagnosisPanel, EngineState, ShownPrediction, GREYED_CAPTION, RESEARCH_USE_ONLY,
+    calibration_text, DiagnosisCommand, DiagnosisPanel, EngineState, ResultsState, ShownPrediction, GREYED_CAPTION,
+    RESEARCH_USE_ONLY,
 };
 pub use diagnosis_worker::{
     attach_histories, AdapterLayout, CalibrationView, EpochPoint, ImageKey, ImportFields, OodView, ReliabilityBin,
@@ -52,8 +53,8 @@ pub use privacy::{
 pub use shortcuts::{SHORTCUTS, VIEWER_KEYS};
 pub use stack::{is_displayable, render_color_image, SliceRef, SliceStack};
 pub use studies::{
-    default_store_folder, EchoState, Node, NodeAddress, NodeForm, RetrieveOutcome, SearchFields, SeriesRow,
-    SeriesState, StudiesCommand, StudiesEffect, StudiesPanel, StudyRow,
+    default_store_folder, EchoState, FolderPurpose, Node, NodeAddress, NodeForm, RetrieveOutcome, SearchFields,
+    SeriesRow, SeriesState, StudiesCommand, StudiesEffect, StudiesPanel, StudyRow,
 };
 pub use tags::{tag_matches, TagBrowser};
 pub use viewer::{CineState, Tool, Viewer, ViewerCommand, ViewerState};
@@ -237,6 +238,9 @@ pub struct MeloApp {
     pub selected_series: Option<usize>,
     /// The series whose slices the viewer holds.
     pub shown_series: Option<usize>,
+    /// The structured reports of the shown series, when it has no image but SRs: the viewer
+    /// shows their content instead of pixels.
+    pub documents: Option<Vec<crate::report::content::SrDocument>>,
     pub viewer: Viewer,
     pub diagnosis: DiagnosisPanel,
     pub privacy: PrivacyPanel,
@@ -250,8 +254,8 @@ pub struct MeloApp {
     /// Commands waiting for the end of the frame (or the first frame, for the initial paths).
     commands: Vec<Command>,
     loader: Loader,
-    /// Set while a file dialog is open, so a second click does not open another one.
-    dialog_open: Arc<AtomicBool>,
+    /// File and folder dialogs (one at a time); their answers come back as commands.
+    dialogs: dialog::Dialogs,
     next_message_id: u64,
     frame_log: Option<frame_log::FrameLog>,
     /// Scripted runs (`MELO_GUI_EXPORT`): export the audit here once it and its gallery are done.
@@ -395,6 +399,7 @@ impl MeloApp {
             series: Vec::new(),
             selected_series: None,
             shown_series: None,
+            documents: None,
             viewer: Viewer::default(),
             diagnosis: DiagnosisPanel::new(backbone_dir, adapters_dir),
             privacy: PrivacyPanel::default(),
@@ -405,7 +410,7 @@ impl MeloApp {
             progress: None,
             commands: Vec::new(),
             loader: Loader::default(),
-            dialog_open: Arc::new(AtomicBool::new(false)),
+            dialogs: dialog::Dialogs::default(),
             next_message_id: 1,
             frame_log: None,
             auto_export: None,
@@ -455,7 +460,9 @@ impl MeloApp {
         if let Some(message) = self.diagnosis.start(&ctx) {
             self.push_message(MessageLevel::Error, message, Vec::new());
         }
-        for (level, text, details) in self.diagnosis.receive() {
+        let answered = self.dialogs.answers();
+        self.commands.extend(answered);
+        for (level, text, details) in self.diagnosis.receive(&ctx) {
             self.push_message(level, text, details);
         }
         for (level, text) in self.privacy.receive(&ctx) {
@@ -494,14 +501,18 @@ impl MeloApp {
         }
         if self.tab == Tab::Viewer && self.diagnosis.visible {
             egui::Panel::right("app_diagnosis").default_size(340.0).show(ui, |ui| {
-                egui::ScrollArea::vertical()
-                    .auto_shrink([false, false])
-                    .show(ui, |ui| self.diagnosis.ui(ui, &self.viewer, &mut commands));
+                egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
+                    let hide = self.hide_patient_details;
+                    self.diagnosis.ui(ui, &self.viewer, &self.studies.nodes, hide, &mut commands)
+                });
             });
         }
         self.viewer.overlay = self.diagnosis.overlay_for(&ctx, &self.viewer);
         egui::CentralPanel::no_frame().show(ui, |ui| match self.tab {
-            Tab::Viewer => self.viewer.ui(ui, self.hide_patient_details, &mut commands),
+            Tab::Viewer => match &self.documents {
+                Some(documents) => document::ui(ui, documents, self.hide_patient_details),
+                None => self.viewer.ui(ui, self.hide_patient_details, &mut commands),
+            },
             Tab::Privacy => self.privacy.ui(ui, &mut commands),
             Tab::Studies => self.studies.ui(ui, self.hide_patient_details, &mut commands),
         });
@@ -557,6 +568,66 @@ impl MeloApp {
                 }
             }
             Command::Viewer(command) => self.viewer.apply(command),
+            Command::Diagnosis(DiagnosisCommand::BrowseAdapter) => {
+                let start = self.diagnosis.adapter_folder.clone().or_else(|| self.diagnosis.adapters_dir.clone());
+                let dialog = if self.diagnosis.import.layout == diagnosis_worker::AdapterLayout::Peft {
+                    dialog::PathDialog::Folder { title: "Load adapter".into() }
+                } else {
+                    dialog::PathDialog::OpenFile {
+                        title: "Load adapter".into(),
+                        filter: "safetensors".into(),
+                        extension: "safetensors".into(),
+                    }
+                };
+                let then = |paths: Vec<PathBuf>| {
+                    Some(Command::Diagnosis(DiagnosisCommand::AdapterPicked(paths.into_iter().next()?)))
+                };
+                self.ask_path(ctx, dialog, start, then);
+            }
+            Command::Privacy(PrivacyCommand::Browse(field)) => {
+                let dialog = match field {
+                    PathField::MembersFile | PathField::NonmembersFile => dialog::PathDialog::OpenFile {
+                        title: "Sample set".into(),
+                        filter: "npz".into(),
+                        extension: "npz".into(),
+                    },
+                    PathField::Target => dialog::PathDialog::Folder { title: "Model to audit".into() },
+                    PathField::MembersFolder | PathField::NonmembersFolder => {
+                        dialog::PathDialog::Folder { title: "Sample set".into() }
+                    }
+                };
+                let then = move |paths: Vec<PathBuf>| {
+                    Some(Command::Privacy(PrivacyCommand::Picked(field, paths.into_iter().next()?)))
+                };
+                self.ask_path(ctx, dialog, self.privacy.browse_start(field), then);
+            }
+            Command::Privacy(PrivacyCommand::PickExportFolder) => {
+                let dialog = dialog::PathDialog::Folder { title: "Export the audit report to".into() };
+                let then =
+                    |paths: Vec<PathBuf>| Some(Command::Privacy(PrivacyCommand::ExportTo(paths.into_iter().next()?)));
+                self.ask_path(ctx, dialog, self.privacy.export_folder.clone(), then);
+            }
+            Command::Diagnosis(DiagnosisCommand::SaveResult(kind)) => {
+                let task = self.diagnosis.selected.clone().unwrap_or_default();
+                let dialog = dialog::PathDialog::Save {
+                    title: format!("Save {}", kind.label()),
+                    file_name: kind.file_name(&task),
+                    filter: "DICOM".into(),
+                    extension: "dcm".into(),
+                };
+                let then = move |paths: Vec<PathBuf>| {
+                    let path = paths.into_iter().next()?;
+                    Some(Command::Diagnosis(DiagnosisCommand::SaveResultTo { kind, path }))
+                };
+                self.ask_path(ctx, dialog, self.last_folder.clone(), then);
+            }
+            Command::Diagnosis(DiagnosisCommand::SaveResultTo { kind, path }) => {
+                self.diagnosis.save_result(&self.viewer, kind, path);
+            }
+            Command::Diagnosis(DiagnosisCommand::SendResults { node }) => match self.studies.nodes.get(node).cloned() {
+                Some(node) => self.diagnosis.send_results(&self.viewer, &node, self.studies.options()),
+                None => self.push_message(MessageLevel::Error, "No such node: add it in the Studies tab", Vec::new()),
+            },
             Command::Diagnosis(command) => {
                 if let Some((level, text)) = self.diagnosis.apply(command, ctx) {
                     self.push_message(level, text, Vec::new());
@@ -571,6 +642,15 @@ impl MeloApp {
                 for effect in self.studies.apply(command, ctx) {
                     match effect {
                         StudiesEffect::Message(level, text) => self.push_message(level, text, Vec::new()),
+                        StudiesEffect::AskFolder { title, purpose } => {
+                            let dialog = dialog::PathDialog::Folder { title };
+                            let start = self.studies.store_folder();
+                            let then = move |paths: Vec<PathBuf>| {
+                                let folder = paths.into_iter().next()?;
+                                Some(Command::Studies(purpose.with_folder(folder)))
+                            };
+                            self.ask_path(ctx, dialog, start, then);
+                        }
                         StudiesEffect::Open(paths) => {
                             // The retrieved series goes into the viewer, as an opened folder would.
                             self.tab = Tab::Viewer;
@@ -636,7 +716,18 @@ impl MeloApp {
                             }
                         }
                     }
+                    self.documents = None;
                     self.viewer.set_stack(stack);
+                    if !problems.is_empty() {
+                        let text = format!("{} file(s) of this series could not be read", problems.len());
+                        self.push_message(MessageLevel::Warning, text, problems);
+                    }
+                }
+                LoaderEvent::Documents { job, series_index, documents, problems } if self.loader.is_current(job) => {
+                    self.progress = None;
+                    self.shown_series = Some(series_index);
+                    self.viewer.clear();
+                    self.documents = Some(documents);
                     if !problems.is_empty() {
                         let text = format!("{} file(s) of this series could not be read", problems.len());
                         self.push_message(MessageLevel::Warning, text, problems);
@@ -648,7 +739,6 @@ impl MeloApp {
                     self.selected_series = self.shown_series;
                     self.push_message(MessageLevel::Error, message, Vec::new());
                 }
-                LoaderEvent::Picked(paths) => self.commands.push(Command::OpenPaths(paths)),
                 // Finished is bookkeeping done by the loader; the rest are from superseded jobs.
                 _ => {}
             }
@@ -657,6 +747,7 @@ impl MeloApp {
 
     fn on_scanned(&mut self, series: Vec<Series>, folder: Option<PathBuf>, problems: Vec<String>) {
         self.viewer.clear();
+        self.documents = None;
         self.selected_series = None;
         self.shown_series = None;
         self.progress = None;
@@ -687,42 +778,27 @@ impl MeloApp {
         }
     }
 
-    /// Runs the system file dialog off the UI thread (it blocks until the user answers) and
-    /// hands the answer to the loader's channel. macOS requires dialogs on the main thread.
+    /// "Open file…" / "Open folder…": the system dialog (see [`dialog`]); the answer opens.
     fn pick_with_dialog(&mut self, folder: bool, ctx: &egui::Context) {
-        if self.dialog_open.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let start = self.last_folder.clone();
-        let sender = self.loader.sender();
-        let dialog_open = self.dialog_open.clone();
-        let ctx = ctx.clone();
-        let pick = move || {
-            let mut dialog = rfd::FileDialog::new();
-            if let Some(dir) = start.filter(|d| d.is_dir()) {
-                dialog = dialog.set_directory(dir);
-            }
-            // A dialog backend that panics must not leave the buttons disabled for good.
-            let picked = std::panic::catch_unwind(move || {
-                if folder {
-                    dialog.set_title("Open folder").pick_folder().map(|p| vec![p])
-                } else {
-                    dialog.set_title("Open file").pick_files()
-                }
-            })
-            .ok()
-            .flatten();
-            dialog_open.store(false, Ordering::SeqCst);
-            if let Some(paths) = picked {
-                let _ = sender.send(LoaderEvent::Picked(paths));
-            }
-            ctx.request_repaint();
+        let dialog = if folder {
+            dialog::PathDialog::Folder { title: "Open folder".into() }
+        } else {
+            dialog::PathDialog::OpenFiles { title: "Open file".into() }
         };
-        if cfg!(target_os = "macos") {
-            pick();
-        } else if std::thread::Builder::new().name("melo-file-dialog".into()).spawn(pick).is_err() {
-            self.dialog_open.store(false, Ordering::SeqCst);
-            self.push_message(MessageLevel::Error, "Cannot open the file dialog", Vec::new());
+        self.ask_path(ctx, dialog, self.last_folder.clone(), |paths| Some(Command::OpenPaths(paths)));
+    }
+
+    /// Every file and folder dialog of the window goes through here ([`dialog`]): `then`
+    /// turns the answer into the command that uses it.
+    fn ask_path(
+        &mut self,
+        ctx: &egui::Context,
+        dialog: dialog::PathDialog,
+        start: Option<PathBuf>,
+        then: impl FnOnce(Vec<PathBuf>) -> Option<Command> + Send + 'static,
+    ) {
+        if let Err(e) = self.dialogs.ask(ctx, dialog, start, then) {
+            self.push_message(MessageLevel::Error, e, Vec::new());
         }
     }
 
@@ -736,7 +812,7 @@ impl MeloApp {
                 }
             }
             ui.separator();
-            let dialog_free = !self.dialog_open.load(Ordering::SeqCst);
+            let dialog_free = !self.dialogs.is_open();
             ui.add_enabled_ui(dialog_free, |ui| {
                 if ui.button("Open file…").clicked() {
                     commands.push(Command::PickFiles);

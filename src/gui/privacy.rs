@@ -47,6 +47,8 @@ pub enum PrivacyCommand {
     Estimate,
     /// Pick a path with the system dialog for one of the fields.
     Browse(PathField),
+    /// The dialog's answer for a field.
+    Picked(PathField, PathBuf),
     Run,
     Cancel,
     SetLogScale(bool),
@@ -153,8 +155,6 @@ pub struct PrivacyPanel {
     run: Option<AuditRun>,
     eta: Option<Duration>,
     textures: BTreeMap<(String, usize), (TextureHandle, TextureHandle)>,
-    picked: Channel<(PathField, PathBuf)>,
-    export_picked: Channel<PathBuf>,
     /// Result of a PNG export, from the screenshot callback.
     png_written: Channel<Result<PathBuf, String>>,
 }
@@ -188,8 +188,6 @@ impl Default for PrivacyPanel {
             run: None,
             eta: None,
             textures: BTreeMap::new(),
-            picked: channel(),
-            export_picked: channel(),
             png_written: channel(),
         }
     }
@@ -250,19 +248,6 @@ impl PrivacyPanel {
         if let Some(result) = self.estimate_run.as_ref().and_then(EstimateRun::poll) {
             let run = self.estimate_run.take().expect("polled");
             self.cost = Some((result, run.config.clone()));
-        }
-        while let Ok((field, path)) = self.picked.1.try_recv() {
-            match field {
-                PathField::Target => {
-                    self.config.target = path;
-                    self.target_kind = None;
-                }
-                PathField::MembersFile | PathField::MembersFolder => self.config.members = path,
-                PathField::NonmembersFile | PathField::NonmembersFolder => self.config.nonmembers = path,
-            }
-        }
-        if let Ok(folder) = self.export_picked.1.try_recv() {
-            messages.extend(self.export_to(&folder, ctx));
         }
         while let Ok(written) = self.png_written.1.try_recv() {
             messages.push(match written {
@@ -407,7 +392,17 @@ impl PrivacyPanel {
                 self.trajectory_strengths = join(&self.config.trajectory.strengths);
                 self.preset = preset;
             }
-            PrivacyCommand::Browse(field) => self.browse(field, ctx),
+            PrivacyCommand::Picked(field, path) => match field {
+                PathField::Target => {
+                    self.config.target = path;
+                    self.target_kind = None;
+                }
+                PathField::MembersFile | PathField::MembersFolder => self.config.members = path,
+                PathField::NonmembersFile | PathField::NonmembersFolder => self.config.nonmembers = path,
+            },
+            // The app runs the dialogs (`gui::dialog`); their answers come back as `Picked`
+            // and `ExportTo`.
+            PrivacyCommand::Browse(_) | PrivacyCommand::PickExportFolder => {}
             PrivacyCommand::Run => {
                 if self.is_running() {
                     return vec![(MessageLevel::Warning, "An audit is already running".into())];
@@ -454,49 +449,23 @@ impl PrivacyPanel {
             }
             PrivacyCommand::SetLogScale(on) => self.log_scale = on,
             PrivacyCommand::SetGalleryAttack(name) => self.gallery_attack = Some(name),
-            PrivacyCommand::PickExportFolder => {
-                let start = self.export_folder.clone();
-                let sender = self.export_picked.0.clone();
-                let ctx = ctx.clone();
-                spawn_dialog(move || {
-                    let mut dialog = rfd::FileDialog::new().set_title("Export the audit report to");
-                    if let Some(dir) = start.filter(|d| d.is_dir()) {
-                        dialog = dialog.set_directory(dir);
-                    }
-                    if let Some(folder) = dialog.pick_folder() {
-                        let _ = sender.send(folder);
-                    }
-                    ctx.request_repaint();
-                });
-            }
             PrivacyCommand::ExportTo(folder) => return self.export_to(&folder, ctx),
         }
         Vec::new()
     }
 
-    fn browse(&mut self, field: PathField, ctx: &egui::Context) {
-        let start = match field {
-            PathField::Target => self.config.target.clone(),
-            PathField::MembersFile | PathField::MembersFolder => self.config.members.clone(),
-            PathField::NonmembersFile | PathField::NonmembersFolder => self.config.nonmembers.clone(),
+    /// Where the dialog for `field` starts: the field's folder, or the folder of its file.
+    pub fn browse_start(&self, field: PathField) -> Option<PathBuf> {
+        let current = match field {
+            PathField::Target => &self.config.target,
+            PathField::MembersFile | PathField::MembersFolder => &self.config.members,
+            PathField::NonmembersFile | PathField::NonmembersFolder => &self.config.nonmembers,
         };
-        let sender = self.picked.0.clone();
-        let ctx = ctx.clone();
-        spawn_dialog(move || {
-            let mut dialog = rfd::FileDialog::new();
-            let dir = if start.is_dir() { Some(start) } else { start.parent().map(Path::to_path_buf) };
-            if let Some(dir) = dir.filter(|d| d.is_dir()) {
-                dialog = dialog.set_directory(dir);
-            }
-            let picked = match field {
-                PathField::MembersFile | PathField::NonmembersFile => dialog.add_filter("npz", &["npz"]).pick_file(),
-                _ => dialog.pick_folder(),
-            };
-            if let Some(path) = picked {
-                let _ = sender.send((field, path));
-            }
-            ctx.request_repaint();
-        });
+        if current.is_dir() {
+            Some(current.clone())
+        } else {
+            current.parent().map(Path::to_path_buf)
+        }
     }
 
     /// Writes the JSON report and the CSV of scores (atomically), and asks the window for a
@@ -1075,17 +1044,6 @@ fn write_png(image: &ColorImage, path: &Path) -> Result<(), String> {
         w.write_all(&bytes)
     })
     .map_err(|e| e.to_string())
-}
-
-fn spawn_dialog(pick: impl FnOnce() + Send + 'static) {
-    // macOS wants dialogs on the main thread; elsewhere they must not block the UI.
-    if cfg!(target_os = "macos") {
-        pick();
-    } else {
-        let _ = std::thread::Builder::new().name("melo-dialog".into()).spawn(move || {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(pick));
-        });
-    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,14 @@ impl Node {
         }
     }
 
+    /// The node as the networking library names it (where results are sent).
+    pub fn destination(&self) -> Result<net::cli::Node, String> {
+        match &self.address {
+            NodeAddress::Dimse { .. } => self.peer().map(net::cli::Node::Dimse),
+            NodeAddress::DicomWeb { url } => Ok(net::cli::Node::Web(url.clone())),
+        }
+    }
+
     fn peer(&self) -> Result<Peer, String> {
         match &self.address {
             NodeAddress::Dimse { aet, host, port } => {
@@ -288,6 +296,21 @@ pub enum StudiesCommand {
     OpenSeries(String),
     /// Use this folder as the study store.
     SetStoreFolder(PathBuf),
+    /// Ask for the store folder with the system dialog.
+    ChooseStoreFolder,
+    /// C-MOVE a study (or one series) from the selected DIMSE node to our running receiver.
+    Move {
+        study_uid: String,
+        series_uid: Option<String>,
+    },
+    /// Ask for a folder, then export the stored study de-identified into it.
+    ExportDeidentified(String),
+    /// De-identify every stored instance of the study into `folder` (PS3.15 Annex E basic
+    /// profile, with Retain Longitudinal Temporal Information when `retain_dates` is set).
+    ExportDeidentifiedTo {
+        study_uid: String,
+        folder: PathBuf,
+    },
     RefreshLocal,
     StartScp,
     StopScp,
@@ -298,6 +321,28 @@ pub enum StudiesCommand {
 pub enum StudiesEffect {
     Message(MessageLevel, String),
     Open(Vec<PathBuf>),
+    /// Ask for a folder with the system dialog; the answer becomes `purpose`'s command.
+    AskFolder {
+        title: String,
+        purpose: FolderPurpose,
+    },
+}
+
+/// What a folder asked for is used for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FolderPurpose {
+    StoreFolder,
+    /// The export folder of this stored study.
+    Deidentify(String),
+}
+
+impl FolderPurpose {
+    pub fn with_folder(self, folder: PathBuf) -> StudiesCommand {
+        match self {
+            FolderPurpose::StoreFolder => StudiesCommand::SetStoreFolder(folder),
+            FolderPurpose::Deidentify(study_uid) => StudiesCommand::ExportDeidentifiedTo { study_uid, folder },
+        }
+    }
 }
 
 /// Reports of the worker threads.
@@ -307,6 +352,7 @@ enum StudiesEvent {
     Series { study_uid: String, result: Result<Vec<SeriesRow>, String> },
     Progress { done: usize, total: Option<usize> },
     Retrieved(Result<RetrieveOutcome, String>),
+    Exported(Result<(MessageLevel, String), String>),
     Scp(ScpEvent),
 }
 
@@ -356,6 +402,10 @@ pub struct StudiesPanel {
     /// Studies in the store (the "Local" list), with their series.
     pub local: Vec<(StudyRecord, Vec<SeriesRecord>)>,
     pub scp: ScpSettings,
+    /// De-identified export: keep dates (Retain Longitudinal Temporal Information option).
+    pub deid_retain_dates: bool,
+    /// A de-identified export is running.
+    pub exporting: bool,
     scp_handle: Option<ScpHandle>,
     store: Option<Arc<StudyStore>>,
     search_id: u64,
@@ -381,6 +431,8 @@ impl Default for StudiesPanel {
             status: None,
             local: Vec::new(),
             scp: ScpSettings::default(),
+            deid_retain_dates: false,
+            exporting: false,
             scp_handle: None,
             store: None,
             search_id: 0,
@@ -407,6 +459,7 @@ impl StudiesPanel {
     /// True while an echo, search, series query or retrieve is under way.
     pub fn is_busy(&self) -> bool {
         self.searching
+            || self.exporting
             || self.retrieve.is_some()
             || self.echo.values().any(|e| *e == EchoState::Running)
             || self.expanded.values().any(|s| *s == SeriesState::Loading)
@@ -421,7 +474,7 @@ impl StudiesPanel {
         self.store_folder.clone().or_else(default_store_folder)
     }
 
-    fn options(&self) -> ScuOptions {
+    pub(crate) fn options(&self) -> ScuOptions {
         ScuOptions { calling_aet: self.calling_aet.trim().to_string(), timeout: NET_TIMEOUT, ..Default::default() }
     }
 
@@ -505,6 +558,13 @@ impl StudiesPanel {
                         Err(e) => self.fail(format!("Retrieve failed: {e}")),
                     }
                     self.refresh_local();
+                }
+                StudiesEvent::Exported(result) => {
+                    self.exporting = false;
+                    match result {
+                        Ok(line) => self.status = Some(line),
+                        Err(e) => self.fail(format!("De-identified export failed: {e}")),
+                    }
                 }
                 StudiesEvent::Scp(event) => match event {
                     ScpEvent::Stored { .. } | ScpEvent::Released { .. } => self.refresh_local(),
@@ -649,6 +709,16 @@ impl StudiesPanel {
                     }
                 }
             }
+            StudiesCommand::ChooseStoreFolder => effects.push(StudiesEffect::AskFolder {
+                title: "Study store folder".into(),
+                purpose: FolderPurpose::StoreFolder,
+            }),
+            StudiesCommand::Move { study_uid, series_uid } => self.start_move(study_uid, series_uid, ctx),
+            StudiesCommand::ExportDeidentified(study_uid) => effects.push(StudiesEffect::AskFolder {
+                title: "Export de-identified copies to".into(),
+                purpose: FolderPurpose::Deidentify(study_uid),
+            }),
+            StudiesCommand::ExportDeidentifiedTo { study_uid, folder } => self.start_export(study_uid, folder, ctx),
             StudiesCommand::RefreshLocal => self.refresh_local(),
             StudiesCommand::StartScp => self.start_scp(ctx),
             StudiesCommand::StopScp => {
@@ -817,6 +887,144 @@ impl StudiesPanel {
         }
     }
 
+    /// C-MOVE to our own receiver: the node sends the instances on associations of its own to
+    /// our AE title (it must know it, at this host and the receiver's port), and they arrive
+    /// through the running C-STORE SCP into the store.
+    fn start_move(&mut self, study_uid: String, series_uid: Option<String>, ctx: &egui::Context) {
+        if self.retrieve.is_some() {
+            return self.fail("A retrieve is running: wait for it or cancel it");
+        }
+        let node = match self.node(self.selected_node) {
+            Ok(n) => n,
+            Err(e) => return self.fail(e),
+        };
+        let peer = match node.peer() {
+            Ok(p) => p,
+            Err(_) => return self.fail("Move needs a DIMSE node (a DICOMweb node is retrieved with Retrieve)"),
+        };
+        if self.scp_handle.is_none() {
+            return self.fail(format!(
+                "Move not started: start the receiver (Receiving) first; {} sends the study to our AE title {}, \
+                 which it must know at this host and the receiver's port",
+                node.name,
+                self.scp.aet.trim()
+            ));
+        }
+        let store = match self.store() {
+            Ok(s) => s,
+            Err(e) => return self.fail(e),
+        };
+        let destination = self.scp.aet.trim().to_string();
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.retrieve = Some(RetrieveJob {
+            study_uid: study_uid.clone(),
+            series_uid: series_uid.clone(),
+            done: 0,
+            total: None,
+            cancel: cancel.clone(),
+        });
+        self.status = None;
+        let options = self.options();
+        let sender = self.events.0.clone();
+        let ctx = ctx.clone();
+        let work = move || {
+            let keys =
+                QueryKeys { study_uid: Some(study_uid.clone()), series_uid: series_uid.clone(), ..Default::default() };
+            let level = if series_uid.is_some() { Level::Series } else { Level::Study };
+            let mut progress = |p: &net::RetrieveProgress| {
+                let s = p.sub_operations;
+                let done = (s.completed + s.warning) as usize;
+                let total = s.remaining.map(|r| r as usize + done + s.failed as usize);
+                let _ = sender.send(StudiesEvent::Progress { done, total });
+                ctx.request_repaint();
+                !cancel.load(Ordering::SeqCst)
+            };
+            let result =
+                match net::move_to(&peer, &options, Model::StudyRoot, level, &keys, &destination, &mut progress) {
+                    Ok(r) => Ok(RetrieveOutcome {
+                        study_uid: study_uid.clone(),
+                        stored: (r.sub_operations.completed + r.sub_operations.warning) as usize,
+                        in_store: in_store(&store, &study_uid),
+                        failed: r.sub_operations.failed as usize,
+                        cancelled: cancel.load(Ordering::SeqCst),
+                    }),
+                    Err(net::Error::Cancelled) => Ok(RetrieveOutcome {
+                        study_uid: study_uid.clone(),
+                        stored: 0,
+                        in_store: in_store(&store, &study_uid),
+                        failed: 0,
+                        cancelled: true,
+                    }),
+                    Err(e) => Err(e.to_string()),
+                };
+            let _ = sender.send(StudiesEvent::Retrieved(result));
+            ctx.request_repaint();
+        };
+        if let Err(e) = spawn("melo-move", work) {
+            self.retrieve = None;
+            self.fail(e);
+        }
+    }
+
+    /// De-identifies every stored instance of a study into `folder` on a thread (the profile
+    /// of `crate::deid`); one line says how many, the options and that pixels are untouched.
+    fn start_export(&mut self, study_uid: String, folder: PathBuf, ctx: &egui::Context) {
+        if self.exporting {
+            return self.fail("An export is running: wait for it");
+        }
+        let store = match self.store() {
+            Ok(s) => s,
+            Err(e) => return self.fail(e),
+        };
+        let files: Result<Vec<PathBuf>, String> = store
+            .series(&study_uid)
+            .and_then(|series| {
+                let mut files = Vec::new();
+                for s in series {
+                    files.extend(store.instances(&s.series_uid)?.into_iter().map(|i| i.path));
+                }
+                Ok(files)
+            })
+            .map_err(|e| format!("Cannot read the study store: {e}"));
+        let files = match files {
+            Ok(f) if !f.is_empty() => f,
+            Ok(_) => return self.fail("Nothing of this study is in the store"),
+            Err(e) => return self.fail(e),
+        };
+        self.exporting = true;
+        self.status = Some((MessageLevel::Info, format!("Exporting {} file(s) de-identified…", files.len())));
+        let options = crate::deid::Options { retain_dates: self.deid_retain_dates };
+        let sender = self.events.0.clone();
+        let ctx = ctx.clone();
+        let work = move || {
+            let root = store.root().to_path_buf();
+            let result = crate::deid::export_files(&[root.as_path()], &files, &folder, options, &mut |_| {})
+                .map(|report| {
+                    let mut line = report.summary();
+                    let mut level = MessageLevel::Info;
+                    if !report.failed.is_empty() {
+                        line.push_str(&format!(" {} file(s) failed: {}", report.failed.len(), report.failed[0].1));
+                        level = MessageLevel::Warning;
+                    }
+                    let burned = report.burned_in().len();
+                    if burned > 0 {
+                        line.push_str(&format!(
+                            " {burned} file(s) are marked Burned In Annotation YES: check their pixels before sharing."
+                        ));
+                        level = MessageLevel::Warning;
+                    }
+                    (level, line)
+                })
+                .map_err(|e| super::loader::one_line(&e.to_string()));
+            let _ = sender.send(StudiesEvent::Exported(result));
+            ctx.request_repaint();
+        };
+        if let Err(e) = spawn("melo-deidentify", work) {
+            self.exporting = false;
+            self.fail(e);
+        }
+    }
+
     fn start_scp(&mut self, ctx: &egui::Context) {
         if self.scp_handle.is_some() {
             return;
@@ -951,6 +1159,9 @@ impl StudiesPanel {
             if ui.button("Use").clicked() && !self.store_field.trim().is_empty() {
                 send(commands, StudiesCommand::SetStoreFolder(PathBuf::from(self.store_field.trim())));
             }
+            if ui.button("Choose…").clicked() {
+                send(commands, StudiesCommand::ChooseStoreFolder);
+            }
         });
         ui.separator();
         ui.strong("Receive (C-STORE SCP)");
@@ -1031,6 +1242,12 @@ impl StudiesPanel {
             if ui.button("Refresh").clicked() {
                 send(commands, StudiesCommand::RefreshLocal);
             }
+            ui.separator();
+            ui.checkbox(&mut self.deid_retain_dates, "Retain dates")
+                .on_hover_text("De-identified export: Retain Longitudinal Temporal Information (Full Dates) option");
+            if self.exporting {
+                ui.spinner();
+            }
         });
         self.local_ui(ui, hide, commands);
     }
@@ -1042,6 +1259,10 @@ impl StudiesPanel {
             return;
         }
         let busy = self.retrieve.is_some();
+        let dimse = self
+            .selected_node
+            .and_then(|i| self.nodes.get(i))
+            .is_some_and(|n| matches!(n.address, NodeAddress::Dimse { .. }));
         let retrieved = |uid: &str| self.local.iter().any(|(s, _)| s.study_uid == uid);
         egui::Grid::new("studies_results").striped(true).num_columns(9).show(ui, |ui| {
             for h in [
@@ -1073,6 +1294,14 @@ impl StudiesPanel {
                 ui.horizontal(|ui| {
                     if ui.add_enabled(!busy, egui::Button::new("Retrieve")).clicked() {
                         send(commands, StudiesCommand::Retrieve { study_uid: row.study_uid.clone(), series_uid: None });
+                    }
+                    if dimse
+                        && ui
+                            .add_enabled(!busy, egui::Button::new("Move"))
+                            .on_hover_text("C-MOVE to this workstation's receiver (Receiving must be on)")
+                            .clicked()
+                    {
+                        send(commands, StudiesCommand::Move { study_uid: row.study_uid.clone(), series_uid: None });
                     }
                     if ui.add_enabled(retrieved(&row.study_uid), egui::Button::new("Open")).clicked() {
                         send(commands, StudiesCommand::OpenStudy(row.study_uid.clone()));
@@ -1119,6 +1348,7 @@ impl StudiesPanel {
     }
 
     fn local_ui(&self, ui: &mut egui::Ui, hide: bool, commands: &mut Vec<Command>) {
+        let exporting = self.exporting;
         if self.local.is_empty() {
             ui.label(RichText::new("The study store is empty").small());
             return;
@@ -1130,7 +1360,16 @@ impl StudiesPanel {
                 ui.label(&study.study_date);
                 ui.label(&study.description);
                 ui.label(format!("{} series, {} image(s)", study.series, study.instances));
-                ui.label("");
+                if ui
+                    .add_enabled(!exporting, egui::Button::new("Export de-identified…"))
+                    .on_hover_text(
+                        "PS3.15 Annex E Basic Application Level Confidentiality Profile: new UIDs, \
+                         identifying attributes removed; pixel data untouched",
+                    )
+                    .clicked()
+                {
+                    commands.push(Command::Studies(StudiesCommand::ExportDeidentified(study.study_uid.clone())));
+                }
                 ui.end_row();
                 for s in series {
                     ui.label("");

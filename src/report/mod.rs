@@ -6,8 +6,10 @@
 //! What is shared lives here: the source instance's identity ([`SourceInstance`]), new UIDs,
 //! the date stamp, element helpers and the atomic Part 10 write.
 
+pub mod content;
 pub mod font;
 pub mod sc;
+pub mod send;
 pub mod sr;
 
 use std::path::{Path, PathBuf};
@@ -215,6 +217,75 @@ pub fn write_part10(obj: InMemDicomObject, path: &Path) -> Result<()> {
     file.write_all(&mut bytes).map_err(|e| Error::Build(e.to_string()))?;
     crate::atomic::write_bytes_atomic(path, &bytes)?;
     Ok(())
+}
+
+/// A result object a diagnosis can be written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResultKind {
+    /// The TID 1500 Comprehensive SR ([`sr`]).
+    Sr,
+    /// The Secondary Capture with the heatmap and the result burned in ([`sc`]).
+    Sc,
+}
+
+impl ResultKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ResultKind::Sr => "SR",
+            ResultKind::Sc => "Secondary Capture",
+        }
+    }
+
+    /// A file name for the object of `task` (the task name is an adapter's, never a patient's).
+    pub fn file_name(self, task: &str) -> String {
+        let task: String = task.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        match self {
+            ResultKind::Sr => format!("{task}_sr.dcm"),
+            ResultKind::Sc => format!("{task}_sc.dcm"),
+        }
+    }
+}
+
+/// Runs `task` on frame `frame` of `image` (read from a DICOM file: the objects reference it)
+/// and writes each of `outputs` atomically, the way `melo predict --sr/--sc` does: with a
+/// Secondary Capture the prediction is the explanation's (one forward for both). Refuses an
+/// output that would replace the source file. Returns the prediction reported.
+pub fn write_results(
+    engine: &mut crate::model::Engine,
+    image: &crate::image::MedicalImage,
+    frame: usize,
+    task: &str,
+    outputs: &[(ResultKind, PathBuf)],
+) -> Result<crate::model::engine::Prediction> {
+    let path = image
+        .meta
+        .source
+        .as_deref()
+        .ok_or_else(|| Error::Invalid("the image was not read from a file; a result must reference one".into()))?;
+    for (kind, out) in outputs {
+        crate::atomic::refuse_overwriting_inputs(kind.label(), out, &[path])?;
+    }
+    let source = SourceInstance::read(path)?;
+    engine.switch(task).map_err(|e| Error::Build(e.to_string()))?;
+    let explanation = if outputs.iter().any(|(k, _)| *k == ResultKind::Sc) {
+        Some(engine.explain(image, frame).map_err(|e| Error::Build(e.to_string()))?)
+    } else {
+        None
+    };
+    let prediction = match &explanation {
+        Some(e) => e.prediction.clone(),
+        None => engine.predict_frame(image, frame).map_err(|e| Error::Build(e.to_string()))?,
+    };
+    for (kind, out) in outputs {
+        let obj = match (kind, &explanation) {
+            (ResultKind::Sr, _) => sr::build(&source, std::slice::from_ref(&prediction), engine.backbone().sha256())?,
+            (ResultKind::Sc, Some(explanation)) => sc::build(&source, image, frame, explanation)?,
+            // Not reached: an explanation is made whenever an SC is asked for.
+            (ResultKind::Sc, None) => return Err(Error::Invalid("no heatmap for the secondary capture".into())),
+        };
+        write_part10(obj, out)?;
+    }
+    Ok(prediction)
 }
 
 /// Our implementation class UID (2.25 form of a fixed UUID drawn once for MeLo Workstation).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::bench::{median, retrieve_into_viewer, RetrieveTimings, Via};
 use super::dicomweb::{json_to_map, DicomWebClient};
 use super::error::{Error, Result};
 use super::peer::Peer;
@@ -75,6 +76,30 @@ pub enum NetAction {
     },
     /// Run the C-STORE SCP: receive into the local store until interrupted.
     Listen(ListenArgs),
+    /// Time a series from a node into the viewer: retrieve into a fresh store, then decode
+    /// and render as the window does (docs/benchmarks.md).
+    BenchRetrieve(BenchRetrieveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRetrieveArgs {
+    pub peer: Peer,
+    #[arg(long)]
+    pub study_uid: String,
+    #[arg(long)]
+    pub series_uid: String,
+    /// get (C-GET, as the Studies view) or move (C-MOVE to our SCP on --port).
+    #[arg(long, default_value = "get", value_parser = ["get", "move"])]
+    pub via: String,
+    /// Port of our SCP for --via move; the node must know our AE title at this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Runs, each into a new empty store; medians are printed.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print every run and the medians as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Query keys shared by find, get and move.
@@ -259,7 +284,41 @@ pub fn run(args: &NetArgs) -> Result<()> {
             Ok(())
         }
         NetAction::Listen(a) => listen(a, &args.aet, options.timeout),
+        NetAction::BenchRetrieve(a) => bench_retrieve(a, &options),
     }
+}
+
+fn bench_retrieve(a: &BenchRetrieveArgs, options: &ScuOptions) -> Result<()> {
+    let via = match (a.via.as_str(), a.port) {
+        ("move", Some(port)) => Via::Move { port },
+        ("move", None) => return Err(Error::Invalid("--via move needs --port (where our SCP listens)".into())),
+        _ => Via::Get,
+    };
+    if a.runs == 0 {
+        return Err(Error::Invalid("--runs must be at least 1".into()));
+    }
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(format!("cannot make a temporary store: {e}")))?;
+        runs.push(retrieve_into_viewer(&a.peer, options, &a.study_uid, &a.series_uid, via, dir.path())?);
+    }
+    let med = |f: fn(&RetrieveTimings) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let (retrieved, first, all) = (med(|r| r.retrieved_s), med(|r| r.first_slice_s), med(|r| r.all_slices_s));
+    if a.json {
+        let out = serde_json::json!({
+            "via": a.via, "runs": runs,
+            "median": { "retrieved_s": retrieved, "first_slice_s": first, "all_slices_s": all },
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        println!(
+            "{} instance(s) via C-{}, median of {} run(s): stored {retrieved:.3} s, first slice shown {first:.3} s, all slices decoded {all:.3} s",
+            runs[0].instances,
+            a.via.to_uppercase(),
+            runs.len()
+        );
+    }
+    Ok(())
 }
 
 fn find(a: &FindArgs, options: &ScuOptions) -> Result<()> {

@@ -6,6 +6,7 @@
 //! drive the same functions. Every call blocks; the window runs them on worker threads.
 //! [`dicomweb`] is the HTTP counterpart (QIDO-RS, WADO-RS, STOW-RS).
 
+pub mod bench;
 pub mod cli;
 pub mod dicomweb;
 pub mod dimse;

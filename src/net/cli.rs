@@ -12,7 +12,8 @@ use super::dicomweb::{json_to_map, DicomWebClient};
 use super::error::{Error, Result};
 use super::peer::Peer;
 use super::query::{match_to_map, Level, Model, QueryKeys};
-use super::scp::{ScpConfig, ScpEvent, StoreScp};
+use super::qr_scp::QrOutcome;
+use super::scp::{ScpConfig, ScpEvent, StoreScp, DEFAULT_MAX_ASSOCIATIONS};
 use super::scu::{self, RetrieveReport, ScuOptions};
 use crate::store::StudyStore;
 
@@ -74,7 +75,8 @@ pub enum NetAction {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Run the C-STORE SCP: receive into the local store until interrupted.
+    /// Run the SCP until interrupted: receive C-STOREs into the local store, answer C-FIND and
+    /// C-MOVE from it.
     Listen(ListenArgs),
     /// Time a series from a node into the viewer: retrieve into a fresh store, then decode
     /// and render as the window does (docs/benchmarks.md).
@@ -215,6 +217,13 @@ pub struct ListenArgs {
     /// Accept associations from any calling AE title.
     #[arg(long, conflicts_with = "allow")]
     pub allow_any: bool,
+    /// Associations served at once; more are rejected (transient, local limit exceeded).
+    #[arg(long, default_value_t = DEFAULT_MAX_ASSOCIATIONS as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_associations: u16,
+    /// A node C-MOVE requests may send our studies to, `AET@HOST:PORT` (repeatable); a move
+    /// to any other AE title is refused (0xA801, move destination unknown).
+    #[arg(long = "destination", value_name = "AET@HOST:PORT")]
+    pub destinations: Vec<Peer>,
 }
 
 fn parse_model(s: &str) -> std::result::Result<Model, String> {
@@ -436,7 +445,13 @@ fn listen(a: &ListenArgs, our_aet: &str, timeout: Duration) -> Result<()> {
     } else {
         Some(a.allow.clone())
     };
-    let config = ScpConfig { allowed_callers: allowed, timeout, ..ScpConfig::new(our_aet) };
+    let config = ScpConfig {
+        allowed_callers: allowed,
+        timeout,
+        max_associations: a.max_associations as usize,
+        move_destinations: a.destinations.clone(),
+        ..ScpConfig::new(our_aet)
+    };
     let address = format!("{}:{}", a.bind, a.port);
     let scp = StoreScp::bind(&address, config, store)?;
     println!("{our_aet} listening on {} into {}", scp.local_addr(), a.store.display());
@@ -457,6 +472,13 @@ fn print_event(event: ScpEvent) {
             println!("refused {sop_instance_uid} from {calling_aet}: {status}: {reason}")
         }
         ScpEvent::Released { calling_aet } => println!("released by {calling_aet}"),
+        ScpEvent::Query { calling_aet, outcome } => match outcome {
+            QrOutcome::Found { matches } => println!("C-FIND from {calling_aet}: {matches} match(es)"),
+            QrOutcome::Moved { destination, completed, failed } => {
+                println!("C-MOVE from {calling_aet} to {destination}: {completed} sent, {failed} failed")
+            }
+            QrOutcome::Refused { status, reason } => println!("refused a request of {calling_aet}: {status}: {reason}"),
+        },
         ScpEvent::Failed { calling_aet, reason } => println!("association with {calling_aet} failed: {reason}"),
     }
 }

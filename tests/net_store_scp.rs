@@ -55,14 +55,17 @@ impl RunningScp {
         RunningScp { store, events, port, _dir: dir, _handle: handle }
     }
 
-    /// Files (not counting the index and its journal) anywhere under the store folder.
+    /// Files (not counting the index, its journal and the store's lock file) anywhere under
+    /// the store folder.
     fn files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             for e in std::fs::read_dir(dir).unwrap() {
                 let p = e.unwrap().path();
                 if p.is_dir() {
                     walk(&p, out);
-                } else if !p.file_name().unwrap().to_str().unwrap().starts_with("melo-index.sqlite") {
+                } else if !p.file_name().unwrap().to_str().unwrap().starts_with("melo-index.sqlite")
+                    && p.file_name().unwrap() != melo::store::LOCK_FILE
+                {
                     out.push(p);
                 }
             }

@@ -250,7 +250,9 @@ impl StudyStore {
             // Downgrade: other processes may open the store now.
             let _ = store._lock.unlock();
         }
-        store._lock.lock_shared().map_err(|e| io(&lock_path, e))?;
+        // A folder whose file system has no locks (some network shares) still works as a
+        // store; other processes then only ever remove old temporaries there.
+        let _ = store._lock.lock_shared();
         Ok(store)
     }
 

@@ -127,7 +127,8 @@ fn findscu_gets_what_the_store_holds_at_every_level() {
         .collect();
     assert_eq!(column(&mr, "StudyInstanceUID"), expected_mr);
     assert_eq!(expected_mr.len(), 2);
-    let in_2004 = findscu(served.port, &["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "StudyDate=20040101-20041231"]);
+    let in_2004 =
+        findscu(served.port, &["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "StudyDate=20040101-20041231"]);
     let expected_2004: BTreeSet<String> =
         studies.iter().filter(|s| s.study_date.starts_with("2004")).map(|s| s.study_uid.clone()).collect();
     assert_eq!(column(&in_2004, "StudyInstanceUID"), expected_2004);
@@ -135,7 +136,8 @@ fn findscu_gets_what_the_store_holds_at_every_level() {
     let named = findscu(served.port, &["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName=compressed*"]);
     assert_eq!(named.len(), 2, "CompressedSamples^CT1 and ^MR1, case-insensitively: {named:?}");
     let listed: Vec<String> = studies.iter().take(2).map(|s| s.study_uid.clone()).collect();
-    let by_list = findscu(served.port, &["QueryRetrieveLevel=STUDY", &format!("StudyInstanceUID={}", listed.join("\\"))]);
+    let by_list =
+        findscu(served.port, &["QueryRetrieveLevel=STUDY", &format!("StudyInstanceUID={}", listed.join("\\"))]);
     assert_eq!(column(&by_list, "StudyInstanceUID"), listed.iter().cloned().collect());
     let none = findscu(served.port, &["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID=NOBODY"]);
     assert!(none.is_empty());
@@ -191,13 +193,25 @@ fn findscu_gets_what_the_store_holds_at_every_level() {
     assert_eq!(one.len(), 1);
 
     // Patient Root, patient level.
-    let patients = findscu(served.port, &["-P", "QueryRetrieveLevel=PATIENT", "PatientID", "NumberOfPatientRelatedStudies"]);
+    let patients =
+        findscu(served.port, &["-P", "QueryRetrieveLevel=PATIENT", "PatientID", "NumberOfPatientRelatedStudies"]);
     assert_eq!(column(&patients, "PatientID"), studies.iter().map(|s| s.patient_id.clone()).collect());
     assert!(patients.iter().all(|p| p["NumberOfPatientRelatedStudies"] == "1"), "{patients:?}");
 
     // Study Root has no patient level: refused with a failure status, not an empty answer.
     let mut command = Command::new(dcmtk::program("findscu"));
-    command.args(["-v", "-S", "-aet", "FINDSCU", "-aec", "MELO", "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID"]);
+    command.args([
+        "-v",
+        "-S",
+        "-aet",
+        "FINDSCU",
+        "-aec",
+        "MELO",
+        "-k",
+        "QueryRetrieveLevel=PATIENT",
+        "-k",
+        "PatientID",
+    ]);
     command.args(["127.0.0.1", &served.port.to_string()]);
     let said = dcmtk::text(&dcmtk::run(command));
     assert!(said.contains("Final Find Response (Error: DataSetDoesNotMatchSOPClass)"), "{said}");
@@ -239,7 +253,22 @@ impl Drop for StoreScpProcess {
 
 fn movescu(port: u16, destination: &str, keys: &[String]) -> std::process::Output {
     let mut command = Command::new(dcmtk::program("movescu"));
-    command.args(["-v", "-S", "-to", "20", "-ta", "20", "-td", "60", "-aet", "MOVESCU", "-aec", "MELO", "-aem", destination]);
+    command.args([
+        "-v",
+        "-S",
+        "-to",
+        "20",
+        "-ta",
+        "20",
+        "-td",
+        "60",
+        "-aet",
+        "MOVESCU",
+        "-aec",
+        "MELO",
+        "-aem",
+        destination,
+    ]);
     for k in keys {
         command.args(["-k", k]);
     }
@@ -253,7 +282,8 @@ fn received(dir: &Path) -> BTreeMap<String, PathBuf> {
         .map(|e| e.unwrap().path())
         .map(|p| {
             let bytes = std::fs::read(&p).unwrap();
-            let uid = split_part10(&bytes).unwrap().meta.media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
+            let uid =
+                split_part10(&bytes).unwrap().meta.media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
             (uid, p)
         })
         .collect()
@@ -272,12 +302,8 @@ fn movescu_has_melo_net_listen_send_a_series_to_a_configured_storescp() {
         }
         let study = store.studies().unwrap().into_iter().find(|s| s.instances == 20).unwrap();
         let series = store.series(&study.study_uid).unwrap().remove(0);
-        let expected: BTreeMap<String, PathBuf> = store
-            .instances(&series.series_uid)
-            .unwrap()
-            .into_iter()
-            .map(|i| (i.sop_instance_uid, i.path))
-            .collect();
+        let expected: BTreeMap<String, PathBuf> =
+            store.instances(&series.series_uid).unwrap().into_iter().map(|i| (i.sop_instance_uid, i.path)).collect();
         (study.study_uid, series.series_uid, expected)
     };
     let port = support::free_port();

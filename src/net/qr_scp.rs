@@ -50,9 +50,15 @@ enum Root {
 
 fn root_of(sop_class: &str, find: bool) -> Option<Root> {
     let (study, patient) = if find {
-        (uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND, uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND)
+        (
+            uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
+            uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
+        )
     } else {
-        (uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE, uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE)
+        (
+            uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE,
+            uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE,
+        )
     };
     if sop_class == study {
         Some(Root::Study)

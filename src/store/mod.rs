@@ -243,8 +243,7 @@ impl StudyStore {
             .open(&lock_path)
             .map_err(|e| io(&lock_path, e))?;
         let alone = lock.try_lock().is_ok();
-        let mut store =
-            StudyStore { root, db_path, db: Mutex::new(conn), recovery: Recovery::default(), _lock: lock };
+        let mut store = StudyStore { root, db_path, db: Mutex::new(conn), recovery: Recovery::default(), _lock: lock };
         store.recovery = store.recover(alone)?;
         if alone {
             // Downgrade: other processes may open the store now.
@@ -272,7 +271,8 @@ impl StudyStore {
         let mut recovery = Recovery::default();
         let indexed: std::collections::HashMap<String, String> = {
             let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stmt = conn.prepare("SELECT path, sop_instance_uid FROM instances").map_err(|e| self.db_error(e))?;
+            let mut stmt =
+                conn.prepare("SELECT path, sop_instance_uid FROM instances").map_err(|e| self.db_error(e))?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .map_err(|e| self.db_error(e))?;
@@ -283,8 +283,7 @@ impl StudyStore {
         // crate::atomic removes its temporaries older than STALE_PARTIAL_AGE before `now`; a
         // `now` moved forward makes that threshold ours.
         let threshold = if alone { std::time::Duration::ZERO } else { BUSY_STORE_PARTIAL_AGE };
-        let shifted_now = std::time::SystemTime::now() + crate::atomic::STALE_PARTIAL_AGE
-            - threshold
+        let shifted_now = std::time::SystemTime::now() + crate::atomic::STALE_PARTIAL_AGE - threshold
             + std::time::Duration::from_secs(1);
         // The layout is STUDY/SERIES/INSTANCE.dcm: three levels, never following links.
         let mut folders = vec![(self.root.clone(), 0usize)];

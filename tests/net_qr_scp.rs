@@ -234,9 +234,11 @@ impl StoreScpProcess {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Owned at once: killed (on drop) whichever way this ends.
+        let process = StoreScpProcess { child, port };
         for _ in 0..100 {
             if dcmtk::echoscu("MELO", "STORESCP", port).status.success() {
-                return StoreScpProcess { child, port };
+                return process;
             }
             std::thread::sleep(Duration::from_millis(100));
         }

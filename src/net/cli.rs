@@ -438,6 +438,7 @@ fn move_(a: &MoveArgs, our_aet: &str, options: &ScuOptions) -> Result<()> {
 
 fn listen(a: &ListenArgs, our_aet: &str, timeout: Duration) -> Result<()> {
     let store = Arc::new(StudyStore::open(&a.store)?);
+    report_recovery(&store);
     let allowed = if a.allow_any {
         None
     } else if a.allow.is_empty() {
@@ -458,6 +459,22 @@ fn listen(a: &ListenArgs, our_aet: &str, timeout: Duration) -> Result<()> {
     let never = std::sync::atomic::AtomicBool::new(false);
     scp.serve(Arc::new(print_event), &never);
     Ok(())
+}
+
+/// What opening the store repaired after a crash, when anything.
+fn report_recovery(store: &StudyStore) {
+    let r = store.recovery();
+    if !r.indexed.is_empty() || r.removed_partials > 0 || !r.removed_duplicates.is_empty() {
+        println!(
+            "store recovered: {} file(s) indexed, {} temporary file(s) and {} stale duplicate(s) removed",
+            r.indexed.len(),
+            r.removed_partials,
+            r.removed_duplicates.len()
+        );
+    }
+    for (path, why) in &r.unreadable {
+        eprintln!("not indexed, left in place: {}: {why}", path.display());
+    }
 }
 
 fn print_event(event: ScpEvent) {

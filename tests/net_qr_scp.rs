@@ -355,3 +355,71 @@ fn movescu_has_melo_net_listen_send_a_series_to_a_configured_storescp() {
     assert!(said.contains("(Refused: MoveDestinationUnknown)"), "{said}");
     assert_eq!(received(inbox.path()).len(), 20);
 }
+
+#[test]
+fn our_scu_finds_and_moves_through_our_scp_to_a_second_scp_of_ours() {
+    // The receiving node: a second store behind an SCP of ours, called MELO2.
+    let inbox_dir = tempfile::tempdir().unwrap();
+    let inbox = Arc::new(StudyStore::open(inbox_dir.path()).unwrap());
+    let config = ScpConfig { allowed_callers: Some(vec!["MELO".into()]), ..ScpConfig::new("MELO2") };
+    let receiver = StoreScp::bind("127.0.0.1:0", config, inbox.clone()).unwrap();
+    let destination = Peer::new("MELO2", "127.0.0.1", receiver.local_addr().port()).unwrap();
+    let _receiver = receiver.spawn(Arc::new(|_| {}));
+    let served = serve(vec![destination]);
+    let peer = Peer::new("MELO", "127.0.0.1", served.port).unwrap();
+    let options =
+        melo::net::ScuOptions { calling_aet: "MOVESCU".into(), timeout: Duration::from_secs(20), ..Default::default() };
+
+    let studies = melo::net::find(
+        &peer,
+        &options,
+        melo::net::Model::StudyRoot,
+        melo::net::Level::Study,
+        &melo::net::QueryKeys { modality: Some("MR".into()), ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(studies.len(), 2);
+    let mr = served.store.studies().unwrap().into_iter().find(|s| s.instances == 20).unwrap();
+    let series_uid = served.store.series(&mr.study_uid).unwrap().remove(0).series_uid;
+    let keys = melo::net::QueryKeys {
+        study_uid: Some(mr.study_uid.clone()),
+        series_uid: Some(series_uid.clone()),
+        ..Default::default()
+    };
+    let mut pending = 0;
+    let report = melo::net::move_to(
+        &peer,
+        &options,
+        melo::net::Model::StudyRoot,
+        melo::net::Level::Series,
+        &keys,
+        "MELO2",
+        &mut |_| {
+            pending += 1;
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!((report.sub_operations.completed, report.sub_operations.failed), (20, 0), "{report:?}");
+    assert_eq!(pending, 20, "one pending response per instance");
+    let sent = served.store.instances(&series_uid).unwrap();
+    let got = inbox.instances(&series_uid).unwrap();
+    assert_eq!(
+        got.iter().map(|i| &i.sop_instance_uid).collect::<Vec<_>>(),
+        sent.iter().map(|i| &i.sop_instance_uid).collect::<Vec<_>>()
+    );
+
+    // A destination that is not configured: the C-MOVE fails with 0xA801, named.
+    let err = melo::net::move_to(
+        &peer,
+        &options,
+        melo::net::Model::StudyRoot,
+        melo::net::Level::Series,
+        &keys,
+        "ELSEWHERE",
+        &mut |_| true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("0xA801") && err.contains("move destination unknown"), "{err}");
+}

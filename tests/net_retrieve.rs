@@ -233,3 +233,42 @@ fn a_cancelled_c_get_stops_and_keeps_only_complete_instances() {
     // The peer is still usable afterwards.
     net::echo(&peer, &options()).unwrap();
 }
+
+#[test]
+fn bench_retrieve_times_the_series_into_the_viewer_both_ways() {
+    let scp_port = support::free_port();
+    let orthanc = Orthanc::start(&[Modality::new("melo", "MELO", scp_port)]);
+    let uploads = orthanc.upload_all(&support::mr_series());
+    let keys = mr_keys(&orthanc, &uploads[0]);
+    let (study, series) = (keys.study_uid.unwrap(), keys.series_uid.unwrap());
+    for via in [vec!["--via", "get"], vec!["--via", "move", "--port", &scp_port.to_string()]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_melo"))
+            .args(["net", "bench-retrieve", &orthanc.peer(), "--study-uid", &study, "--series-uid", &series])
+            .args(&via)
+            .args(["--runs", "2", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{via:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let runs = report["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        for run in runs {
+            assert_eq!(run["instances"], 20, "{run}");
+            let (stored, first, all) = (
+                run["retrieved_s"].as_f64().unwrap(),
+                run["first_slice_s"].as_f64().unwrap(),
+                run["all_slices_s"].as_f64().unwrap(),
+            );
+            assert!(0.0 < stored && stored <= first && first <= all, "{run}");
+        }
+        assert!(report["median"]["all_slices_s"].as_f64().unwrap() > 0.0);
+    }
+    // --via move without the port our SCP is to listen on is refused before anything runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_melo"))
+        .args(["net", "bench-retrieve", &orthanc.peer(), "--study-uid", &study, "--series-uid", &series])
+        .args(["--via", "move"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--via move needs --port"));
+}

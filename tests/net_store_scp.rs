@@ -37,11 +37,16 @@ struct RunningScp {
 
 impl RunningScp {
     fn start(allowed: Option<Vec<String>>) -> RunningScp {
+        Self::with(|c| c.allowed_callers = allowed)
+    }
+
+    fn with(configure: impl FnOnce(&mut ScpConfig)) -> RunningScp {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(StudyStore::open(&dir.path().join("store")).unwrap());
         // DCMTK takes seconds to parse each MR sample (2.5 MB of trailing padding) between
         // two C-STOREs, so the SCP waits as long as a real deployment would.
-        let config = ScpConfig { allowed_callers: allowed, timeout: Duration::from_secs(60), ..ScpConfig::new("MELO") };
+        let mut config = ScpConfig { timeout: Duration::from_secs(60), ..ScpConfig::new("MELO") };
+        configure(&mut config);
         let scp = StoreScp::bind("127.0.0.1:0", config, store.clone()).unwrap();
         let port = scp.local_addr().port();
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -50,14 +55,17 @@ impl RunningScp {
         RunningScp { store, events, port, _dir: dir, _handle: handle }
     }
 
-    /// Files (not counting the index and its journal) anywhere under the store folder.
+    /// Files (not counting the index, its journal and the store's lock file) anywhere under
+    /// the store folder.
     fn files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             for e in std::fs::read_dir(dir).unwrap() {
                 let p = e.unwrap().path();
                 if p.is_dir() {
                     walk(&p, out);
-                } else if !p.file_name().unwrap().to_str().unwrap().starts_with("melo-index.sqlite") {
+                } else if !p.file_name().unwrap().to_str().unwrap().starts_with("melo-index.sqlite")
+                    && p.file_name().unwrap() != melo::store::LOCK_FILE
+                {
                     out.push(p);
                 }
             }
@@ -367,4 +375,43 @@ fn cli_listen_receives_from_dcmtk_until_stopped() {
     assert!(out.status.success(), "{}", dcmtk::text(&out));
     let store = StudyStore::open(dir.path()).unwrap();
     assert_eq!(store.instance_count().unwrap(), 1);
+}
+
+#[test]
+fn associations_beyond_the_cap_are_rejected_as_transient_local_limit() {
+    let scp = RunningScp::with(|c| {
+        c.allowed_callers = Some(vec!["STORESCU".into(), "MELO".into()]);
+        c.max_associations = 2;
+    });
+    assert_eq!(ScpConfig::new("X").max_associations, 8, "the default cap");
+    // Two associations held open fill the cap.
+    let held = [raw_link(scp.port), raw_link(scp.port)];
+    let ct = support::fixture("CT_small.dcm");
+    let out = dcmtk::storescu("STORESCU", "MELO", scp.port, &[&ct]);
+    let said = dcmtk::text(&out);
+    assert!(!out.status.success(), "{said}");
+    // DCMTK prints the A-ASSOCIATE-RJ it got: result, source and reason.
+    assert!(said.contains("Rejected Transient") && said.contains("Local Limit Exceeded"), "{said}");
+    // Our SCU names the reason and says it may pass later.
+    let peer: Peer = format!("MELO@127.0.0.1:{}", scp.port).parse().unwrap();
+    let err = net::echo(&peer, &options()).unwrap_err().to_string();
+    assert!(err.contains("refused the association: local limit exceeded (transient, try again later)"), "{err}");
+    scp.wait_for(|e| matches!(e, ScpEvent::Refused { reason, .. } if reason.contains("2 associations already open")));
+    assert_eq!(scp.store.instance_count().unwrap(), 0);
+
+    // One released: there is room again.
+    let [first, second] = held;
+    dicom_ul::association::SyncAssociation::release(first.assoc).unwrap();
+    let mut sent = None;
+    for _ in 0..50 {
+        let out = dcmtk::storescu("STORESCU", "MELO", scp.port, &[&ct]);
+        if out.status.success() {
+            sent = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sent.is_some(), "storescu still refused after a release");
+    assert_eq!(scp.store.instance_count().unwrap(), 1);
+    dicom_ul::association::SyncAssociation::release(second.assoc).unwrap();
 }

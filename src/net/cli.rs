@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::bench::{median, retrieve_into_viewer, RetrieveTimings, Via};
 use super::dicomweb::{json_to_map, DicomWebClient};
 use super::error::{Error, Result};
 use super::peer::Peer;
+use super::qr_scp::QrOutcome;
 use super::query::{match_to_map, Level, Model, QueryKeys};
-use super::scp::{ScpConfig, ScpEvent, StoreScp};
+use super::scp::{ScpConfig, ScpEvent, StoreScp, DEFAULT_MAX_ASSOCIATIONS};
 use super::scu::{self, RetrieveReport, ScuOptions};
 use crate::store::StudyStore;
 
@@ -73,8 +75,33 @@ pub enum NetAction {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Run the C-STORE SCP: receive into the local store until interrupted.
+    /// Run the SCP until interrupted: receive C-STOREs into the local store, answer C-FIND and
+    /// C-MOVE from it.
     Listen(ListenArgs),
+    /// Time a series from a node into the viewer: retrieve into a fresh store, then decode
+    /// and render as the window does (docs/benchmarks.md).
+    BenchRetrieve(BenchRetrieveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRetrieveArgs {
+    pub peer: Peer,
+    #[arg(long)]
+    pub study_uid: String,
+    #[arg(long)]
+    pub series_uid: String,
+    /// get (C-GET, as the Studies view) or move (C-MOVE to our SCP on --port).
+    #[arg(long, default_value = "get", value_parser = ["get", "move"])]
+    pub via: String,
+    /// Port of our SCP for --via move; the node must know our AE title at this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Runs, each into a new empty store; medians are printed.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print every run and the medians as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Query keys shared by find, get and move.
@@ -190,6 +217,13 @@ pub struct ListenArgs {
     /// Accept associations from any calling AE title.
     #[arg(long, conflicts_with = "allow")]
     pub allow_any: bool,
+    /// Associations served at once; more are rejected (transient, local limit exceeded).
+    #[arg(long, default_value_t = DEFAULT_MAX_ASSOCIATIONS as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_associations: u16,
+    /// A node C-MOVE requests may send our studies to, `AET@HOST:PORT` (repeatable); a move
+    /// to any other AE title is refused (0xA801, move destination unknown).
+    #[arg(long = "destination", value_name = "AET@HOST:PORT")]
+    pub destinations: Vec<Peer>,
 }
 
 fn parse_model(s: &str) -> std::result::Result<Model, String> {
@@ -259,7 +293,41 @@ pub fn run(args: &NetArgs) -> Result<()> {
             Ok(())
         }
         NetAction::Listen(a) => listen(a, &args.aet, options.timeout),
+        NetAction::BenchRetrieve(a) => bench_retrieve(a, &options),
     }
+}
+
+fn bench_retrieve(a: &BenchRetrieveArgs, options: &ScuOptions) -> Result<()> {
+    let via = match (a.via.as_str(), a.port) {
+        ("move", Some(port)) => Via::Move { port },
+        ("move", None) => return Err(Error::Invalid("--via move needs --port (where our SCP listens)".into())),
+        _ => Via::Get,
+    };
+    if a.runs == 0 {
+        return Err(Error::Invalid("--runs must be at least 1".into()));
+    }
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(format!("cannot make a temporary store: {e}")))?;
+        runs.push(retrieve_into_viewer(&a.peer, options, &a.study_uid, &a.series_uid, via, dir.path())?);
+    }
+    let med = |f: fn(&RetrieveTimings) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let (retrieved, first, all) = (med(|r| r.retrieved_s), med(|r| r.first_slice_s), med(|r| r.all_slices_s));
+    if a.json {
+        let out = serde_json::json!({
+            "via": a.via, "runs": runs,
+            "median": { "retrieved_s": retrieved, "first_slice_s": first, "all_slices_s": all },
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        println!(
+            "{} instance(s) via C-{}, median of {} run(s): stored {retrieved:.3} s, first slice shown {first:.3} s, all slices decoded {all:.3} s",
+            runs[0].instances,
+            a.via.to_uppercase(),
+            runs.len()
+        );
+    }
+    Ok(())
 }
 
 fn find(a: &FindArgs, options: &ScuOptions) -> Result<()> {
@@ -370,6 +438,7 @@ fn move_(a: &MoveArgs, our_aet: &str, options: &ScuOptions) -> Result<()> {
 
 fn listen(a: &ListenArgs, our_aet: &str, timeout: Duration) -> Result<()> {
     let store = Arc::new(StudyStore::open(&a.store)?);
+    report_recovery(&store);
     let allowed = if a.allow_any {
         None
     } else if a.allow.is_empty() {
@@ -377,13 +446,35 @@ fn listen(a: &ListenArgs, our_aet: &str, timeout: Duration) -> Result<()> {
     } else {
         Some(a.allow.clone())
     };
-    let config = ScpConfig { allowed_callers: allowed, timeout, ..ScpConfig::new(our_aet) };
+    let config = ScpConfig {
+        allowed_callers: allowed,
+        timeout,
+        max_associations: a.max_associations as usize,
+        move_destinations: a.destinations.clone(),
+        ..ScpConfig::new(our_aet)
+    };
     let address = format!("{}:{}", a.bind, a.port);
     let scp = StoreScp::bind(&address, config, store)?;
     println!("{our_aet} listening on {} into {}", scp.local_addr(), a.store.display());
     let never = std::sync::atomic::AtomicBool::new(false);
     scp.serve(Arc::new(print_event), &never);
     Ok(())
+}
+
+/// What opening the store repaired after a crash, when anything.
+fn report_recovery(store: &StudyStore) {
+    let r = store.recovery();
+    if !r.indexed.is_empty() || r.removed_partials > 0 || !r.removed_duplicates.is_empty() {
+        println!(
+            "store recovered: {} file(s) indexed, {} temporary file(s) and {} stale duplicate(s) removed",
+            r.indexed.len(),
+            r.removed_partials,
+            r.removed_duplicates.len()
+        );
+    }
+    for (path, why) in &r.unreadable {
+        eprintln!("not indexed, left in place: {}: {why}", path.display());
+    }
 }
 
 fn print_event(event: ScpEvent) {
@@ -398,6 +489,13 @@ fn print_event(event: ScpEvent) {
             println!("refused {sop_instance_uid} from {calling_aet}: {status}: {reason}")
         }
         ScpEvent::Released { calling_aet } => println!("released by {calling_aet}"),
+        ScpEvent::Query { calling_aet, outcome } => match outcome {
+            QrOutcome::Found { matches } => println!("C-FIND from {calling_aet}: {matches} match(es)"),
+            QrOutcome::Moved { destination, completed, failed } => {
+                println!("C-MOVE from {calling_aet} to {destination}: {completed} sent, {failed} failed")
+            }
+            QrOutcome::Refused { status, reason } => println!("refused a request of {calling_aet}: {status}: {reason}"),
+        },
         ScpEvent::Failed { calling_aet, reason } => println!("association with {calling_aet} failed: {reason}"),
     }
 }

@@ -124,8 +124,38 @@ impl DicomWebClient {
         series_uid: &str,
         store: &StudyStore,
     ) -> Result<Vec<StoredInstance>> {
-        let during = "WADO-RS retrieve";
         let url = format!("{}/studies/{}/series/{}", self.base, path_segment(study_uid)?, path_segment(series_uid)?);
+        let source = "DICOMWEB";
+        let mut stored = Vec::new();
+        for part in self.wado(&url)? {
+            stored.push(store.import_bytes(&part, source)?);
+        }
+        Ok(stored)
+    }
+
+    /// WADO-RS: one instance as the service holds it (a Part 10 file, in its stored transfer
+    /// syntax), not stored anywhere.
+    pub fn retrieve_instance(&self, study_uid: &str, series_uid: &str, sop_instance_uid: &str) -> Result<Vec<u8>> {
+        let url = format!(
+            "{}/studies/{}/series/{}/instances/{}",
+            self.base,
+            path_segment(study_uid)?,
+            path_segment(series_uid)?,
+            path_segment(sop_instance_uid)?
+        );
+        let mut parts = self.wado(&url)?;
+        if parts.len() != 1 {
+            return Err(Error::Protocol {
+                peer: self.base.clone(),
+                reason: format!("WADO-RS retrieve: {} parts for one instance", parts.len()),
+            });
+        }
+        Ok(parts.remove(0))
+    }
+
+    /// The parts of a WADO-RS multipart answer, any transfer syntax.
+    fn wado(&self, url: &str) -> Result<Vec<Vec<u8>>> {
+        let during = "WADO-RS retrieve";
         let mut rsp = self
             .agent
             .get(url)
@@ -144,12 +174,7 @@ impl DicomWebClient {
         })?;
         let parts = split_multipart(&body, &boundary)
             .map_err(|e| Error::Protocol { peer: self.base.clone(), reason: format!("{during}: {e}") })?;
-        let source = "DICOMWEB";
-        let mut stored = Vec::new();
-        for part in parts {
-            stored.push(store.import_bytes(part, source)?);
-        }
-        Ok(stored)
+        Ok(parts.into_iter().map(<[u8]>::to_vec).collect())
     }
 
     /// STOW-RS: sends Part 10 files in one multipart request; returns the service's answer

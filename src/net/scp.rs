@@ -1,10 +1,11 @@
-//! The C-STORE SCP: listens for associations, answers C-ECHO, and keeps every C-STORE in the
-//! local study store. Only configured calling AE titles are accepted unless the user allows
+//! The SCP: listens for associations, answers C-ECHO, keeps every C-STORE in the local study
+//! store, and answers C-FIND and C-MOVE from that store (`super::qr_scp`). At most
+//! `max_associations` are served at once. Only configured calling AE titles are accepted unless the user allows
 //! any; an object that does not parse, or contradicts its command, is refused with a failure
 //! status and nothing is stored.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,11 +14,15 @@ use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::association::{ServerAssociationOptions, SyncAssociation};
-use dicom_ul::pdu::{AssociationRJServiceUserReason, Pdu, PresentationContextResultReason, UserIdentity};
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
+    AssociationRJSource, Pdu, PresentationContextResultReason, UserIdentity,
+};
 
 use super::dimse::{field, ul_error, Command, Incoming, Link, Message, Status};
 use super::error::{Error, Result};
-use super::peer::check_ae_title;
+use super::peer::{check_ae_title, Peer};
+use super::qr_scp::{handle_find, handle_move, QrOutcome};
 use super::sop;
 use crate::store::{IncomingDataSet, StoredInstance, StudyStore};
 
@@ -33,7 +38,16 @@ pub struct ScpConfig {
     /// How long a silent peer is waited for.
     pub timeout: Duration,
     pub max_pdu: u32,
+    /// Associations served at once; one more is rejected (A-ASSOCIATE-RJ, transient, local
+    /// limit exceeded) so that a flood of senders cannot exhaust threads, memory or files.
+    pub max_associations: usize,
+    /// Where a C-MOVE may send to, by AE title: a request naming any other destination is
+    /// answered 0xA801 (move destination unknown).
+    pub move_destinations: Vec<Peer>,
 }
+
+/// Default of [`ScpConfig::max_associations`].
+pub const DEFAULT_MAX_ASSOCIATIONS: usize = 8;
 
 impl ScpConfig {
     pub fn new(aet: &str) -> Self {
@@ -42,6 +56,8 @@ impl ScpConfig {
             allowed_callers: Some(Vec::new()),
             timeout: Duration::from_secs(30),
             max_pdu: 262_138,
+            max_associations: DEFAULT_MAX_ASSOCIATIONS,
+            move_destinations: Vec::new(),
         }
     }
 }
@@ -72,6 +88,11 @@ pub enum ScpEvent {
     },
     Released {
         calling_aet: String,
+    },
+    /// A C-FIND or C-MOVE was answered (or refused, with the status sent).
+    Query {
+        calling_aet: String,
+        outcome: QrOutcome,
     },
     /// The association ended abnormally: peer abort, timeout, protocol error.
     Failed {
@@ -120,6 +141,9 @@ impl StoreScp {
         for caller in config.allowed_callers.iter().flatten() {
             check_ae_title(caller)?;
         }
+        for destination in &config.move_destinations {
+            check_ae_title(&destination.aet)?;
+        }
         let listener =
             TcpListener::bind(address).map_err(|source| Error::Listen { address: address.to_string(), source })?;
         Ok(StoreScp { listener, config: Arc::new(config), store })
@@ -143,18 +167,81 @@ impl StoreScp {
 
     /// Serves until `stop` is set (then one more connection wakes the accept loop).
     pub fn serve(self, events: EventSink, stop: &AtomicBool) {
+        let active = Arc::new(AtomicUsize::new(0));
         for stream in self.listener.incoming() {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
             let Ok(stream) = stream else { continue };
             let (config, store, events) = (self.config.clone(), self.store.clone(), events.clone());
+            if active.load(Ordering::SeqCst) >= config.max_associations.max(1) {
+                let limit = config.max_associations.max(1);
+                let _ = std::thread::Builder::new().name("melo-scp-reject".into()).spawn(move || {
+                    let address = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    let reason = match reject_local_limit(stream) {
+                        Ok(()) => format!("{limit} associations already open (A-ASSOCIATE-RJ: local limit exceeded)"),
+                        Err(e) => format!("{limit} associations already open; the rejection did not get through: {e}"),
+                    };
+                    events(ScpEvent::Refused { address, reason });
+                });
+                continue;
+            }
+            let slot = Slot::take(&active);
             // One thread per association: a slow sender does not hold up the others.
-            let _ = std::thread::Builder::new()
-                .name("melo-scp-assoc".into())
-                .spawn(move || serve_association(stream, &config, &store, &events));
+            let _ = std::thread::Builder::new().name("melo-scp-assoc".into()).spawn(move || {
+                let _slot = slot;
+                serve_association(stream, &config, &store, &events)
+            });
         }
     }
+}
+
+/// One association's place under [`ScpConfig::max_associations`], given back when dropped
+/// (whichever way the association ends, a panic included).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Slot {
+        active.fetch_add(1, Ordering::SeqCst);
+        Slot(active.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reads the peer's A-ASSOCIATE-RQ and answers A-ASSOCIATE-RJ: transient, service provider
+/// (presentation related), local limit exceeded (PS3.8 9.3.4), so the peer knows to try again
+/// later instead of seeing a dropped connection.
+fn reject_local_limit(mut stream: TcpStream) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut header = [0u8; 6];
+    stream.read_exact(&mut header)?;
+    let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as u64;
+    if header[0] != 0x01 || length > 1 << 20 {
+        return Err(std::io::Error::other("not an A-ASSOCIATE-RQ"));
+    }
+    std::io::copy(&mut (&mut stream).take(length), &mut std::io::sink())?;
+    let rj = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    });
+    let mut bytes = Vec::new();
+    dicom_ul::pdu::write_pdu(&mut bytes, &rj).map_err(std::io::Error::other)?;
+    stream.write_all(&bytes)?;
+    stream.flush()?;
+    // The requester closes the connection on reading the rejection; wait for that briefly so
+    // our close does not reset the connection before the PDU is read.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = std::io::copy(&mut stream.take(64 << 10), &mut std::io::sink());
+    Ok(())
 }
 
 /// A running SCP; stops (and waits for the accept loop) when dropped.
@@ -245,6 +332,18 @@ fn serve_association(stream: TcpStream, config: &ScpConfig, store: &StudyStore, 
                     }
                     sent
                 }
+                Some(field::C_FIND_RQ) => {
+                    let (outcome, sent) = handle_find(&mut link, &m, store);
+                    events(ScpEvent::Query { calling_aet: calling_aet.clone(), outcome });
+                    sent
+                }
+                Some(field::C_MOVE_RQ) => {
+                    let (outcome, sent) =
+                        handle_move(&mut link, &m, store, &config.aet, &config.move_destinations, config.timeout);
+                    events(ScpEvent::Query { calling_aet: calling_aet.clone(), outcome });
+                    sent
+                }
+                Some(field::C_CANCEL_RQ) => Ok(()), // answers are sent in one go: nothing left to cancel
                 Some(other) if other & 0x8000 == 0 => {
                     let rsp = Command::new(other | 0x8000)
                         .with_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, m.command.message_id().unwrap_or(0))

@@ -5,7 +5,8 @@
 //! Crash safety: each file is written to a temporary file, synced and renamed into place
 //! (`crate::atomic`), and only then entered in the index, in one transaction. A crash mid-
 //! receive leaves at worst a stale temporary or an unindexed file, never an index row that
-//! points at half a file.
+//! points at half a file. Opening the store repairs both ([`Recovery`]): files renamed into
+//! place but never indexed are indexed, temporaries of interrupted writes are removed.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,13 @@ use crate::error::IoError;
 
 /// Name of the index database inside the store folder.
 pub const INDEX_FILE: &str = "melo-index.sqlite";
+/// Lock file beside the index: every open store holds a shared lock on it, so an open that
+/// gets the exclusive lock knows no other process is writing into the folder.
+pub const LOCK_FILE: &str = "melo-store.lock";
+/// While another process has the store open, a temporary file of ours is only taken for a
+/// leftover when it has not been written for this long (a live write touches it every few
+/// milliseconds, its final fsync takes seconds).
+pub const BUSY_STORE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Implementation Class UID written into the file meta of stored files (a UID under the
 /// "2.25" UUID arc, fixed for MeLo Workstation).
@@ -106,12 +114,71 @@ pub struct InstanceRecord {
     pub size: u64,
 }
 
+/// The levels of [`StudyStore::index_rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexLevel {
+    Patient,
+    Study,
+    Series,
+    Instance,
+}
+
+/// One row of [`StudyStore::index_rows`]: the attributes of its level and of those above;
+/// the fields of lower levels are empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRow {
+    pub patient_id: String,
+    pub patient_name: String,
+    pub birth_date: String,
+    pub sex: String,
+    pub study_uid: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub accession: String,
+    pub study_description: String,
+    /// Study level: the modalities of its series.
+    pub modalities_in_study: Vec<String>,
+    /// Patient level: its studies; study level: its series.
+    pub related: usize,
+    /// Study level: its instances.
+    pub related_instances: usize,
+    pub series_uid: String,
+    pub modality: String,
+    pub series_number: Option<i64>,
+    pub series_description: String,
+    /// Series level: its instances.
+    pub series_instances: usize,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub instance_number: Option<i64>,
+    /// Instance level: the file.
+    pub path: Option<PathBuf>,
+}
+
 pub struct StudyStore {
     root: PathBuf,
     db_path: PathBuf,
     // One connection, one writer at a time: receptions on several associations serialise on
     // the index only; their files are written in parallel.
     db: Mutex<Connection>,
+    recovery: Recovery,
+    // Held (shared) for as long as the store is open; see LOCK_FILE.
+    _lock: std::fs::File,
+}
+
+/// What opening the store repaired after a crash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Recovery {
+    /// Files in place under their UIDs but missing from the index (a crash between the rename
+    /// and the index commit), now indexed.
+    pub indexed: Vec<PathBuf>,
+    /// Unindexed copies of instances the index holds at another path (a crash before the old
+    /// copy of a re-sent instance was removed, or before a re-send was committed), removed.
+    pub removed_duplicates: Vec<PathBuf>,
+    /// Temporary files of interrupted writes, removed.
+    pub removed_partials: usize,
+    /// Files where the store keeps instances that could not be indexed, left in place, and why.
+    pub unreadable: Vec<(PathBuf, String)>,
 }
 
 const SCHEMA: &str = "
@@ -168,11 +235,119 @@ impl StudyStore {
         conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
-        Ok(StudyStore { root, db_path, db: Mutex::new(conn) })
+        let lock_path = root.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
+        let alone = lock.try_lock().is_ok();
+        let mut store = StudyStore { root, db_path, db: Mutex::new(conn), recovery: Recovery::default(), _lock: lock };
+        store.recovery = store.recover(alone)?;
+        if alone {
+            // Downgrade: other processes may open the store now.
+            let _ = store._lock.unlock();
+        }
+        // A folder whose file system has no locks (some network shares) still works as a
+        // store; other processes then only ever remove old temporaries there.
+        let _ = store._lock.lock_shared();
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// What [`StudyStore::open`] repaired.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Indexes instance files that are in place but not in the index, removes temporaries of
+    /// interrupted writes (all of them when `alone`, else only old ones: another process may
+    /// be writing) and unindexed duplicates of indexed instances.
+    fn recover(&self, alone: bool) -> Result<Recovery> {
+        let mut recovery = Recovery::default();
+        let indexed: std::collections::HashMap<String, String> = {
+            let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stmt =
+                conn.prepare("SELECT path, sop_instance_uid FROM instances").map_err(|e| self.db_error(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(|e| self.db_error(e))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(|e| self.db_error(e))?
+        };
+        let indexed_uids: std::collections::HashMap<&str, &str> =
+            indexed.iter().map(|(path, uid)| (uid.as_str(), path.as_str())).collect();
+        // crate::atomic removes its temporaries older than STALE_PARTIAL_AGE before `now`; a
+        // `now` moved forward makes that threshold ours.
+        let threshold = if alone { std::time::Duration::ZERO } else { BUSY_STORE_PARTIAL_AGE };
+        let shifted_now = std::time::SystemTime::now() + crate::atomic::STALE_PARTIAL_AGE - threshold
+            + std::time::Duration::from_secs(1);
+        // The layout is STUDY/SERIES/INSTANCE.dcm: three levels, never following links.
+        let mut folders = vec![(self.root.clone(), 0usize)];
+        while let Some((dir, depth)) = folders.pop() {
+            recovery.removed_partials += crate::atomic::remove_stale_partials(&dir, shifted_now);
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else { continue };
+                let path = entry.path();
+                if kind.is_dir() && depth < 2 {
+                    folders.push((path, depth + 1));
+                    continue;
+                }
+                if !(kind.is_file() && depth == 2 && path.extension().is_some_and(|e| e == "dcm")) {
+                    continue;
+                }
+                let Ok(relative) = path.strip_prefix(&self.root) else { continue };
+                let relative_text = relative.to_string_lossy().to_string();
+                if indexed.contains_key(&relative_text) {
+                    continue;
+                }
+                match self.index_file_in_place(&path, relative, &indexed_uids) {
+                    Ok(InPlace::Indexed) => recovery.indexed.push(path),
+                    Ok(InPlace::Duplicate) => {
+                        std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                        recovery.removed_duplicates.push(path);
+                    }
+                    Err(Error::Unreadable(why) | Error::Mismatch(why)) => recovery.unreadable.push((path, why)),
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        recovery.indexed.sort();
+        Ok(recovery)
+    }
+
+    /// Indexes a file found in the store's layout without rewriting it: it must parse, and
+    /// its UIDs must name the place it is in.
+    fn index_file_in_place(
+        &self,
+        path: &Path,
+        relative: &Path,
+        indexed_uids: &std::collections::HashMap<&str, &str>,
+    ) -> Result<InPlace> {
+        let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+        let part10 = split_part10(&bytes).map_err(Error::Unreadable)?;
+        let ts_uid = part10.meta.transfer_syntax().trim_end_matches(['\0', ' ']).to_string();
+        let ts = TransferSyntaxRegistry
+            .get(&ts_uid)
+            .ok_or_else(|| Error::Unreadable(format!("unknown transfer syntax {ts_uid}")))?;
+        let (obj, _) = parse_data_set(part10.data_set, ts).map_err(Error::Unreadable)?;
+        let attrs = Attributes::of(&obj)?;
+        let expected = relative_path(&attrs);
+        if expected != relative {
+            return Err(Error::Mismatch(format!("its UIDs place it at {}", expected.display())));
+        }
+        if let Some(other) = indexed_uids.get(attrs.sop_instance_uid.as_str()) {
+            if self.root.join(other).is_file() {
+                return Ok(InPlace::Duplicate);
+            }
+        }
+        let source = part10.meta.source_application_entity_title().unwrap_or("").trim_end_matches(['\0', ' ']);
+        self.index(&attrs, relative, &ts_uid, bytes.len() as u64, source)?;
+        Ok(InPlace::Indexed)
     }
 
     fn db_error(&self, e: rusqlite::Error) -> Error {
@@ -244,9 +419,7 @@ impl StudyStore {
         transfer_syntax: &str,
         source_aet: &str,
     ) -> Result<StoredInstance> {
-        let relative = PathBuf::from(safe_name(&a.study_uid))
-            .join(safe_name(&a.series_uid))
-            .join(format!("{}.dcm", safe_name(&a.sop_instance_uid)));
+        let relative = relative_path(a);
         let path = self.root.join(&relative);
         let dir = path.parent().expect("a joined path has a parent");
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -261,7 +434,37 @@ impl StudyStore {
             other => Error::Unreadable(other.to_string()),
         })?;
         let size = std::fs::metadata(&path).map_err(|e| io(&path, e))?.len();
+        let previous = self.index(a, &relative, transfer_syntax, size, source_aet)?;
+        // The same instance re-sent with other study/series UIDs: its old file is no longer
+        // indexed; remove it (best effort, after the commit, so the index never points at a
+        // missing file).
+        if let Some(old) = &previous {
+            let old = self.root.join(old);
+            if old != path {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(StoredInstance {
+            sop_instance_uid: a.sop_instance_uid.clone(),
+            sop_class_uid: a.sop_class_uid.clone(),
+            study_uid: a.study_uid.clone(),
+            series_uid: a.series_uid.clone(),
+            transfer_syntax: transfer_syntax.to_string(),
+            path,
+            replaced: previous.is_some(),
+        })
+    }
 
+    /// Enters a file in place into the index, in one transaction; returns the path the
+    /// instance was indexed at before, if any.
+    fn index(
+        &self,
+        a: &Attributes,
+        relative: &Path,
+        transfer_syntax: &str,
+        size: u64,
+        source_aet: &str,
+    ) -> Result<Option<String>> {
         let mut conn = self.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction().map_err(|e| self.db_error(e))?;
         let previous: Option<String> = tx
@@ -316,25 +519,7 @@ impl StudyStore {
         )
         .map_err(|e| self.db_error(e))?;
         tx.commit().map_err(|e| self.db_error(e))?;
-        drop(conn);
-        // The same instance re-sent with other study/series UIDs: its old file is no longer
-        // indexed; remove it (best effort, after the commit, so the index never points at a
-        // missing file).
-        if let Some(old) = &previous {
-            let old = self.root.join(old);
-            if old != path {
-                let _ = std::fs::remove_file(old);
-            }
-        }
-        Ok(StoredInstance {
-            sop_instance_uid: a.sop_instance_uid.clone(),
-            sop_class_uid: a.sop_class_uid.clone(),
-            study_uid: a.study_uid.clone(),
-            series_uid: a.series_uid.clone(),
-            transfer_syntax: transfer_syntax.to_string(),
-            path,
-            replaced: previous.is_some(),
-        })
+        Ok(previous)
     }
 
     /// Every study, newest study date first.
@@ -418,6 +603,101 @@ impl StudyStore {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.db_error(e))
     }
 
+    /// Index rows at one query/retrieve level, for the query/retrieve SCP (`crate::net`): one
+    /// row per patient, study, series or instance, with the attributes of its level and of
+    /// the levels above. `study_uid` and `series_uid` narrow the rows down (hierarchical
+    /// queries name them); every other key is matched by the caller.
+    pub fn index_rows(
+        &self,
+        level: IndexLevel,
+        study_uid: Option<&str>,
+        series_uid: Option<&str>,
+    ) -> Result<Vec<IndexRow>> {
+        let (sql, instance_level) = match level {
+            IndexLevel::Patient => (
+                "SELECT p.patient_id, p.name, p.birth_date, p.sex,
+                        '', '', '', '', '', '',
+                        (SELECT COUNT(*) FROM studies s WHERE s.patient = p.id), 0,
+                        '', '', NULL, '', 0
+                 FROM patients p
+                 WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM studies s WHERE s.patient = p.id AND s.study_uid = ?1))
+                   AND ?2 IS NULL
+                 ORDER BY p.patient_id, p.name",
+                false,
+            ),
+            IndexLevel::Study => (
+                "SELECT p.patient_id, p.name, p.birth_date, p.sex,
+                        s.study_uid, s.study_date, s.study_time, s.accession, s.description,
+                        (SELECT GROUP_CONCAT(DISTINCT r.modality) FROM series r WHERE r.study_uid = s.study_uid),
+                        (SELECT COUNT(*) FROM series r WHERE r.study_uid = s.study_uid),
+                        (SELECT COUNT(*) FROM instances i JOIN series r ON i.series_uid = r.series_uid
+                          WHERE r.study_uid = s.study_uid),
+                        '', '', NULL, '', 0
+                 FROM studies s JOIN patients p ON s.patient = p.id
+                 WHERE (?1 IS NULL OR s.study_uid = ?1) AND ?2 IS NULL
+                 ORDER BY s.study_date, s.study_uid",
+                false,
+            ),
+            IndexLevel::Series => (
+                "SELECT p.patient_id, p.name, p.birth_date, p.sex,
+                        s.study_uid, s.study_date, s.study_time, s.accession, s.description, '', 0, 0,
+                        r.series_uid, r.modality, r.number, r.description,
+                        (SELECT COUNT(*) FROM instances i WHERE i.series_uid = r.series_uid)
+                 FROM series r JOIN studies s ON r.study_uid = s.study_uid JOIN patients p ON s.patient = p.id
+                 WHERE (?1 IS NULL OR s.study_uid = ?1) AND (?2 IS NULL OR r.series_uid = ?2)
+                 ORDER BY s.study_uid, r.number, r.series_uid",
+                false,
+            ),
+            IndexLevel::Instance => (
+                "SELECT p.patient_id, p.name, p.birth_date, p.sex,
+                        s.study_uid, s.study_date, s.study_time, s.accession, s.description, '', 0, 0,
+                        r.series_uid, r.modality, r.number, r.description, 0,
+                        i.sop_instance_uid, i.sop_class_uid, i.number, i.path
+                 FROM instances i JOIN series r ON i.series_uid = r.series_uid
+                   JOIN studies s ON r.study_uid = s.study_uid JOIN patients p ON s.patient = p.id
+                 WHERE (?1 IS NULL OR s.study_uid = ?1) AND (?2 IS NULL OR r.series_uid = ?2)
+                 ORDER BY s.study_uid, r.number, r.series_uid, i.number, i.sop_instance_uid",
+                true,
+            ),
+        };
+        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn.prepare(sql).map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map(params![study_uid, series_uid], |r| {
+                let modalities: Option<String> = r.get(9)?;
+                Ok(IndexRow {
+                    patient_id: r.get(0)?,
+                    patient_name: r.get(1)?,
+                    birth_date: r.get(2)?,
+                    sex: r.get(3)?,
+                    study_uid: r.get(4)?,
+                    study_date: r.get(5)?,
+                    study_time: r.get(6)?,
+                    accession: r.get(7)?,
+                    study_description: r.get(8)?,
+                    modalities_in_study: modalities
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    related: r.get::<_, i64>(10)? as usize,
+                    related_instances: r.get::<_, i64>(11)? as usize,
+                    series_uid: r.get(12)?,
+                    modality: r.get(13)?,
+                    series_number: r.get(14)?,
+                    series_description: r.get(15)?,
+                    series_instances: r.get::<_, i64>(16)? as usize,
+                    sop_instance_uid: if instance_level { r.get(17)? } else { String::new() },
+                    sop_class_uid: if instance_level { r.get(18)? } else { String::new() },
+                    instance_number: if instance_level { r.get(19)? } else { None },
+                    path: if instance_level { Some(self.root.join(r.get::<_, String>(20)?)) } else { None },
+                })
+            })
+            .map_err(|e| self.db_error(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.db_error(e))
+    }
+
     /// How many instances the index holds.
     pub fn instance_count(&self) -> Result<usize> {
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -425,6 +705,19 @@ impl StudyStore {
             .map(|n| n as usize)
             .map_err(|e| self.db_error(e))
     }
+}
+
+/// What became of a file found in place during recovery.
+enum InPlace {
+    Indexed,
+    Duplicate,
+}
+
+/// Where an instance's file goes, relative to the store root: `STUDY/SERIES/INSTANCE.dcm`.
+fn relative_path(a: &Attributes) -> PathBuf {
+    PathBuf::from(safe_name(&a.study_uid))
+        .join(safe_name(&a.series_uid))
+        .join(format!("{}.dcm", safe_name(&a.sop_instance_uid)))
 }
 
 /// The attributes the index keeps, read from a data set.

@@ -16,8 +16,10 @@ fn breastmnist() -> PathBuf {
     p
 }
 
-#[test]
-fn lira_scores_match_numpy() {
+/// tests/data/lira_fixture.json (tools/lira/make_fixture.py): the whole JSON, the target's φ
+/// [image][query], the shadows' φ [shadow][image][query] and their IN masks [shadow][image].
+#[allow(clippy::type_complexity)]
+fn lira_fixture() -> (Value, Vec<Vec<f64>>, Vec<Vec<Vec<f64>>>, Vec<Vec<bool>>) {
     let text = std::fs::read_to_string(common::repo().join("tests/data/lira_fixture.json")).unwrap();
     let f: Value = serde_json::from_str(&text).unwrap();
     let rows = |v: &Value| -> Vec<Vec<f64>> {
@@ -35,6 +37,12 @@ fn lira_scores_match_numpy() {
         .iter()
         .map(|r| r.as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect())
         .collect();
+    (f, target, phi, inside)
+}
+
+#[test]
+fn lira_scores_match_numpy() {
+    let (f, target, phi, inside) = lira_fixture();
     let (online, offline, never_in, never_out) = lira_scores(&target, &phi, &inside).unwrap();
     assert_eq!((never_in, never_out), (1, 1), "the fixture has one image always IN and one never IN");
     for (name, ours, theirs) in [("online", &online, &f["online"]), ("offline", &offline, &f["offline"])] {
@@ -47,23 +55,7 @@ fn lira_scores_match_numpy() {
 
 #[test]
 fn rmia_scores_match_numpy() {
-    let text = std::fs::read_to_string(common::repo().join("tests/data/lira_fixture.json")).unwrap();
-    let f: Value = serde_json::from_str(&text).unwrap();
-    let rows = |v: &Value| -> Vec<Vec<f64>> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
-            .collect()
-    };
-    let target = rows(&f["target"]);
-    let phi: Vec<Vec<Vec<f64>>> = f["phi"].as_array().unwrap().iter().map(rows).collect();
-    let inside: Vec<Vec<bool>> = f["inside"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect())
-        .collect();
+    let (f, target, phi, inside) = lira_fixture();
     let rmia = rmia_scores(&target, &phi, &inside).unwrap();
     assert_eq!(rmia.offline_a, f["rmia_a"].as_f64().unwrap(), "tuned a");
     assert!((rmia.offline_a_auc - f["rmia_a_auc"].as_f64().unwrap()).abs() < 1e-12);

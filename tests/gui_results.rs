@@ -27,7 +27,7 @@ use melo::gui::{
 };
 use melo::store::StudyStore;
 use serde_json::{json, Value};
-use support::orthanc::{Modality, Orthanc, ORTHANC_AET};
+use support::orthanc::{dimse_form, Modality, Orthanc, ORTHANC_AET};
 
 const SCAN: &str = "assets/samples/cr_chest/RG1_J2KR.dcm";
 const SCAN_PATIENT_NAME: &str = "CompressedSamples RG1";
@@ -96,16 +96,6 @@ fn add_node(harness: &mut Harness<'_, MeloApp>, form: NodeForm) {
     harness.state_mut().studies.form = form;
     harness.state_mut().send(Command::Studies(StudiesCommand::SubmitNode));
     harness.run_steps(4);
-}
-
-fn dimse_form(name: &str, port: u16) -> NodeForm {
-    NodeForm {
-        name: name.into(),
-        aet: ORTHANC_AET.into(),
-        host: "127.0.0.1".into(),
-        port: port.to_string(),
-        ..Default::default()
-    }
 }
 
 /// Sends through the panel's menu: "Send SR / SC to" → the node's entry; waits for the outcome.

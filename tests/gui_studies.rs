@@ -17,7 +17,7 @@ use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use melo::gui::{AppOptions, Command, EchoState, MeloApp, NodeAddress, NodeForm, StudiesCommand, Tab};
 use melo::store::StudyStore;
-use support::orthanc::{Modality, Orthanc, ORTHANC_AET};
+use support::orthanc::{dimse_form, Modality, Orthanc, ORTHANC_AET};
 
 const MR_SLICES: usize = 20;
 
@@ -74,16 +74,6 @@ fn add_node(harness: &mut Harness<'_, MeloApp>, form: NodeForm) {
     harness.run_steps(4);
     harness.get_by_label("Add node").click();
     harness.run_steps(4);
-}
-
-fn dimse_form(name: &str, port: u16) -> NodeForm {
-    NodeForm {
-        name: name.into(),
-        aet: ORTHANC_AET.into(),
-        host: "127.0.0.1".into(),
-        port: port.to_string(),
-        ..Default::default()
-    }
 }
 
 /// The second patient's ID and name (tests/data/dicom/CT_small.dcm; the MR sample has an

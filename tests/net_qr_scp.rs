@@ -236,13 +236,8 @@ impl StoreScpProcess {
             .unwrap();
         // Owned at once: killed (on drop) whichever way this ends.
         let process = StoreScpProcess { child, port };
-        for _ in 0..100 {
-            if dcmtk::echoscu("MELO", "STORESCP", port).status.success() {
-                return process;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("storescp did not answer C-ECHO");
+        assert!(dcmtk::wait_for_echo("MELO", "STORESCP", port), "storescp did not answer C-ECHO");
+        process
     }
 }
 
@@ -317,14 +312,7 @@ fn movescu_has_melo_net_listen_send_a_series_to_a_configured_storescp() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if dcmtk::echoscu("MOVESCU", "MELO", port).status.success() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let up = dcmtk::wait_for_echo("MOVESCU", "MELO", port);
 
     let keys = vec![
         "QueryRetrieveLevel=SERIES".to_string(),

@@ -359,14 +359,7 @@ fn cli_listen_receives_from_dcmtk_until_stopped() {
         .spawn()
         .unwrap();
     // Wait until it answers.
-    let mut up = false;
-    for _ in 0..100 {
-        if dcmtk::echoscu("STORESCU", "MELO", port).status.success() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let up = dcmtk::wait_for_echo("STORESCU", "MELO", port);
     let ct = support::fixture("CT_small.dcm");
     let out = dcmtk::storescu("STORESCU", "MELO", port, &[&ct]);
     let _ = child.kill();

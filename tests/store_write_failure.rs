@@ -64,14 +64,7 @@ fn a_write_that_fails_midway_is_refused_and_leaves_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if dcmtk::echoscu("STORESCU", "MELO", port).status.success() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let up = dcmtk::wait_for_echo("STORESCU", "MELO", port);
     let first = dcmtk::storescu("STORESCU", "MELO", port, &[&small[0]]);
     let mut verbose = Command::new(dcmtk::program("storescu"));
     verbose.args(["-v", "-R", "-to", "20", "-ta", "20", "-td", "20", "-aet", "STORESCU", "-aec", "MELO", "127.0.0.1"]);

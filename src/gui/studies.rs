@@ -860,15 +860,7 @@ impl StudiesPanel {
             Ok(s) => s,
             Err(e) => return self.fail(e),
         };
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.retrieve = Some(RetrieveJob {
-            study_uid: study_uid.clone(),
-            series_uid: series_uid.clone(),
-            done: 0,
-            total: None,
-            cancel: cancel.clone(),
-        });
-        self.status = None;
+        let cancel = self.begin_retrieve(&study_uid, &series_uid);
         let options = self.options();
         let sender = self.events.0.clone();
         let ctx = ctx.clone();
@@ -885,6 +877,20 @@ impl StudiesPanel {
             self.retrieve = None;
             self.fail(e);
         }
+    }
+
+    /// Marks a retrieve (C-GET, WADO or C-MOVE) as running; its Cancel flag.
+    fn begin_retrieve(&mut self, study_uid: &str, series_uid: &Option<String>) -> Arc<AtomicBool> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.retrieve = Some(RetrieveJob {
+            study_uid: study_uid.to_string(),
+            series_uid: series_uid.clone(),
+            done: 0,
+            total: None,
+            cancel: cancel.clone(),
+        });
+        self.status = None;
+        cancel
     }
 
     /// C-MOVE to our own receiver: the node sends the instances on associations of its own to
@@ -915,15 +921,7 @@ impl StudiesPanel {
             Err(e) => return self.fail(e),
         };
         let destination = self.scp.aet.trim().to_string();
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.retrieve = Some(RetrieveJob {
-            study_uid: study_uid.clone(),
-            series_uid: series_uid.clone(),
-            done: 0,
-            total: None,
-            cancel: cancel.clone(),
-        });
-        self.status = None;
+        let cancel = self.begin_retrieve(&study_uid, &series_uid);
         let options = self.options();
         let sender = self.events.0.clone();
         let ctx = ctx.clone();

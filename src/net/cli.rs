@@ -284,8 +284,7 @@ pub fn run(args: &NetArgs) -> Result<()> {
         NetAction::Store { peer: Node::Web(url), files } => {
             let files = collect_files(files)?;
             let answer = DicomWebClient::new(url, options.timeout)?.store_files(&files)?;
-            let count = |tag: &str| answer[tag]["Value"].as_array().map(Vec::len).unwrap_or(0);
-            let (stored, failed) = (count("00081199"), count("00081198"));
+            let (stored, failed) = crate::net::dicomweb::stow_counts(&answer);
             println!("{stored} of {} file(s) stored on {url} (STOW-RS)", files.len());
             if failed > 0 || stored < files.len() {
                 return Err(Error::Invalid(format!("{} file(s) were not stored on {url}", files.len() - stored)));

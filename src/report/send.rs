@@ -58,9 +58,7 @@ pub fn send(node: &Node, options: &ScuOptions, files: &[PathBuf]) -> Result<Sent
         }
         Node::Web(url) => {
             let answer = crate::net::dicomweb::DicomWebClient::new(url, options.timeout)?.store_files(files)?;
-            // Referenced SOP Sequence (0008,1199): stored; Failed SOP Sequence (0008,1198).
-            let count = |tag: &str| answer[tag]["Value"].as_array().map(Vec::len).unwrap_or(0);
-            let (stored, failed) = (count("00081199"), count("00081198"));
+            let (stored, failed) = crate::net::dicomweb::stow_counts(&answer);
             if failed > 0 || stored < files.len() {
                 return Err(SendError::Partial {
                     node: url.clone(),

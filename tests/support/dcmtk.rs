@@ -34,6 +34,17 @@ pub fn echoscu(calling: &str, called: &str, port: u16) -> Output {
     run(command)
 }
 
+/// Polls with `echoscu` until the SCP at `port` answers (up to 10 s); false if it never does.
+pub fn wait_for_echo(calling: &str, called: &str, port: u16) -> bool {
+    for _ in 0..100 {
+        if echoscu(calling, called, port).status.success() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
 /// Both streams of a tool's output, for failure messages.
 pub fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))

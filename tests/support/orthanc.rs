@@ -221,3 +221,14 @@ impl Drop for Orthanc {
         let _ = self.child.wait();
     }
 }
+
+/// The Studies view's node form for an Orthanc reached by DIMSE on loopback at `port`.
+pub fn dimse_form(name: &str, port: u16) -> melo::gui::NodeForm {
+    melo::gui::NodeForm {
+        name: name.into(),
+        aet: ORTHANC_AET.into(),
+        host: "127.0.0.1".into(),
+        port: port.to_string(),
+        ..Default::default()
+    }
+}

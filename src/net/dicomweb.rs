@@ -299,6 +299,13 @@ pub fn json_to_map(obj: &Value) -> BTreeMap<String, String> {
     out
 }
 
+/// Of a STOW-RS answer: how many instances were stored (Referenced SOP Sequence, 0008,1199) and
+/// how many failed (Failed SOP Sequence, 0008,1198).
+pub fn stow_counts(answer: &Value) -> (usize, usize) {
+    let count = |tag: &str| answer[tag]["Value"].as_array().map(Vec::len).unwrap_or(0);
+    (count("00081199"), count("00081198"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,11 +324,4 @@ mod tests {
         assert!(path_segment("1.2/../3").is_err());
         assert!(DicomWebClient::new("https://pacs/dicom-web", Duration::from_secs(1)).is_err());
     }
-}
-
-/// Of a STOW-RS answer: how many instances were stored (Referenced SOP Sequence, 0008,1199) and
-/// how many failed (Failed SOP Sequence, 0008,1198).
-pub fn stow_counts(answer: &Value) -> (usize, usize) {
-    let count = |tag: &str| answer[tag]["Value"].as_array().map(Vec::len).unwrap_or(0);
-    (count("00081199"), count("00081198"))
 }

@@ -213,7 +213,6 @@ impl AdapterAuditPanel {
         });
         if let Some(run) = &self.running {
             ui.horizontal(|ui| {
-                ui.spinner();
                 let text = run.last.as_ref().map_or("starting".to_string(), |p| p.message.clone());
                 ui.label(format!("{text} — {:.0} s", run.started.elapsed().as_secs_f64()));
                 if ui.button("Cancel").clicked() {

@@ -516,10 +516,12 @@ impl MeloApp {
             Tab::Privacy => self.privacy.ui(ui, &mut commands),
             Tab::Studies => self.studies.ui(ui, self.hide_patient_details, &mut commands),
         });
-        if self.privacy.is_running() {
-            // Progress arrives from the worker (which wakes the UI), but the elapsed time and
-            // the spinner should move between reports too.
-            ctx.request_repaint_after(std::time::Duration::from_millis(250));
+        if self.privacy.is_running() || self.privacy.adapter_audit.is_running() {
+            // Progress arrives from the worker (which wakes the UI); between reports only the
+            // elapsed time moves, shown in whole seconds. Nothing on the tab animates: a
+            // spinner or an animated bar would repaint every frame and take a core from the
+            // audit.
+            ctx.request_repaint_after(std::time::Duration::from_secs(1));
         }
         self.diagnosis.import_ui(&ctx, &mut commands);
         if self.show_help {

@@ -631,16 +631,15 @@ impl PrivacyPanel {
         match &self.state {
             RunState::Idle => {}
             RunState::Cancelling => {
-                ui.horizontal(|ui| {
-                    ui.spinner();
-                    ui.label("Cancelling…");
-                });
+                ui.label("Cancelling…");
             }
             RunState::Running { message, done, total } => {
                 let fraction = if *total > 0 { *done as f32 / *total as f32 } else { 0.0 };
                 let eta = self.eta.map_or_else(String::new, |d| format!(" · ETA {}", format_duration(d)));
                 let elapsed = self.run.as_ref().map_or(Duration::ZERO, AuditRun::elapsed);
-                ui.add(egui::ProgressBar::new(fraction).show_percentage().animate(true));
+                // Not animated: an animated bar (like a spinner) repaints the window every frame,
+                // which took CPU from the audit itself (issue 17: the window ran 1.37× the CLI).
+                ui.add(egui::ProgressBar::new(fraction).show_percentage());
                 let message = super::drawable(ui.ctx(), message);
                 ui.label(format!("{message} ({done}/{total}) · {} elapsed{eta}", format_duration(elapsed)));
             }

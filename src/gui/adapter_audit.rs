@@ -118,18 +118,17 @@ impl AdapterAuditPanel {
         let (send, events) = channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&cancel);
-        let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new().name("adapter-audit".into()).spawn(move || {
-            let progress_ctx = ctx.clone();
-            let progress_send = send.clone();
-            let mut on_progress = move |p: Progress| {
-                let _ = progress_send.send(Event::Progress(p));
-                progress_ctx.request_repaint();
-            };
-            let result = adapter::run(&config, &mut on_progress, &flag).map_err(|e| e.to_string());
-            let _ = send.send(Event::Done(Box::new(result)));
-            ctx.request_repaint();
-        });
+        let spawned = super::worker::spawn_reporting(
+            "adapter-audit",
+            ctx,
+            send,
+            |message, send| send(Event::Done(Box::new(Err(format!("internal error: {message}"))))),
+            move |send| {
+                let mut on_progress = |p: Progress| send(Event::Progress(p));
+                let result = adapter::run(&config, &mut on_progress, &flag).map_err(|e| e.to_string());
+                send(Event::Done(Box::new(result)));
+            },
+        );
         match spawned {
             Ok(_) => {
                 self.error = None;

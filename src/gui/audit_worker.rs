@@ -9,7 +9,6 @@
 //!
 //! [`EstimateRun`] measures an audit's cost on its own thread the same way.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::sync::Arc;
@@ -64,20 +63,13 @@ impl AuditRun {
         let (sender, events) = channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
-        let ctx = ctx.clone();
-        std::thread::Builder::new().name("melo-audit".into()).spawn(move || {
-            let send = |event: AuditEvent| {
-                let _ = sender.send(event);
-                ctx.request_repaint();
-            };
-            let outcome = catch_unwind(AssertUnwindSafe(|| work(&config, &flag, &send)));
-            if let Err(payload) = outcome {
-                send(AuditEvent::Failed(format!(
-                    "internal error in the audit worker: {}",
-                    super::diagnosis_worker::panic_text(&*payload)
-                )));
-            }
-        })?;
+        super::worker::spawn_reporting(
+            "melo-audit",
+            ctx,
+            sender,
+            |message, send| send(AuditEvent::Failed(format!("internal error in the audit worker: {message}"))),
+            move |send| work(&config, &flag, send),
+        )?;
         Ok(Self { events, cancel, started: Instant::now(), cancel_requested: None, finished: false })
     }
 
@@ -194,16 +186,14 @@ impl EstimateRun {
         let (sender, result) = channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
-        let ctx = ctx.clone();
         let key = estimate_key(&config);
-        std::thread::Builder::new().name("melo-estimate".into()).spawn(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(|| estimate(&config, &flag).map_err(|e| e.to_string())))
-                .unwrap_or_else(|payload| {
-                    Err(format!("internal error: {}", super::diagnosis_worker::panic_text(&*payload)))
-                });
-            let _ = sender.send(outcome);
-            ctx.request_repaint();
-        })?;
+        super::worker::spawn_reporting(
+            "melo-estimate",
+            ctx,
+            sender,
+            |message, send| send(Err(format!("internal error: {message}"))),
+            move |send| send(estimate(&config, &flag).map_err(|e| e.to_string())),
+        )?;
         Ok(Self { result, cancel, config: key })
     }
 

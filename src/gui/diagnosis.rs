@@ -546,19 +546,21 @@ impl DiagnosisPanel {
             }
             ResultPurpose::Send { node, options, folder } => {
                 self.results.status = Some((MessageLevel::Info, format!("Sending the {labels} to {node}…")));
-                let sender = self.sent.0.clone();
-                let ctx = ctx.clone();
-                let work = move || {
+                let work = move |send: &dyn Fn(Result<String, String>)| {
                     let files: Vec<PathBuf> = outputs.into_iter().map(|(_, p)| p).collect();
                     let outcome = crate::report::send::send(&node, &options, &files)
                         .map(|sent| format!("Sent the {labels}: {sent}"))
                         .map_err(|e| format!("Send failed: {}", super::loader::one_line(&e.to_string())));
                     // The temporary copies go once the node has them (or refused them).
                     drop(folder);
-                    let _ = sender.send(outcome);
-                    ctx.request_repaint();
+                    send(outcome);
                 };
-                if let Err(e) = std::thread::Builder::new().name("melo-send-results".into()).spawn(work) {
+                let on_panic = |message: String, send: &dyn Fn(Result<String, String>)| {
+                    send(Err(format!("Send failed: internal error: {message}")))
+                };
+                if let Err(e) =
+                    super::worker::spawn_reporting("melo-send-results", ctx, self.sent.0.clone(), on_panic, work)
+                {
                     self.results.busy = false;
                     self.results.status =
                         Some((MessageLevel::Error, format!("Send failed: cannot start a thread: {e}")));

@@ -445,7 +445,10 @@ fn serve(
                 Ok(event) => event,
                 Err(payload) => DiagnosisEvent::Failed {
                     what,
-                    message: format!("internal error in the diagnosis worker: {}", panic_text(&*payload)),
+                    message: format!(
+                        "internal error in the diagnosis worker: {}",
+                        super::worker::panic_text(&*payload)
+                    ),
                     key,
                 },
             };
@@ -482,14 +485,6 @@ fn request_name(request: &DiagnosisRequest) -> &'static str {
         DiagnosisRequest::WriteResults { .. } => "Writing the results",
         DiagnosisRequest::Panic => "Test request",
     }
-}
-
-pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn handle(request: DiagnosisRequest, engine: &mut Option<Engine>) -> DiagnosisEvent {

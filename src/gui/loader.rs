@@ -6,7 +6,7 @@
 //! the app (see [`Loader::is_current`]).
 
 use std::collections::BTreeSet;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::catch_unwind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -163,19 +163,20 @@ impl Loader {
     /// Runs `work` on a new thread. A panic inside a decoder becomes a `Failed` event, and
     /// `Finished` is always sent, so the app never waits forever on a dead job.
     fn spawn(&mut self, job: JobId, ctx: &egui::Context, work: impl FnOnce(&dyn Fn(LoaderEvent)) + Send + 'static) {
-        let sender = self.sender.clone();
-        let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new().name(format!("melo-loader-{job}")).spawn(move || {
-            let send = |event: LoaderEvent| {
-                // The receiver only goes away when the app closes; nothing to do then.
-                let _ = sender.send(event);
-                ctx.request_repaint();
-            };
-            if catch_unwind(AssertUnwindSafe(|| work(&send))).is_err() {
+        // `Finished` always comes last, after a panic's `Failed` too.
+        let spawned = super::worker::spawn_reporting(
+            &format!("melo-loader-{job}"),
+            ctx,
+            self.sender.clone(),
+            move |_, send| {
                 send(LoaderEvent::Failed { job, message: "internal error while loading (see the terminal)".into() });
-            }
-            send(LoaderEvent::Finished { job });
-        });
+                send(LoaderEvent::Finished { job });
+            },
+            move |send| {
+                work(send);
+                send(LoaderEvent::Finished { job });
+            },
+        );
         if let Err(e) = spawned {
             let _ =
                 self.sender.send(LoaderEvent::Failed { job, message: format!("cannot start a loader thread: {e}") });

@@ -27,6 +27,7 @@ mod stack;
 mod studies;
 mod tags;
 mod viewer;
+mod worker;
 
 use egui::{Color32, RichText, TextureHandle, TextureOptions, Vec2};
 use serde::{Deserialize, Serialize};

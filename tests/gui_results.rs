@@ -194,6 +194,8 @@ fn sr_sent_by_c_store_comes_back_from_the_pacs_and_opens_as_its_content() {
         assert!(shown(&harness, &value), "the probability of {label} as the panel showed it: {value}");
     }
     assert!(shown(&harness, "CR Image 1.3.6.1.4.1.5962"), "the image library references the scan");
+    // The diagnosis panel says why it classifies nothing (not the previous image's result).
+    assert!(shown(&harness, "A structured report has no pixels to classify"));
     // Patient details are hidden (the default) and shown on request.
     assert!(!shown(&harness, SCAN_PATIENT_NAME) && !shown(&harness, &patient_id));
     assert!(shown(&harness, "Patient: (hidden)"));

@@ -127,6 +127,9 @@ type SendOutcome = Result<String, String>;
 /// The diagnosis view.
 pub struct DiagnosisPanel {
     pub visible: bool,
+    /// The viewer shows structured reports (no pixels), not an image: said instead of "open
+    /// an image".
+    pub showing_documents: bool,
     pub backbone_dir: Option<PathBuf>,
     pub adapters_dir: Option<PathBuf>,
     pub state: EngineState,
@@ -167,6 +170,7 @@ impl DiagnosisPanel {
     pub fn new(backbone_dir: Option<PathBuf>, adapters_dir: Option<PathBuf>) -> Self {
         Self {
             visible: true,
+            showing_documents: false,
             state: if backbone_dir.is_some() { EngineState::Loading } else { EngineState::NoBackbone },
             backbone_dir,
             adapters_dir,
@@ -735,6 +739,9 @@ impl DiagnosisPanel {
         ui.separator();
 
         match key {
+            None if self.showing_documents => {
+                ui.label("A structured report has no pixels to classify: open an image.");
+            }
             None => {
                 ui.label("Open an image to classify it.");
             }

@@ -504,6 +504,7 @@ impl MeloApp {
             egui::Panel::right("app_diagnosis").default_size(340.0).show(ui, |ui| {
                 egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
                     let hide = self.hide_patient_details;
+                    self.diagnosis.showing_documents = self.documents.is_some();
                     self.diagnosis.ui(ui, &self.viewer, &self.studies.nodes, hide, &mut commands)
                 });
             });

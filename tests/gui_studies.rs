@@ -337,6 +337,28 @@ fn received_studies_appear_in_the_local_list() {
     });
     assert!(shown(&harness, &format!("1 series, {MR_SLICES} image(s)")));
     assert!(!shown(&harness, &pacs.patient_id), "the Local list hides the patient ID too");
+    harness.get_by_label("Receiving").click();
+    harness.run_steps(4);
+
+    // Our receiver answers C-MOVE to the configured nodes: Orthanc forgets the study, then
+    // asks us (its C-MOVE SCU) to send it back to ORTHANC, a node of this window.
+    add_node(&mut harness, dimse_form("Orthanc", pacs.orthanc.dicom_port));
+    harness.get_by_label("Receiving").click();
+    harness.run_steps(4);
+    assert!(harness.state().studies.is_scp_running(), "{:?}", harness.state().studies.status);
+    pacs.orthanc.delete(&format!("/studies/{study_id}"));
+    assert!(pacs.orthanc.find("Study", serde_json::json!({ "StudyInstanceUID": pacs.study_uid })).is_empty());
+    let moved = pacs.orthanc.post_json(
+        "/modalities/melo/move",
+        &serde_json::json!({
+            "Level": "Study",
+            "Resources": [{ "StudyInstanceUID": pacs.study_uid }],
+            "TargetAet": ORTHANC_AET,
+            "Synchronous": true
+        }),
+    );
+    let back = pacs.orthanc.find("Instance", serde_json::json!({ "StudyInstanceUID": pacs.study_uid }));
+    assert_eq!(back.len(), MR_SLICES, "Orthanc got the study back by our C-MOVE: {moved}");
 
     harness.get_by_label("Receiving").click();
     harness.run_steps(4);

@@ -1049,6 +1049,9 @@ impl StudiesPanel {
                     .collect(),
             )
         };
+        // Another node may ask us to send studies (C-MOVE) to any DIMSE node configured here,
+        // as PACS and viewers do with their known modalities; any other destination gets 0xA801.
+        config.move_destinations = self.nodes.iter().filter_map(|n| n.peer().ok()).collect();
         match StoreScp::bind(&format!("0.0.0.0:{port}"), config, store) {
             Ok(scp) => {
                 let sender = self.events.0.clone();

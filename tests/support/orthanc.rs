@@ -197,6 +197,11 @@ impl Orthanc {
         response.body_mut().read_json().unwrap()
     }
 
+    /// DELETE of a REST resource (e.g. `/studies/{id}`).
+    pub fn delete(&self, path: &str) {
+        self.agent.delete(self.url(path)).call().unwrap_or_else(|e| panic!("DELETE {path}: {e}\n{}", self.log_tail()));
+    }
+
     /// Orthanc's `/tools/find`: the same query through its own index, to compare C-FIND with.
     pub fn find(&self, level: &str, query: Value) -> Vec<Value> {
         let answer = self.post_json("/tools/find", &json!({ "Level": level, "Query": query, "Expand": true }));

@@ -16,11 +16,11 @@ fn breastmnist() -> PathBuf {
     p
 }
 
-/// tests/data/lira_fixture.json (tools/lira/make_fixture.py): the whole JSON, the target's φ
+/// A fixture of tools/lira/make_fixture.py in tests/data: the whole JSON, the target's φ
 /// [image][query], the shadows' φ [shadow][image][query] and their IN masks [shadow][image].
 #[allow(clippy::type_complexity)]
-fn lira_fixture() -> (Value, Vec<Vec<f64>>, Vec<Vec<Vec<f64>>>, Vec<Vec<bool>>) {
-    let text = std::fs::read_to_string(common::repo().join("tests/data/lira_fixture.json")).unwrap();
+fn lira_fixture(name: &str) -> (Value, Vec<Vec<f64>>, Vec<Vec<Vec<f64>>>, Vec<Vec<bool>>) {
+    let text = std::fs::read_to_string(common::repo().join("tests/data").join(name)).unwrap();
     let f: Value = serde_json::from_str(&text).unwrap();
     let rows = |v: &Value| -> Vec<Vec<f64>> {
         v.as_array()
@@ -40,22 +40,28 @@ fn lira_fixture() -> (Value, Vec<Vec<f64>>, Vec<Vec<Vec<f64>>>, Vec<Vec<bool>>) 
     (f, target, phi, inside)
 }
 
+/// 9 shadows (one pooled variance per query and side) and 64 (each image's own variances).
 #[test]
 fn lira_scores_match_numpy() {
-    let (f, target, phi, inside) = lira_fixture();
-    let (online, offline, never_in, never_out) = lira_scores(&target, &phi, &inside).unwrap();
-    assert_eq!((never_in, never_out), (1, 1), "the fixture has one image always IN and one never IN");
-    for (name, ours, theirs) in [("online", &online, &f["online"]), ("offline", &offline, &f["offline"])] {
-        for (i, (a, b)) in ours.iter().zip(theirs.as_array().unwrap()).enumerate() {
-            let b = b.as_f64().unwrap();
-            assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{name} score of image {i}: {a} here, {b} by numpy");
+    for fixture in ["lira_fixture.json", "lira_fixture_64.json"] {
+        let (f, target, phi, inside) = lira_fixture(fixture);
+        let (online, offline, never_in, never_out) = lira_scores(&target, &phi, &inside).unwrap();
+        assert_eq!((never_in, never_out), (1, 1), "{fixture}: one image always IN and one never IN");
+        for (name, ours, theirs) in [("online", &online, &f["online"]), ("offline", &offline, &f["offline"])] {
+            for (i, (a, b)) in ours.iter().zip(theirs.as_array().unwrap()).enumerate() {
+                let b = b.as_f64().unwrap();
+                assert!(
+                    (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                    "{fixture}: {name} score of image {i}: {a} here, {b} by numpy"
+                );
+            }
         }
     }
 }
 
 #[test]
 fn rmia_scores_match_numpy() {
-    let (f, target, phi, inside) = lira_fixture();
+    let (f, target, phi, inside) = lira_fixture("lira_fixture.json");
     let rmia = rmia_scores(&target, &phi, &inside).unwrap();
     assert_eq!(rmia.offline_a, f["rmia_a"].as_f64().unwrap(), "tuned a");
     assert!((rmia.offline_a_auc - f["rmia_a_auc"].as_f64().unwrap()).abs() < 1e-12);

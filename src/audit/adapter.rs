@@ -14,8 +14,10 @@
 //!   (φ − μ_out)/σ_out, the one-sided test of the paper (a monotone function of Φ). With few
 //!   shadows the per-image variances are too noisy, so — as the paper recommends below 64
 //!   shadows — one *fixed* variance per query and side is used: the pooled within-image
-//!   variance of the shadows' φ. An image no shadow holds IN (likely only with K < 8) is
-//!   scored by its OUT term alone; the report counts such images.
+//!   variance of the shadows' φ. From 64 shadows on, each image's own IN and OUT variances
+//!   are used (the pooled one where a side has fewer than two shadows). An image no shadow
+//!   holds IN (likely only with K < 8) is scored by its OUT term alone; the report counts
+//!   such images.
 //!
 //! Shadows are cached in `--shadow-dir`, one JSON per shadow (membership mask over the pool,
 //! the shadow's φ for every audited image and query, and a fingerprint of recipe, backbone,
@@ -275,6 +277,10 @@ fn log_normal_pdf(x: f64, mean: f64, sd: f64) -> f64 {
     -0.5 * z * z - sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
 }
 
+/// From this many shadows on, LiRA uses each image's own IN / OUT variance; below it one
+/// pooled variance per query and side, as Carlini et al. advise for fewer than 64 shadows.
+pub const LIRA_PER_EXAMPLE_VARIANCE: usize = 64;
+
 /// LiRA scores from the target's φ [n][q], the shadows' φ [k][n][q] and their IN masks
 /// [k][n] (over the audited images). Returns (online, offline, images never IN, never OUT).
 pub fn lira_scores(
@@ -315,15 +321,30 @@ pub fn lira_scores(
     let sd = |ss: f64, df: usize| (ss / df.max(1) as f64).sqrt().max(1e-6);
     let sd_in: Vec<f64> = (0..q).map(|j| sd(ss_in[j], df_in[j])).collect();
     let sd_out: Vec<f64> = (0..q).map(|j| sd(ss_out[j], df_out[j])).collect();
+    // From LIRA_PER_EXAMPLE_VARIANCE shadows on, each image's own IN / OUT variance (the
+    // paper's full attack); the pooled one where a side has fewer than two shadows.
+    let per_example = shadow_phi.len() >= LIRA_PER_EXAMPLE_VARIANCE;
+    let own_sd = |i: usize, j: usize, inside: bool, mean: f64, pooled: f64| -> f64 {
+        let values: Vec<f64> =
+            (0..shadow_phi.len()).filter(|&k| shadow_in[k][i] == inside).map(|k| shadow_phi[k][i][j]).collect();
+        if !per_example || values.len() < 2 {
+            return pooled;
+        }
+        let ss: f64 = values.iter().map(|v| (v - mean).powi(2)).sum();
+        sd(ss, values.len() - 1)
+    };
     let (mut online, mut offline) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let (mut on, mut off) = (0.0, 0.0);
         for j in 0..q {
             let x = target[i][j];
-            let out = if mean_out[i][j].is_nan() { 0.0 } else { log_normal_pdf(x, mean_out[i][j], sd_out[j]) };
-            let inside = if mean_in[i][j].is_nan() { 0.0 } else { log_normal_pdf(x, mean_in[i][j], sd_in[j]) };
+            let (m_in, m_out) = (mean_in[i][j], mean_out[i][j]);
+            let s_out = if m_out.is_nan() { sd_out[j] } else { own_sd(i, j, false, m_out, sd_out[j]) };
+            let s_in = if m_in.is_nan() { sd_in[j] } else { own_sd(i, j, true, m_in, sd_in[j]) };
+            let out = if m_out.is_nan() { 0.0 } else { log_normal_pdf(x, m_out, s_out) };
+            let inside = if m_in.is_nan() { 0.0 } else { log_normal_pdf(x, m_in, s_in) };
             on += inside - out;
-            off += if mean_out[i][j].is_nan() { 0.0 } else { (x - mean_out[i][j]) / sd_out[j] };
+            off += if m_out.is_nan() { 0.0 } else { (x - m_out) / s_out };
         }
         online.push(on / q as f64);
         offline.push(off / q as f64);
@@ -776,6 +797,11 @@ pub fn run(
         let shadow_in: Vec<Vec<bool>> = records.iter().map(|r| r.in_mask[..n_audited].to_vec()).collect();
         let t = Instant::now();
         let (online, offline, never_in, never_out) = lira_scores(&target_phi, &shadow_phi, &shadow_in)?;
+        let variance = if shadow_phi.len() >= LIRA_PER_EXAMPLE_VARIANCE {
+            "per-image variance"
+        } else {
+            "fixed (pooled) variance"
+        };
         let seconds = t.elapsed().as_secs_f64();
         if never_in > 0 {
             warnings.push(format!("{never_in} audited images were IN no shadow (scored by the OUT term alone)"));
@@ -788,7 +814,7 @@ pub fn run(
         if attacks.contains(&AdapterAttack::LiraOnline) {
             add_attack(
                 "lira_online",
-                "LiRA online (Carlini et al. 2022): Gaussian likelihood ratio of the logit-scaled confidence, IN vs OUT shadows, fixed variance, 2 queries",
+                &format!("LiRA online (Carlini et al. 2022): Gaussian likelihood ratio of the logit-scaled confidence, IN vs OUT shadows, {variance}, 2 queries"),
                 2,
                 seconds,
                 &online,
@@ -798,7 +824,7 @@ pub fn run(
         if attacks.contains(&AdapterAttack::LiraOffline) {
             add_attack(
                 "lira_offline",
-                "LiRA offline (Carlini et al. 2022): one-sided test against the OUT shadows' Gaussian, fixed variance, 2 queries",
+                &format!("LiRA offline (Carlini et al. 2022): one-sided test against the OUT shadows' Gaussian, {variance}, 2 queries"),
                 2,
                 seconds,
                 &offline,

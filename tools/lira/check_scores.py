@@ -18,6 +18,10 @@ import sys
 import numpy as np
 
 
+# From this many shadows on, per-image variances (src/audit/adapter.rs LIRA_PER_EXAMPLE_VARIANCE).
+PER_EXAMPLE_VARIANCE = 64
+
+
 def lira(target, phi, inside):
     """target [n, q]; phi [k, n, q]; inside [k, n] bool -> (online [n], offline [n])."""
     k, n, q = phi.shape
@@ -33,6 +37,14 @@ def lira(target, phi, inside):
     df_out = np.maximum(count_out - 1, 0).sum(0)
     sd_in = np.maximum(np.sqrt(ss_in / np.maximum(df_in, 1)), 1e-6)
     sd_out = np.maximum(np.sqrt(ss_out / np.maximum(df_out, 1)), 1e-6)
+
+    if k >= PER_EXAMPLE_VARIANCE:
+        # Each image's own variance where its side has two or more shadows.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            own_in = np.sqrt(np.where(ins, (phi - mean_in[None]) ** 2, 0).sum(0) / (count_in - 1))
+            own_out = np.sqrt(np.where(~ins, (phi - mean_out[None]) ** 2, 0).sum(0) / (count_out - 1))
+        sd_in = np.where(count_in >= 2, np.maximum(own_in, 1e-6), sd_in)
+        sd_out = np.where(count_out >= 2, np.maximum(own_out, 1e-6), sd_out)
 
     def logpdf(x, m, s):
         return -0.5 * ((x - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes tests/data/lira_fixture.json: seeded synthetic shadow confidences and IN masks, and the
+"""Writes tests/data/lira_fixture.json (9 shadows) and lira_fixture_64.json (64 shadows, where
+LiRA uses per-image variances): seeded synthetic shadow confidences and IN masks, and the
 LiRA online / offline and RMIA online / offline scores computed by check_scores.py's numpy
 implementation, for tests/adapter_audit.rs to compare with src/audit/adapter.rs (lira_scores,
 rmia_scores).
@@ -44,3 +45,27 @@ with open(os.path.join(root, "tests", "data", "lira_fixture.json"), "w") as f:
         f,
     )
 print("wrote tests/data/lira_fixture.json")
+
+# With 64 shadows LiRA switches to per-image variances: a second, LiRA-only fixture. Members'
+# confidences also spread more, so that per-image and pooled variances differ.
+k64 = 64
+inside = rng.random((k64, n)) < 0.5
+inside[:, 0] = True
+inside[:, 1] = False
+inside[0, 2] = True  # an image only one shadow holds IN (its IN side falls back to the pool)
+inside[1:, 2] = False
+spread = rng.uniform(0.5, 2.0, n)
+phi = rng.normal(0.0, 1.0, (k64, n, q)) * spread[None, :, None] + np.where(inside, SHIFT, 0.0)[:, :, None]
+online, offline = lira(target, phi, inside)
+with open(os.path.join(root, "tests", "data", "lira_fixture_64.json"), "w") as f:
+    json.dump(
+        {
+            "target": np.round(target, 6).tolist(),
+            "phi": np.round(phi, 6).tolist(),
+            "inside": inside.tolist(),
+            "online": lira(np.round(target, 6), np.round(phi, 6), inside)[0].tolist(),
+            "offline": lira(np.round(target, 6), np.round(phi, 6), inside)[1].tolist(),
+        },
+        f,
+    )
+print("wrote tests/data/lira_fixture_64.json")

@@ -96,9 +96,48 @@ pub struct ImageMeta {
     pub tags: Vec<TagEntry>,
 }
 
+/// Photometric Interpretation (0028,0004), as the decoder acts on it. The metadata keeps the
+/// attribute's text for display; code that branches on it matches on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Photometric {
+    Monochrome1,
+    Monochrome2,
+    PaletteColor,
+    Rgb,
+    /// YBR_FULL: Y Cb Cr, one triple per pixel.
+    YbrFull,
+    /// YBR_FULL_422: Y1 Y2 Cb Cr per pair of pixels when not compressed.
+    YbrFull422,
+    /// Anything else (YBR_ICT, YBR_RCT, … are converted by their codecs), or missing.
+    Other,
+}
+
+impl Photometric {
+    pub fn parse(text: &str) -> Self {
+        match text.trim_end_matches(['\0', ' ']) {
+            "MONOCHROME1" => Photometric::Monochrome1,
+            "MONOCHROME2" => Photometric::Monochrome2,
+            "PALETTE COLOR" => Photometric::PaletteColor,
+            "RGB" => Photometric::Rgb,
+            "YBR_FULL" => Photometric::YbrFull,
+            "YBR_FULL_422" => Photometric::YbrFull422,
+            _ => Photometric::Other,
+        }
+    }
+
+    /// YBR_FULL or YBR_FULL_422: full-range YCbCr, converted to RGB after decoding.
+    pub fn is_ybr_full(self) -> bool {
+        matches!(self, Photometric::YbrFull | Photometric::YbrFull422)
+    }
+}
+
 impl ImageMeta {
+    pub fn photometric_kind(&self) -> Photometric {
+        Photometric::parse(&self.photometric)
+    }
+
     pub fn is_monochrome1(&self) -> bool {
-        self.photometric == "MONOCHROME1"
+        self.photometric_kind() == Photometric::Monochrome1
     }
 
     /// What may be shown with patient details hidden: every field and tag row the basic

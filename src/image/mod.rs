@@ -15,7 +15,7 @@ mod raster;
 pub(crate) use dicom::parse as parse_dicom_object;
 pub(crate) use dicom::without_trailing_padding;
 pub use dicom::{load_dicom, load_dicom_bytes, parse_header as parse_header_bytes};
-pub use meta::{ImageMeta, TagEntry, VoiLut, Window};
+pub use meta::{ImageMeta, Photometric, TagEntry, VoiLut, Window};
 pub use raster::load_raster;
 
 use std::path::Path;

@@ -19,7 +19,7 @@ use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::{entries, TransferSyntaxRegistry};
 
 // The submodules share these imports through `use super::*`.
-use super::meta::{is_phi_tag, ImageMeta, TagEntry, VoiLut, Window};
+use super::meta::{is_phi_tag, ImageMeta, Photometric, TagEntry, VoiLut, Window};
 use super::{jpeg_ls, LoadOptions, MedicalImage};
 use crate::error::{Error, Result};
 

@@ -35,7 +35,7 @@ pub(super) fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOpt
         return Err(Error::Unsupported(format!("Bits Allocated {bits_allocated} / Bits Stored {bits_stored}")));
     }
     options.limits.check(rows as u64, cols as u64, frames as u64, spp as u64)?;
-    let photometric = meta.photometric.clone();
+    let photometric = meta.photometric_kind();
     let geometry = Geometry { rows, cols, spp, frames, bits_allocated, bits_stored };
     let samples = if let Some(codec) = OwnCodec::for_transfer_syntax(&meta.transfer_syntax) {
         decode_encapsulated(obj, codec, &geometry, &meta)?
@@ -44,11 +44,11 @@ pub(super) fn decode(obj: &DefaultDicomObject, inferred: bool, options: &LoadOpt
     };
     let mut values = samples.values;
     let channels = samples.channels;
-    let is_ybr = photometric.starts_with("YBR_FULL");
+    let is_ybr = photometric.is_ybr_full();
     if channels == 3 && is_ybr && !samples.codec_converted_color {
         ybr_full_to_rgb(&mut values, bits_stored);
     }
-    let (channels, values) = if photometric == "PALETTE COLOR" && channels == 1 {
+    let (channels, values) = if photometric == Photometric::PaletteColor && channels == 1 {
         (3, apply_palette(obj, &values, meta.signed)?)
     } else if channels == 1 {
         (1, apply_modality_lut(obj, &meta, values))
@@ -71,7 +71,7 @@ pub(super) fn decode_with_dicom_rs(obj: &DefaultDicomObject, g: &Geometry, meta:
     let decoded = obj.decode_pixel_data().map_err(|e| decode_error(&e.to_string(), meta))?;
     let data = decoded.data();
     let pixels = rows * cols;
-    let ybr422 = meta.photometric == "YBR_FULL_422" && !encapsulated && bits_allocated == 8;
+    let ybr422 = meta.photometric_kind() == Photometric::YbrFull422 && !encapsulated && bits_allocated == 8;
     let bytes_per_sample = (bits_allocated as usize).div_ceil(8);
     let expected = if bits_allocated == 1 {
         pixels * spp * frames // dicom-rs expands 1-bit samples to one byte each
@@ -254,7 +254,7 @@ pub(super) fn decode_jpeg_frame(stream: &[u8], g: &Geometry, meta: &ImageMeta) -
     if let Some((width, height)) = hints.frame_size {
         check_jpeg_frame_size(width, height, g)?;
     }
-    if meta.photometric == "RGB" && !hints.colour_marker && hints.full_resolution {
+    if meta.photometric_kind() == Photometric::Rgb && !hints.colour_marker && hints.full_resolution {
         decoder.set_color_transform(jpeg_decoder::ColorTransform::None);
     }
     let pixels = match decoder.decode() {

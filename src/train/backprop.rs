@@ -1,122 +1,85 @@
-//! Adapter training on the frozen backbone with a hand-written backward pass.
+//! The backbone's training pass: forward with a tape, and a hand-written backward pass that
+//! computes exactly the gradients the method trains, on plain `f32` buffers.
 //!
-//! Why: on candle's autograd ([`super::grad`]) a LoRA step ran at 1.3 images/s at 224 px on
-//! 2 cores against PyTorch + PEFT's 6.7: autograd allocates a tensor per primitive op, runs
-//! LayerNorm, softmax and GELU as chains of element-wise ops, and moves heads through strided
-//! copies. With the backbone frozen the backward pass is much smaller than autograd's general
-//! one: no weight gradient is ever needed, only activation gradients down to block 0 and the
-//! low-rank factors' gradients. This module runs exactly that, on plain `f32` buffers:
+//! Why not candle's autograd: it ran full fine-tuning at 0.22–0.24× PyTorch's speed and LoRA
+//! at 0.2× (an allocated tensor per primitive op, LayerNorm / softmax / GELU as chains of
+//! element-wise ops, heads moved through strided copies). Here each primitive — LayerNorm,
+//! linear map (+ low-rank updates on column ranges of its output), attention, GELU — has a
+//! forward and a backward written once:
 //!
 //! - forward as the engine runs it (pre-norm blocks, LayerScale folded into `proj` / `fc2`,
-//!   exact GELU, q and v LoRA updates `scale · (h Aᵀ) Bᵀ`), keeping per block what the backward
-//!   pass reads: the normalised inputs and inverse deviations of both LayerNorms, the
-//!   LayerNorm output `h1` and the low-rank intermediates `h1 Aᵀ`, the qkv matrix, the
-//!   attention probabilities and the MLP pre-activation;
-//! - backward with one matrix product per frozen linear map (∂x = ∂y · W), attention per
-//!   (image, head) on the qkv matrix's strided columns (no permuted copies), and LayerNorm /
-//!   GELU gradients in single passes over rows, all on the rayon pool gemm also uses.
+//!   exact GELU), keeping per block what the backward pass reads: both LayerNorms' normalised
+//!   inputs, 1/σ and outputs, the low-rank intermediates x·Aᵀ, qkv, the attention
+//!   probabilities and output, the MLP pre-activation;
+//! - backward: per linear map ∂x = ∂y·W and, where the method trains the weight, ∂W = xᵀ·∂y
+//!   and ∂b = Σ ∂y (the gemm kernels of inference); attention per (image, head) on qkv's
+//!   strided columns; LayerNorm (with ∂γ, ∂β) and GELU in single passes over rows, compiled for
+//!   AVX2 + FMA where the CPU has them.
 //!
-//! The head, loss and optimiser stay on candle (they are tiny): the trainer feeds the pooled
-//! features in as a variable, takes their gradient from candle's backward, and hands it to
-//! [`FrozenBackbone::backward`]. The gradients are checked against candle's autograd on the
-//! same weights in `tests/train.rs`.
+//! Buffers live in a [`Tape`] that the trainer keeps across steps: a step allocates nothing
+//! large (fresh multi-megabyte buffers each step cost page faults and zeroing).
+//!
+//! The head, loss and optimiser are not here (tiny): the caller feeds the pooled features to
+//! the head, and hands the features' gradient to [`Backbone::backward`]. Gradients are checked
+//! against candle's autograd on the real backbone in `tests/train.rs`.
 
 // One of the modules allowed unsafe code (see the crate root): raw-pointer gemm calls.
 #![allow(unsafe_code)]
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::{Error, Result};
 use crate::model::kernels::{erf_f32, exp_f32, gelu_erf_f32, rows_per_task, SharedMut};
 use crate::model::vit::{LinearWeights, NormWeights};
 use crate::model::{Pooling, VisionTransformer};
 
-/// One block's LoRA factors (or their gradients) as plain row-major buffers:
-/// A [r, dim], B [dim, r] for q and for v.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraFactors {
-    pub q_a: Vec<f32>,
-    pub q_b: Vec<f32>,
-    pub v_a: Vec<f32>,
-    pub v_b: Vec<f32>,
+/// A LayerNorm's affine parameters (or their gradients).
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub eps: f32,
 }
 
-impl LoraFactors {
-    /// The current values of the trainer's variables.
-    pub fn of(lora: &[super::grad::BlockLora]) -> Result<Vec<Self>> {
-        let values = |v: &candle_core::Var| -> Result<Vec<f32>> { Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?) };
-        lora.iter()
-            .map(|l| {
-                Ok(Self { q_a: values(&l.q_a)?, q_b: values(&l.q_b)?, v_a: values(&l.v_a)?, v_b: values(&l.v_b)? })
-            })
-            .collect()
-    }
-
-    fn rank(&self, dim: usize) -> usize {
-        self.q_a.len() / dim.max(1)
-    }
+/// A linear map (or its gradients): weight as [in, out] row-major (the engine's layout).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight_t: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+    pub inputs: usize,
+    pub outputs: usize,
 }
 
-struct Norm {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    eps: f32,
+/// One block's weights; LayerScale γ1 / γ2 folded into `proj` / `fc2` (as the engine runs it).
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub norm1: Norm,
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub norm2: Norm,
+    pub fc1: Linear,
+    pub fc2: Linear,
 }
 
-struct Linear {
-    /// [in, out], row-major (the engine's layout).
-    weight_t: Vec<f32>,
-    bias: Vec<f32>,
+/// Every trainable backbone weight (the position embedding stays frozen: it is resized
+/// bicubically to each input grid). Also the type of their gradients.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// Patch embedding [C·p·p, dim].
+    pub patch: Linear,
+    pub cls: Vec<f32>,
+    pub blocks: Vec<Block>,
+    pub norm: Norm,
 }
 
-struct Block {
-    norm1: Norm,
-    qkv: Linear,
-    proj: Linear,
-    norm2: Norm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
-/// The frozen backbone's weights as plain buffers, shared by every training step.
-pub struct FrozenBackbone {
-    patch_weight: Tensor,
-    patch_bias: Tensor,
-    cls_token: Tensor,
-    blocks: Vec<Block>,
-    norm: Norm,
-    dim: usize,
-    heads: usize,
-    patch: usize,
-    mlp: usize,
-}
-
-/// What the forward pass of one block keeps for its backward pass.
-struct BlockTape {
-    xhat1: Vec<f32>,
-    rstd1: Vec<f32>,
-    h1: Vec<f32>,
-    u_q: Vec<f32>,
-    u_v: Vec<f32>,
-    qkv: Vec<f32>,
-    probs: Vec<f32>,
-    xhat2: Vec<f32>,
-    rstd2: Vec<f32>,
-    /// fc1's output before GELU.
-    pre_gelu: Vec<f32>,
-}
-
-/// Everything one forward pass keeps for [`FrozenBackbone::backward`].
-pub struct Tape {
-    blocks: Vec<BlockTape>,
-    xhat_final: Vec<f32>,
-    rstd_final: Vec<f32>,
-    batch: usize,
-    tokens: usize,
-    pooling: Pooling,
-    scale: f32,
+/// A named view of one trained tensor (adapter / checkpoint names).
+pub struct Named<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: &'a mut Vec<f32>,
 }
 
 fn values(t: &Tensor) -> Result<Vec<f32>> {
@@ -130,13 +93,234 @@ impl Norm {
 }
 
 impl Linear {
-    fn new(l: &LinearWeights, out: usize) -> Result<Self> {
-        let bias = match &l.bias {
-            Some(b) => values(b)?,
-            None => vec![0.0; out],
-        };
-        Ok(Self { weight_t: values(&l.weight_t)?, bias })
+    fn new(l: &LinearWeights) -> Result<Self> {
+        let (inputs, outputs) = l.weight_t.dims2()?;
+        let bias = l.bias.as_ref().map(values).transpose()?;
+        Ok(Self { weight_t: values(&l.weight_t)?, bias, inputs, outputs })
     }
+
+    fn named<'a>(&'a mut self, name: &str, out: &mut Vec<Named<'a>>) {
+        let shape = vec![self.inputs, self.outputs];
+        out.push(Named { name: format!("{name}.weight_t"), shape, values: &mut self.weight_t });
+        if let Some(b) = &mut self.bias {
+            out.push(Named { name: format!("{name}.bias"), shape: vec![b.len()], values: b });
+        }
+    }
+}
+
+impl Norm {
+    fn named<'a>(&'a mut self, name: &str, out: &mut Vec<Named<'a>>) {
+        let d = self.weight.len();
+        out.push(Named { name: format!("{name}.weight"), shape: vec![d], values: &mut self.weight });
+        out.push(Named { name: format!("{name}.bias"), shape: vec![d], values: &mut self.bias });
+    }
+}
+
+impl Weights {
+    /// Copies the backbone's weights out of `vit` (about its own size again, f32).
+    pub fn of(vit: &VisionTransformer) -> Result<Self> {
+        let w = vit.weights();
+        let blocks = w
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    norm1: Norm::new(&b.norm1)?,
+                    qkv: Linear::new(&b.qkv)?,
+                    proj: Linear::new(&b.proj)?,
+                    norm2: Norm::new(&b.norm2)?,
+                    fc1: Linear::new(&b.fc1)?,
+                    fc2: Linear::new(&b.fc2)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (d, h) = (vit.config().embed_dim, vit.config().mlp_hidden_dim());
+        for (i, b) in blocks.iter().enumerate() {
+            let ok = (b.qkv.inputs, b.qkv.outputs, b.proj.inputs, b.proj.outputs) == (d, 3 * d, d, d)
+                && (b.fc1.inputs, b.fc1.outputs, b.fc2.inputs, b.fc2.outputs) == (d, h, h, d)
+                && b.norm1.weight.len() == d
+                && b.norm2.weight.len() == d;
+            if !ok {
+                return Err(Error::Options(format!("backbone block {i}: weight shapes do not fit dim {d}, MLP {h}")));
+            }
+        }
+        let patch = Linear::new(&LinearWeights { weight_t: w.patch_weight, bias: Some(w.patch_bias) })?;
+        Ok(Self { patch, cls: values(&w.cls_token)?, blocks, norm: Norm::new(&w.norm)? })
+    }
+
+    /// Every tensor with its name (full fine-tuning's names) and shape, in a fixed order.
+    pub fn named(&mut self) -> Vec<Named<'_>> {
+        let mut out = Vec::new();
+        let d = self.cls.len();
+        self.patch.named("patch_embed", &mut out);
+        out.push(Named { name: "cls_token".into(), shape: vec![1, 1, d], values: &mut self.cls });
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            b.norm1.named(&format!("blocks.{i}.norm1"), &mut out);
+            b.qkv.named(&format!("blocks.{i}.attn.qkv"), &mut out);
+            b.proj.named(&format!("blocks.{i}.attn.proj"), &mut out);
+            b.norm2.named(&format!("blocks.{i}.norm2"), &mut out);
+            b.fc1.named(&format!("blocks.{i}.mlp.fc1"), &mut out);
+            b.fc2.named(&format!("blocks.{i}.mlp.fc2"), &mut out);
+        }
+        self.norm.named("norm", &mut out);
+        out
+    }
+
+    /// Number of values.
+    pub fn len(&mut self) -> usize {
+        self.named().iter().map(|n| n.values.len()).sum()
+    }
+
+    pub fn is_empty(&mut self) -> bool {
+        self.len() == 0
+    }
+
+    fn dim(&self) -> usize {
+        self.cls.len()
+    }
+
+    fn mlp(&self) -> usize {
+        self.blocks.first().map_or(0, |b| b.fc1.outputs)
+    }
+}
+
+/// Where a low-rank update acts: which linear map of a block, which columns of its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// The q columns of qkv (MeLo).
+    Q,
+    /// The k columns of qkv.
+    K,
+    /// The v columns of qkv (MeLo).
+    V,
+    /// The MLP's first map.
+    Fc1,
+    /// The MLP's second map.
+    Fc2,
+}
+
+impl Target {
+    /// Input width, first output column and output width in a block of width d, MLP width h.
+    fn geometry(self, d: usize, h: usize) -> (usize, usize, usize) {
+        match self {
+            Target::Q => (d, 0, d),
+            Target::K => (d, d, d),
+            Target::V => (d, 2 * d, d),
+            Target::Fc1 => (d, 0, h),
+            Target::Fc2 => (h, 0, d),
+        }
+    }
+
+    /// Part of the adapter / checkpoint tensor names (`blocks.N.{name}.lora_A`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Q => "attn.q",
+            Target::K => "attn.k",
+            Target::V => "attn.v",
+            Target::Fc1 => "mlp.fc1",
+            Target::Fc2 => "mlp.fc2",
+        }
+    }
+
+    /// First column and width of the update in the output of its map (width `o`).
+    fn columns(self, o: usize) -> (usize, usize) {
+        match self {
+            Target::Q | Target::K | Target::V => (self.geometry(o / 3, 0).1, o / 3),
+            Target::Fc1 | Target::Fc2 => (0, o),
+        }
+    }
+
+    /// Which map of the block: 0 qkv, 1 fc1, 2 fc2 (a block's updates are kept in this order).
+    fn map(self) -> usize {
+        match self {
+            Target::Q | Target::K | Target::V => 0,
+            Target::Fc1 => 1,
+            Target::Fc2 => 2,
+        }
+    }
+}
+
+/// One low-rank update `scale · (x Aᵀ) Bᵀ` (or its gradient): A [r, in], B [out, r].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    pub target: Target,
+    pub rank: usize,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// The LoRA factors of every block (or their gradients), with the common scale α / r.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lora {
+    pub blocks: Vec<Vec<Update>>,
+    pub scale: f32,
+}
+
+impl Lora {
+    /// No update anywhere (full fine-tuning, linear probe).
+    pub fn none(depth: usize) -> Self {
+        Self { blocks: vec![Vec::new(); depth], scale: 0.0 }
+    }
+
+    /// Rank-`rank` factors on `targets` of every block, A drawn by `init_a` (called per factor
+    /// with its length and input width), B zero: training starts at the frozen model.
+    pub fn new(
+        depth: usize,
+        targets: &[Target],
+        rank: usize,
+        scale: f32,
+        (d, h): (usize, usize),
+        mut init_a: impl FnMut(usize, usize) -> Vec<f32>,
+    ) -> Self {
+        let blocks = (0..depth)
+            .map(|_| {
+                targets
+                    .iter()
+                    .map(|&target| {
+                        let (inputs, _, outputs) = target.geometry(d, h);
+                        Update { target, rank, a: init_a(rank * inputs, inputs), b: vec![0.0; outputs * rank] }
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { blocks, scale }
+    }
+
+    /// Every factor with its adapter name and shape, in a fixed order.
+    pub fn named(&mut self) -> Vec<Named<'_>> {
+        let mut out = Vec::new();
+        for (i, ups) in self.blocks.iter_mut().enumerate() {
+            for u in ups {
+                let r = u.rank;
+                let (inputs, outputs) = (u.a.len() / r.max(1), u.b.len() / r.max(1));
+                let base = format!("blocks.{i}.{}", u.target.name());
+                out.push(Named { name: format!("{base}.lora_A"), shape: vec![r, inputs], values: &mut u.a });
+                out.push(Named { name: format!("{base}.lora_B"), shape: vec![outputs, r], values: &mut u.b });
+            }
+        }
+        out
+    }
+}
+
+// ---- primitives ---------------------------------------------------------------------------
+
+/// Runs `f` compiled for AVX2 + FMA where the CPU has them: the element-wise passes are plain
+/// loops, which the default x86-64 target (SSE2) would vectorise only 4 wide without FMA.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected on this CPU just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
 }
 
 /// A read-only matrix view: element (i, j) at `data[i·rs + j·cs]`.
@@ -150,7 +334,7 @@ struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// A row-major `rows × cols` matrix filling `data`.
+    /// A row-major `rows × cols` matrix at the start of `data`.
     fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self { data, rows, cols, rs: cols, cs: 1 }
     }
@@ -169,15 +353,14 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst = a · b` (or `dst += beta · a · b` when `accumulate`), dst row-major with row stride
-/// `dst_rs` starting at `dst[0]`.
-fn matmul(dst: &mut [f32], dst_rs: usize, a: View, b: View, accumulate: bool, beta: f32, parallel: bool) {
+/// `dst = beta · a · b` (or `dst += beta · a · b` when `accumulate`), dst row-major with row
+/// stride `dst_rs` starting at `dst[0]`; on the rayon pool.
+fn matmul(dst: &mut [f32], dst_rs: usize, a: View, b: View, accumulate: bool, beta: f32) {
     let (m, n) = (a.rows, b.cols);
     assert!(a.cols == b.rows && a.fits() && b.fits(), "matmul: operand shapes or strides do not fit");
     assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(), "matmul: destination too small");
-    let par = if parallel { Parallelism::Rayon(0) } else { Parallelism::None };
     // SAFETY: the asserts above keep every element gemm reads or writes inside its slice.
-    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, beta, par) }
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, beta, Parallelism::Rayon(0)) }
 }
 
 /// # Safety
@@ -207,61 +390,113 @@ unsafe fn gemm_raw(dst: *mut f32, dst_rs: usize, a: View, b: View, accumulate: b
     )
 }
 
-fn add_bias(x: &mut [f32], bias: &[f32]) {
+/// Sets `v`'s length to `n` (contents unspecified), keeping its allocation across steps.
+fn fit(v: &mut Vec<f32>, n: usize) {
+    v.resize(n, 0.0);
+}
+
+/// `dst[j] = Σᵢ a[i, j] · (b[i, j] or 1)` over the rows of width `dst.len()`.
+fn column_sums(dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
+    let w = dst.len();
+    let chunk = w * rows_per_task(w);
+    let sums = a
+        .par_chunks(chunk)
+        .enumerate()
+        .map(|(i, rows)| {
+            let mut s = vec![0f32; w];
+            simd(|| match b {
+                Some(b) => {
+                    for (row, brow) in rows.chunks_exact(w).zip(b[i * chunk..].chunks_exact(w)) {
+                        s.iter_mut().zip(row).zip(brow).for_each(|((s, x), y)| *s += x * y);
+                    }
+                }
+                None => {
+                    for row in rows.chunks_exact(w) {
+                        s.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+                    }
+                }
+            });
+            s
+        })
+        .reduce(
+            || vec![0f32; w],
+            |mut x, y| {
+                x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+                x
+            },
+        );
+    dst.copy_from_slice(&sums);
+}
+
+fn add_rows(x: &mut [f32], bias: &[f32]) {
     let w = bias.len();
     x.par_chunks_mut(w * rows_per_task(w)).for_each(|rows| {
-        for row in rows.chunks_exact_mut(w) {
-            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-        }
+        simd(|| {
+            for row in rows.chunks_exact_mut(w) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        })
     });
 }
 
 /// LayerNorm over rows of width `d`: writes the output, the normalised input and 1/σ per row.
-fn layer_norm(x: &[f32], n: &Norm, d: usize, out: &mut [f32], xhat: &mut [f32], rstd: &mut [f32]) {
+fn layer_norm(x: &[f32], n: &Norm, out: &mut [f32], xhat: &mut [f32], rstd: &mut [f32]) {
+    let d = n.weight.len();
     let r = rows_per_task(d);
     out.par_chunks_mut(d * r)
         .zip(xhat.par_chunks_mut(d * r))
         .zip(rstd.par_chunks_mut(r))
         .zip(x.par_chunks(d * r))
         .for_each(|(((out, xhat), rstd), x)| {
-            for (((o, xh), s), x) in
-                out.chunks_exact_mut(d).zip(xhat.chunks_exact_mut(d)).zip(rstd).zip(x.chunks_exact(d))
-            {
-                let mean = x.iter().sum::<f32>() / d as f32;
-                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                let inv = 1.0 / (var + n.eps).sqrt();
-                *s = inv;
-                for (((o, xh), &v), (&g, &b)) in
-                    o.iter_mut().zip(xh.iter_mut()).zip(x).zip(n.weight.iter().zip(&n.bias))
+            simd(|| {
+                for (((o, xh), s), x) in
+                    out.chunks_exact_mut(d).zip(xhat.chunks_exact_mut(d)).zip(rstd).zip(x.chunks_exact(d))
                 {
-                    *xh = (v - mean) * inv;
-                    *o = *xh * g + b;
+                    let mean = x.iter().sum::<f32>() / d as f32;
+                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                    let inv = 1.0 / (var + n.eps).sqrt();
+                    *s = inv;
+                    for (((o, xh), &v), (&g, &b)) in
+                        o.iter_mut().zip(xh.iter_mut()).zip(x).zip(n.weight.iter().zip(&n.bias))
+                    {
+                        *xh = (v - mean) * inv;
+                        *o = *xh * g + b;
+                    }
                 }
-            }
+            })
         });
 }
 
-/// dx += LayerNorm backward of dy: dx̂ = dy·γ; dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ.
-fn layer_norm_backward(dy: &[f32], xhat: &[f32], rstd: &[f32], gamma: &[f32], d: usize, dx: &mut [f32]) {
+/// dx += LayerNorm backward of dy: dx̂ = dy·γ; dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ; and,
+/// when asked, ∂γ = Σ dy·x̂, ∂β = Σ dy.
+fn layer_norm_backward(dy: &[f32], xhat: &[f32], rstd: &[f32], n: &Norm, dx: &mut [f32], grad: Option<&mut Norm>) {
+    let gamma = &n.weight;
+    let d = gamma.len();
     let r = rows_per_task(d);
     dx.par_chunks_mut(d * r).zip(dy.par_chunks(d * r)).zip(xhat.par_chunks(d * r)).zip(rstd.par_chunks(r)).for_each(
         |(((dx, dy), xhat), rstd)| {
-            for (((dx, dy), xh), &s) in
-                dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(xhat.chunks_exact(d)).zip(rstd)
-            {
-                let (mut m1, mut m2) = (0f32, 0f32);
-                for ((&g, &dy), &xh) in gamma.iter().zip(dy).zip(xh) {
-                    let dxh = dy * g;
-                    m1 += dxh;
-                    m2 += dxh * xh;
+            simd(|| {
+                for (((dx, dy), xh), &s) in
+                    dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(xhat.chunks_exact(d)).zip(rstd)
+                {
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for ((&g, &dy), &xh) in gamma.iter().zip(dy).zip(xh) {
+                        let dxh = dy * g;
+                        m1 += dxh;
+                        m2 += dxh * xh;
+                    }
+                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                    for (((o, &g), &dy), &xh) in dx.iter_mut().zip(gamma).zip(dy).zip(xh) {
+                        *o += s * (dy * g - m1 - xh * m2);
+                    }
                 }
-                let (m1, m2) = (m1 / d as f32, m2 / d as f32);
-                for (((o, &g), &dy), &xh) in dx.iter_mut().zip(gamma).zip(dy).zip(xh) {
-                    *o += s * (dy * g - m1 - xh * m2);
-                }
-            }
+            })
         },
     );
+    if let Some(g) = grad {
+        column_sums(&mut g.weight, dy, Some(xhat));
+        column_sums(&mut g.bias, dy, None);
+    }
 }
 
 /// d/da of a·Φ(a): Φ(a) + a·φ(a).
@@ -269,6 +504,87 @@ fn layer_norm_backward(dy: &[f32], xhat: &[f32], rstd: &[f32], gamma: &[f32], d:
 fn gelu_erf_grad(a: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     0.5 * (1.0 + erf_f32(a * std::f32::consts::FRAC_1_SQRT_2)) + a * INV_SQRT_2PI * exp_f32(-0.5 * a * a)
+}
+
+/// g = GELU(a), or, with `backward`, g ⊙= GELU'(a).
+fn gelu(a: &[f32], g: &mut [f32], backward: bool) {
+    g.par_chunks_mut(16_384).zip(a.par_chunks(16_384)).for_each(|(g, a)| {
+        simd(|| {
+            if backward {
+                g.iter_mut().zip(a).for_each(|(g, &a)| *g *= gelu_erf_grad(a));
+            } else {
+                g.iter_mut().zip(a).for_each(|(g, &a)| *g = gelu_erf_f32(a));
+            }
+        })
+    });
+}
+
+/// y = x·W + b + Σ scale·(x Aᵀ) Bᵀ on the updates' columns (y += … when `accumulate`: the
+/// residual stream); keeps each update's x Aᵀ in `u`.
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    x: &[f32],
+    m: usize,
+    l: &Linear,
+    ups: &[Update],
+    u: &mut [Vec<f32>],
+    scale: f32,
+    y: &mut [f32],
+    accumulate: bool,
+) {
+    let (i, o) = (l.inputs, l.outputs);
+    matmul(y, o, View::rows(x, m, i), View::rows(&l.weight_t, i, o), accumulate, 1.0);
+    if let Some(b) = &l.bias {
+        add_rows(y, b);
+    }
+    for (up, u) in ups.iter().zip(u) {
+        let (r, (first, width)) = (up.rank, up.target.columns(o));
+        fit(u, m * r);
+        matmul(u, r, View::rows(x, m, i), View::rows(&up.a, r, i).t(), false, 1.0);
+        matmul(&mut y[first..], o, View::rows(u, m, r), View::rows(&up.b, width, r).t(), true, scale);
+    }
+}
+
+/// The low-rank updates of one linear map, their intermediates x Aᵀ, their gradients, and
+/// the scale.
+type Updates<'a> = (&'a [Update], &'a [Vec<f32>], &'a mut [Update], f32);
+
+/// Backward of [`linear`]: ∂x (= or += when `accumulate`; none when `dx` is `None`) from ∂y;
+/// ∂W, ∂b into `grad` when the weight is trained; the updates' ∂A, ∂B.
+fn linear_backward(
+    x: &[f32],
+    dy: &[f32],
+    m: usize,
+    l: &Linear,
+    grad: Option<&mut Linear>,
+    (ups, u, ugrad, scale): Updates,
+    dx: Option<&mut [f32]>,
+) {
+    let (i, o) = (l.inputs, l.outputs);
+    if let Some(g) = grad {
+        matmul(&mut g.weight_t, o, View::rows(x, m, i).t(), View::rows(dy, m, o), false, 1.0);
+        if let Some(b) = &mut g.bias {
+            column_sums(b, dy, None);
+        }
+    }
+    let mut dx = dx;
+    if let Some(dx) = dx.as_deref_mut() {
+        matmul(dx, i, View::rows(dy, m, o), View::rows(&l.weight_t, i, o).t(), false, 1.0);
+    }
+    let mut du = Vec::new();
+    for ((up, u), g) in ups.iter().zip(u).zip(ugrad.iter_mut()) {
+        let (r, (first, width)) = (up.rank, up.target.columns(o));
+        let dout = View::columns(dy, m, o, first, width);
+        // out += scale · u Bᵀ, u = x Aᵀ: ∂B = scale · ∂outᵀ u; ∂u = scale · ∂out B;
+        // ∂A = ∂uᵀ x; ∂x += ∂u A.
+        fit(&mut du, m * r);
+        matmul(&mut g.b, r, dout.t(), View::rows(u, m, r), false, scale);
+        matmul(&mut du, r, dout, View::rows(&up.b, width, r), false, scale);
+        matmul(&mut g.a, i, View::rows(&du, m, r).t(), View::rows(x, m, i), false, 1.0);
+        if let Some(dx) = dx.as_deref_mut() {
+            matmul(dx, i, View::rows(&du, m, r), View::rows(&up.a, r, i), true, 1.0);
+        }
+    }
 }
 
 /// Shapes of one attention call.
@@ -283,7 +599,7 @@ struct Heads {
 
 /// y [B·T, D] = softmax(scale · q kᵀ) v per image and head, straight from qkv [B·T, 3·D];
 /// keeps the probabilities [B, H, T, T].
-fn attention_forward(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
+fn attention(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
     let (t, d) = (s.tokens, s.dim);
     let hd = d / s.heads;
     assert!(
@@ -300,17 +616,20 @@ fn attention_forward(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
         let q = View::columns(rows, t, 3 * d, h * hd, hd);
         let k = View::columns(rows, t, 3 * d, d + h * hd, hd);
         let v = View::columns(rows, t, 3 * d, 2 * d + h * hd, hd);
-        matmul(p, t, q, k.t(), false, 1.0, false);
-        for row in p.chunks_exact_mut(t) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-            let mut sum = 0.0;
-            for v in row.iter_mut() {
-                *v = exp_f32(s.scale * (*v - max));
-                sum += *v;
+        // SAFETY: p is this task's own T×T slice.
+        unsafe { gemm_raw(p.as_mut_ptr(), t, q, k.t(), false, 1.0, Parallelism::None) };
+        simd(|| {
+            for row in p.chunks_exact_mut(t) {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+                let mut sum = 0.0;
+                for v in row.iter_mut() {
+                    *v = exp_f32(s.scale * (*v - max));
+                    sum += *v;
+                }
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|v| *v *= inv);
             }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|v| *v *= inv);
-        }
+        });
         // SAFETY: rows bi·T..(bi+1)·T, columns h·hd..(h+1)·hd of y (row stride D): inside y,
         // and disjoint from every other task's block.
         unsafe {
@@ -345,11 +664,14 @@ fn attention_backward(qkv: &[f32], probs: &[f32], dy: &[f32], s: Heads, dqkv: &m
             let p = &probs[task * t * t..(task + 1) * t * t];
             let dyh = View::columns(&dy[bi * t * d..(bi + 1) * t * d], t, d, h * hd, hd);
             // ∂P = ∂y vᵀ; ∂S = scale · P ⊙ (∂P − rowsum(∂P ⊙ P)).
-            matmul(dp, t, dyh, v.t(), false, 1.0, false);
-            for (dr, pr) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                dr.iter_mut().zip(pr).for_each(|(g, &p)| *g = s.scale * p * (*g - dot));
-            }
+            // SAFETY: dp is this task's own T×T buffer.
+            unsafe { gemm_raw(dp.as_mut_ptr(), t, dyh, v.t(), false, 1.0, Parallelism::None) };
+            simd(|| {
+                for (dr, pr) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                    dr.iter_mut().zip(pr).for_each(|(g, &p)| *g = s.scale * p * (*g - dot));
+                }
+            });
             let ds = View::rows(dp, t, t);
             let base = bi * t * 3 * d + h * hd;
             // SAFETY: the three blocks are rows bi·T..(bi+1)·T of dqkv (row stride 3·D) at
@@ -358,160 +680,174 @@ fn attention_backward(qkv: &[f32], probs: &[f32], dy: &[f32], s: Heads, dqkv: &m
             unsafe {
                 gemm_raw(out.ptr().add(base), 3 * d, ds, k, false, 1.0, Parallelism::None);
                 gemm_raw(out.ptr().add(base + d), 3 * d, ds.t(), q, false, 1.0, Parallelism::None);
-                gemm_raw(
-                    out.ptr().add(base + 2 * d),
-                    3 * d,
-                    View::rows(p, t, t).t(),
-                    dyh,
-                    false,
-                    1.0,
-                    Parallelism::None,
-                );
+                let pt = View::rows(p, t, t).t();
+                gemm_raw(out.ptr().add(base + 2 * d), 3 * d, pt, dyh, false, 1.0, Parallelism::None);
             }
         },
     );
 }
 
-impl FrozenBackbone {
-    /// Copies the backbone's weights out of `vit` (about its own size again, f32).
-    pub fn new(vit: &VisionTransformer) -> Result<Self> {
-        let w = vit.weights();
-        let cfg = vit.config();
-        let d = cfg.embed_dim;
-        let mlp = cfg.mlp_hidden_dim();
-        let blocks = w
-            .blocks
-            .iter()
-            .map(|b| {
-                Ok(Block {
-                    norm1: Norm::new(&b.norm1)?,
-                    qkv: Linear::new(&b.qkv, 3 * d)?,
-                    proj: Linear::new(&b.proj, d)?,
-                    norm2: Norm::new(&b.norm2)?,
-                    fc1: Linear::new(&b.fc1, mlp)?,
-                    fc2: Linear::new(&b.fc2, d)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for (i, b) in blocks.iter().enumerate() {
-            let ok = b.qkv.weight_t.len() == d * 3 * d
-                && b.proj.weight_t.len() == d * d
-                && b.fc1.weight_t.len() == d * mlp
-                && b.fc2.weight_t.len() == mlp * d
-                && b.norm1.weight.len() == d
-                && b.norm2.weight.len() == d;
-            if !ok {
-                return Err(Error::Options(format!("backbone block {i}: weight shapes do not fit dim {d}, MLP {mlp}")));
+// ---- the backbone -------------------------------------------------------------------------
+
+/// What the forward pass of one block keeps for its backward pass.
+#[derive(Default)]
+struct BlockTape {
+    xhat1: Vec<f32>,
+    rstd1: Vec<f32>,
+    h1: Vec<f32>,
+    /// x Aᵀ of each low-rank update, in the block's update order.
+    u: Vec<Vec<f32>>,
+    qkv: Vec<f32>,
+    probs: Vec<f32>,
+    /// The attention output (proj's input).
+    y: Vec<f32>,
+    xhat2: Vec<f32>,
+    rstd2: Vec<f32>,
+    h2: Vec<f32>,
+    /// fc1's output before GELU.
+    pre_gelu: Vec<f32>,
+}
+
+/// Everything a forward pass keeps for [`Backbone::backward`], and the backward pass's
+/// scratch buffers; kept by the caller across steps so that their memory is reused.
+#[derive(Default)]
+pub struct Tape {
+    blocks: Vec<BlockTape>,
+    /// The patches [B·N, C·p·p] (the patch embedding's input).
+    patches: Vec<f32>,
+    /// The residual stream [B·T, D].
+    x: Vec<f32>,
+    out: Vec<f32>,
+    xhat_final: Vec<f32>,
+    rstd_final: Vec<f32>,
+    /// GELU output [B·T, MLP] (recomputed in the backward pass where needed).
+    gelu: Vec<f32>,
+    dx: Vec<f32>,
+    dh: Vec<f32>,
+    da: Vec<f32>,
+    dqkv: Vec<f32>,
+    batch: usize,
+    tokens: usize,
+    pooling: Pooling,
+}
+
+/// Where the backward pass writes gradients: the backbone's weights (full fine-tuning; `None`
+/// when frozen) and the LoRA factors (same layout as the factors).
+pub struct Grads<'a> {
+    pub weights: Option<&'a mut Weights>,
+    pub lora: &'a mut Lora,
+}
+
+/// The backbone's architecture: what [`Weights`] do not say.
+#[derive(Debug, Clone, Copy)]
+pub struct Backbone {
+    heads: usize,
+    patch: usize,
+}
+
+/// Index ranges of a block's updates on qkv, fc1 and fc2 (kept in that order).
+fn ranges(ups: &[Update]) -> [std::ops::Range<usize>; 3] {
+    let end = |map: usize| ups.iter().take_while(|u| u.target.map() <= map).count();
+    [0..end(0), end(0)..end(1), end(1)..end(2)]
+}
+
+impl Backbone {
+    pub fn new(vit: &VisionTransformer) -> Self {
+        Self { heads: vit.config().num_heads, patch: vit.config().patch_size }
+    }
+
+    /// Refuses factors that do not fit this backbone (or are not in qkv, fc1, fc2 order).
+    fn check(&self, w: &Weights, lora: &Lora) -> Result<()> {
+        let (d, h) = (w.dim(), w.mlp());
+        let bad = |m: String| Err(Error::Options(m));
+        if lora.blocks.len() != w.blocks.len() {
+            return bad(format!("{} LoRA blocks for {} backbone blocks", lora.blocks.len(), w.blocks.len()));
+        }
+        for ups in &lora.blocks {
+            for (k, u) in ups.iter().enumerate() {
+                let (inputs, _, outputs) = u.target.geometry(d, h);
+                if u.rank == 0 || u.a.len() != u.rank * inputs || u.b.len() != outputs * u.rank {
+                    return bad(format!("LoRA factors on {} do not fit the backbone", u.target.name()));
+                }
+                if ups[..k].iter().any(|p| p.target >= u.target) {
+                    return bad("LoRA targets must be distinct and in the order q, k, v, fc1, fc2".into());
+                }
             }
         }
-        Ok(Self {
-            patch_weight: w.patch_weight,
-            patch_bias: w.patch_bias,
-            cls_token: w.cls_token,
-            blocks,
-            norm: Norm::new(&w.norm)?,
-            dim: d,
-            heads: cfg.num_heads,
-            patch: cfg.patch_size,
-            mlp,
-        })
+        Ok(())
     }
 
-    /// Tokens [B·T, D] after patch embedding and position embedding (no gradient needed).
-    fn embed(&self, pixels: &Tensor, pos: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
-        let (b, c, h, w) = pixels.dims4()?;
-        let p = self.patch;
-        let (gh, gw) = (h / p, w / p);
-        let n = gh * gw;
-        let d = self.dim;
-        let x = pixels.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
-        let patches =
-            x.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((b * n, c * p * p))?;
-        let patches = patches.matmul(&self.patch_weight)?.broadcast_add(&self.patch_bias)?;
-        let cls = self.cls_token.broadcast_as((b, 1, d))?;
-        let tokens = Tensor::cat(&[&cls, &patches.reshape((b, n, d))?], 1)?.broadcast_add(pos)?;
-        Ok((values(&tokens)?, b, n + 1))
-    }
-
-    /// Pooled features [B, F] (row-major) of normalised pixels [B, 3, S, S] with the given
-    /// LoRA factors (`scale · (h Aᵀ) Bᵀ` on q and v), and the tape for the backward pass.
+    /// Pooled features [B, F] (row-major) of normalised pixels [B, C, S, S] with `lora`;
+    /// `pos` is the position embedding for this grid. Keeps in `tape` what
+    /// [`backward`](Self::backward) reads.
     pub fn forward(
         &self,
-        pixels: &Tensor,
-        pos: &Tensor,
-        lora: &[LoraFactors],
-        scale: f32,
-        pooling: Pooling,
-    ) -> Result<(Tensor, Tape)> {
-        if lora.len() != self.blocks.len() {
-            return Err(Error::Options(format!(
-                "{} LoRA blocks for {} backbone blocks",
-                lora.len(),
-                self.blocks.len()
-            )));
-        }
-        let d = self.dim;
-        let (mut x, b, t) = self.embed(pixels, pos)?;
+        w: &Weights,
+        lora: &Lora,
+        (pixels, pos, pooling): (&Tensor, &Tensor, Pooling),
+        tape: &mut Tape,
+    ) -> Result<Vec<f32>> {
+        self.check(w, lora)?;
+        let (d, mlp) = (w.dim(), w.mlp());
+        let (b, c, hgt, wid) = pixels.dims4()?;
+        let p = self.patch;
+        let (gh, gw) = (hgt / p, wid / p);
+        let (n, t) = (gh * gw, gh * gw + 1);
         let m = b * t;
+        let pos = values(pos)?;
+        if n == 0 || pos.len() != t * d || c * p * p != w.patch.inputs {
+            return Err(Error::Options(format!("input {:?} does not fit the backbone", pixels.dims())));
+        }
+        let px = pixels.to_dtype(candle_core::DType::F32)?.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
+        let px = px.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?;
+        tape.patches = values(&px)?;
+        (tape.batch, tape.tokens, tape.pooling) = (b, t, pooling);
+        let Tape { blocks, patches, x, out, xhat_final, rstd_final, gelu: g, dx: tmp, .. } = tape;
+        // Tokens: CLS, then the embedded patches; plus the position embedding.
+        fit(tmp, b * n * d);
+        linear(patches, b * n, &w.patch, &[], &mut [], 0.0, tmp, false);
+        fit(x, m * d);
+        for (bi, img) in x.chunks_exact_mut(t * d).enumerate() {
+            let (cls, rest) = img.split_at_mut(d);
+            cls.iter_mut().zip(&w.cls).zip(&pos[..d]).for_each(|((o, c), p)| *o = c + p);
+            let rows = &tmp[bi * n * d..(bi + 1) * n * d];
+            rest.iter_mut().zip(rows).zip(&pos[d..]).for_each(|((o, v), p)| *o = v + p);
+        }
         let heads =
             Heads { batch: b, tokens: t, heads: self.heads, dim: d, scale: ((d / self.heads) as f32).powf(-0.5) };
-        let mut tapes = Vec::with_capacity(self.blocks.len());
-        for (blk, l) in self.blocks.iter().zip(lora) {
-            let r = l.rank(d);
-            if l.q_a.len() != r * d || l.q_b.len() != d * r || l.v_a.len() != r * d || l.v_b.len() != d * r || r == 0 {
-                return Err(Error::Options("LoRA factor shapes do not fit the backbone".into()));
+        blocks.resize_with(w.blocks.len(), BlockTape::default);
+        for ((blk, ups), bt) in w.blocks.iter().zip(&lora.blocks).zip(blocks.iter_mut()) {
+            for (v, len) in [(&mut bt.h1, m * d), (&mut bt.xhat1, m * d), (&mut bt.rstd1, m), (&mut bt.qkv, m * 3 * d)]
+            {
+                fit(v, len);
             }
-            let (mut h1, mut xhat1, mut rstd1) = (vec![0f32; m * d], vec![0f32; m * d], vec![0f32; m]);
-            layer_norm(&x, &blk.norm1, d, &mut h1, &mut xhat1, &mut rstd1);
-            let mut qkv = vec![0f32; m * 3 * d];
-            matmul(&mut qkv, 3 * d, View::rows(&h1, m, d), View::rows(&blk.qkv.weight_t, d, 3 * d), false, 1.0, true);
-            add_bias(&mut qkv, &blk.qkv.bias);
-            let (mut u_q, mut u_v) = (vec![0f32; m * r], vec![0f32; m * r]);
-            for (u, a, bm, col) in [(&mut u_q, &l.q_a, &l.q_b, 0), (&mut u_v, &l.v_a, &l.v_b, 2 * d)] {
-                matmul(u, r, View::rows(&h1, m, d), View::rows(a, r, d).t(), false, 1.0, true);
-                matmul(&mut qkv[col..], 3 * d, View::rows(u, m, r), View::rows(bm, d, r).t(), true, scale, true);
+            for (v, len) in [(&mut bt.probs, b * self.heads * t * t), (&mut bt.y, m * d), (&mut bt.h2, m * d)] {
+                fit(v, len);
             }
-            let mut y = vec![0f32; m * d];
-            let mut probs = vec![0f32; b * self.heads * t * t];
-            attention_forward(&qkv, heads, &mut y, &mut probs);
-            // x ← x + y·Wprojᵀ + b (LayerScale folded in).
-            matmul(&mut x, d, View::rows(&y, m, d), View::rows(&blk.proj.weight_t, d, d), true, 1.0, true);
-            add_bias(&mut x, &blk.proj.bias);
-            let (mut h2, mut xhat2, mut rstd2) = (y, vec![0f32; m * d], vec![0f32; m]);
-            layer_norm(&x, &blk.norm2, d, &mut h2, &mut xhat2, &mut rstd2);
-            let mut pre_gelu = vec![0f32; m * self.mlp];
-            matmul(
-                &mut pre_gelu,
-                self.mlp,
-                View::rows(&h2, m, d),
-                View::rows(&blk.fc1.weight_t, d, self.mlp),
-                false,
-                1.0,
-                true,
-            );
-            add_bias(&mut pre_gelu, &blk.fc1.bias);
-            let mut g = vec![0f32; m * self.mlp];
-            g.par_chunks_mut(16_384).zip(pre_gelu.par_chunks(16_384)).for_each(|(g, a)| {
-                g.iter_mut().zip(a).for_each(|(g, &a)| *g = gelu_erf_f32(a));
-            });
-            matmul(&mut x, d, View::rows(&g, m, self.mlp), View::rows(&blk.fc2.weight_t, self.mlp, d), true, 1.0, true);
-            add_bias(&mut x, &blk.fc2.bias);
-            tapes.push(BlockTape { xhat1, rstd1, h1, u_q, u_v, qkv, probs, xhat2, rstd2, pre_gelu });
+            for (v, len) in [(&mut bt.xhat2, m * d), (&mut bt.rstd2, m), (&mut bt.pre_gelu, m * mlp), (g, m * mlp)] {
+                fit(v, len);
+            }
+            bt.u.resize_with(ups.len(), Vec::new);
+            let [rq, r1, r2] = ranges(ups);
+            let s = lora.scale;
+            layer_norm(x, &blk.norm1, &mut bt.h1, &mut bt.xhat1, &mut bt.rstd1);
+            linear(&bt.h1, m, &blk.qkv, &ups[rq.clone()], &mut bt.u[rq], s, &mut bt.qkv, false);
+            attention(&bt.qkv, heads, &mut bt.y, &mut bt.probs);
+            linear(&bt.y, m, &blk.proj, &[], &mut [], s, x, true);
+            layer_norm(x, &blk.norm2, &mut bt.h2, &mut bt.xhat2, &mut bt.rstd2);
+            linear(&bt.h2, m, &blk.fc1, &ups[r1.clone()], &mut bt.u[r1], s, &mut bt.pre_gelu, false);
+            gelu(&bt.pre_gelu, g, false);
+            linear(g, m, &blk.fc2, &ups[r2.clone()], &mut bt.u[r2], s, x, true);
         }
-        let (mut out, mut xhat_final, mut rstd_final) = (vec![0f32; m * d], vec![0f32; m * d], vec![0f32; m]);
-        layer_norm(&x, &self.norm, d, &mut out, &mut xhat_final, &mut rstd_final);
+        for (v, len) in [(&mut *out, m * d), (&mut *xhat_final, m * d), (&mut *rstd_final, m)] {
+            fit(v, len);
+        }
+        layer_norm(x, &w.norm, out, xhat_final, rstd_final);
         let f = pooling.feature_dim(d);
         let mut features = vec![0f32; b * f];
         for (bi, feat) in features.chunks_exact_mut(f).enumerate() {
             let img = &out[bi * t * d..(bi + 1) * t * d];
-            let (cls, mean) = match pooling {
-                Pooling::Cls => (Some(&mut feat[..]), None),
-                Pooling::MeanPatch => (None, Some(&mut feat[..])),
-                Pooling::ClsMeanPatch => {
-                    let (c, m) = feat.split_at_mut(d);
-                    (Some(c), Some(m))
-                }
-            };
+            let (cls, mean) = pool_parts(pooling, feat, d);
             if let Some(c) = cls {
                 c.copy_from_slice(&img[..d]);
             }
@@ -523,110 +859,121 @@ impl FrozenBackbone {
                 mean.iter_mut().for_each(|m| *m *= inv);
             }
         }
-        let features = Tensor::from_vec(features, (b, f), &Device::Cpu)?;
-        Ok((features, Tape { blocks: tapes, xhat_final, rstd_final, batch: b, tokens: t, pooling, scale }))
+        Ok(features)
     }
 
-    /// Gradients of the LoRA factors (same layout as `lora`) from ∂loss/∂features [B, F].
-    pub fn backward(&self, tape: Tape, lora: &[LoraFactors], d_features: &Tensor) -> Result<Vec<LoraFactors>> {
-        let d = self.dim;
+    /// Gradients from ∂loss/∂features [B, F] of the last [`forward`](Self::forward) on `tape`
+    /// (with the same `lora`), written into `grads` (every trained tensor is overwritten).
+    pub fn backward(&self, w: &Weights, lora: &Lora, tape: &mut Tape, d_features: &[f32], grads: Grads) -> Result<()> {
+        let (d, mlp) = (w.dim(), w.mlp());
         let (b, t) = (tape.batch, tape.tokens);
         let m = b * t;
         let f = tape.pooling.feature_dim(d);
-        let df = values(d_features)?;
-        if df.len() != b * f || lora.len() != tape.blocks.len() {
-            return Err(Error::Options(format!("feature gradient of {} values for {b} × {f} features", df.len())));
+        if d_features.len() != b * f || tape.blocks.len() != w.blocks.len() {
+            return Err(Error::Options(format!(
+                "feature gradient of {} values for {b} × {f} features",
+                d_features.len()
+            )));
         }
+        if grads.lora.blocks.len() != lora.blocks.len()
+            || grads.lora.blocks.iter().zip(&lora.blocks).any(|(g, l)| g.len() != l.len())
+        {
+            return Err(Error::Options("LoRA gradient buffers do not match the factors".into()));
+        }
+        let Grads { mut weights, lora: lgrads } = grads;
+        let Tape { blocks, patches, xhat_final, rstd_final, gelu: g, dx, dh, da, dqkv, pooling, .. } = tape;
         // ∂ final-norm tokens from the pooling.
-        let mut d_tokens = vec![0f32; m * d];
-        for (bi, g) in df.chunks_exact(f).enumerate() {
-            let img = &mut d_tokens[bi * t * d..(bi + 1) * t * d];
-            let (cls, mean) = match tape.pooling {
-                Pooling::Cls => (Some(g), None),
-                Pooling::MeanPatch => (None, Some(g)),
-                Pooling::ClsMeanPatch => (Some(&g[..d]), Some(&g[d..])),
-            };
+        fit(dh, m * d);
+        dh.fill(0.0);
+        for (bi, gf) in d_features.chunks_exact(f).enumerate() {
+            let img = &mut dh[bi * t * d..(bi + 1) * t * d];
+            let mut gf = gf.to_vec();
+            let (cls, mean) = pool_parts(*pooling, &mut gf, d);
             if let Some(c) = cls {
                 img[..d].copy_from_slice(c);
             }
             if let Some(mean) = mean {
                 let inv = 1.0 / (t - 1).max(1) as f32;
                 for tok in img[d..].chunks_exact_mut(d) {
-                    tok.iter_mut().zip(mean).for_each(|(o, g)| *o = g * inv);
+                    tok.iter_mut().zip(mean.iter()).for_each(|(o, g)| *o = g * inv);
                 }
             }
         }
-        let mut dx = vec![0f32; m * d];
-        layer_norm_backward(&d_tokens, &tape.xhat_final, &tape.rstd_final, &self.norm.weight, d, &mut dx);
+        fit(dx, m * d);
+        dx.fill(0.0);
+        layer_norm_backward(dh, xhat_final, rstd_final, &w.norm, dx, weights.as_deref_mut().map(|g| &mut g.norm));
         let heads =
             Heads { batch: b, tokens: t, heads: self.heads, dim: d, scale: ((d / self.heads) as f32).powf(-0.5) };
-        let scale = tape.scale;
-        let mut grads = Vec::with_capacity(lora.len());
-        let mut dh = d_tokens; // reused [M, D] scratch
-        for ((blk, l), tp) in self.blocks.iter().zip(lora).zip(tape.blocks).rev() {
-            let r = l.rank(d);
-            // MLP: ∂g = ∂x · W2, ∂a = ∂g ⊙ GELU'(a), ∂h2 = ∂a · W1; x2's gradient is ∂x + LN2ᵀ(∂h2).
-            let mut da = vec![0f32; m * self.mlp];
-            matmul(
-                &mut da,
-                self.mlp,
-                View::rows(&dx, m, d),
-                View::rows(&blk.fc2.weight_t, self.mlp, d).t(),
-                false,
-                1.0,
-                true,
-            );
-            da.par_chunks_mut(16_384).zip(tp.pre_gelu.par_chunks(16_384)).for_each(|(g, a)| {
-                g.iter_mut().zip(a).for_each(|(g, &a)| *g *= gelu_erf_grad(a));
-            });
-            matmul(
-                &mut dh,
-                d,
-                View::rows(&da, m, self.mlp),
-                View::rows(&blk.fc1.weight_t, d, self.mlp).t(),
-                false,
-                1.0,
-                true,
-            );
-            drop(da);
-            layer_norm_backward(&dh, &tp.xhat2, &tp.rstd2, &blk.norm2.weight, d, &mut dx);
-            // Attention: ∂y = ∂x · Wproj, then the attention core.
-            matmul(&mut dh, d, View::rows(&dx, m, d), View::rows(&blk.proj.weight_t, d, d).t(), false, 1.0, true);
-            let mut dqkv = vec![0f32; m * 3 * d];
-            attention_backward(&tp.qkv, &tp.probs, &dh, heads, &mut dqkv);
-            // ∂h1 = ∂qkv · Wqkv, plus the low-rank paths below.
-            matmul(
-                &mut dh,
-                d,
-                View::rows(&dqkv, m, 3 * d),
-                View::rows(&blk.qkv.weight_t, d, 3 * d).t(),
-                false,
-                1.0,
-                true,
-            );
-            let mut g = LoraFactors {
-                q_a: vec![0.0; r * d],
-                q_b: vec![0.0; d * r],
-                v_a: vec![0.0; r * d],
-                v_b: vec![0.0; d * r],
-            };
-            let mut du = vec![0f32; m * r];
-            for (u, a, bm, col, ga, gb) in [
-                (&tp.u_q, &l.q_a, &l.q_b, 0, &mut g.q_a, &mut g.q_b),
-                (&tp.u_v, &l.v_a, &l.v_b, 2 * d, &mut g.v_a, &mut g.v_b),
-            ] {
-                let dout = View::columns(&dqkv, m, 3 * d, col, d);
-                // out += scale · u Bᵀ, u = h1 Aᵀ: ∂B = scale · ∂outᵀ u; ∂u = scale · ∂out B;
-                // ∂A = ∂uᵀ h1; ∂h1 += ∂u A.
-                matmul(gb, r, dout.t(), View::rows(u, m, r), false, scale, true);
-                matmul(&mut du, r, dout, View::rows(bm, d, r), false, scale, true);
-                matmul(ga, d, View::rows(&du, m, r).t(), View::rows(&tp.h1, m, d), false, 1.0, true);
-                matmul(&mut dh, d, View::rows(&du, m, r), View::rows(a, r, d), true, 1.0, true);
+        let s = lora.scale;
+        for (i, ((blk, bt), ups)) in w.blocks.iter().zip(blocks.iter()).zip(&lora.blocks).enumerate().rev() {
+            let mut gb = weights.as_deref_mut().map(|g| &mut g.blocks[i]);
+            let ug = &mut lgrads.blocks[i];
+            let [rq, r1, r2] = ranges(ups);
+            // MLP: x += GELU(h2 W1 + b1) W2 + b2, h2 = LN2(x).
+            if gb.is_some() || !r2.is_empty() {
+                gelu(&bt.pre_gelu, g, false);
             }
-            layer_norm_backward(&dh, &tp.xhat1, &tp.rstd1, &blk.norm1.weight, d, &mut dx);
-            grads.push(g);
+            fit(da, m * mlp);
+            let fc2 = gb.as_deref_mut().map(|b| &mut b.fc2);
+            linear_backward(g, dx, m, &blk.fc2, fc2, (&ups[r2.clone()], &bt.u[r2.clone()], &mut ug[r2], s), Some(da));
+            gelu(&bt.pre_gelu, da, true);
+            let fc1 = gb.as_deref_mut().map(|b| &mut b.fc1);
+            linear_backward(
+                &bt.h2,
+                da,
+                m,
+                &blk.fc1,
+                fc1,
+                (&ups[r1.clone()], &bt.u[r1.clone()], &mut ug[r1], s),
+                Some(dh),
+            );
+            let norm2 = gb.as_deref_mut().map(|b| &mut b.norm2);
+            layer_norm_backward(dh, &bt.xhat2, &bt.rstd2, &blk.norm2, dx, norm2);
+            // Attention: x += attention(LN1(x) Wqkv + bqkv) Wproj + bproj.
+            let proj = gb.as_deref_mut().map(|b| &mut b.proj);
+            linear_backward(&bt.y, dx, m, &blk.proj, proj, (&[], &[], &mut [], s), Some(dh));
+            fit(dqkv, m * 3 * d);
+            attention_backward(&bt.qkv, &bt.probs, dh, heads, dqkv);
+            let qkv = gb.as_deref_mut().map(|b| &mut b.qkv);
+            linear_backward(
+                &bt.h1,
+                dqkv,
+                m,
+                &blk.qkv,
+                qkv,
+                (&ups[rq.clone()], &bt.u[rq.clone()], &mut ug[rq], s),
+                Some(dh),
+            );
+            if i > 0 || gb.is_some() {
+                let norm1 = gb.as_deref_mut().map(|b| &mut b.norm1);
+                layer_norm_backward(dh, &bt.xhat1, &bt.rstd1, &blk.norm1, dx, norm1);
+            }
         }
-        grads.reverse();
-        Ok(grads)
+        // Embedding: x = [cls; patches Wp + bp] + pos.
+        if let Some(gw) = weights {
+            let n = t - 1;
+            gw.cls.fill(0.0);
+            for img in dx.chunks_exact(t * d) {
+                gw.cls.iter_mut().zip(&img[..d]).for_each(|(g, v)| *g += v);
+            }
+            fit(dh, b * n * d);
+            for (rows, img) in dh.chunks_exact_mut(n * d).zip(dx.chunks_exact(t * d)) {
+                rows.copy_from_slice(&img[d..]);
+            }
+            linear_backward(patches, dh, b * n, &w.patch, Some(&mut gw.patch), (&[], &[], &mut [], s), None);
+        }
+        Ok(())
+    }
+}
+
+/// The CLS and mean-patch parts of one image's pooled feature.
+fn pool_parts(pooling: Pooling, feat: &mut [f32], d: usize) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
+    match pooling {
+        Pooling::Cls => (Some(feat), None),
+        Pooling::MeanPatch => (None, Some(feat)),
+        Pooling::ClsMeanPatch => {
+            let (c, m) = feat.split_at_mut(d);
+            (Some(c), Some(m))
+        }
     }
 }

@@ -7,11 +7,9 @@
 //!   `melo predict` sees;
 //! - [`metrics`]: accuracy, macro F1, one-vs-rest macro AUC (ties as half), per-class
 //!   sensitivity / specificity, confusion matrix;
-//! - [`backprop`]: LoRA training on the frozen backbone with a hand-written backward pass
-//!   (activation gradients and low-rank factor gradients only), what `--method lora` runs;
-//! - [`grad`]: a differentiable forward pass of the backbone on candle's autograd, with the
-//!   frozen matrices behind an op that never computes their gradient (full fine-tuning, and
-//!   the reference the hand-written pass is tested against);
+//! - [`backprop`]: the backbone's training pass — forward with a tape and a hand-written
+//!   backward pass computing the gradients the method trains (LoRA factors, or every backbone
+//!   weight for full fine-tuning), checked against candle's autograd in `tests/train.rs`;
 //! - [`augment`]: flips and the small random affine transform of training images;
 //! - [`trainer`]: AdamW, cosine schedule, label smoothing, class weights, augmentation,
 //!   per-epoch validation, best-epoch selection, checkpoints for `--resume`, atomic saves;
@@ -24,7 +22,6 @@ pub mod backprop;
 pub mod calibrate;
 pub mod cli;
 pub mod data;
-pub mod grad;
 pub mod metrics;
 pub mod trainer;
 

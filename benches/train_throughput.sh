@@ -18,9 +18,16 @@ for round in $(seq "$rounds"); do
     for size in 224 56; do
         limit=$([ "$size" = 224 ] && echo 128 || echo 320)
         steps=$([ "$size" = 224 ] && echo 4 || echo 10)
-        echo "  lora ${size}px  melo: $(ours lora "$size" "$limit") img/s"
-        echo "  lora ${size}px  $(python3 benches/torch_train.py --method lora --size "$size" --batch 32 --steps "$steps" 2>/dev/null | tail -1)"
+        for method in lora full; do
+            lr=$([ "$method" = full ] && echo 5e-5 || echo "")
+            # Alternate who goes first, so that a load change hits both sides alike.
+            if [ $((round % 2)) = 1 ]; then
+                echo "  $method ${size}px  melo: $(ours "$method" "$size" "$limit" $lr) img/s (load $(cut -d' ' -f1 /proc/loadavg))"
+                echo "  $method ${size}px  $(python3 benches/torch_train.py --method "$method" --size "$size" --batch 32 --steps "$steps" 2>/dev/null | tail -1)"
+            else
+                echo "  $method ${size}px  $(python3 benches/torch_train.py --method "$method" --size "$size" --batch 32 --steps "$steps" 2>/dev/null | tail -1)"
+                echo "  $method ${size}px  melo: $(ours "$method" "$size" "$limit" $lr) img/s (load $(cut -d' ' -f1 /proc/loadavg))"
+            fi
+        done
     done
-    echo "  full 56px  melo: $(ours full 56 192 5e-5) img/s"
-    echo "  full 56px  $(python3 benches/torch_train.py --method full --size 56 --batch 32 --steps 6 2>/dev/null | tail -1)"
 done

@@ -404,7 +404,7 @@ fn column_sums(dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
         .enumerate()
         .map(|(i, rows)| {
             let mut s = vec![0f32; w];
-            simd(|| match b {
+            simd(#[inline(always)] || match b {
                 Some(b) => {
                     for (row, brow) in rows.chunks_exact(w).zip(b[i * chunk..].chunks_exact(w)) {
                         s.iter_mut().zip(row).zip(brow).for_each(|((s, x), y)| *s += x * y);
@@ -431,7 +431,7 @@ fn column_sums(dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
 fn add_rows(x: &mut [f32], bias: &[f32]) {
     let w = bias.len();
     x.par_chunks_mut(w * rows_per_task(w)).for_each(|rows| {
-        simd(|| {
+        simd(#[inline(always)] || {
             for row in rows.chunks_exact_mut(w) {
                 row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
             }
@@ -448,7 +448,7 @@ fn layer_norm(x: &[f32], n: &Norm, out: &mut [f32], xhat: &mut [f32], rstd: &mut
         .zip(rstd.par_chunks_mut(r))
         .zip(x.par_chunks(d * r))
         .for_each(|(((out, xhat), rstd), x)| {
-            simd(|| {
+            simd(#[inline(always)] || {
                 for (((o, xh), s), x) in
                     out.chunks_exact_mut(d).zip(xhat.chunks_exact_mut(d)).zip(rstd).zip(x.chunks_exact(d))
                 {
@@ -475,7 +475,7 @@ fn layer_norm_backward(dy: &[f32], xhat: &[f32], rstd: &[f32], n: &Norm, dx: &mu
     let r = rows_per_task(d);
     dx.par_chunks_mut(d * r).zip(dy.par_chunks(d * r)).zip(xhat.par_chunks(d * r)).zip(rstd.par_chunks(r)).for_each(
         |(((dx, dy), xhat), rstd)| {
-            simd(|| {
+            simd(#[inline(always)] || {
                 for (((dx, dy), xh), &s) in
                     dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(xhat.chunks_exact(d)).zip(rstd)
                 {
@@ -509,7 +509,7 @@ fn gelu_erf_grad(a: f32) -> f32 {
 /// g = GELU(a), or, with `backward`, g ⊙= GELU'(a).
 fn gelu(a: &[f32], g: &mut [f32], backward: bool) {
     g.par_chunks_mut(16_384).zip(a.par_chunks(16_384)).for_each(|(g, a)| {
-        simd(|| {
+        simd(#[inline(always)] || {
             if backward {
                 g.iter_mut().zip(a).for_each(|(g, &a)| *g *= gelu_erf_grad(a));
             } else {
@@ -618,7 +618,7 @@ fn attention(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
         let v = View::columns(rows, t, 3 * d, 2 * d + h * hd, hd);
         // SAFETY: p is this task's own T×T slice.
         unsafe { gemm_raw(p.as_mut_ptr(), t, q, k.t(), false, 1.0, Parallelism::None) };
-        simd(|| {
+        simd(#[inline(always)] || {
             for row in p.chunks_exact_mut(t) {
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
                 let mut sum = 0.0;
@@ -666,7 +666,7 @@ fn attention_backward(qkv: &[f32], probs: &[f32], dy: &[f32], s: Heads, dqkv: &m
             // ∂P = ∂y vᵀ; ∂S = scale · P ⊙ (∂P − rowsum(∂P ⊙ P)).
             // SAFETY: dp is this task's own T×T buffer.
             unsafe { gemm_raw(dp.as_mut_ptr(), t, dyh, v.t(), false, 1.0, Parallelism::None) };
-            simd(|| {
+            simd(#[inline(always)] || {
                 for (dr, pr) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
                     let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
                     dr.iter_mut().zip(pr).for_each(|(g, &p)| *g = s.scale * p * (*g - dot));

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var, D};
+use melo::model::core::{Backbone, Grads, Lora, Named, Tape, Target, Weights};
 use melo::model::{Adapter, Engine, Pooling};
-use melo::train::backprop::{Backbone, Grads, Lora, Named, Tape, Target, Weights};
 use melo::train::data::{DataSource, Split, SplitFractions};
 use melo::train::metrics::{binary_auc, evaluate};
 use melo::train::trainer::{
@@ -671,7 +671,7 @@ fn reference_matches_the_engine_forward() {
         .blocks
         .iter()
         .map(|ups| {
-            let low = |u: &melo::train::backprop::Update| {
+            let low = |u: &melo::model::core::Update| {
                 melo::model::vit::LowRank::new(factor(&u.a, (4, 384)), factor(&u.b, (384, 4)), 2.0).unwrap()
             };
             melo::model::vit::QkvLora::QV { q: low(&ups[0]), v: low(&ups[1]) }

@@ -7,9 +7,6 @@
 //!   `melo predict` sees;
 //! - [`metrics`]: accuracy, macro F1, one-vs-rest macro AUC (ties as half), per-class
 //!   sensitivity / specificity, confusion matrix;
-//! - [`backprop`]: the backbone's training pass — forward with a tape and a hand-written
-//!   backward pass computing the gradients the method trains (LoRA factors, or every backbone
-//!   weight for full fine-tuning), checked against candle's autograd in `tests/train.rs`;
 //! - [`augment`]: flips and the small random affine transform of training images;
 //! - [`trainer`]: AdamW, cosine schedule, label smoothing, class weights, augmentation,
 //!   per-epoch validation, best-epoch selection, checkpoints for `--resume`, atomic saves;
@@ -18,7 +15,6 @@
 //! Nothing here depends on egui.
 
 pub mod augment;
-pub mod backprop;
 pub mod calibrate;
 pub mod cli;
 pub mod data;

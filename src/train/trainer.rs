@@ -31,12 +31,12 @@ use serde::{Deserialize, Serialize};
 
 pub use super::augment::Augment;
 use super::augment::Transform;
-use super::backprop::{Backbone, Grads, Lora, Named, Tape, Target, Weights};
 use super::calibrate;
 use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::metrics::{evaluate, Evaluation};
 use super::{Error, Result};
 use crate::model::calibration::Calibration;
+use crate::model::core::{Backbone, Grads, Lora, Named, Tape, Target, Weights};
 use crate::model::lora::{DataSetSummary, LoraTarget, TrainingSummary};
 use crate::model::ood::{OodSummary, THRESHOLD_QUANTILE};
 use crate::model::vit::{LowRank, QkvLora};
@@ -629,7 +629,7 @@ pub fn train_prepared(
         _ => Lora::none(cfg.depth),
     };
     let lora_scale = o.alpha / o.rank.max(1) as f64;
-    let trained_backbone = if o.method == Method::Full { Some(Weights::of(vit)?) } else { None };
+    let trained_backbone = if o.method == Method::Full { Some(vit.weights().clone()) } else { None };
     let mut params = Params { head_weight, head_bias, classes: c, lora, weights: trained_backbone };
     let backbone_parameters = count_backbone_parameters(vit)?;
 
@@ -651,8 +651,8 @@ pub fn train_prepared(
             bar.finish_and_clear();
             Model::Linear { train: variants, val, test }
         }
-        Method::Lora => Model::Backbone { arch: Backbone::new(vit), frozen: Some(Weights::of(vit)?) },
-        Method::Full => Model::Backbone { arch: Backbone::new(vit), frozen: None },
+        Method::Lora => Model::Backbone { arch: vit.arch(), frozen: Some(vit.weights().clone()) },
+        Method::Full => Model::Backbone { arch: vit.arch(), frozen: None },
     };
     let ckpt = checkpoint_path(&o.out);
     let resuming = o.resume && ckpt.is_file();
@@ -964,18 +964,7 @@ fn count_backbone_parameters(vit: &VisionTransformer) -> Result<usize> {
 /// The backbone parameters full fine-tuning trains: all but the position embedding, which is
 /// kept frozen (it is resized bicubically to each input grid).
 fn count_trained_backbone_parameters(vit: &VisionTransformer) -> usize {
-    let w = vit.weights();
-    let lin =
-        |l: &crate::model::vit::LinearWeights| l.weight_t.elem_count() + l.bias.as_ref().map_or(0, Tensor::elem_count);
-    let norm = |n: &crate::model::vit::NormWeights| n.weight.elem_count() + n.bias.elem_count();
-    w.patch_weight.elem_count()
-        + w.patch_bias.elem_count()
-        + w.cls_token.elem_count()
-        + w.blocks
-            .iter()
-            .map(|b| norm(&b.norm1) + lin(&b.qkv) + lin(&b.proj) + norm(&b.norm2) + lin(&b.fc1) + lin(&b.fc2))
-            .sum::<usize>()
-        + norm(&w.norm)
+    vit.weights().len()
 }
 
 /// Pooled frozen features [N, F] of a prepared split, by the engine's inference pass.

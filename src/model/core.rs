@@ -31,10 +31,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Result};
-use crate::model::kernels::{erf_f32, exp_f32, gelu_erf_f32, rows_per_task, SharedMut};
-use crate::model::vit::{LinearWeights, NormWeights};
-use crate::model::{Pooling, VisionTransformer};
+use super::error::{Error, Result};
+use super::kernels::{erf_f32, exp_f32, gelu_erf_f32, rows_per_task, simd, softmax_rows, SharedMut};
+use super::Pooling;
 
 /// A LayerNorm's affine parameters (or their gradients).
 #[derive(Debug, Clone)]
@@ -87,16 +86,35 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 impl Norm {
-    fn new(n: &NormWeights) -> Result<Self> {
-        Ok(Self { weight: values(&n.weight)?, bias: values(&n.bias)?, eps: n.eps })
+    /// From γ and β [dim].
+    pub fn new(weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Self> {
+        Ok(Self { weight: values(weight)?, bias: values(bias)?, eps })
     }
 }
 
 impl Linear {
-    fn new(l: &LinearWeights) -> Result<Self> {
-        let (inputs, outputs) = l.weight_t.dims2()?;
-        let bias = l.bias.as_ref().map(values).transpose()?;
-        Ok(Self { weight_t: values(&l.weight_t)?, bias, inputs, outputs })
+    /// From a PyTorch weight [out, in] (stored transposed: gemm then reads both operands
+    /// row-major, measured 2–25 % faster per product than the [out, in] view) and bias [out].
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let (outputs, inputs) = weight.dims2()?;
+        let weight_t = values(&weight.t()?.contiguous()?)?;
+        Ok(Self { weight_t, bias: bias.map(values).transpose()?, inputs, outputs })
+    }
+
+    /// Folds a per-output-channel scale (LayerScale γ) into the map: γ·(xW + b) = x(W·diag γ) +
+    /// γb. Saves two passes over the residual branch per block.
+    pub fn scale_outputs(mut self, gamma: &Tensor) -> Result<Self> {
+        let gamma = values(gamma)?;
+        if gamma.len() != self.outputs {
+            return Err(Error::weights("LayerScale", format!("{} values for {} outputs", gamma.len(), self.outputs)));
+        }
+        for row in self.weight_t.chunks_exact_mut(self.outputs) {
+            row.iter_mut().zip(&gamma).for_each(|(w, g)| *w *= g);
+        }
+        if let Some(b) = &mut self.bias {
+            b.iter_mut().zip(&gamma).for_each(|(b, g)| *b *= g);
+        }
+        Ok(self)
     }
 
     fn named<'a>(&'a mut self, name: &str, out: &mut Vec<Named<'a>>) {
@@ -117,37 +135,6 @@ impl Norm {
 }
 
 impl Weights {
-    /// Copies the backbone's weights out of `vit` (about its own size again, f32).
-    pub fn of(vit: &VisionTransformer) -> Result<Self> {
-        let w = vit.weights();
-        let blocks = w
-            .blocks
-            .iter()
-            .map(|b| {
-                Ok(Block {
-                    norm1: Norm::new(&b.norm1)?,
-                    qkv: Linear::new(&b.qkv)?,
-                    proj: Linear::new(&b.proj)?,
-                    norm2: Norm::new(&b.norm2)?,
-                    fc1: Linear::new(&b.fc1)?,
-                    fc2: Linear::new(&b.fc2)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (d, h) = (vit.config().embed_dim, vit.config().mlp_hidden_dim());
-        for (i, b) in blocks.iter().enumerate() {
-            let ok = (b.qkv.inputs, b.qkv.outputs, b.proj.inputs, b.proj.outputs) == (d, 3 * d, d, d)
-                && (b.fc1.inputs, b.fc1.outputs, b.fc2.inputs, b.fc2.outputs) == (d, h, h, d)
-                && b.norm1.weight.len() == d
-                && b.norm2.weight.len() == d;
-            if !ok {
-                return Err(Error::Options(format!("backbone block {i}: weight shapes do not fit dim {d}, MLP {h}")));
-            }
-        }
-        let patch = Linear::new(&LinearWeights { weight_t: w.patch_weight, bias: Some(w.patch_bias) })?;
-        Ok(Self { patch, cls: values(&w.cls_token)?, blocks, norm: Norm::new(&w.norm)? })
-    }
-
     /// Every tensor with its name (full fine-tuning's names) and shape, in a fixed order.
     pub fn named(&mut self) -> Vec<Named<'_>> {
         let mut out = Vec::new();
@@ -167,19 +154,23 @@ impl Weights {
     }
 
     /// Number of values.
-    pub fn len(&mut self) -> usize {
-        self.named().iter().map(|n| n.values.len()).sum()
+    pub fn len(&self) -> usize {
+        let lin = |l: &Linear| l.weight_t.len() + l.bias.as_ref().map_or(0, Vec::len);
+        let norm = |n: &Norm| n.weight.len() + n.bias.len();
+        let block =
+            |b: &Block| norm(&b.norm1) + lin(&b.qkv) + lin(&b.proj) + norm(&b.norm2) + lin(&b.fc1) + lin(&b.fc2);
+        lin(&self.patch) + self.cls.len() + self.blocks.iter().map(block).sum::<usize>() + norm(&self.norm)
     }
 
-    pub fn is_empty(&mut self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn dim(&self) -> usize {
+    pub fn dim(&self) -> usize {
         self.cls.len()
     }
 
-    fn mlp(&self) -> usize {
+    pub fn mlp(&self) -> usize {
         self.blocks.first().map_or(0, |b| b.fc1.outputs)
     }
 }
@@ -194,6 +185,8 @@ pub enum Target {
     K,
     /// The v columns of qkv (MeLo).
     V,
+    /// All of qkv at once (HF PEFT's fused update).
+    Qkv,
     /// The MLP's first map.
     Fc1,
     /// The MLP's second map.
@@ -207,6 +200,7 @@ impl Target {
             Target::Q => (d, 0, d),
             Target::K => (d, d, d),
             Target::V => (d, 2 * d, d),
+            Target::Qkv => (d, 0, 3 * d),
             Target::Fc1 => (d, 0, h),
             Target::Fc2 => (h, 0, d),
         }
@@ -218,6 +212,7 @@ impl Target {
             Target::Q => "attn.q",
             Target::K => "attn.k",
             Target::V => "attn.v",
+            Target::Qkv => "attn.qkv",
             Target::Fc1 => "mlp.fc1",
             Target::Fc2 => "mlp.fc2",
         }
@@ -227,14 +222,14 @@ impl Target {
     fn columns(self, o: usize) -> (usize, usize) {
         match self {
             Target::Q | Target::K | Target::V => (self.geometry(o / 3, 0).1, o / 3),
-            Target::Fc1 | Target::Fc2 => (0, o),
+            Target::Qkv | Target::Fc1 | Target::Fc2 => (0, o),
         }
     }
 
     /// Which map of the block: 0 qkv, 1 fc1, 2 fc2 (a block's updates are kept in this order).
     fn map(self) -> usize {
         match self {
-            Target::Q | Target::K | Target::V => 0,
+            Target::Q | Target::K | Target::V | Target::Qkv => 0,
             Target::Fc1 => 1,
             Target::Fc2 => 2,
         }
@@ -246,21 +241,21 @@ impl Target {
 pub struct Update {
     pub target: Target,
     pub rank: usize,
+    pub scale: f32,
     pub a: Vec<f32>,
     pub b: Vec<f32>,
 }
 
-/// The LoRA factors of every block (or their gradients), with the common scale α / r.
+/// The LoRA factors of every block (or their gradients).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lora {
     pub blocks: Vec<Vec<Update>>,
-    pub scale: f32,
 }
 
 impl Lora {
     /// No update anywhere (full fine-tuning, linear probe).
     pub fn none(depth: usize) -> Self {
-        Self { blocks: vec![Vec::new(); depth], scale: 0.0 }
+        Self { blocks: vec![Vec::new(); depth] }
     }
 
     /// Rank-`rank` factors on `targets` of every block, A drawn by `init_a` (called per factor
@@ -279,12 +274,12 @@ impl Lora {
                     .iter()
                     .map(|&target| {
                         let (inputs, _, outputs) = target.geometry(d, h);
-                        Update { target, rank, a: init_a(rank * inputs, inputs), b: vec![0.0; outputs * rank] }
+                        Update { target, rank, scale, a: init_a(rank * inputs, inputs), b: vec![0.0; outputs * rank] }
                     })
                     .collect()
             })
             .collect();
-        Self { blocks, scale }
+        Self { blocks }
     }
 
     /// Every factor with its adapter name and shape, in a fixed order.
@@ -304,24 +299,6 @@ impl Lora {
 }
 
 // ---- primitives ---------------------------------------------------------------------------
-
-/// Runs `f` compiled for AVX2 + FMA where the CPU has them: the element-wise passes are plain
-/// loops, which the default x86-64 target (SSE2) would vectorise only 4 wide without FMA.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected on this CPU just above.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
-}
 
 /// A read-only matrix view: element (i, j) at `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -404,18 +381,21 @@ fn column_sums(dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
         .enumerate()
         .map(|(i, rows)| {
             let mut s = vec![0f32; w];
-            simd(#[inline(always)] || match b {
-                Some(b) => {
-                    for (row, brow) in rows.chunks_exact(w).zip(b[i * chunk..].chunks_exact(w)) {
-                        s.iter_mut().zip(row).zip(brow).for_each(|((s, x), y)| *s += x * y);
+            simd(
+                #[inline(always)]
+                || match b {
+                    Some(b) => {
+                        for (row, brow) in rows.chunks_exact(w).zip(b[i * chunk..].chunks_exact(w)) {
+                            s.iter_mut().zip(row).zip(brow).for_each(|((s, x), y)| *s += x * y);
+                        }
                     }
-                }
-                None => {
-                    for row in rows.chunks_exact(w) {
-                        s.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+                    None => {
+                        for row in rows.chunks_exact(w) {
+                            s.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+                        }
                     }
-                }
-            });
+                },
+            );
             s
         })
         .reduce(
@@ -431,11 +411,14 @@ fn column_sums(dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
 fn add_rows(x: &mut [f32], bias: &[f32]) {
     let w = bias.len();
     x.par_chunks_mut(w * rows_per_task(w)).for_each(|rows| {
-        simd(#[inline(always)] || {
-            for row in rows.chunks_exact_mut(w) {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                for row in rows.chunks_exact_mut(w) {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+            },
+        )
     });
 }
 
@@ -448,22 +431,25 @@ fn layer_norm(x: &[f32], n: &Norm, out: &mut [f32], xhat: &mut [f32], rstd: &mut
         .zip(rstd.par_chunks_mut(r))
         .zip(x.par_chunks(d * r))
         .for_each(|(((out, xhat), rstd), x)| {
-            simd(#[inline(always)] || {
-                for (((o, xh), s), x) in
-                    out.chunks_exact_mut(d).zip(xhat.chunks_exact_mut(d)).zip(rstd).zip(x.chunks_exact(d))
-                {
-                    let mean = x.iter().sum::<f32>() / d as f32;
-                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                    let inv = 1.0 / (var + n.eps).sqrt();
-                    *s = inv;
-                    for (((o, xh), &v), (&g, &b)) in
-                        o.iter_mut().zip(xh.iter_mut()).zip(x).zip(n.weight.iter().zip(&n.bias))
+            simd(
+                #[inline(always)]
+                || {
+                    for (((o, xh), s), x) in
+                        out.chunks_exact_mut(d).zip(xhat.chunks_exact_mut(d)).zip(rstd).zip(x.chunks_exact(d))
                     {
-                        *xh = (v - mean) * inv;
-                        *o = *xh * g + b;
+                        let mean = x.iter().sum::<f32>() / d as f32;
+                        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                        let inv = 1.0 / (var + n.eps).sqrt();
+                        *s = inv;
+                        for (((o, xh), &v), (&g, &b)) in
+                            o.iter_mut().zip(xh.iter_mut()).zip(x).zip(n.weight.iter().zip(&n.bias))
+                        {
+                            *xh = (v - mean) * inv;
+                            *o = *xh * g + b;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
 }
 
@@ -475,22 +461,25 @@ fn layer_norm_backward(dy: &[f32], xhat: &[f32], rstd: &[f32], n: &Norm, dx: &mu
     let r = rows_per_task(d);
     dx.par_chunks_mut(d * r).zip(dy.par_chunks(d * r)).zip(xhat.par_chunks(d * r)).zip(rstd.par_chunks(r)).for_each(
         |(((dx, dy), xhat), rstd)| {
-            simd(#[inline(always)] || {
-                for (((dx, dy), xh), &s) in
-                    dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(xhat.chunks_exact(d)).zip(rstd)
-                {
-                    let (mut m1, mut m2) = (0f32, 0f32);
-                    for ((&g, &dy), &xh) in gamma.iter().zip(dy).zip(xh) {
-                        let dxh = dy * g;
-                        m1 += dxh;
-                        m2 += dxh * xh;
+            simd(
+                #[inline(always)]
+                || {
+                    for (((dx, dy), xh), &s) in
+                        dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(xhat.chunks_exact(d)).zip(rstd)
+                    {
+                        let (mut m1, mut m2) = (0f32, 0f32);
+                        for ((&g, &dy), &xh) in gamma.iter().zip(dy).zip(xh) {
+                            let dxh = dy * g;
+                            m1 += dxh;
+                            m2 += dxh * xh;
+                        }
+                        let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                        for (((o, &g), &dy), &xh) in dx.iter_mut().zip(gamma).zip(dy).zip(xh) {
+                            *o += s * (dy * g - m1 - xh * m2);
+                        }
                     }
-                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
-                    for (((o, &g), &dy), &xh) in dx.iter_mut().zip(gamma).zip(dy).zip(xh) {
-                        *o += s * (dy * g - m1 - xh * m2);
-                    }
-                }
-            })
+                },
+            )
         },
     );
     if let Some(g) = grad {
@@ -509,29 +498,23 @@ fn gelu_erf_grad(a: f32) -> f32 {
 /// g = GELU(a), or, with `backward`, g ⊙= GELU'(a).
 fn gelu(a: &[f32], g: &mut [f32], backward: bool) {
     g.par_chunks_mut(16_384).zip(a.par_chunks(16_384)).for_each(|(g, a)| {
-        simd(#[inline(always)] || {
-            if backward {
-                g.iter_mut().zip(a).for_each(|(g, &a)| *g *= gelu_erf_grad(a));
-            } else {
-                g.iter_mut().zip(a).for_each(|(g, &a)| *g = gelu_erf_f32(a));
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                if backward {
+                    g.iter_mut().zip(a).for_each(|(g, &a)| *g *= gelu_erf_grad(a));
+                } else {
+                    g.iter_mut().zip(a).for_each(|(g, &a)| *g = gelu_erf_f32(a));
+                }
+            },
+        )
     });
 }
 
 /// y = x·W + b + Σ scale·(x Aᵀ) Bᵀ on the updates' columns (y += … when `accumulate`: the
 /// residual stream); keeps each update's x Aᵀ in `u`.
 #[allow(clippy::too_many_arguments)]
-fn linear(
-    x: &[f32],
-    m: usize,
-    l: &Linear,
-    ups: &[Update],
-    u: &mut [Vec<f32>],
-    scale: f32,
-    y: &mut [f32],
-    accumulate: bool,
-) {
+fn linear(x: &[f32], m: usize, l: &Linear, (ups, u): (&[Update], &mut [Vec<f32>]), y: &mut [f32], accumulate: bool) {
     let (i, o) = (l.inputs, l.outputs);
     matmul(y, o, View::rows(x, m, i), View::rows(&l.weight_t, i, o), accumulate, 1.0);
     if let Some(b) = &l.bias {
@@ -541,13 +524,12 @@ fn linear(
         let (r, (first, width)) = (up.rank, up.target.columns(o));
         fit(u, m * r);
         matmul(u, r, View::rows(x, m, i), View::rows(&up.a, r, i).t(), false, 1.0);
-        matmul(&mut y[first..], o, View::rows(u, m, r), View::rows(&up.b, width, r).t(), true, scale);
+        matmul(&mut y[first..], o, View::rows(u, m, r), View::rows(&up.b, width, r).t(), true, up.scale);
     }
 }
 
-/// The low-rank updates of one linear map, their intermediates x Aᵀ, their gradients, and
-/// the scale.
-type Updates<'a> = (&'a [Update], &'a [Vec<f32>], &'a mut [Update], f32);
+/// The low-rank updates of one linear map, their intermediates x Aᵀ and their gradients.
+type Updates<'a> = (&'a [Update], &'a [Vec<f32>], &'a mut [Update]);
 
 /// Backward of [`linear`]: ∂x (= or += when `accumulate`; none when `dx` is `None`) from ∂y;
 /// ∂W, ∂b into `grad` when the weight is trained; the updates' ∂A, ∂B.
@@ -557,7 +539,7 @@ fn linear_backward(
     m: usize,
     l: &Linear,
     grad: Option<&mut Linear>,
-    (ups, u, ugrad, scale): Updates,
+    (ups, u, ugrad): Updates,
     dx: Option<&mut [f32]>,
 ) {
     let (i, o) = (l.inputs, l.outputs);
@@ -573,7 +555,7 @@ fn linear_backward(
     }
     let mut du = Vec::new();
     for ((up, u), g) in ups.iter().zip(u).zip(ugrad.iter_mut()) {
-        let (r, (first, width)) = (up.rank, up.target.columns(o));
+        let (r, (first, width), scale) = (up.rank, up.target.columns(o), up.scale);
         let dout = View::columns(dy, m, o, first, width);
         // out += scale · u Bᵀ, u = x Aᵀ: ∂B = scale · ∂outᵀ u; ∂u = scale · ∂out B;
         // ∂A = ∂uᵀ x; ∂x += ∂u A.
@@ -599,7 +581,7 @@ struct Heads {
 
 /// y [B·T, D] = softmax(scale · q kᵀ) v per image and head, straight from qkv [B·T, 3·D];
 /// keeps the probabilities [B, H, T, T].
-fn attention(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
+fn attention_forward(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
     let (t, d) = (s.tokens, s.dim);
     let hd = d / s.heads;
     assert!(
@@ -618,18 +600,7 @@ fn attention(qkv: &[f32], s: Heads, y: &mut [f32], probs: &mut [f32]) {
         let v = View::columns(rows, t, 3 * d, 2 * d + h * hd, hd);
         // SAFETY: p is this task's own T×T slice.
         unsafe { gemm_raw(p.as_mut_ptr(), t, q, k.t(), false, 1.0, Parallelism::None) };
-        simd(#[inline(always)] || {
-            for row in p.chunks_exact_mut(t) {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-                let mut sum = 0.0;
-                for v in row.iter_mut() {
-                    *v = exp_f32(s.scale * (*v - max));
-                    sum += *v;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|v| *v *= inv);
-            }
-        });
+        softmax_rows(p, t, s.scale);
         // SAFETY: rows bi·T..(bi+1)·T, columns h·hd..(h+1)·hd of y (row stride D): inside y,
         // and disjoint from every other task's block.
         unsafe {
@@ -666,12 +637,15 @@ fn attention_backward(qkv: &[f32], probs: &[f32], dy: &[f32], s: Heads, dqkv: &m
             // ∂P = ∂y vᵀ; ∂S = scale · P ⊙ (∂P − rowsum(∂P ⊙ P)).
             // SAFETY: dp is this task's own T×T buffer.
             unsafe { gemm_raw(dp.as_mut_ptr(), t, dyh, v.t(), false, 1.0, Parallelism::None) };
-            simd(#[inline(always)] || {
-                for (dr, pr) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                    dr.iter_mut().zip(pr).for_each(|(g, &p)| *g = s.scale * p * (*g - dot));
-                }
-            });
+            simd(
+                #[inline(always)]
+                || {
+                    for (dr, pr) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                        let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                        dr.iter_mut().zip(pr).for_each(|(g, &p)| *g = s.scale * p * (*g - dot));
+                    }
+                },
+            );
             let ds = View::rows(dp, t, t);
             let base = bi * t * 3 * d + h * hd;
             // SAFETY: the three blocks are rows bi·T..(bi+1)·T of dqkv (row stride 3·D) at
@@ -752,41 +726,47 @@ fn ranges(ups: &[Update]) -> [std::ops::Range<usize>; 3] {
 }
 
 impl Backbone {
-    pub fn new(vit: &VisionTransformer) -> Self {
-        Self { heads: vit.config().num_heads, patch: vit.config().patch_size }
+    pub fn new(heads: usize, patch: usize) -> Self {
+        Self { heads, patch }
     }
 
-    /// Refuses factors that do not fit this backbone (or are not in qkv, fc1, fc2 order).
+    /// Refuses factors that do not fit the weights (or are not in qkv, fc1, fc2 order).
     fn check(&self, w: &Weights, lora: &Lora) -> Result<()> {
         let (d, h) = (w.dim(), w.mlp());
-        let bad = |m: String| Err(Error::Options(m));
+        let bad = |m: String| Err(Error::weights("LoRA", m));
         if lora.blocks.len() != w.blocks.len() {
-            return bad(format!("{} LoRA blocks for {} backbone blocks", lora.blocks.len(), w.blocks.len()));
+            return bad(format!("{} blocks of updates for a {}-block model", lora.blocks.len(), w.blocks.len()));
         }
-        for ups in &lora.blocks {
+        for (i, ups) in lora.blocks.iter().enumerate() {
             for (k, u) in ups.iter().enumerate() {
                 let (inputs, _, outputs) = u.target.geometry(d, h);
-                if u.rank == 0 || u.a.len() != u.rank * inputs || u.b.len() != outputs * u.rank {
-                    return bad(format!("LoRA factors on {} do not fit the backbone", u.target.name()));
+                if u.rank == 0 || u.a.len() != u.rank * inputs || u.b.len() != outputs * u.rank || !u.scale.is_finite()
+                {
+                    return bad(format!("block {i}: update shapes on {} do not fit dim {d}", u.target.name()));
                 }
-                if ups[..k].iter().any(|p| p.target >= u.target) {
-                    return bad("LoRA targets must be distinct and in the order q, k, v, fc1, fc2".into());
+                let overlaps = |p: &Update| p.target >= u.target || (p.target.map() == 0 && u.target == Target::Qkv);
+                if ups[..k].iter().any(overlaps) {
+                    return bad(format!("block {i}: targets must be distinct and in the order q, k, v, qkv, fc1, fc2"));
                 }
             }
         }
         Ok(())
     }
 
-    /// Pooled features [B, F] (row-major) of normalised pixels [B, C, S, S] with `lora`;
-    /// `pos` is the position embedding for this grid. Keeps in `tape` what
-    /// [`backward`](Self::backward) reads.
-    pub fn forward(
+    /// Final-norm tokens [B·T, D] in `tape.out` for normalised pixels [B, C, H, W] (H, W cropped
+    /// to whole patches) with `lora`; `pos` is the position embedding for this grid. With
+    /// `keep`, every block's activations stay in `tape` for [`backward`](Self::backward);
+    /// without, one block's buffers are reused by all (inference). `attention`: each block's
+    /// head-averaged attention probabilities [B, T, T] are pushed there.
+    fn run(
         &self,
         w: &Weights,
         lora: &Lora,
-        (pixels, pos, pooling): (&Tensor, &Tensor, Pooling),
+        (pixels, pos): (&Tensor, &Tensor),
         tape: &mut Tape,
-    ) -> Result<Vec<f32>> {
+        keep: bool,
+        mut attention: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<()> {
         self.check(w, lora)?;
         let (d, mlp) = (w.dim(), w.mlp());
         let (b, c, hgt, wid) = pixels.dims4()?;
@@ -795,17 +775,17 @@ impl Backbone {
         let (n, t) = (gh * gw, gh * gw + 1);
         let m = b * t;
         let pos = values(pos)?;
-        if n == 0 || pos.len() != t * d || c * p * p != w.patch.inputs {
-            return Err(Error::Options(format!("input {:?} does not fit the backbone", pixels.dims())));
+        if n == 0 || b == 0 || pos.len() != t * d || c * p * p != w.patch.inputs {
+            return Err(Error::weights("input", format!("{:?} does not fit the backbone", pixels.dims())));
         }
         let px = pixels.to_dtype(candle_core::DType::F32)?.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
         let px = px.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?;
         tape.patches = values(&px)?;
-        (tape.batch, tape.tokens, tape.pooling) = (b, t, pooling);
+        (tape.batch, tape.tokens) = (b, t);
         let Tape { blocks, patches, x, out, xhat_final, rstd_final, gelu: g, dx: tmp, .. } = tape;
         // Tokens: CLS, then the embedded patches; plus the position embedding.
         fit(tmp, b * n * d);
-        linear(patches, b * n, &w.patch, &[], &mut [], 0.0, tmp, false);
+        linear(patches, b * n, &w.patch, (&[], &mut []), tmp, false);
         fit(x, m * d);
         for (bi, img) in x.chunks_exact_mut(t * d).enumerate() {
             let (cls, rest) = img.split_at_mut(d);
@@ -815,8 +795,9 @@ impl Backbone {
         }
         let heads =
             Heads { batch: b, tokens: t, heads: self.heads, dim: d, scale: ((d / self.heads) as f32).powf(-0.5) };
-        blocks.resize_with(w.blocks.len(), BlockTape::default);
-        for ((blk, ups), bt) in w.blocks.iter().zip(&lora.blocks).zip(blocks.iter_mut()) {
+        blocks.resize_with(if keep { w.blocks.len() } else { 1 }, BlockTape::default);
+        for (i, (blk, ups)) in w.blocks.iter().zip(&lora.blocks).enumerate() {
+            let bt = &mut blocks[if keep { i } else { 0 }];
             for (v, len) in [(&mut bt.h1, m * d), (&mut bt.xhat1, m * d), (&mut bt.rstd1, m), (&mut bt.qkv, m * 3 * d)]
             {
                 fit(v, len);
@@ -824,29 +805,62 @@ impl Backbone {
             for (v, len) in [(&mut bt.probs, b * self.heads * t * t), (&mut bt.y, m * d), (&mut bt.h2, m * d)] {
                 fit(v, len);
             }
-            for (v, len) in [(&mut bt.xhat2, m * d), (&mut bt.rstd2, m), (&mut bt.pre_gelu, m * mlp), (g, m * mlp)] {
+            for (v, len) in
+                [(&mut bt.xhat2, m * d), (&mut bt.rstd2, m), (&mut bt.pre_gelu, m * mlp), (&mut *g, m * mlp)]
+            {
                 fit(v, len);
             }
             bt.u.resize_with(ups.len(), Vec::new);
             let [rq, r1, r2] = ranges(ups);
-            let s = lora.scale;
             layer_norm(x, &blk.norm1, &mut bt.h1, &mut bt.xhat1, &mut bt.rstd1);
-            linear(&bt.h1, m, &blk.qkv, &ups[rq.clone()], &mut bt.u[rq], s, &mut bt.qkv, false);
-            attention(&bt.qkv, heads, &mut bt.y, &mut bt.probs);
-            linear(&bt.y, m, &blk.proj, &[], &mut [], s, x, true);
+            linear(&bt.h1, m, &blk.qkv, (&ups[rq.clone()], &mut bt.u[rq]), &mut bt.qkv, false);
+            attention_forward(&bt.qkv, heads, &mut bt.y, &mut bt.probs);
+            if let Some(out) = attention.as_deref_mut() {
+                out.push(head_mean(&bt.probs, b, self.heads, t));
+            }
+            linear(&bt.y, m, &blk.proj, (&[], &mut []), x, true);
             layer_norm(x, &blk.norm2, &mut bt.h2, &mut bt.xhat2, &mut bt.rstd2);
-            linear(&bt.h2, m, &blk.fc1, &ups[r1.clone()], &mut bt.u[r1], s, &mut bt.pre_gelu, false);
+            linear(&bt.h2, m, &blk.fc1, (&ups[r1.clone()], &mut bt.u[r1]), &mut bt.pre_gelu, false);
             gelu(&bt.pre_gelu, g, false);
-            linear(g, m, &blk.fc2, &ups[r2.clone()], &mut bt.u[r2], s, x, true);
+            linear(g, m, &blk.fc2, (&ups[r2.clone()], &mut bt.u[r2]), x, true);
         }
         for (v, len) in [(&mut *out, m * d), (&mut *xhat_final, m * d), (&mut *rstd_final, m)] {
             fit(v, len);
         }
         layer_norm(x, &w.norm, out, xhat_final, rstd_final);
+        Ok(())
+    }
+
+    /// Inference: final-norm tokens [B·T, D] and, when asked, each block's head-averaged
+    /// attention [B, T, T]; no activation is kept.
+    pub fn tokens(
+        &self,
+        w: &Weights,
+        lora: &Lora,
+        (pixels, pos): (&Tensor, &Tensor),
+        keep_attention: bool,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let mut tape = Tape::default();
+        let mut attention = Vec::new();
+        self.run(w, lora, (pixels, pos), &mut tape, false, keep_attention.then_some(&mut attention))?;
+        Ok((tape.out, attention))
+    }
+
+    /// Training: pooled features [B, F] (row-major) of normalised pixels [B, C, S, S] with
+    /// `lora`, keeping in `tape` what [`backward`](Self::backward) reads.
+    pub fn forward(
+        &self,
+        w: &Weights,
+        lora: &Lora,
+        (pixels, pos, pooling): (&Tensor, &Tensor, Pooling),
+        tape: &mut Tape,
+    ) -> Result<Vec<f32>> {
+        self.run(w, lora, (pixels, pos), tape, true, None)?;
+        tape.pooling = pooling;
+        let (d, b, t) = (w.dim(), tape.batch, tape.tokens);
         let f = pooling.feature_dim(d);
         let mut features = vec![0f32; b * f];
-        for (bi, feat) in features.chunks_exact_mut(f).enumerate() {
-            let img = &out[bi * t * d..(bi + 1) * t * d];
+        for (feat, img) in features.chunks_exact_mut(f).zip(tape.out.chunks_exact(t * d)) {
             let (cls, mean) = pool_parts(pooling, feat, d);
             if let Some(c) = cls {
                 c.copy_from_slice(&img[..d]);
@@ -870,15 +884,15 @@ impl Backbone {
         let m = b * t;
         let f = tape.pooling.feature_dim(d);
         if d_features.len() != b * f || tape.blocks.len() != w.blocks.len() {
-            return Err(Error::Options(format!(
-                "feature gradient of {} values for {b} × {f} features",
-                d_features.len()
-            )));
+            return Err(Error::weights(
+                "ViT",
+                format!("feature gradient of {} values for {b} × {f} features", d_features.len()),
+            ));
         }
         if grads.lora.blocks.len() != lora.blocks.len()
             || grads.lora.blocks.iter().zip(&lora.blocks).any(|(g, l)| g.len() != l.len())
         {
-            return Err(Error::Options("LoRA gradient buffers do not match the factors".into()));
+            return Err(Error::weights("ViT", "LoRA gradient buffers do not match the factors"));
         }
         let Grads { mut weights, lora: lgrads } = grads;
         let Tape { blocks, patches, xhat_final, rstd_final, gelu: g, dx, dh, da, dqkv, pooling, .. } = tape;
@@ -904,7 +918,6 @@ impl Backbone {
         layer_norm_backward(dh, xhat_final, rstd_final, &w.norm, dx, weights.as_deref_mut().map(|g| &mut g.norm));
         let heads =
             Heads { batch: b, tokens: t, heads: self.heads, dim: d, scale: ((d / self.heads) as f32).powf(-0.5) };
-        let s = lora.scale;
         for (i, ((blk, bt), ups)) in w.blocks.iter().zip(blocks.iter()).zip(&lora.blocks).enumerate().rev() {
             let mut gb = weights.as_deref_mut().map(|g| &mut g.blocks[i]);
             let ug = &mut lgrads.blocks[i];
@@ -915,23 +928,15 @@ impl Backbone {
             }
             fit(da, m * mlp);
             let fc2 = gb.as_deref_mut().map(|b| &mut b.fc2);
-            linear_backward(g, dx, m, &blk.fc2, fc2, (&ups[r2.clone()], &bt.u[r2.clone()], &mut ug[r2], s), Some(da));
+            linear_backward(g, dx, m, &blk.fc2, fc2, (&ups[r2.clone()], &bt.u[r2.clone()], &mut ug[r2]), Some(da));
             gelu(&bt.pre_gelu, da, true);
             let fc1 = gb.as_deref_mut().map(|b| &mut b.fc1);
-            linear_backward(
-                &bt.h2,
-                da,
-                m,
-                &blk.fc1,
-                fc1,
-                (&ups[r1.clone()], &bt.u[r1.clone()], &mut ug[r1], s),
-                Some(dh),
-            );
+            linear_backward(&bt.h2, da, m, &blk.fc1, fc1, (&ups[r1.clone()], &bt.u[r1.clone()], &mut ug[r1]), Some(dh));
             let norm2 = gb.as_deref_mut().map(|b| &mut b.norm2);
             layer_norm_backward(dh, &bt.xhat2, &bt.rstd2, &blk.norm2, dx, norm2);
             // Attention: x += attention(LN1(x) Wqkv + bqkv) Wproj + bproj.
             let proj = gb.as_deref_mut().map(|b| &mut b.proj);
-            linear_backward(&bt.y, dx, m, &blk.proj, proj, (&[], &[], &mut [], s), Some(dh));
+            linear_backward(&bt.y, dx, m, &blk.proj, proj, (&[], &[], &mut []), Some(dh));
             fit(dqkv, m * 3 * d);
             attention_backward(&bt.qkv, &bt.probs, dh, heads, dqkv);
             let qkv = gb.as_deref_mut().map(|b| &mut b.qkv);
@@ -941,7 +946,7 @@ impl Backbone {
                 m,
                 &blk.qkv,
                 qkv,
-                (&ups[rq.clone()], &bt.u[rq.clone()], &mut ug[rq], s),
+                (&ups[rq.clone()], &bt.u[rq.clone()], &mut ug[rq]),
                 Some(dh),
             );
             if i > 0 || gb.is_some() {
@@ -960,10 +965,22 @@ impl Backbone {
             for (rows, img) in dh.chunks_exact_mut(n * d).zip(dx.chunks_exact(t * d)) {
                 rows.copy_from_slice(&img[d..]);
             }
-            linear_backward(patches, dh, b * n, &w.patch, Some(&mut gw.patch), (&[], &[], &mut [], s), None);
+            linear_backward(patches, dh, b * n, &w.patch, Some(&mut gw.patch), (&[], &[], &mut []), None);
         }
         Ok(())
     }
+}
+
+/// The mean over heads of probabilities [B, H, T, T]: [B, T, T].
+fn head_mean(probs: &[f32], b: usize, heads: usize, t: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * t * t];
+    for (o, img) in out.chunks_exact_mut(t * t).zip(probs.chunks_exact(heads * t * t)) {
+        for h in img.chunks_exact(t * t) {
+            o.iter_mut().zip(h).for_each(|(o, p)| *o += p);
+        }
+        o.iter_mut().for_each(|v| *v /= heads as f32);
+    }
+    out
 }
 
 /// The CLS and mean-patch parts of one image's pooled feature.

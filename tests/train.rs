@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var, D};
-use melo::model::core::{Backbone, Grads, Lora, Named, Tape, Target, Weights};
+use melo::model::core::{Grads, Lora, Named, Tape, Target, Weights};
 use melo::model::{Adapter, Engine, Pooling};
 use melo::train::data::{DataSource, Split, SplitFractions};
 use melo::train::metrics::{binary_auc, evaluate};
@@ -463,8 +463,8 @@ struct Reference {
     vars: HashMap<String, Var>,
     /// Tensor names in the order of `Weights::named`, then `Lora::named`.
     order: Vec<String>,
-    targets: Vec<Vec<Target>>,
-    scale: f64,
+    /// Each block's updates: where, and their scale.
+    targets: Vec<Vec<(Target, f64)>>,
     heads: usize,
     patch: usize,
     eps: f64,
@@ -482,8 +482,7 @@ impl Reference {
         Self {
             vars,
             order,
-            targets: lora.blocks.iter().map(|b| b.iter().map(|u| u.target).collect()).collect(),
-            scale: f64::from(lora.scale),
+            targets: lora.blocks.iter().map(|b| b.iter().map(|u| (u.target, f64::from(u.scale))).collect()).collect(),
             heads: cfg.num_heads,
             patch: cfg.patch_size,
             eps: cfg.layer_norm_eps,
@@ -511,7 +510,7 @@ impl Reference {
         let p = format!("blocks.{block}.{map}");
         let mut y =
             x.matmul(&self.v(&format!("{p}.weight_t"))).unwrap().broadcast_add(&self.v(&format!("{p}.bias"))).unwrap();
-        for &t in &self.targets[block] {
+        for &(t, scale) in &self.targets[block] {
             let on = match t {
                 Target::Fc1 => "mlp.fc1",
                 Target::Fc2 => "mlp.fc2",
@@ -521,7 +520,7 @@ impl Reference {
                 continue;
             }
             let base = format!("blocks.{block}.{}", t.name());
-            let low = (x.matmul(&self.v(&format!("{base}.lora_A")).t().unwrap()).unwrap() * self.scale).unwrap();
+            let low = (x.matmul(&self.v(&format!("{base}.lora_A")).t().unwrap()).unwrap() * scale).unwrap();
             let delta = low.matmul(&self.v(&format!("{base}.lora_B")).t().unwrap()).unwrap();
             let (m, o, w) = (x.dim(0).unwrap(), y.dim(1).unwrap(), delta.dim(1).unwrap());
             let first = match t {
@@ -609,7 +608,7 @@ fn compare_grads(
 fn check_against_autograd(lora: &mut Lora, full: bool, pooling: Pooling, rng: &mut rand::rngs::StdRng) -> f32 {
     let engine = Engine::open(&backbone_dir()).unwrap();
     let vit = engine.backbone();
-    let mut weights = Weights::of(vit).unwrap();
+    let mut weights = vit.weights().clone();
     let reference = Reference::new(&mut weights, lora, vit);
     let pixels = seeded(rng, &[3, 3, 70, 70], 1.7);
     let pos = vit.position_embedding(5, 5).unwrap();
@@ -617,7 +616,7 @@ fn check_against_autograd(lora: &mut Lora, full: bool, pooling: Pooling, rng: &m
     let w = seeded(rng, want.dims(), 1.7);
     let grads = (&want * &w).unwrap().sum_all().unwrap().backward().unwrap();
 
-    let arch = Backbone::new(vit);
+    let arch = vit.arch();
     let mut tape = Tape::default();
     let got = arch.forward(&weights, lora, (&pixels, &pos, pooling), &mut tape).unwrap();
     let got = Tensor::from_vec(got, want.dims(), &Device::Cpu).unwrap();
@@ -662,7 +661,7 @@ fn reference_matches_the_engine_forward() {
     let vit = engine.backbone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let mut lora = lora_on(&[Target::Q, Target::V], &mut rng);
-    let reference = Reference::new(&mut Weights::of(vit).unwrap(), &mut lora, vit);
+    let reference = Reference::new(&mut vit.weights().clone(), &mut lora, vit);
     let pixels = seeded(&mut rng, &[2, 3, 56, 56], 1.7);
     let pos = vit.position_embedding(4, 4).unwrap();
     let ours = reference.features(&pixels, &pos, Pooling::ClsMeanPatch);
@@ -690,9 +689,13 @@ fn hand_written_backward_matches_candle_autograd_for_lora_targets() {
         let worst = check_against_autograd(&mut lora_on(&[Target::Q, Target::V], &mut rng), false, pooling, &mut rng);
         eprintln!("LoRA q, v, {pooling:?}: worst gradient error {worst:.2e} of the largest entry");
     }
-    for targets in
-        [&[Target::Q, Target::K, Target::V][..], &[Target::Q, Target::K, Target::V, Target::Fc1, Target::Fc2]]
-    {
+    // q, k, v separately; with the MLP; PEFT's fused qkv.
+    let sets: [&[Target]; 3] = [
+        &[Target::Q, Target::K, Target::V],
+        &[Target::Q, Target::K, Target::V, Target::Fc1, Target::Fc2],
+        &[Target::Qkv, Target::Fc2],
+    ];
+    for targets in sets {
         let worst = check_against_autograd(&mut lora_on(targets, &mut rng), false, Pooling::ClsMeanPatch, &mut rng);
         eprintln!("LoRA {targets:?}: worst gradient error {worst:.2e} of the largest entry");
     }

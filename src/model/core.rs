@@ -32,7 +32,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
-use super::kernels::{erf_f32, exp_f32, gelu_erf_f32, rows_per_task, simd, softmax_rows, SharedMut};
+use super::kernels::{
+    erf_f32, exp_f32, gelu_erf_f32, gemm_raw, matmul, rows_per_task, simd, softmax_rows, SharedMut, View,
+};
 use super::Pooling;
 
 /// A LayerNorm's affine parameters (or their gradients).
@@ -299,73 +301,6 @@ impl Lora {
 }
 
 // ---- primitives ---------------------------------------------------------------------------
-
-/// A read-only matrix view: element (i, j) at `data[i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    /// A row-major `rows × cols` matrix at the start of `data`.
-    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, rs: cols, cs: 1 }
-    }
-
-    /// `cols` columns starting at column `first` of a row-major matrix with row stride `rs`.
-    fn columns(data: &'a [f32], rows: usize, rs: usize, first: usize, cols: usize) -> Self {
-        Self { data: &data[first.min(data.len())..], rows, cols, rs, cs: 1 }
-    }
-
-    fn t(self) -> Self {
-        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, data: self.data }
-    }
-
-    fn fits(&self) -> bool {
-        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst = beta · a · b` (or `dst += beta · a · b` when `accumulate`), dst row-major with row
-/// stride `dst_rs` starting at `dst[0]`; on the rayon pool.
-fn matmul(dst: &mut [f32], dst_rs: usize, a: View, b: View, accumulate: bool, beta: f32) {
-    let (m, n) = (a.rows, b.cols);
-    assert!(a.cols == b.rows && a.fits() && b.fits(), "matmul: operand shapes or strides do not fit");
-    assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(), "matmul: destination too small");
-    // SAFETY: the asserts above keep every element gemm reads or writes inside its slice.
-    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, beta, Parallelism::Rayon(0)) }
-}
-
-/// # Safety
-/// `dst` must be valid for writes of a `a.rows × b.cols` matrix with row stride `dst_rs`, not
-/// overlapping `a` or `b`, and not written by anyone else during the call.
-unsafe fn gemm_raw(dst: *mut f32, dst_rs: usize, a: View, b: View, accumulate: bool, beta: f32, par: Parallelism) {
-    gemm::gemm(
-        a.rows,
-        b.cols,
-        a.cols,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        a.data.as_ptr(),
-        a.cs as isize,
-        a.rs as isize,
-        b.data.as_ptr(),
-        b.cs as isize,
-        b.rs as isize,
-        1.0,
-        beta,
-        false,
-        false,
-        false,
-        par,
-    )
-}
 
 /// Sets `v`'s length to `n` (contents unspecified), keeping its allocation across steps.
 fn fit(v: &mut Vec<f32>, n: usize) {

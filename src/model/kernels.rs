@@ -23,6 +23,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Storage, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::error::Result;
@@ -312,63 +313,92 @@ fn attention_heads_block(
     scale: f32,
 ) {
     assert!(q.len() == n * d && y.len() == n * d && k.len() == s * d && v.len() == s * d && scores.len() == n * s);
-    let (d_i, s_i) = (d as isize, s as isize);
-    for h in 0..d / hd {
-        let col = h * hd;
-        // SAFETY: the lengths are checked above. scores [n, S] (row stride S) is written in
-        // full; q is read at rows 0..n, columns col..col+hd (row stride D), k at rows 0..S,
-        // columns col..col+hd; all inside their slices since col + hd ≤ D.
-        unsafe {
-            // scores = q_h k_hᵀ: kᵀ[i, j] = k[j, col + i] → row stride 1, column stride D.
-            gemm::gemm(
-                n,
-                s,
-                hd,
-                scores.as_mut_ptr(),
-                1,
-                s_i,
-                false,
-                q.as_ptr().add(col),
-                1,
-                d_i,
-                k.as_ptr().add(col),
-                d_i,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+    for col in (0..d).step_by(hd) {
+        let (qh, kh, vh) =
+            (View::columns(q, n, d, col, hd), View::columns(k, s, d, col, hd), View::columns(v, s, d, col, hd));
+        // SAFETY: the lengths are checked above. scores [n, S] is written in full; q, k and v
+        // are read at columns col..col+hd of their rows, inside their slices since col + hd ≤ D.
+        unsafe { gemm_raw(scores.as_mut_ptr(), s, qh, kh.t(), false, 1.0, Parallelism::None) };
         softmax_rows(scores, s, scale);
         // SAFETY: y is written at rows 0..n, columns col..col+hd (row stride D), inside the
-        // checked slice, and only by this call; v is read at rows 0..S, the same columns.
-        unsafe {
-            gemm::gemm(
-                n,
-                hd,
-                s,
-                y.as_mut_ptr().add(col),
-                1,
-                d_i,
-                false,
-                scores.as_ptr(),
-                1,
-                s_i,
-                v.as_ptr().add(col),
-                1,
-                d_i,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // checked slice, and only by this call.
+        unsafe { gemm_raw(y.as_mut_ptr().add(col), d, View::rows(scores, n, s), vh, false, 1.0, Parallelism::None) };
     }
+}
+
+/// A read-only matrix view: element (i, j) at `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major `rows × cols` matrix at the start of `data`.
+    pub(crate) fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    /// `cols` columns starting at column `first` of a row-major matrix with row stride `rs`.
+    pub(crate) fn columns(data: &'a [f32], rows: usize, rs: usize, first: usize, cols: usize) -> Self {
+        Self { data: &data[first.min(data.len())..], rows, cols, rs, cs: 1 }
+    }
+
+    pub(crate) fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, data: self.data }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = beta · a · b` (or `dst += beta · a · b` when `accumulate`), dst row-major with row
+/// stride `dst_rs` starting at `dst[0]`; on the rayon pool.
+pub(crate) fn matmul(dst: &mut [f32], dst_rs: usize, a: View, b: View, accumulate: bool, beta: f32) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(a.cols == b.rows && a.fits() && b.fits(), "matmul: operand shapes or strides do not fit");
+    assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(), "matmul: destination too small");
+    // SAFETY: the asserts above keep every element gemm reads or writes inside its slice.
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, beta, Parallelism::Rayon(0)) }
+}
+
+/// # Safety
+/// `dst` must be valid for writes of a `a.rows × b.cols` matrix with row stride `dst_rs`, not
+/// overlapping `a` or `b`, and not written by anyone else during the call.
+pub(crate) unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_rs: usize,
+    a: View,
+    b: View,
+    accumulate: bool,
+    beta: f32,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        a.rows,
+        b.cols,
+        a.cols,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
 fn fast_path(tensors: &[&Tensor]) -> bool {

@@ -208,6 +208,12 @@ impl Target {
         }
     }
 
+    /// Input and output width of the update in a block of width d, MLP width h.
+    pub fn widths(self, d: usize, h: usize) -> (usize, usize) {
+        let (inputs, _, outputs) = self.geometry(d, h);
+        (inputs, outputs)
+    }
+
     /// Part of the adapter / checkpoint tensor names (`blocks.N.{name}.lora_A`).
     pub fn name(self) -> &'static str {
         match self {
@@ -666,7 +672,7 @@ impl Backbone {
     }
 
     /// Refuses factors that do not fit the weights (or are not in qkv, fc1, fc2 order).
-    fn check(&self, w: &Weights, lora: &Lora) -> Result<()> {
+    pub fn check(&self, w: &Weights, lora: &Lora) -> Result<()> {
         let (d, h) = (w.dim(), w.mlp());
         let bad = |m: String| Err(Error::weights("LoRA", m));
         if lora.blocks.len() != w.blocks.len() {

@@ -247,13 +247,23 @@ pub enum QkvLora {
     QV { q: LowRank, v: LowRank },
     /// HF PEFT on timm's fused `qkv` Linear: one update [dim → 3·dim] touching q, k and v.
     Fused(LowRank),
+    /// The fused qkv update and one on each MLP map (`melo train --targets qkv,mlp`).
+    FusedMlp { qkv: LowRank, fc1: LowRank, fc2: LowRank },
 }
 
 impl QkvLora {
     pub fn rank(&self) -> usize {
+        self.parts()[0].1.rank()
+    }
+
+    /// Each update with the map (and columns) it acts on, in the core's order.
+    pub fn parts(&self) -> Vec<(core::Target, &LowRank)> {
         match self {
-            QkvLora::QV { q, .. } => q.rank(),
-            QkvLora::Fused(f) => f.rank(),
+            QkvLora::QV { q, v } => vec![(core::Target::Q, q), (core::Target::V, v)],
+            QkvLora::Fused(f) => vec![(core::Target::Qkv, f)],
+            QkvLora::FusedMlp { qkv, fc1, fc2 } => {
+                vec![(core::Target::Qkv, qkv), (core::Target::Fc1, fc1), (core::Target::Fc2, fc2)]
+            }
         }
     }
 }
@@ -528,23 +538,7 @@ impl VisionTransformer {
 
     /// Checks that a set of per-block LoRA updates fits this model.
     pub fn check_lora(&self, lora: &[QkvLora]) -> Result<()> {
-        let d = self.config.embed_dim;
-        if lora.len() != self.config.depth {
-            return Err(Error::weights(
-                "LoRA",
-                format!("{} blocks of updates for a {}-block model", lora.len(), self.config.depth),
-            ));
-        }
-        for (i, block) in lora.iter().enumerate() {
-            let ok = match block {
-                QkvLora::QV { q, v } => q.in_dim() == d && q.out_dim() == d && v.in_dim() == d && v.out_dim() == d,
-                QkvLora::Fused(f) => f.in_dim() == d && f.out_dim() == 3 * d,
-            };
-            if !ok {
-                return Err(Error::weights("LoRA", format!("block {i}: update shapes do not fit dim {d}")));
-            }
-        }
-        Ok(())
+        self.arch.check(&self.weights, &core_lora(lora)?)
     }
 
     /// The position embedding for a gh × gw patch grid: [1, 1 + gh·gw, dim] (CLS row first,
@@ -594,9 +588,6 @@ impl VisionTransformer {
                 format!("got {:?}, expected [B ≥ 1, {}, H ≥ {p}, W ≥ {p}]", pixels.dims(), cfg.in_chans),
             ));
         }
-        if let Some(lora) = lora {
-            self.check_lora(lora)?;
-        }
         let (gh, gw) = (h / p, w / p);
         let d = cfg.embed_dim;
         let n = gh * gw;
@@ -626,7 +617,7 @@ impl VisionTransformer {
     }
 }
 
-/// The core's form of per-block LoRA updates: q and v (MeLo) or the fused qkv (PEFT).
+/// The core's form of per-block LoRA updates.
 fn core_lora(blocks: &[QkvLora]) -> Result<core::Lora> {
     let update = |target, l: &LowRank| -> Result<core::Update> {
         let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
@@ -634,10 +625,7 @@ fn core_lora(blocks: &[QkvLora]) -> Result<core::Lora> {
     };
     let blocks = blocks
         .iter()
-        .map(|block| match block {
-            QkvLora::QV { q, v } => Ok(vec![update(core::Target::Q, q)?, update(core::Target::V, v)?]),
-            QkvLora::Fused(f) => Ok(vec![update(core::Target::Qkv, f)?]),
-        })
+        .map(|block| block.parts().into_iter().map(|(t, l)| update(t, l)).collect())
         .collect::<Result<Vec<_>>>()?;
     Ok(core::Lora { blocks })
 }

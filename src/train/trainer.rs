@@ -36,7 +36,7 @@ use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::metrics::{evaluate, Evaluation};
 use super::{Error, Result};
 use crate::model::calibration::Calibration;
-use crate::model::core::{Backbone, Grads, Lora, Named, Tape, Target, Weights};
+use crate::model::core::{Backbone, Grads, Lora, Named, Tape, Weights};
 use crate::model::lora::{DataSetSummary, LoraTarget, TrainingSummary};
 use crate::model::ood::{OodSummary, THRESHOLD_QUANTILE};
 use crate::model::vit::{LowRank, QkvLora};
@@ -65,6 +65,10 @@ pub struct TrainOptions {
     pub method: Method,
     pub rank: usize,
     pub alpha: f64,
+    /// Where LoRA acts (q and v unless asked otherwise; not written when q and v, so that
+    /// reports and checkpoints of earlier runs read the same).
+    #[serde(default, skip_serializing_if = "LoraTarget::is_qv")]
+    pub targets: LoraTarget,
     pub epochs: usize,
     pub lr: f64,
     /// Final learning rate of the cosine schedule.
@@ -620,7 +624,7 @@ pub fn train_prepared(
         // A kaiming-uniform (a = √5, i.e. U(±1/√in), as PyTorch's Linear and PEFT), B zero.
         Method::Lora => Lora::new(
             cfg.depth,
-            &[Target::Q, Target::V],
+            o.targets.targets(),
             o.rank,
             (o.alpha / o.rank.max(1) as f64) as f32,
             (cfg.embed_dim, cfg.mlp_hidden_dim()),
@@ -987,7 +991,12 @@ fn frozen_features(
 }
 
 /// The LoRA blocks of the current factors (or zero rank-1 blocks for a linear probe).
-fn current_lora(params: &Params, vit: &VisionTransformer, scale: f64) -> Result<(Vec<QkvLora>, usize, f64)> {
+fn current_lora(
+    params: &Params,
+    vit: &VisionTransformer,
+    target: LoraTarget,
+    scale: f64,
+) -> Result<(Vec<QkvLora>, usize, f64)> {
     let d = vit.embed_dim();
     let factor = |v: &[f32], shape: (usize, usize)| Tensor::from_slice(v, shape, &Device::Cpu);
     if params.lora.blocks.iter().all(Vec::is_empty) {
@@ -1004,21 +1013,20 @@ fn current_lora(params: &Params, vit: &VisionTransformer, scale: f64) -> Result<
             .collect::<Result<Vec<_>>>()?;
         return Ok((blocks, 1, 1.0));
     }
-    let mut rank = 0;
+    let rank = params.lora.blocks[0].first().map_or(0, |u| u.rank);
     let blocks = params
         .lora
         .blocks
         .iter()
         .map(|ups| {
-            let mut low = |t: Target| -> Result<LowRank> {
-                let u = ups
-                    .iter()
-                    .find(|u| u.target == t)
-                    .ok_or_else(|| Error::Options("adapters hold LoRA on q and v only".into()))?;
-                rank = u.rank;
-                Ok(LowRank::new(factor(&u.a, (u.rank, d))?, factor(&u.b, (d, u.rank))?, scale)?)
-            };
-            Ok(QkvLora::QV { q: low(Target::Q)?, v: low(Target::V)? })
+            let parts = ups
+                .iter()
+                .map(|u| {
+                    let (inputs, outputs) = (u.a.len() / u.rank, u.b.len() / u.rank);
+                    Ok(LowRank::new(factor(&u.a, (u.rank, inputs))?, factor(&u.b, (outputs, u.rank))?, scale)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(target.block(parts)?)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((blocks, rank, scale * rank as f64))
@@ -1056,7 +1064,7 @@ fn predict_split(
             }
         }
         _ => {
-            let (lora, _, _) = current_lora(params, vit, o.alpha / o.rank.max(1) as f64)?;
+            let (lora, _, _) = current_lora(params, vit, o.targets, o.alpha / o.rank.max(1) as f64)?;
             for chunk in idx.chunks(32) {
                 let out = vit.forward(&batch_pixels(data, chunk, &[])?, Some(&lora))?;
                 probs.extend(softmax_rows(&params.logits(&out.pooled(o.pooling)?)?)?);
@@ -1106,12 +1114,12 @@ fn build_adapter(
     report: &TrainReport,
     scale: f64,
 ) -> Result<Adapter> {
-    let (blocks, rank, alpha) = current_lora(params, vit, scale)?;
+    let (blocks, rank, alpha) = current_lora(params, vit, o.targets, scale)?;
     let mut metadata = AdapterMetadata::for_backbone(&o.task, report.classes.clone(), vit);
     metadata.description = o.description.clone();
     metadata.rank = rank;
     metadata.alpha = alpha;
-    metadata.target = LoraTarget::QV;
+    metadata.target = if o.method == Method::Lora { o.targets } else { LoraTarget::QV };
     metadata.input_size = o.size;
     metadata.modality = o.modality.clone();
     metadata.pooling = o.pooling;

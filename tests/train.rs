@@ -775,6 +775,43 @@ fn lora_training_saves_a_loadable_adapter_and_resume_equals_an_uninterrupted_run
     assert!(!checkpoint_path(&split).exists());
 }
 
+/// `--targets qkv,mlp`: the adapter records its targets, holds every factor, and the engine's
+/// forward with the loaded adapter reproduces the test probabilities training recorded.
+#[test]
+fn lora_on_qkv_and_mlp_trains_saves_and_predicts_as_recorded() {
+    use melo::model::lora::LoraTarget;
+    let data = medmnist("breastmnist.npz");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlp.safetensors");
+    let mut o = options(data.clone(), out.clone(), Method::Lora, 1);
+    o.targets = LoraTarget::QkvMlp;
+    let report = train(&o).unwrap();
+    // Rank 2 per block: qkv A [2, 384] + B [1152, 2], fc1 A [2, 384] + B [1536, 2], fc2 A
+    // [2, 1536] + B [384, 2]; head [2, 768] + [2].
+    assert_eq!(report.trainable_parameters, 12 * 2 * (384 + 1152 + 384 + 1536 + 1536 + 384) + 2 * 768 + 2);
+    let adapter = Adapter::load(&out).unwrap();
+    assert_eq!(adapter.metadata().target, LoraTarget::QkvMlp);
+    assert_eq!(adapter.parameter_count(), report.trainable_parameters);
+    let engine = Engine::open(&backbone_dir()).unwrap();
+    let vit = engine.backbone();
+    let src = DataSource::open(&data, None, SplitFractions::default()).unwrap();
+    let test = src.prepare(Split::Test, o.size, vit.config().mean, vit.config().std, o.limit).unwrap();
+    let (n, side) = (test.len().min(8), o.size);
+    let pixels = Tensor::from_slice(&test.pixels[..n * 3 * side * side], (n, 3, side, side), &Device::Cpu).unwrap();
+    let logits = adapter.head_logits(&vit.forward(&pixels, Some(adapter.lora())).unwrap()).unwrap();
+    let probs = candle_nn::ops::softmax_last_dim(&logits).unwrap().to_vec2::<f32>().unwrap();
+    for (i, (got, want)) in probs.iter().zip(&report.test_probabilities_head).enumerate() {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "test item {i}: {got:?} vs recorded {want:?}");
+        }
+    }
+    // The factors moved away from B = 0 (the engine then differs from the frozen model).
+    let frozen = vit.forward(&pixels, None).unwrap();
+    let frozen_logits = adapter.head_logits(&frozen).unwrap();
+    let moved = (&logits - &frozen_logits).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(moved > 1e-6, "the LoRA factors did not change the logits");
+}
+
 #[test]
 fn linear_probe_and_full_fine_tuning_run_and_count_parameters() {
     let data = medmnist("breastmnist.npz");

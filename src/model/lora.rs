@@ -27,10 +27,10 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::calibration::Calibration;
+use super::core::Target;
 use super::error::{Error, Result};
 use super::ood::{Mahalanobis, OodSummary};
 use super::safetensors_io::{serialize_f32, TensorFile};
-use super::core::Target;
 use super::vit::{LowRank, Pooling, QkvLora, VisionTransformer, VitOutput};
 
 /// `__metadata__` value of `format` in our adapter files.
@@ -543,12 +543,8 @@ impl Adapter {
 
     /// Number of trainable parameters (LoRA factors and head).
     pub fn parameter_count(&self) -> usize {
-        let lora: usize = self
-            .blocks
-            .iter()
-            .flat_map(QkvLora::parts)
-            .map(|(_, p)| p.a().elem_count() + p.b().elem_count())
-            .sum();
+        let lora: usize =
+            self.blocks.iter().flat_map(QkvLora::parts).map(|(_, p)| p.a().elem_count() + p.b().elem_count()).sum();
         lora + self.head_weight.elem_count() + self.head_bias.elem_count()
     }
 

@@ -251,6 +251,12 @@ impl AdapterMetadata {
     /// alpha 4 (MeLo's defaults), q/v target, CLS pooling.
     pub fn for_backbone(task: &str, labels: Vec<String>, vit: &VisionTransformer) -> Self {
         let cfg = vit.config();
+        Self::blank(task, labels, vit.sha256().to_string(), (cfg.image_size, cfg.mean, cfg.std))
+    }
+
+    /// MeLo's defaults (rank 4, alpha 4, q/v target, CLS pooling) and nothing recorded, for a
+    /// backbone and its input (size, mean, std).
+    fn blank(task: &str, labels: Vec<String>, backbone_sha256: String, input: (usize, [f32; 3], [f32; 3])) -> Self {
         Self {
             task: task.to_string(),
             labels,
@@ -259,11 +265,11 @@ impl AdapterMetadata {
             alpha: 4.0,
             rslora: false,
             target: LoraTarget::QV,
-            input_size: cfg.image_size,
-            mean: cfg.mean,
-            std: cfg.std,
+            input_size: input.0,
+            mean: input.1,
+            std: input.2,
             modality: String::new(),
-            backbone_sha256: vit.sha256().to_string(),
+            backbone_sha256,
             pooling: Pooling::Cls,
             multi_label: false,
             training: TrainingSummary::default(),
@@ -372,26 +378,13 @@ impl ImportOptions {
             Some(l) => l.clone(),
             None => (0..labels_count).map(|i| format!("class_{i}")).collect(),
         };
+        let input = (self.input_size, self.mean, self.std);
         Ok(AdapterMetadata {
-            task: self.task.clone(),
-            labels,
-            description: String::new(),
             rank,
             alpha,
-            rslora: false,
             target,
-            input_size: self.input_size,
-            mean: self.mean,
-            std: self.std,
             modality: self.modality.clone(),
-            backbone_sha256: self.backbone_sha256.clone(),
             pooling: self.pooling,
-            multi_label: false,
-            training: TrainingSummary::default(),
-            data_set: DataSetSummary::default(),
-            metrics: BTreeMap::new(),
-            calibration: None,
-            ood: None,
             source,
             facts: ModelFacts {
                 limitations: vec![
@@ -400,6 +393,7 @@ impl ImportOptions {
                 ],
                 ..ModelFacts::default()
             },
+            ..AdapterMetadata::blank(&self.task, labels, self.backbone_sha256.clone(), input)
         })
     }
 }

@@ -1,5 +1,5 @@
 //! Training diagnosis adapters (`melo train`): a LoRA adapter (MeLo: rank-r updates of q and v
-//! in every block, plus a head), a linear probe (head only) or full fine-tuning of the shipped
+//! — or of qkv and the MLP — in every block, plus a head), a linear probe (head only) or full fine-tuning of the shipped
 //! backbone, from an ImageFolder directory or a MedMNIST `.npz`.
 //!
 //! - [`data`]: the loaders (ImageFolder with train/val/test or one folder split by seed; npz);
@@ -8,7 +8,8 @@
 //! - [`metrics`]: accuracy, macro F1, one-vs-rest macro AUC (ties as half), per-class
 //!   sensitivity / specificity, confusion matrix;
 //! - [`augment`]: flips and the small random affine transform of training images;
-//! - [`trainer`]: AdamW, cosine schedule, label smoothing, class weights, augmentation,
+//! - [`trainer`]: the training pass of `model::core` for LoRA and full fine-tuning, AdamW,
+//!   cosine schedule, label smoothing, class weights, augmentation,
 //!   per-epoch validation, best-epoch selection, checkpoints for `--resume`, atomic saves;
 //! - [`cli`]: the `melo train` arguments.
 //!

@@ -8,13 +8,18 @@
 //! weights are evaluated once on the test split — through the engine's own inference path for
 //! adapters, so the recorded metrics are what `melo predict` reproduces.
 //!
-//! - `lora`: MeLo — rank-r updates of q and v in every block + a head; backbone frozen.
+//! - `lora`: MeLo — rank-r updates of q and v (or, with `--targets`, of the fused qkv map and
+//!   the MLP's two maps) in every block + a head; backbone frozen.
 //! - `linear`: a linear probe — backbone frozen, head only. The features of the (flipped)
 //!   training images are computed once, by the engine's inference pass, then the head is
 //!   trained on them.
 //! - `full`: every backbone weight but the position embedding (frozen: it is resized
 //!   bicubically to each input grid) and the head. The result is a whole model (not an adapter:
 //!   the engine keeps one shared backbone), written with its metrics for comparison.
+//!
+//! LoRA and full fine-tuning run the backbone through `model::core`'s training pass (forward
+//! with a tape, hand-written backward for exactly the trained tensors); the head and the loss
+//! stay on candle (tiny), and AdamW is one fused pass per tensor on plain buffers.
 //!
 //! Checkpoints (`OUT` with extension `.ckpt`) are written atomically after every epoch; with
 //! `--resume` a run continues after the last finished epoch and ends exactly as an
@@ -442,13 +447,122 @@ impl Params {
     }
 }
 
-/// The model being trained, per method.
-enum Model {
-    /// Frozen features of train (plain, h-flipped, v-flipped, both), val, test: [N, F] each.
-    Linear { train: [Option<Tensor>; 4], val: Tensor, test: Tensor },
-    /// The hand-written training pass; `frozen`: the backbone's weights when they are not
-    /// trained (LoRA).
-    Backbone { arch: Backbone, frozen: Option<Weights> },
+/// One training batch: items of the training split, their augmentation and labels.
+struct Batch<'a> {
+    idx: &'a [usize],
+    transforms: &'a [Transform],
+    labels: Vec<usize>,
+}
+
+/// What differs between the three methods: how one batch's loss and gradients are computed,
+/// and how a split is predicted. The loop, schedule, optimiser, checkpoints and evaluation are
+/// shared ([`train_prepared_with_progress`]).
+trait Learner {
+    /// The batch's loss; every trained tensor's gradient is written into `grads`.
+    fn step(&mut self, params: &Params, batch: &Batch, loss: &LossSpec, grads: &mut Params) -> Result<f64>;
+    /// Probabilities [n × C] on the validation or test split with the current parameters.
+    fn predict(&mut self, params: &Params, data: &Prepared, split: Split) -> Result<Vec<f32>>;
+}
+
+/// The loss's class weights and options.
+struct LossSpec<'a> {
+    weights: &'a [f32],
+    options: &'a TrainOptions,
+}
+
+/// Linear probe: the head on frozen features of train (plain, h-flipped, v-flipped, both), val
+/// and test ([N, F] each), computed once by the engine's inference pass.
+struct LinearProbe {
+    train: [Option<Tensor>; 4],
+    val: Tensor,
+    test: Tensor,
+}
+
+impl Learner for LinearProbe {
+    fn step(&mut self, params: &Params, batch: &Batch, loss: &LossSpec, grads: &mut Params) -> Result<f64> {
+        // Per-sample flip variant: gather rows from the matching feature table.
+        let rows: Vec<Tensor> = (batch.idx.iter().zip(batch.transforms))
+            .map(|(&i, t)| {
+                let k = usize::from(t.hflip) | (usize::from(t.vflip) << 1);
+                let table = self.train[k].as_ref().or(self.train[0].as_ref());
+                table.ok_or_else(|| Error::Options("no training features".into()))?.get(i).map_err(Error::from)
+            })
+            .collect::<Result<_>>()?;
+        Ok(params.loss(&Tensor::stack(&rows, 0)?, &batch.labels, loss.weights, loss.options, grads, false)?.0)
+    }
+
+    fn predict(&mut self, params: &Params, _data: &Prepared, split: Split) -> Result<Vec<f32>> {
+        softmax_rows(&params.logits(if split == Split::Test { &self.test } else { &self.val })?)
+    }
+}
+
+/// LoRA and full fine-tuning: the backbone through `model::core`'s training pass. `frozen`:
+/// the backbone's weights when they are not trained (LoRA; full fine-tuning trains
+/// `Params::weights`).
+struct Backprop<'a> {
+    vit: &'a VisionTransformer,
+    options: &'a TrainOptions,
+    train_set: &'a Prepared,
+    arch: Backbone,
+    frozen: Option<Weights>,
+    tape: Tape,
+    pos: Tensor,
+}
+
+impl Backprop<'_> {
+    /// Pooled features [B, F] of items `idx` of `data`, the activations kept in the tape.
+    fn features(
+        &mut self,
+        params: &Params,
+        data: &Prepared,
+        idx: &[usize],
+        transforms: &[Transform],
+    ) -> Result<Tensor> {
+        let pixels = batch_pixels(data, idx, transforms)?;
+        let w = self
+            .frozen
+            .as_ref()
+            .or(params.weights.as_ref())
+            .ok_or_else(|| Error::Options("no backbone weights".into()))?;
+        let features =
+            self.arch.forward(w, &params.lora, (&pixels, &self.pos, self.options.pooling), &mut self.tape)?;
+        let f = features.len() / idx.len().max(1);
+        Ok(Tensor::from_vec(features, (idx.len(), f), &Device::Cpu)?)
+    }
+}
+
+impl Learner for Backprop<'_> {
+    fn step(&mut self, params: &Params, batch: &Batch, loss: &LossSpec, grads: &mut Params) -> Result<f64> {
+        let features = self.features(params, self.train_set, batch.idx, batch.transforms)?;
+        let (value, df) = params.loss(&features, &batch.labels, loss.weights, loss.options, grads, true)?;
+        let df = df.ok_or_else(|| Error::Options("no gradient reached the pooled features".into()))?;
+        let w = self
+            .frozen
+            .as_ref()
+            .or(params.weights.as_ref())
+            .ok_or_else(|| Error::Options("no backbone weights".into()))?;
+        let g = Grads { weights: grads.weights.as_mut(), lora: &mut grads.lora };
+        self.arch.backward(w, &params.lora, &mut self.tape, &df, g)?;
+        Ok(value)
+    }
+
+    fn predict(&mut self, params: &Params, data: &Prepared, _split: Split) -> Result<Vec<f32>> {
+        let o = self.options;
+        let idx: Vec<usize> = (0..data.len()).collect();
+        let mut probs = Vec::with_capacity(data.len() * params.classes);
+        for chunk in idx.chunks(32) {
+            let features = if self.frozen.is_some() {
+                // Adapters: the engine's own inference path, so the recorded metrics are what
+                // `melo predict` reproduces.
+                let (lora, _, _) = current_lora(params, self.vit, o.targets, o.alpha / o.rank.max(1) as f64)?;
+                self.vit.forward(&batch_pixels(data, chunk, &[])?, Some(&lora))?.pooled(o.pooling)?
+            } else {
+                self.features(params, data, chunk, &[])?
+            };
+            probs.extend(softmax_rows(&params.logits(&features)?)?);
+        }
+        Ok(probs)
+    }
 }
 
 fn check_options(o: &TrainOptions) -> Result<()> {
@@ -590,6 +704,59 @@ pub fn train_prepared(
     classes: &[String],
     splits: &Splits,
 ) -> Result<TrainReport> {
+    train_prepared_with_progress(o, data_set, engine, classes, splits, &mut print_progress)
+}
+
+/// What a run reports while it goes (the terminal prints it; a window can show it).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A note or warning (a class without training images, resuming, no calibration fitted).
+    Note(String),
+    /// The head-only phase ended, keeping the head of this validation AUC.
+    HeadPhase { epochs: usize, val_auc: f64 },
+    /// An epoch ended; `best`: its validation AUC is the best so far.
+    Epoch { record: EpochRecord, epochs: usize, best: bool },
+    /// The run ended with the kept epoch's test evaluation.
+    Finished { best_epoch: usize, best_val_auc: f64, test: Evaluation },
+}
+
+/// `melo train`'s progress lines on standard error.
+pub fn print_progress(p: Progress) {
+    let auc = |a: Option<f64>| a.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into());
+    match p {
+        Progress::Note(text) => eprintln!("{text}"),
+        Progress::HeadPhase { epochs, val_auc } => {
+            eprintln!("head phase: {epochs} epochs on frozen features, kept val AUC {val_auc:.4}")
+        }
+        Progress::Epoch { record: r, epochs, best } => eprintln!(
+            "epoch {:>3}/{epochs}  train loss {:.4}  val AUC {}  acc {:.4}  loss {:.4}  {:.1} img/s  {:.0} s{}",
+            r.epoch,
+            r.train_loss,
+            auc(r.val_macro_auc),
+            r.val_accuracy,
+            r.val_loss,
+            r.train_images_per_second,
+            r.seconds,
+            if best { "  *best" } else { "" }
+        ),
+        Progress::Finished { best_epoch, best_val_auc, test } => eprintln!(
+            "best epoch {best_epoch} (val AUC {best_val_auc:.4}); test: accuracy {:.4}, macro F1 {:.4}, macro AUC {}",
+            test.accuracy,
+            test.macro_f1,
+            auc(test.macro_auc)
+        ),
+    }
+}
+
+/// [`train_prepared`], reporting progress to `progress` instead of standard error.
+pub fn train_prepared_with_progress(
+    o: &TrainOptions,
+    data_set: &DataSetInfo,
+    engine: &Engine,
+    classes: &[String],
+    splits: &Splits,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<TrainReport> {
     check_options(o)?;
     let vit = engine.backbone();
     let cfg = vit.config().clone();
@@ -607,11 +774,11 @@ pub fn train_prepared(
     }
     for (k, &n) in counts.iter().enumerate() {
         if n == 0 {
-            eprintln!("warning: class '{}' has no training images", classes[k]);
+            progress(Progress::Note(format!("warning: class '{}' has no training images", classes[k])));
         }
     }
     if o.progress {
-        eprintln!("train counts {counts:?}");
+        progress(Progress::Note(format!("train counts {counts:?}")));
     }
     let weights = if o.class_weights { class_weights(&counts) } else { vec![1.0; c] };
 
@@ -638,7 +805,17 @@ pub fn train_prepared(
     let backbone_parameters = count_backbone_parameters(vit)?;
 
     let t_train = Instant::now();
-    let model = match o.method {
+    let pos = vit.position_embedding(o.size / cfg.patch_size, o.size / cfg.patch_size)?;
+    let backprop = |frozen| Backprop {
+        vit,
+        options: o,
+        train_set,
+        arch: vit.arch(),
+        frozen,
+        tape: Tape::default(),
+        pos: pos.clone(),
+    };
+    let mut learner: Box<dyn Learner> = match o.method {
         Method::Linear => {
             let bar = progress_bar(
                 o.progress,
@@ -653,16 +830,19 @@ pub fn train_prepared(
             let val = frozen_features(vit, val_set, Transform::default(), o.pooling, &bar)?;
             let test = frozen_features(vit, test_set, Transform::default(), o.pooling, &bar)?;
             bar.finish_and_clear();
-            Model::Linear { train: variants, val, test }
+            Box::new(LinearProbe { train: variants, val, test })
         }
-        Method::Lora => Model::Backbone { arch: vit.arch(), frozen: Some(vit.weights().clone()) },
-        Method::Full => Model::Backbone { arch: vit.arch(), frozen: None },
+        Method::Lora => Box::new(backprop(Some(vit.weights().clone()))),
+        Method::Full => Box::new(backprop(None)),
     };
     let ckpt = checkpoint_path(&o.out);
     let resuming = o.resume && ckpt.is_file();
     let mut head_phase_val_auc = None;
     if o.method != Method::Linear && o.head_epochs > 0 && !resuming {
         head_phase_val_auc = head_phase(&mut params, vit, train_set, val_set, &classes, &weights, o)?;
+        if let Some(val_auc) = head_phase_val_auc {
+            progress(Progress::HeadPhase { epochs: o.head_epochs, val_auc });
+        }
     }
     let feature_seconds = t_train.elapsed().as_secs_f64();
 
@@ -670,11 +850,10 @@ pub fn train_prepared(
     let trainable_parameters: usize = sizes.iter().sum();
     let mut opt = AdamW::new(&sizes, o.weight_decay);
     let mut grads = params.clone();
-    let mut tape = Tape::default();
+    let loss_spec = LossSpec { weights: &weights, options: o };
 
     let steps_per_epoch = train_set.len().div_ceil(o.batch);
     let total_steps = steps_per_epoch * o.epochs;
-    let pos = vit.position_embedding(o.size / cfg.patch_size, o.size / cfg.patch_size)?;
 
     // Resume.
     let fp = fingerprint(o, vit.sha256());
@@ -695,9 +874,11 @@ pub fn train_prepared(
             meta = m;
             meta.train_seconds += feature_seconds;
             best = b;
-            eprintln!("resuming {} after epoch {} of {}", ckpt.display(), meta.epochs_done, o.epochs);
+            let done = meta.epochs_done;
+            progress(Progress::Note(format!("resuming {} after epoch {done} of {}", ckpt.display(), o.epochs)));
         } else {
-            eprintln!("--resume: no checkpoint at {}; starting from the beginning", ckpt.display());
+            let note = format!("--resume: no checkpoint at {}; starting from the beginning", ckpt.display());
+            progress(Progress::Note(note));
         }
     }
 
@@ -718,35 +899,7 @@ pub fn train_prepared(
         for (s, chunk) in order.chunks(o.batch).enumerate() {
             let fl = &transforms[s * o.batch..s * o.batch + chunk.len()];
             let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
-            let loss = match &model {
-                Model::Backbone { arch, frozen } => {
-                    // The hand-written pass; candle only for head and loss.
-                    let w = frozen
-                        .as_ref()
-                        .or(params.weights.as_ref())
-                        .ok_or_else(|| Error::Options("no backbone weights".into()))?;
-                    let pixels = batch_pixels(train_set, chunk, fl)?;
-                    let features = arch.forward(w, &params.lora, (&pixels, &pos, o.pooling), &mut tape)?;
-                    let features = Tensor::from_vec(features, (chunk.len(), feature_dim), &Device::Cpu)?;
-                    let (loss, df) = params.loss(&features, &labels, &weights, o, &mut grads, true)?;
-                    let df = df.ok_or_else(|| Error::Options("no gradient reached the pooled features".into()))?;
-                    let g = Grads { weights: grads.weights.as_mut(), lora: &mut grads.lora };
-                    arch.backward(w, &params.lora, &mut tape, &df, g)?;
-                    loss
-                }
-                Model::Linear { train, .. } => {
-                    // Per-sample flip variant: gather rows from the matching feature table.
-                    let rows: Vec<Tensor> = chunk
-                        .iter()
-                        .zip(fl)
-                        .map(|(&i, t)| {
-                            let k = usize::from(t.hflip) | (usize::from(t.vflip) << 1);
-                            train[k].as_ref().unwrap_or_else(|| train[0].as_ref().expect("plain features")).get(i)
-                        })
-                        .collect::<candle_core::Result<_>>()?;
-                    params.loss(&Tensor::stack(&rows, 0)?, &labels, &weights, o, &mut grads, false)?.0
-                }
-            };
+            let loss = learner.step(&params, &Batch { idx: chunk, transforms: fl, labels }, &loss_spec, &mut grads)?;
             lr = learning_rate(meta.step, total_steps, o.lr, o.min_lr, o.warmup);
             opt.step(&mut params.named(), &grads.named(), lr)?;
             meta.step += 1;
@@ -764,7 +917,7 @@ pub fn train_prepared(
         let train_seconds = t_epoch.elapsed().as_secs_f64();
         meta.train_seconds += train_seconds;
 
-        let val_probs = predict_split(&model, &params, vit, val_set, Split::Val, o, &pos, &mut tape)?;
+        let val_probs = learner.predict(&params, val_set, Split::Val)?;
         let val = evaluate(&val_probs, &val_set.labels, &classes);
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -778,18 +931,7 @@ pub fn train_prepared(
         };
         let auc = val.macro_auc.unwrap_or(val.accuracy);
         let improved = auc > meta.best_val_auc || (auc == meta.best_val_auc && val.loss < meta.best_val_loss);
-        eprintln!(
-            "epoch {:>3}/{}  train loss {:.4}  val AUC {}  acc {:.4}  loss {:.4}  {:.1} img/s  {:.0} s{}",
-            epoch + 1,
-            o.epochs,
-            record.train_loss,
-            val.macro_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
-            val.accuracy,
-            val.loss,
-            record.train_images_per_second,
-            train_seconds,
-            if improved { "  *best" } else { "" }
-        );
+        progress(Progress::Epoch { record: record.clone(), epochs: o.epochs, best: improved });
         if improved {
             meta.best_val_auc = auc;
             meta.best_val_loss = val.loss;
@@ -807,20 +949,13 @@ pub fn train_prepared(
             n.values.clone_from(t);
         }
     }
-    let val_probs = predict_split(&model, &params, vit, val_set, Split::Val, o, &pos, &mut tape)?;
+    let val_probs = learner.predict(&params, val_set, Split::Val)?;
     let val = evaluate(&val_probs, &val_set.labels, &classes);
-    let test_probs = predict_split(&model, &params, vit, test_set, Split::Test, o, &pos, &mut tape)?;
+    let test_probs = learner.predict(&params, test_set, Split::Test)?;
     let test = evaluate(&test_probs, &test_set.labels, &classes);
     let test_probabilities_head: Vec<Vec<f32>> =
         test_probs.chunks(c).take(REPORT_TEST_HEAD).map(<[f32]>::to_vec).collect();
-    eprintln!(
-        "best epoch {} (val AUC {:.4}); test: accuracy {:.4}, macro F1 {:.4}, macro AUC {}",
-        meta.best_epoch,
-        meta.best_val_auc,
-        test.accuracy,
-        test.macro_f1,
-        test.macro_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
-    );
+    progress(Progress::Finished { best_epoch: meta.best_epoch, best_val_auc: meta.best_val_auc, test: test.clone() });
 
     let class_counts = [(Split::Train, &train_set), (Split::Val, &val_set), (Split::Test, &test_set)]
         .iter()
@@ -871,7 +1006,9 @@ pub fn train_prepared(
                     adapter.set_calibration(fitted.calibration, Some((fitted.ood, fitted.stats)))?;
                 }
                 Err(e) => {
-                    eprintln!("warning: no calibration or OOD statistics fitted ({e}); the adapter is uncalibrated")
+                    let note =
+                        format!("warning: no calibration or OOD statistics fitted ({e}); the adapter is uncalibrated");
+                    progress(Progress::Note(note))
                 }
             }
             adapter.save(&o.out)?;
@@ -939,7 +1076,6 @@ fn head_phase(
     let Some((auc, _, kept)) = best else { return Ok(None) };
     params.head_weight = kept.head_weight;
     params.head_bias = kept.head_bias;
-    eprintln!("head phase: {} epochs on frozen features, kept val AUC {auc:.4}", o.head_epochs);
     Ok(Some(auc))
 }
 
@@ -1030,48 +1166,6 @@ fn current_lora(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((blocks, rank, scale * rank as f64))
-}
-
-/// Probabilities [n × C] on a prepared split with the current weights. Adapters (LoRA, linear)
-/// go through the engine's inference path; full fine-tuning through the training pass's
-/// forward.
-#[allow(clippy::too_many_arguments)]
-fn predict_split(
-    model: &Model,
-    params: &Params,
-    vit: &VisionTransformer,
-    data: &Prepared,
-    split: Split,
-    o: &TrainOptions,
-    pos: &Tensor,
-    tape: &mut Tape,
-) -> Result<Vec<f32>> {
-    let idx: Vec<usize> = (0..data.len()).collect();
-    let mut probs = Vec::with_capacity(data.len() * 8);
-    match model {
-        Model::Linear { val, test, .. } if split != Split::Train => {
-            let feats = if split == Split::Val { val } else { test };
-            probs.extend(softmax_rows(&params.logits(feats)?)?);
-        }
-        Model::Backbone { arch, frozen: None } => {
-            let w = params.weights.as_ref().ok_or_else(|| Error::Options("no backbone weights".into()))?;
-            let f = o.pooling.feature_dim(vit.embed_dim());
-            for chunk in idx.chunks(32) {
-                let pixels = batch_pixels(data, chunk, &[])?;
-                let features = arch.forward(w, &params.lora, (&pixels, pos, o.pooling), tape)?;
-                let features = Tensor::from_vec(features, (chunk.len(), f), &Device::Cpu)?;
-                probs.extend(softmax_rows(&params.logits(&features)?)?);
-            }
-        }
-        _ => {
-            let (lora, _, _) = current_lora(params, vit, o.targets, o.alpha / o.rank.max(1) as f64)?;
-            for chunk in idx.chunks(32) {
-                let out = vit.forward(&batch_pixels(data, chunk, &[])?, Some(&lora))?;
-                probs.extend(softmax_rows(&params.logits(&out.pooled(o.pooling)?)?)?);
-            }
-        }
-    }
-    Ok(probs)
 }
 
 fn metrics_map(report: &TrainReport) -> BTreeMap<String, f64> {

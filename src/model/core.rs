@@ -891,7 +891,7 @@ impl Backbone {
                 Some(dh),
             );
             if i > 0 || gb.is_some() {
-                let norm1 = gb.as_deref_mut().map(|b| &mut b.norm1);
+                let norm1 = gb.map(|b| &mut b.norm1);
                 layer_norm_backward(dh, &bt.xhat1, &bt.rstd1, &blk.norm1, dx, norm1);
             }
         }

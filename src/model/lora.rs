@@ -590,7 +590,7 @@ impl Adapter {
             let parts = (metadata.target.targets().iter())
                 .map(|t| {
                     let (inputs, outputs) = t.widths(d, h);
-                    Ok(LowRank::new(normal((r, inputs))?, normal((outputs, r))?, scale)?)
+                    LowRank::new(normal((r, inputs))?, normal((outputs, r))?, scale)
                 })
                 .collect::<Result<Vec<_>>>()?;
             blocks.push(metadata.target.block(parts)?);

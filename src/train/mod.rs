@@ -62,12 +62,13 @@ impl Error {
     }
 }
 
-/// The CLI reports every failure through the library error type.
+/// The CLI reports every failure through the library error type (model errors by the model's
+/// own conversion).
 impl From<Error> for crate::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::Melo(inner) => inner,
             Error::Model(inner) => inner.into(),
+            Error::Melo(inner) => inner,
             Error::Io(e) => crate::Error::Io(e),
             other => crate::Error::Invalid(other.to_string()),
         }

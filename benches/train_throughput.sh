@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training throughput of `melo train` against PyTorch + timm + PEFT on the same machine, back to
 # back (docs/benchmarks.md, "Training throughput"). Needs a release build and the pip packages
-# torch, timm, peft. Usage: benches/train_throughput.sh [rounds]
+# torch, timm, peft. Usage: benches/train_throughput.sh [rounds]; LIMIT224 / STEPS224 shorten the
+# 224 px runs (default 128 images / 4 timed steps) on a busy machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
@@ -15,12 +16,19 @@ ours() { # method size limit
 }
 for round in $(seq "$rounds"); do
     echo "round $round (load $(cut -d' ' -f1 /proc/loadavg))"
-    for size in 224 56; do
-        limit=$([ "$size" = 224 ] && echo 128 || echo 320)
-        steps=$([ "$size" = 224 ] && echo 4 || echo 10)
-        echo "  lora ${size}px  melo: $(ours lora "$size" "$limit") img/s"
-        echo "  lora ${size}px  $(python3 benches/torch_train.py --method lora --size "$size" --batch 32 --steps "$steps" 2>/dev/null | tail -1)"
+    for size in 56 224; do
+        limit=$([ "$size" = 224 ] && echo "${LIMIT224:-128}" || echo 320)
+        steps=$([ "$size" = 224 ] && echo "${STEPS224:-4}" || echo 10)
+        for method in lora full; do
+            lr=$([ "$method" = full ] && echo 5e-5 || echo "")
+            # Alternate who goes first, so that a load change hits both sides alike.
+            if [ $((round % 2)) = 1 ]; then
+                echo "  $method ${size}px  melo: $(ours "$method" "$size" "$limit" $lr) img/s (load $(cut -d' ' -f1 /proc/loadavg))"
+                echo "  $method ${size}px  $(python3 benches/torch_train.py --method "$method" --size "$size" --batch 32 --steps "$steps" 2>/dev/null | tail -1)"
+            else
+                echo "  $method ${size}px  $(python3 benches/torch_train.py --method "$method" --size "$size" --batch 32 --steps "$steps" 2>/dev/null | tail -1)"
+                echo "  $method ${size}px  melo: $(ours "$method" "$size" "$limit" $lr) img/s (load $(cut -d' ' -f1 /proc/loadavg))"
+            fi
+        done
     done
-    echo "  full 56px  melo: $(ours full 56 192 5e-5) img/s"
-    echo "  full 56px  $(python3 benches/torch_train.py --method full --size 56 --batch 32 --steps 6 2>/dev/null | tail -1)"
 done

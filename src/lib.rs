@@ -1,7 +1,7 @@
 //! MeLo Workstation library: everything the `melo` binary does, free of any GUI toolkit
 //! except the `gui` module, which is the egui shell over the rest.
 
-// Unsafe code is confined to the two kernel modules (`model::kernels`, `train::backprop`),
+// Unsafe code is confined to the two kernel modules (`model::kernels`, `model::core`),
 // where raw-pointer gemm calls write disjoint blocks from parallel tasks; each opts in with
 // its own `#![allow(unsafe_code)]` and a SAFETY comment per block.
 #![deny(unsafe_code)]

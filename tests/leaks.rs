@@ -100,6 +100,7 @@ fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
         method: Method::Linear,
         rank: 1,
         alpha: 1.0,
+        targets: Default::default(),
         lr: 3e-3,
         seed: 0,
         task: "leak_test".into(),

@@ -1,36 +1,29 @@
-//! CPU kernels candle lacks, for the hot spots of a ViT forward pass.
+//! Scalar and element-wise kernels shared by the ViT core (`model::core`), the Stable
+//! Diffusion UNet and the heads.
 //!
-//! - `bias_gelu_erf`: the MLP's `gelu(x + b)` in one pass. candle's `gelu_erf` calls libm's
-//!   `erff` per element (≈ 14 ns each: 60 ms of a ViT-S forward at batch 1), after a separate
-//!   pass for the bias. Here erf is the rational approximation Eigen and XLA use for f32 —
-//!   erf(x) ≈ x·P(x²)/Q(x²) on x clamped to [−4, 4], max abs error 4.2e-7.
+//! - erf / GELU: candle's `gelu_erf` calls libm's `erff` per element (≈ 14 ns each: 60 ms of a
+//!   ViT-S forward at batch 1). Here erf is the rational approximation Eigen and XLA use for
+//!   f32 — erf(x) ≈ x·P(x²)/Q(x²) on x clamped to [−4, 4], max abs error 4.2e-7.
 //! - the attention softmax: softmax(scale · x) over rows, the 1/√hd scale folded in (no pass
 //!   over q), exp by Cephes' range reduction and polynomial (rel. error ~1e-7) instead of
 //!   libm's `expf` per element.
-//!
-//! - `attention`: the whole attention core per (image, head) on the fused qkv matrix —
-//!   S = q kᵀ, softmax, S v — reading q, k, v straight out of qkv with strides and writing
-//!   each head's output into its columns of the [tokens, dim] result. No permuted copies of
-//!   q/k/v or of the output, and one parallel loop over image × head (candle's batched
-//!   matmul parallelises inside each small 257×257 product instead, which scales poorly).
-//! - `attention_q_kv`: the same core for the Stable Diffusion UNet's self- and cross-attention
-//!   (separate q and k/v tensors, T ≠ S), in blocks of query rows so the T×S scores of a
-//!   64×64 latent never exist whole.
-//! - in-place adds (bias, bias + residual, LoRA deltas into column ranges, position
-//!   embedding): candle's binary ops allocate a new tensor and run on candle's own spinning
-//!   thread pool, which then competes for the 2 cores with the rayon pool gemm uses; these
-//!   write into the fresh matmul output instead, on the rayon pool.
+//! - `attention_q_kv`: the attention core for the Stable Diffusion UNet's self- and
+//!   cross-attention (separate q and k/v tensors, T ≠ S), in blocks of query rows so the T×S
+//!   scores of a 64×64 latent never exist whole.
+//! - `add_repeated_`: an in-place add of a pattern repeated along a fresh tensor (a head's
+//!   bias): candle's binary ops allocate a new tensor and run on candle's own spinning thread
+//!   pool, which then competes for the 2 cores with the rayon pool gemm uses.
 //!
 //! The kernels are branch-free loops that compile to SIMD code; on x86-64 a copy compiled for
-//! AVX2 + FMA is chosen at run time (the default target only assumes SSE2), and rows are
-//! spread over the rayon pool in chunks. In-place kernels are only ever applied to tensors
-//! the caller has just created (matmul outputs), never to weights or shared tensors.
+//! AVX2 + FMA is chosen at run time ([`simd`]; the default target only assumes SSE2), and rows
+//! are spread over the rayon pool in chunks.
 
 // One of the modules allowed unsafe code (see the crate root): raw-pointer gemm calls.
 #![allow(unsafe_code)]
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Storage, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::error::Result;
@@ -94,15 +87,6 @@ pub fn exp_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu_rows_generic(rows: &mut [f32], bias: &[f32]) {
-    for row in rows.chunks_exact_mut(bias.len()) {
-        for (v, &b) in row.iter_mut().zip(bias) {
-            *v = gelu_erf_f32(*v + b);
-        }
-    }
-}
-
-#[inline(always)]
 fn softmax_rows_generic(rows: &mut [f32], width: usize, scale: f32) {
     const LANES: usize = 8;
     for row in rows.chunks_exact_mut(width) {
@@ -134,49 +118,37 @@ fn softmax_rows_generic(rows: &mut [f32], width: usize, scale: f32) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gelu_rows(rows: &mut [f32], bias: &[f32]) {
-        super::gelu_rows_generic(rows, bias)
+/// Runs `f` compiled for AVX2 + FMA where the CPU has them: the element-wise kernels are plain
+/// loops, which the default x86-64 target (SSE2) vectorises only 4 wide and without FMA. The
+/// closure must be `#[inline(always)]`, or it is compiled for the default target after all.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected on this CPU just above.
+            return unsafe { avx2(f) };
+        }
     }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn softmax_rows(rows: &mut [f32], width: usize, scale: f32) {
-        super::softmax_rows_generic(rows, width, scale)
-    }
-
-    pub fn has_avx2_fma() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
+    f()
 }
 
-fn gelu_rows(rows: &mut [f32], bias: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2_fma() {
-        // SAFETY: the features were detected on this CPU just above.
-        unsafe { x86::gelu_rows(rows, bias) };
-        return;
-    }
-    gelu_rows_generic(rows, bias)
-}
-
-fn softmax_rows(rows: &mut [f32], width: usize, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2_fma() {
-        // SAFETY: the features were detected on this CPU just above.
-        unsafe { x86::softmax_rows(rows, width, scale) };
-        return;
-    }
-    softmax_rows_generic(rows, width, scale)
+/// softmax(scale · x) over rows of `width`.
+pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, scale: f32) {
+    simd(
+        #[inline(always)]
+        || softmax_rows_generic(rows, width, scale),
+    )
 }
 
 /// Whole rows per parallel task: about 16 k values, enough work to amortise scheduling (the
-/// inference kernels here and the training kernels of `train::backprop` alike).
+/// kernels here and those of `model::core` alike).
 pub(crate) fn rows_per_task(width: usize) -> usize {
     (16_384 / width.max(1)).max(1)
 }
@@ -205,28 +177,14 @@ fn contiguous_f32_mut<'a>(
 /// Parallel chunk length (≈ 16 k values) for element-wise work.
 const CHUNK: usize = 16_384;
 
-/// dst[j] += pattern[(offset + j) mod len] (+ residual[j]): `pattern` repeats along dst.
+/// dst[j] += pattern[(offset + j) mod len]: `pattern` repeats along dst.
 #[inline(always)]
-fn add_cyclic(dst: &mut [f32], pattern: &[f32], offset: usize, residual: Option<&[f32]>) {
+fn add_cyclic(dst: &mut [f32], pattern: &[f32], offset: usize) {
     let mut pos = offset % pattern.len();
     let mut done = 0;
     while done < dst.len() {
         let n = (pattern.len() - pos).min(dst.len() - done);
-        let out = &mut dst[done..done + n];
-        let pat = &pattern[pos..pos + n];
-        match residual {
-            Some(r) => {
-                // (y + b) + r: the same rounding as adding the bias, then the residual.
-                for ((o, &p), &r) in out.iter_mut().zip(pat).zip(&r[done..done + n]) {
-                    *o = (*o + p) + r;
-                }
-            }
-            None => {
-                for (o, &p) in out.iter_mut().zip(pat) {
-                    *o += p;
-                }
-            }
-        }
+        dst[done..done + n].iter_mut().zip(&pattern[pos..pos + n]).for_each(|(o, &p)| *o += p);
         done += n;
         pos = 0;
     }
@@ -246,89 +204,7 @@ impl InplaceOp2 for AddRepeated {
         if pattern.is_empty() || dst.len() % pattern.len() != 0 {
             candle_core::bail!("{}: {} values are not a whole number of {}", self.name(), dst.len(), pattern.len())
         }
-        dst.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| add_cyclic(chunk, pattern, i * CHUNK, None));
-        Ok(())
-    }
-}
-
-/// dst += bias (repeated per row) + residual.
-struct AddBiasResidual;
-
-impl InplaceOp3 for AddBiasResidual {
-    fn name(&self) -> &'static str {
-        "add-bias-residual-inplace"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<()> {
-        let bias = contiguous_f32(s2, l2, self.name())?;
-        let residual = contiguous_f32(s3, l3, self.name())?;
-        let dst = contiguous_f32_mut(s1, l1, self.name())?;
-        if bias.is_empty() || dst.len() % bias.len() != 0 || residual.len() != dst.len() {
-            candle_core::bail!("{}: shapes do not agree", self.name())
-        }
-        dst.par_chunks_mut(CHUNK)
-            .zip(residual.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(i, (chunk, res))| add_cyclic(chunk, bias, i * CHUNK, Some(res)));
-        Ok(())
-    }
-}
-
-/// dst[:, offset..offset + w] += src for dst [M, W] and src [M, w].
-struct AddColumns {
-    offset: usize,
-    dst_width: usize,
-}
-
-impl InplaceOp2 for AddColumns {
-    fn name(&self) -> &'static str {
-        "add-columns-inplace"
-    }
-
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let src = contiguous_f32(s2, l2, self.name())?;
-        let dst = contiguous_f32_mut(s1, l1, self.name())?;
-        let w = l2.dims().last().copied().unwrap_or(0);
-        let (width, offset) = (self.dst_width, self.offset);
-        if w == 0 || offset + w > width || dst.len() % width != 0 || src.len() != dst.len() / width * w {
-            candle_core::bail!("{}: shapes do not agree", self.name())
-        }
-        let rows = (CHUNK / width).max(1);
-        dst.par_chunks_mut(rows * width).zip(src.par_chunks(rows * w)).for_each(|(d, s)| {
-            for (drow, srow) in d.chunks_exact_mut(width).zip(s.chunks_exact(w)) {
-                for (o, &v) in drow[offset..offset + w].iter_mut().zip(srow) {
-                    *o += v;
-                }
-            }
-        });
-        Ok(())
-    }
-}
-
-/// dst = gelu(dst + bias), bias repeated per row.
-struct BiasGeluErf;
-
-impl InplaceOp2 for BiasGeluErf {
-    fn name(&self) -> &'static str {
-        "bias-gelu-erf-inplace"
-    }
-
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let bias = contiguous_f32(s2, l2, self.name())?;
-        let x = contiguous_f32_mut(s1, l1, self.name())?;
-        let width = bias.len();
-        if width == 0 || x.len() % width != 0 {
-            candle_core::bail!("{}: {} values do not split into rows of {width}", self.name(), x.len())
-        }
-        x.par_chunks_mut(rows_per_task(width) * width).for_each(|rows| gelu_rows(rows, bias));
+        dst.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| add_cyclic(chunk, pattern, i * CHUNK));
         Ok(())
     }
 }
@@ -342,10 +218,8 @@ impl InplaceOp2 for BiasGeluErf {
 ///    checks the buffer's length against the shape first), and no two tasks' blocks overlap;
 /// 3. no task reads another task's block.
 ///
-/// Use sites: `Attention::cpu_fwd` here (each (image, head) task writes its hd columns of
-/// its image's rows of y, and its own T×T probability slice), `attention_forward` and
-/// `attention_backward` in `train::backprop` (the same per-(image, head) column blocks of y
-/// and of ∂qkv's three thirds).
+/// Use sites: `attention_forward` and `attention_backward` in `model::core` (each (image,
+/// head) task writes its hd columns of its image's rows of y, or of ∂qkv's three thirds).
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(pub(crate) *mut f32);
 // SAFETY: see the type's documentation; each use site upholds points 1–3 with a size check
@@ -358,145 +232,6 @@ impl SharedMut {
     pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
-}
-
-/// Multi-head attention on qkv [B·T, 3·D] → [B·T, D] (+ probabilities [B, H, T, T] after it,
-/// in the same buffer, when kept).
-struct Attention {
-    batch: usize,
-    tokens: usize,
-    heads: usize,
-    scale: f32,
-    keep_probabilities: bool,
-}
-
-impl CustomOp1 for Attention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(storage, layout, self.name())?;
-        let (b, t, nh) = (self.batch, self.tokens, self.heads);
-        let three_d = layout.dims().last().copied().unwrap_or(0);
-        let d = three_d / 3;
-        if nh == 0 || d % nh != 0 || three_d != 3 * d || qkv.len() != b * t * three_d {
-            candle_core::bail!("{}: qkv {:?} does not fit {b}×{t} tokens, {nh} heads", self.name(), layout.dims())
-        }
-        let hd = d / nh;
-        let y_len = b * t * d;
-        let p_len = if self.keep_probabilities { b * nh * t * t } else { 0 };
-        let mut out = vec![0f32; y_len + p_len];
-        let base = SharedMut(out.as_mut_ptr());
-        let (rs, t_i) = (three_d as isize, t as isize);
-        (0..b * nh).into_par_iter().for_each_init(
-            || vec![0f32; t * t],
-            |scores, task| {
-                let (bi, h) = (task / nh, task % nh);
-                let q = qkv[bi * t * three_d + h * hd..].as_ptr();
-                let k = qkv[bi * t * three_d + d + h * hd..].as_ptr();
-                let v = qkv[bi * t * three_d + 2 * d + h * hd..].as_ptr();
-                // SAFETY: every pointer/stride pair below stays inside its buffer: q, k, v
-                // address rows bi·T..bi·T+T, columns h·hd..h·hd+hd of qkv (row stride 3·D);
-                // the output block is rows bi·T.., columns h·hd.. of y (row stride D), and the
-                // probability block is task's own T×T slice — disjoint across tasks.
-                unsafe {
-                    // scores = q kᵀ: kᵀ[i, j] = k[j, i] → row stride 1, column stride 3·D.
-                    gemm::gemm(
-                        t,
-                        t,
-                        hd,
-                        scores.as_mut_ptr(),
-                        1,
-                        t_i,
-                        false,
-                        q,
-                        1,
-                        rs,
-                        k,
-                        rs,
-                        1,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                softmax_rows(scores, t, self.scale);
-                if p_len > 0 {
-                    // SAFETY: task-private T×T block after the y part of `out`.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(y_len + task * t * t), t * t) };
-                    dst.copy_from_slice(scores);
-                }
-                unsafe {
-                    // y[bi·T.., h·hd..] = scores v.
-                    gemm::gemm(
-                        t,
-                        hd,
-                        t,
-                        base.ptr().add(bi * t * d + h * hd),
-                        1,
-                        d as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        t_i,
-                        v,
-                        1,
-                        rs,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), Shape::from(y_len + p_len)))
-    }
-}
-
-/// Attention core of a ViT block: qkv [B·T, 3·D] (q | k | v column blocks, head h at columns
-/// h·hd..) → y [B·T, D] with heads side by side, and, if asked, the attention probabilities
-/// [B, H, T, T]. softmax(scale · q kᵀ) v per head.
-pub(crate) fn attention(
-    qkv: &Tensor,
-    batch: usize,
-    tokens: usize,
-    heads: usize,
-    scale: f32,
-    keep_probabilities: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let (rows, three_d) = qkv.dims2()?;
-    let d = three_d / 3;
-    if rows != batch * tokens || three_d != 3 * d || heads == 0 || d % heads != 0 {
-        return Err(super::error::Error::weights(
-            "attention",
-            format!("qkv {:?} for {batch}×{tokens} tokens, {heads} heads", qkv.dims()),
-        ));
-    }
-    if !fast_path(&[qkv]) {
-        // Reference path (other devices or types): candle ops.
-        let hd = d / heads;
-        let qkv = qkv.reshape((batch, tokens, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let probs = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * f64::from(scale))?)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows, d))?;
-        return Ok((y, keep_probabilities.then_some(probs)));
-    }
-    let op = Attention { batch, tokens, heads, scale, keep_probabilities };
-    let out = qkv.apply_op1_no_bwd(&op)?;
-    let y = out.narrow(0, 0, rows * d)?.reshape((rows, d))?;
-    let probs = if keep_probabilities {
-        Some(out.narrow(0, rows * d, batch * heads * tokens * tokens)?.reshape((batch, heads, tokens, tokens))?)
-    } else {
-        None
-    };
-    Ok((y, probs))
 }
 
 // ---- Stable Diffusion UNet attention (diffusion::sd::transformer2d) ----
@@ -578,63 +313,92 @@ fn attention_heads_block(
     scale: f32,
 ) {
     assert!(q.len() == n * d && y.len() == n * d && k.len() == s * d && v.len() == s * d && scores.len() == n * s);
-    let (d_i, s_i) = (d as isize, s as isize);
-    for h in 0..d / hd {
-        let col = h * hd;
-        // SAFETY: the lengths are checked above. scores [n, S] (row stride S) is written in
-        // full; q is read at rows 0..n, columns col..col+hd (row stride D), k at rows 0..S,
-        // columns col..col+hd; all inside their slices since col + hd ≤ D.
-        unsafe {
-            // scores = q_h k_hᵀ: kᵀ[i, j] = k[j, col + i] → row stride 1, column stride D.
-            gemm::gemm(
-                n,
-                s,
-                hd,
-                scores.as_mut_ptr(),
-                1,
-                s_i,
-                false,
-                q.as_ptr().add(col),
-                1,
-                d_i,
-                k.as_ptr().add(col),
-                d_i,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+    for col in (0..d).step_by(hd) {
+        let (qh, kh, vh) =
+            (View::columns(q, n, d, col, hd), View::columns(k, s, d, col, hd), View::columns(v, s, d, col, hd));
+        // SAFETY: the lengths are checked above. scores [n, S] is written in full; q, k and v
+        // are read at columns col..col+hd of their rows, inside their slices since col + hd ≤ D.
+        unsafe { gemm_raw(scores.as_mut_ptr(), s, qh, kh.t(), false, 1.0, Parallelism::None) };
         softmax_rows(scores, s, scale);
         // SAFETY: y is written at rows 0..n, columns col..col+hd (row stride D), inside the
-        // checked slice, and only by this call; v is read at rows 0..S, the same columns.
-        unsafe {
-            gemm::gemm(
-                n,
-                hd,
-                s,
-                y.as_mut_ptr().add(col),
-                1,
-                d_i,
-                false,
-                scores.as_ptr(),
-                1,
-                s_i,
-                v.as_ptr().add(col),
-                1,
-                d_i,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // checked slice, and only by this call.
+        unsafe { gemm_raw(y.as_mut_ptr().add(col), d, View::rows(scores, n, s), vh, false, 1.0, Parallelism::None) };
     }
+}
+
+/// A read-only matrix view: element (i, j) at `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major `rows × cols` matrix at the start of `data`.
+    pub(crate) fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    /// `cols` columns starting at column `first` of a row-major matrix with row stride `rs`.
+    pub(crate) fn columns(data: &'a [f32], rows: usize, rs: usize, first: usize, cols: usize) -> Self {
+        Self { data: &data[first.min(data.len())..], rows, cols, rs, cs: 1 }
+    }
+
+    pub(crate) fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, data: self.data }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = beta · a · b` (or `dst += beta · a · b` when `accumulate`), dst row-major with row
+/// stride `dst_rs` starting at `dst[0]`; on the rayon pool.
+pub(crate) fn matmul(dst: &mut [f32], dst_rs: usize, a: View, b: View, accumulate: bool, beta: f32) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(a.cols == b.rows && a.fits() && b.fits(), "matmul: operand shapes or strides do not fit");
+    assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(), "matmul: destination too small");
+    // SAFETY: the asserts above keep every element gemm reads or writes inside its slice.
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, beta, Parallelism::Rayon(0)) }
+}
+
+/// # Safety
+/// `dst` must be valid for writes of a `a.rows × b.cols` matrix with row stride `dst_rs`, not
+/// overlapping `a` or `b`, and not written by anyone else during the call.
+pub(crate) unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_rs: usize,
+    a: View,
+    b: View,
+    accumulate: bool,
+    beta: f32,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        a.rows,
+        b.cols,
+        a.cols,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
 fn fast_path(tensors: &[&Tensor]) -> bool {
@@ -649,49 +413,6 @@ pub(crate) fn add_repeated_(y: Tensor, pattern: &Tensor) -> Result<Tensor> {
         Ok(y)
     } else {
         Ok(y.broadcast_add(pattern)?)
-    }
-}
-
-/// `y += bias + residual` in place (y fresh, bias [out], residual shaped like y).
-pub(crate) fn add_bias_residual_(y: Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
-    if fast_path(&[&y, bias, residual]) && residual.dims() == y.dims() && y.dims().last() == Some(&bias.elem_count()) {
-        y.inplace_op3(bias, residual, &AddBiasResidual)?;
-        Ok(y)
-    } else {
-        Ok((y.broadcast_add(bias)? + residual)?)
-    }
-}
-
-/// `y[:, offset..offset + w] += delta` in place for y [M, W] (fresh) and delta [M, w].
-pub(crate) fn add_columns_(y: Tensor, delta: &Tensor, offset: usize) -> Result<Tensor> {
-    let (m, width) = y.dims2()?;
-    let (md, w) = delta.dims2()?;
-    if m != md || offset + w > width {
-        return Err(super::error::Error::weights(
-            "LoRA",
-            format!("delta {:?} does not fit columns {offset}.. of {:?}", delta.dims(), y.dims()),
-        ));
-    }
-    let delta = delta.contiguous()?;
-    if fast_path(&[&y, &delta]) {
-        y.inplace_op2(&delta, &AddColumns { offset, dst_width: width })?;
-        Ok(y)
-    } else {
-        let parts =
-            [y.narrow(1, 0, offset)?, (y.narrow(1, offset, w)? + delta)?, y.narrow(1, offset + w, width - offset - w)?];
-        Ok(Tensor::cat(&parts, 1)?)
-    }
-}
-
-/// gelu(x + bias) with the exact-form GELU, bias broadcast along the last dimension; x is
-/// overwritten when it is a fresh contiguous f32 tensor.
-pub(crate) fn bias_gelu_erf(x: Tensor, bias: &Tensor) -> Result<Tensor> {
-    let last = x.dims().last().copied().unwrap_or(0);
-    if fast_path(&[&x, bias]) && bias.dims() == [last] {
-        x.inplace_op2(bias, &BiasGeluErf)?;
-        Ok(x)
-    } else {
-        Ok(x.broadcast_add(bias)?.gelu_erf()?)
     }
 }
 
@@ -723,66 +444,16 @@ mod tests {
     }
 
     #[test]
-    fn fused_bias_gelu_equals_add_then_gelu() {
-        // 64 × 67: rows not a multiple of the SIMD width.
-        let x = Tensor::arange(0f32, 64.0 * 67.0, &Device::Cpu)
-            .unwrap()
-            .affine(0.003, -6.0)
-            .unwrap()
-            .reshape((64, 67))
-            .unwrap();
-        let b = Tensor::arange(0f32, 67.0, &Device::Cpu).unwrap().affine(0.05, -1.5).unwrap();
-        let fused = bias_gelu_erf(x.copy().unwrap(), &b).unwrap();
-        let plain = x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
-        let diff = (fused - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 5e-6, "{diff}");
-    }
-
-    #[test]
-    fn in_place_adds_equal_candle_adds() {
+    fn in_place_add_equals_candle_add() {
         let y = Tensor::arange(0f32, 6.0 * 10.0, &Device::Cpu).unwrap().reshape((6, 10)).unwrap();
         let b = Tensor::arange(0f32, 10.0, &Device::Cpu).unwrap().affine(-0.5, 1.0).unwrap();
-        let r = Tensor::arange(0f32, 60.0, &Device::Cpu).unwrap().cos().unwrap().reshape((6, 10)).unwrap();
         let got = add_repeated_(y.copy().unwrap(), &b).unwrap();
         assert_eq!(got.to_vec2::<f32>().unwrap(), y.broadcast_add(&b).unwrap().to_vec2::<f32>().unwrap());
-        let got = add_bias_residual_(y.copy().unwrap(), &b, &r).unwrap();
-        let want = (y.broadcast_add(&b).unwrap() + &r).unwrap();
-        assert_eq!(got.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
-        let d = Tensor::ones((6, 3), DType::F32, &Device::Cpu).unwrap();
-        let got = add_columns_(y.copy().unwrap(), &d, 7).unwrap().to_vec2::<f32>().unwrap();
-        let plain = y.to_vec2::<f32>().unwrap();
-        for (g, p) in got.iter().zip(&plain) {
-            assert_eq!(&g[..7], &p[..7]);
-            assert!(g[7..].iter().zip(&p[7..]).all(|(a, b)| *a == b + 1.0));
-        }
-        // The source tensor was not touched: each op wrote into its own copy.
-        assert_eq!(y.to_vec2::<f32>().unwrap(), plain);
-    }
-
-    #[test]
-    fn fused_attention_equals_candle_ops() {
-        let (b, t, heads, hd) = (2, 19, 3, 8);
-        let d = heads * hd;
-        let qkv = Tensor::arange(0f32, (b * t * 3 * d) as f32, &Device::Cpu)
-            .unwrap()
-            .affine(0.013, 0.0)
-            .unwrap()
-            .sin()
-            .unwrap()
-            .reshape((b * t, 3 * d))
-            .unwrap();
-        let (y, probs) = attention(&qkv, b, t, heads, 0.35, true).unwrap();
-        let r = qkv.reshape((b, t, 3, heads, hd)).unwrap().permute((2, 0, 3, 1, 4)).unwrap().contiguous().unwrap();
-        let (q, k, v) = (r.get(0).unwrap(), r.get(1).unwrap(), r.get(2).unwrap());
-        let p = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t().unwrap()).unwrap() * 0.35).unwrap()).unwrap();
-        let want = p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b * t, d)).unwrap();
-        let max_diff =
-            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(max_diff(&y, &want) < 1e-5, "{}", max_diff(&y, &want));
-        assert!(max_diff(probs.as_ref().unwrap(), &p) < 1e-6);
-        let (y2, none) = attention(&qkv, b, t, heads, 0.35, false).unwrap();
-        assert!(none.is_none());
-        assert_eq!(max_diff(&y, &y2), 0.0);
+        // The source tensor was not touched: the op wrote into its own copy.
+        assert_eq!(
+            y.to_vec2::<f32>().unwrap(),
+            Tensor::arange(0f32, 60.0, &Device::Cpu).unwrap().reshape((6, 10)).unwrap().to_vec2::<f32>().unwrap()
+        );
     }
 
     #[test]

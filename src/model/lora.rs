@@ -9,6 +9,7 @@
 //! | `blocks.{i}.attn.q.lora_A`, `blocks.{i}.attn.v.lora_A` | [r, dim] | target `q_v` (MeLo) |
 //! | `blocks.{i}.attn.q.lora_B`, `blocks.{i}.attn.v.lora_B` | [dim, r] | |
 //! | `blocks.{i}.attn.qkv.lora_A` / `lora_B` | [r, dim] / [3·dim, r] | target `qkv` (PEFT) |
+//! | the qkv pair and `blocks.{i}.mlp.fc1.lora_A` / `_B`, `blocks.{i}.mlp.fc2.lora_A` / `_B` | [r, dim] / [mlp, r], [r, mlp] / [dim, r] | target `qkv_mlp` |
 //! | `head.weight`, `head.bias` | [C, F], [C] | F = dim, or 2·dim for `cls_mean_patch` |
 //! | `ood.class_means`, `ood.components`, `ood.eigenvalues` | [C, F], [k, F], [k] | optional: OOD statistics ([`super::ood`]) |
 //!
@@ -26,6 +27,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::calibration::Calibration;
+use super::core::Target;
 use super::error::{Error, Result};
 use super::ood::{Mahalanobis, OodSummary};
 use super::safetensors_io::{serialize_f32, TensorFile};
@@ -46,13 +48,63 @@ pub const OOD_EIGENVALUES: &str = "ood.eigenvalues";
 pub const MAX_INPUT_SIZE: usize = 1024;
 
 /// Which projections the low-rank updates touch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LoraTarget {
     /// Separate updates of q and v in every block (MeLo).
+    #[default]
     QV,
     /// One update of the fused qkv projection (HF PEFT with `target_modules=["qkv"]`).
     Qkv,
+    /// The fused qkv update and one on each of the MLP's two maps (`--targets qkv,mlp`).
+    QkvMlp,
+}
+
+impl LoraTarget {
+    /// The maps each block's updates act on, in the order of [`QkvLora::parts`].
+    pub fn targets(self) -> &'static [Target] {
+        match self {
+            LoraTarget::QV => &[Target::Q, Target::V],
+            LoraTarget::Qkv => &[Target::Qkv],
+            LoraTarget::QkvMlp => &[Target::Qkv, Target::Fc1, Target::Fc2],
+        }
+    }
+
+    /// A block's updates from `parts` in the order of [`targets`](Self::targets).
+    pub fn block(self, mut parts: Vec<LowRank>) -> Result<QkvLora> {
+        if parts.len() != self.targets().len() {
+            return Err(Error::weights("LoRA", format!("{} updates for target {self:?}", parts.len())));
+        }
+        let mut next = || parts.remove(0);
+        Ok(match self {
+            LoraTarget::QV => QkvLora::QV { q: next(), v: next() },
+            LoraTarget::Qkv => QkvLora::Fused(next()),
+            LoraTarget::QkvMlp => QkvLora::FusedMlp { qkv: next(), fc1: next(), fc2: next() },
+        })
+    }
+
+    /// `qv`, `qkv` or `qkv,mlp` (the `--targets` spellings).
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "qv" => Ok(LoraTarget::QV),
+            "qkv" => Ok(LoraTarget::Qkv),
+            "qkv,mlp" => Ok(LoraTarget::QkvMlp),
+            other => Err(format!("unknown LoRA targets '{other}' (expected qv, qkv or qkv,mlp)")),
+        }
+    }
+
+    pub fn is_qv(&self) -> bool {
+        *self == LoraTarget::QV
+    }
+
+    /// The target a block's updates belong to.
+    pub fn of(block: &QkvLora) -> Self {
+        match block {
+            QkvLora::QV { .. } => LoraTarget::QV,
+            QkvLora::Fused(_) => LoraTarget::Qkv,
+            QkvLora::FusedMlp { .. } => LoraTarget::QkvMlp,
+        }
+    }
 }
 
 /// How the model was trained (free text where the trainer has more to say).
@@ -199,6 +251,12 @@ impl AdapterMetadata {
     /// alpha 4 (MeLo's defaults), q/v target, CLS pooling.
     pub fn for_backbone(task: &str, labels: Vec<String>, vit: &VisionTransformer) -> Self {
         let cfg = vit.config();
+        Self::blank(task, labels, vit.sha256().to_string(), (cfg.image_size, cfg.mean, cfg.std))
+    }
+
+    /// MeLo's defaults (rank 4, alpha 4, q/v target, CLS pooling) and nothing recorded, for a
+    /// backbone and its input (size, mean, std).
+    fn blank(task: &str, labels: Vec<String>, backbone_sha256: String, input: (usize, [f32; 3], [f32; 3])) -> Self {
         Self {
             task: task.to_string(),
             labels,
@@ -207,11 +265,11 @@ impl AdapterMetadata {
             alpha: 4.0,
             rslora: false,
             target: LoraTarget::QV,
-            input_size: cfg.image_size,
-            mean: cfg.mean,
-            std: cfg.std,
+            input_size: input.0,
+            mean: input.1,
+            std: input.2,
             modality: String::new(),
-            backbone_sha256: vit.sha256().to_string(),
+            backbone_sha256,
             pooling: Pooling::Cls,
             multi_label: false,
             training: TrainingSummary::default(),
@@ -320,26 +378,13 @@ impl ImportOptions {
             Some(l) => l.clone(),
             None => (0..labels_count).map(|i| format!("class_{i}")).collect(),
         };
+        let input = (self.input_size, self.mean, self.std);
         Ok(AdapterMetadata {
-            task: self.task.clone(),
-            labels,
-            description: String::new(),
             rank,
             alpha,
-            rslora: false,
             target,
-            input_size: self.input_size,
-            mean: self.mean,
-            std: self.std,
             modality: self.modality.clone(),
-            backbone_sha256: self.backbone_sha256.clone(),
             pooling: self.pooling,
-            multi_label: false,
-            training: TrainingSummary::default(),
-            data_set: DataSetSummary::default(),
-            metrics: BTreeMap::new(),
-            calibration: None,
-            ood: None,
             source,
             facts: ModelFacts {
                 limitations: vec![
@@ -348,6 +393,7 @@ impl ImportOptions {
                 ],
                 ..ModelFacts::default()
             },
+            ..AdapterMetadata::blank(&self.task, labels, self.backbone_sha256.clone(), input)
         })
     }
 }
@@ -381,14 +427,11 @@ impl Adapter {
         }
         let scale = metadata.scale();
         for (i, block) in blocks.iter().enumerate() {
-            let (target, parts): (LoraTarget, Vec<&LowRank>) = match block {
-                QkvLora::QV { q, v } => (LoraTarget::QV, vec![q, v]),
-                QkvLora::Fused(f) => (LoraTarget::Qkv, vec![f]),
-            };
+            let target = LoraTarget::of(block);
             if target != metadata.target {
                 return Err(fail(format!("block {i} is a {target:?} update, metadata says {:?}", metadata.target)));
             }
-            for part in parts {
+            for (_, part) in block.parts() {
                 if part.rank() != metadata.rank {
                     return Err(fail(format!("block {i} has rank {}, metadata says {}", part.rank(), metadata.rank)));
                 }
@@ -406,10 +449,7 @@ impl Adapter {
         if classes != metadata.labels.len() {
             return Err(fail(format!("head has {classes} outputs but {} labels", metadata.labels.len())));
         }
-        let dim = match &blocks[0] {
-            QkvLora::QV { q, .. } => q.in_dim(),
-            QkvLora::Fused(f) => f.in_dim(),
-        };
+        let dim = blocks[0].parts()[0].1.in_dim();
         if features != metadata.pooling.feature_dim(dim) {
             return Err(fail(format!(
                 "head reads {features} features; {:?} pooling on a {dim}-wide backbone gives {}",
@@ -497,14 +537,8 @@ impl Adapter {
 
     /// Number of trainable parameters (LoRA factors and head).
     pub fn parameter_count(&self) -> usize {
-        let lora: usize = self
-            .blocks
-            .iter()
-            .map(|b| match b {
-                QkvLora::QV { q, v } => [q, v].iter().map(|p| p.a().elem_count() + p.b().elem_count()).sum(),
-                QkvLora::Fused(f) => f.a().elem_count() + f.b().elem_count(),
-            })
-            .sum();
+        let lora: usize =
+            self.blocks.iter().flat_map(QkvLora::parts).map(|(_, p)| p.a().elem_count() + p.b().elem_count()).sum();
         lora + self.head_weight.elem_count() + self.head_bias.elem_count()
     }
 
@@ -550,15 +584,16 @@ impl Adapter {
             let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| 0.02 * rng.normal()).collect();
             Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
         };
+        let h = vit.config().mlp_hidden_dim();
         let mut blocks = Vec::with_capacity(vit.depth());
         for _ in 0..vit.depth() {
-            blocks.push(match metadata.target {
-                LoraTarget::QV => QkvLora::QV {
-                    q: LowRank::new(normal((r, d))?, normal((d, r))?, scale)?,
-                    v: LowRank::new(normal((r, d))?, normal((d, r))?, scale)?,
-                },
-                LoraTarget::Qkv => QkvLora::Fused(LowRank::new(normal((r, d))?, normal((3 * d, r))?, scale)?),
-            });
+            let parts = (metadata.target.targets().iter())
+                .map(|t| {
+                    let (inputs, outputs) = t.widths(d, h);
+                    LowRank::new(normal((r, inputs))?, normal((outputs, r))?, scale)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            blocks.push(metadata.target.block(parts)?);
         }
         let c = metadata.labels.len();
         let head_weight = normal((c, metadata.pooling.feature_dim(d)))?;
@@ -605,17 +640,13 @@ impl Adapter {
             LowRank::new(a, b, scale).map_err(|e| fail(format!("{prefix}: {e}")))
         };
         let mut blocks = Vec::new();
+        let targets = metadata.target.targets();
         for i in 0.. {
-            let block = match metadata.target {
-                LoraTarget::QV if file.contains(&format!("blocks.{i}.attn.q.lora_A")) => {
-                    QkvLora::QV { q: pair(&format!("blocks.{i}.attn.q"))?, v: pair(&format!("blocks.{i}.attn.v"))? }
-                }
-                LoraTarget::Qkv if file.contains(&format!("blocks.{i}.attn.qkv.lora_A")) => {
-                    QkvLora::Fused(pair(&format!("blocks.{i}.attn.qkv"))?)
-                }
-                _ => break,
-            };
-            blocks.push(block);
+            if !file.contains(&format!("blocks.{i}.{}.lora_A", targets[0].name())) {
+                break;
+            }
+            let parts = targets.iter().map(|t| pair(&format!("blocks.{i}.{}", t.name()))).collect::<Result<_>>()?;
+            blocks.push(metadata.target.block(parts)?);
         }
         // A gap in the numbering would silently drop the blocks after it.
         let last_block =
@@ -668,16 +699,9 @@ impl Adapter {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors = BTreeMap::new();
         for (i, block) in self.blocks.iter().enumerate() {
-            let mut put = |name: &str, lr: &LowRank| {
-                tensors.insert(format!("blocks.{i}.attn.{name}.lora_A"), lr.a().clone());
-                tensors.insert(format!("blocks.{i}.attn.{name}.lora_B"), lr.b().clone());
-            };
-            match block {
-                QkvLora::QV { q, v } => {
-                    put("q", q);
-                    put("v", v);
-                }
-                QkvLora::Fused(f) => put("qkv", f),
+            for (t, lr) in block.parts() {
+                tensors.insert(format!("blocks.{i}.{}.lora_A", t.name()), lr.a().clone());
+                tensors.insert(format!("blocks.{i}.{}.lora_B", t.name()), lr.b().clone());
             }
         }
         tensors.insert("head.weight".into(), self.head_weight.clone());

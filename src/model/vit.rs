@@ -27,8 +27,9 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::core;
 use super::error::{Error, Result};
-use super::kernels::{add_bias_residual_, add_columns_, add_repeated_, attention, bias_gelu_erf};
+use super::kernels::add_repeated_;
 use super::safetensors_io::TensorFile;
 
 /// Largest attention-score tensor one forward pass may allocate (bytes).
@@ -246,82 +247,31 @@ pub enum QkvLora {
     QV { q: LowRank, v: LowRank },
     /// HF PEFT on timm's fused `qkv` Linear: one update [dim → 3·dim] touching q, k and v.
     Fused(LowRank),
+    /// The fused qkv update and one on each MLP map (`melo train --targets qkv,mlp`).
+    FusedMlp { qkv: LowRank, fc1: LowRank, fc2: LowRank },
 }
 
 impl QkvLora {
     pub fn rank(&self) -> usize {
+        self.parts()[0].1.rank()
+    }
+
+    /// Each update with the map (and columns) it acts on, in the core's order.
+    pub fn parts(&self) -> Vec<(core::Target, &LowRank)> {
         match self {
-            QkvLora::QV { q, .. } => q.rank(),
-            QkvLora::Fused(f) => f.rank(),
+            QkvLora::QV { q, v } => vec![(core::Target::Q, q), (core::Target::V, v)],
+            QkvLora::Fused(f) => vec![(core::Target::Qkv, f)],
+            QkvLora::FusedMlp { qkv, fc1, fc2 } => {
+                vec![(core::Target::Qkv, qkv), (core::Target::Fc1, fc1), (core::Target::Fc2, fc2)]
+            }
         }
     }
 }
 
-struct Linear {
-    /// The weight transposed to [in, out] and made contiguous once at load: gemm then reads
-    /// both operands row-major (measured 2–25 % faster per matmul than the [out, in] view).
+/// The checkpoint's own classifier, if it has one: weight [in, out], bias [out].
+struct Head {
     weight_t: Tensor,
     bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// From a PyTorch weight [out, in].
-    fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
-    }
-
-    /// x [M, in] → [M, out]; the bias is added in place into the fresh matmul output.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight_t)?;
-        match &self.bias {
-            Some(b) => add_repeated_(y, b),
-            None => Ok(y),
-        }
-    }
-
-    /// residual + x Wᵀ + b, summed in one pass into the matmul output.
-    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight_t)?;
-        match &self.bias {
-            Some(b) => add_bias_residual_(y, b, residual),
-            None => Ok((y + residual)?),
-        }
-    }
-
-    /// Folds a per-output-channel scale (LayerScale γ) into the weights: γ·(xWᵀ + b) =
-    /// x(diag(γ)W)ᵀ + γb. Saves two passes over the residual branch per block.
-    fn scale_outputs(self, gamma: &Tensor) -> Result<Self> {
-        let out = gamma.dims1()?;
-        let weight_t = self.weight_t.broadcast_mul(&gamma.reshape((1, out))?)?.contiguous()?;
-        let bias = match self.bias {
-            Some(b) => Some((b * gamma)?),
-            None => None,
-        };
-        Ok(Self { weight_t, bias })
-    }
-}
-
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
-}
-
-impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
-    }
-}
-
-struct Block {
-    norm1: LayerNorm,
-    qkv: Linear,
-    /// Attention output projection, LayerScale γ1 folded in.
-    proj: Linear,
-    norm2: LayerNorm,
-    fc1: Linear,
-    /// MLP output, LayerScale γ2 folded in.
-    fc2: Linear,
 }
 
 /// What one forward pass returns.
@@ -375,63 +325,21 @@ impl VitOutput {
     }
 }
 
-/// A frozen linear map as the trainer reads it: the weight as [in, out] (already transposed).
-#[derive(Debug, Clone)]
-pub struct LinearWeights {
-    pub weight_t: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-/// A LayerNorm's affine parameters.
-#[derive(Debug, Clone)]
-pub struct NormWeights {
-    pub weight: Tensor,
-    pub bias: Tensor,
-    pub eps: f32,
-}
-
-/// One block's weights; LayerScale γ1 / γ2 are folded into `proj` / `fc2`.
-#[derive(Debug, Clone)]
-pub struct BlockWeights {
-    pub norm1: NormWeights,
-    pub qkv: LinearWeights,
-    pub proj: LinearWeights,
-    pub norm2: NormWeights,
-    pub fc1: LinearWeights,
-    pub fc2: LinearWeights,
-}
-
-/// Every weight of the backbone, shared (candle tensors are reference-counted), for code that
-/// needs its own differentiable forward pass (training in `crate::train`).
-#[derive(Debug, Clone)]
-pub struct VitWeights {
-    /// Patch embedding [C·p·p, dim].
-    pub patch_weight: Tensor,
-    pub patch_bias: Tensor,
-    /// [1, 1, dim].
-    pub cls_token: Tensor,
-    pub blocks: Vec<BlockWeights>,
-    pub norm: NormWeights,
-}
-
 /// The ViT backbone (no classification head except the checkpoint's own, if it has one).
 pub struct VisionTransformer {
     config: Config,
-    /// Patch embedding as a matrix [C·p·p, dim] (the conv kernel flattened, transposed):
-    /// stride = kernel, so the convolution is one matmul over non-overlapping patches.
-    patch_weight: Tensor,
-    patch_bias: Tensor,
-    /// [1, 1, dim].
-    cls_token: Tensor,
+    /// Every weight as plain f32 buffers, LayerScale folded into `proj` / `fc2`; the patch
+    /// embedding as a matrix [C·p·p, dim] (the conv kernel flattened, transposed: stride =
+    /// kernel, so the convolution is one matmul over non-overlapping patches).
+    weights: core::Weights,
+    arch: core::Backbone,
     /// The CLS row of the position embedding [1, dim] and its grid rows [g, g, dim].
     pos_cls: Tensor,
     pos_grid: Tensor,
     stored_grid: usize,
     /// Position embeddings [1, 1 + gh·gw, dim] per input grid, computed once.
     pos_cache: Mutex<HashMap<(usize, usize), Tensor>>,
-    blocks: Vec<Block>,
-    norm: LayerNorm,
-    head: Option<Linear>,
+    head: Option<Head>,
     sha256: String,
 }
 
@@ -473,9 +381,9 @@ impl VisionTransformer {
             file.f32(name, shape)
         };
 
-        let patch_weight = get("patch_embed.proj.weight", &[d, c, p, p])?.reshape((d, c * p * p))?.t()?.contiguous()?;
-        let patch_bias = get("patch_embed.proj.bias", &[d])?;
-        let cls_token = get("cls_token", &[1, 1, d])?;
+        let patch_weight = get("patch_embed.proj.weight", &[d, c, p, p])?.reshape((d, c * p * p))?;
+        let patch = core::Linear::new(&patch_weight, Some(&get("patch_embed.proj.bias", &[d])?))?;
+        let cls = get("cls_token", &[1, 1, d])?.flatten_all()?.to_vec1::<f32>()?;
 
         // pos_embed [1, 1 + g², dim]: g from the file, checked against the config if given.
         let pos_shape = file.shape_of("pos_embed").map(<[usize]>::to_vec).unwrap_or_default();
@@ -506,22 +414,19 @@ impl VisionTransformer {
         let pos_cls = pos.i((0, 0..1, ..))?.contiguous()?;
         let pos_grid = pos.i((0, 1.., ..))?.reshape((stored_grid, stored_grid, d))?;
 
-        let norm = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, prefix: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm {
-                weight: get(&format!("{prefix}.weight"), &[d])?,
-                bias: get(&format!("{prefix}.bias"), &[d])?,
-                eps: config.layer_norm_eps as f32,
-            })
+        let norm = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, prefix: &str| -> Result<core::Norm> {
+            let (w, b) = (get(&format!("{prefix}.weight"), &[d])?, get(&format!("{prefix}.bias"), &[d])?);
+            core::Norm::new(&w, &b, config.layer_norm_eps as f32)
         };
         let linear = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
                       prefix: &str,
                       out: usize,
                       inp: usize,
                       bias: bool|
-         -> Result<Linear> {
+         -> Result<core::Linear> {
             let weight = get(&format!("{prefix}.weight"), &[out, inp])?;
             let bias = if bias { Some(get(&format!("{prefix}.bias"), &[out])?) } else { None };
-            Linear::new(weight, bias)
+            core::Linear::new(&weight, bias.as_ref())
         };
 
         let mut blocks = Vec::with_capacity(config.depth);
@@ -537,7 +442,7 @@ impl VisionTransformer {
                 proj = proj.scale_outputs(&get(&format!("{b}.ls1.gamma"), &[d])?)?;
                 fc2 = fc2.scale_outputs(&get(&format!("{b}.ls2.gamma"), &[d])?)?;
             }
-            blocks.push(Block { norm1, qkv, proj, norm2, fc1, fc2 });
+            blocks.push(core::Block { norm1, qkv, proj, norm2, fc1, fc2 });
         }
         let final_norm = norm(&mut get, "norm")?;
 
@@ -547,7 +452,7 @@ impl VisionTransformer {
             Some(shape) if shape.len() == 2 && shape[1] == d => {
                 let weight = get("head.weight", &shape)?;
                 let bias = if file.contains("head.bias") { Some(get("head.bias", &[shape[0]])?) } else { None };
-                Some(Linear::new(weight, bias)?)
+                Some(Head { weight_t: weight.t()?.contiguous()?, bias })
             }
             Some(shape) => {
                 return Err(Error::weights(
@@ -574,15 +479,12 @@ impl VisionTransformer {
         }
 
         let model = Self {
-            patch_weight,
-            patch_bias,
-            cls_token,
+            weights: core::Weights { patch, cls, blocks, norm: final_norm },
+            arch: core::Backbone::new(config.num_heads, p),
             pos_cls,
             pos_grid,
             stored_grid,
             pos_cache: Mutex::new(HashMap::new()),
-            blocks,
-            norm: final_norm,
             head,
             sha256,
             config,
@@ -610,57 +512,33 @@ impl VisionTransformer {
         self.config.depth
     }
 
-    /// The weights, for a differentiable re-implementation of [`forward`](Self::forward).
-    pub fn weights(&self) -> VitWeights {
-        let lin = |l: &Linear| LinearWeights { weight_t: l.weight_t.clone(), bias: l.bias.clone() };
-        let norm = |n: &LayerNorm| NormWeights { weight: n.weight.clone(), bias: n.bias.clone(), eps: n.eps };
-        VitWeights {
-            patch_weight: self.patch_weight.clone(),
-            patch_bias: self.patch_bias.clone(),
-            cls_token: self.cls_token.clone(),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| BlockWeights {
-                    norm1: norm(&b.norm1),
-                    qkv: lin(&b.qkv),
-                    proj: lin(&b.proj),
-                    norm2: norm(&b.norm2),
-                    fc1: lin(&b.fc1),
-                    fc2: lin(&b.fc2),
-                })
-                .collect(),
-            norm: norm(&self.norm),
-        }
+    /// The weights (plain f32, LayerScale folded), e.g. as full fine-tuning's starting point.
+    pub fn weights(&self) -> &core::Weights {
+        &self.weights
+    }
+
+    /// The architecture the weights run in (heads, patch size).
+    pub fn arch(&self) -> core::Backbone {
+        self.arch
     }
 
     /// Logits of the checkpoint's own head on the CLS token, if the file had a head.
     pub fn base_logits(&self, output: &VitOutput) -> Result<Option<Tensor>> {
         match &self.head {
-            Some(head) => Ok(Some(head.forward(&output.pooled(Pooling::Cls)?)?)),
+            Some(head) => {
+                let y = output.pooled(Pooling::Cls)?.matmul(&head.weight_t)?;
+                Ok(Some(match &head.bias {
+                    Some(b) => add_repeated_(y, b)?,
+                    None => y,
+                }))
+            }
             None => Ok(None),
         }
     }
 
     /// Checks that a set of per-block LoRA updates fits this model.
     pub fn check_lora(&self, lora: &[QkvLora]) -> Result<()> {
-        let d = self.config.embed_dim;
-        if lora.len() != self.config.depth {
-            return Err(Error::weights(
-                "LoRA",
-                format!("{} blocks of updates for a {}-block model", lora.len(), self.config.depth),
-            ));
-        }
-        for (i, block) in lora.iter().enumerate() {
-            let ok = match block {
-                QkvLora::QV { q, v } => q.in_dim() == d && q.out_dim() == d && v.in_dim() == d && v.out_dim() == d,
-                QkvLora::Fused(f) => f.in_dim() == d && f.out_dim() == 3 * d,
-            };
-            if !ok {
-                return Err(Error::weights("LoRA", format!("block {i}: update shapes do not fit dim {d}")));
-            }
-        }
-        Ok(())
+        self.arch.check(&self.weights, &core_lora(lora)?)
     }
 
     /// The position embedding for a gh × gw patch grid: [1, 1 + gh·gw, dim] (CLS row first,
@@ -710,9 +588,6 @@ impl VisionTransformer {
                 format!("got {:?}, expected [B ≥ 1, {}, H ≥ {p}, W ≥ {p}]", pixels.dims(), cfg.in_chans),
             ));
         }
-        if let Some(lora) = lora {
-            self.check_lora(lora)?;
-        }
         let (gh, gw) = (h / p, w / p);
         let d = cfg.embed_dim;
         let n = gh * gw;
@@ -727,66 +602,32 @@ impl VisionTransformer {
             ));
         }
 
-        // Patch embedding: [B,C,gh,p,gw,p] → [B·gh·gw, C·p·p] · Wᵀ.
-        let x = pixels.to_dtype(DType::F32)?.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
-        let patches =
-            x.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((b * n, c * p * p))?;
-        let patches = add_repeated_(patches.matmul(&self.patch_weight)?, &self.patch_bias)?;
-        let cls = self.cls_token.broadcast_as((b, 1, d))?;
-        let tokens = Tensor::cat(&[&cls, &patches.reshape((b, n, d))?], 1)?;
-        let tokens = add_repeated_(tokens, &self.position_embedding(gh, gw)?)?;
-        let mut x = tokens.reshape((b * t, d))?;
-
-        let mut attention = Vec::new();
-        for (i, block) in self.blocks.iter().enumerate() {
-            let block_lora = lora.map(|l| &l[i]);
-            x = self.block_forward(block, &x, b, t, block_lora, keep_attention.then_some(&mut attention))?;
-        }
-        let tokens = self.norm.forward(&x)?.reshape((b, t, d))?;
+        let lora = match lora {
+            Some(blocks) => core_lora(blocks)?,
+            None => core::Lora::none(cfg.depth),
+        };
+        let pos = self.position_embedding(gh, gw)?;
+        let (tokens, attention) = self.arch.tokens(&self.weights, &lora, (pixels, &pos), keep_attention)?;
+        let tokens = Tensor::from_vec(tokens, (b, t, d), &Device::Cpu)?;
+        let attention = attention
+            .into_iter()
+            .map(|a| Ok(Tensor::from_vec(a, (b, t, t), &Device::Cpu)?))
+            .collect::<Result<Vec<_>>>()?;
         Ok(VitOutput { tokens, grid: (gh, gw), attention })
     }
+}
 
-    /// One pre-norm block on x [B·T, dim].
-    fn block_forward(
-        &self,
-        block: &Block,
-        x: &Tensor,
-        b: usize,
-        t: usize,
-        lora: Option<&QkvLora>,
-        attention_out: Option<&mut Vec<Tensor>>,
-    ) -> Result<Tensor> {
-        let d = self.config.embed_dim;
-        let nh = self.config.num_heads;
-        let hd = d / nh;
-
-        let h = block.norm1.forward(x)?;
-        let mut qkv = block.qkv.forward(&h)?; // [B·T, 3·dim], columns q | k | v
-                                              // LoRA deltas go into the fresh qkv output, before it is split into heads.
-        match lora {
-            Some(QkvLora::Fused(update)) => qkv = add_columns_(qkv, &update.delta(&h)?, 0)?,
-            Some(QkvLora::QV { q, v }) => {
-                qkv = add_columns_(qkv, &q.delta(&h)?, 0)?;
-                qkv = add_columns_(qkv, &v.delta(&h)?, 2 * d)?;
-            }
-            None => {}
-        }
-        // softmax(q kᵀ / √hd) v for every image and head, straight from the qkv matrix.
-        let (y, probs) = attention(&qkv, b, t, nh, (hd as f32).powf(-0.5), attention_out.is_some())?;
-        if let (Some(out), Some(probs)) = (attention_out, probs) {
-            out.push(probs.mean(1)?);
-        }
-        let x = block.proj.forward_residual(&y, x)?;
-
-        let h = block.norm2.forward(&x)?;
-        // fc1's bias and the exact (erf) GELU of timm and DINOv2 in one fused pass.
-        let h = match &block.fc1.bias {
-            Some(bias) => bias_gelu_erf(h.matmul(&block.fc1.weight_t)?, bias)?,
-            None => block.fc1.forward(&h)?.gelu_erf()?,
-        };
-        let x = block.fc2.forward_residual(&h, &x)?;
-        Ok(x)
-    }
+/// The core's form of per-block LoRA updates.
+fn core_lora(blocks: &[QkvLora]) -> Result<core::Lora> {
+    let update = |target, l: &LowRank| -> Result<core::Update> {
+        let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        Ok(core::Update { target, rank: l.rank(), scale: l.scale() as f32, a: values(&l.a)?, b: values(&l.b)? })
+    };
+    let blocks = blocks
+        .iter()
+        .map(|block| block.parts().into_iter().map(|(t, l)| update(t, l)).collect())
+        .collect::<Result<Vec<_>>>()?;
+    Ok(core::Lora { blocks })
 }
 
 /// Keys cubic convolution kernel, a = −0.75 (PyTorch's and ONNX's bicubic).

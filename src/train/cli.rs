@@ -8,6 +8,7 @@ use super::data::SplitFractions;
 use super::trainer::{report_path, train_with, Augment, DataSetInfo, Method, TrainOptions};
 use super::{Error, Result};
 use crate::model::engine::default_backbone_dir;
+use crate::model::lora::LoraTarget;
 use crate::model::Pooling;
 
 /// `melo train --data D --out ADAPTER.safetensors --task NAME [--method lora|linear|full] …`
@@ -38,6 +39,10 @@ pub struct TrainArgs {
     /// LoRA alpha (scale = alpha / rank).
     #[arg(long, default_value_t = 4.0)]
     pub alpha: f64,
+    /// Where LoRA acts: `qv` (q and v, MeLo), `qkv` (the fused qkv map, as PEFT) or `qkv,mlp`
+    /// (qkv and both MLP maps). The adapter records it.
+    #[arg(long, default_value = "qv", value_parser = LoraTarget::parse)]
+    pub targets: LoraTarget,
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
     /// Peak learning rate (MeLo: 3e-4…2e-3 for LoRA, 3e-5 for full fine-tuning).
@@ -167,6 +172,7 @@ impl TrainArgs {
             method: self.method,
             rank: self.rank,
             alpha: self.alpha,
+            targets: self.targets,
             epochs: self.epochs,
             lr: self.lr,
             min_lr: self.min_lr,

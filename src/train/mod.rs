@@ -1,5 +1,5 @@
 //! Training diagnosis adapters (`melo train`): a LoRA adapter (MeLo: rank-r updates of q and v
-//! in every block, plus a head), a linear probe (head only) or full fine-tuning of the shipped
+//! — or of qkv and the MLP — in every block, plus a head), a linear probe (head only) or full fine-tuning of the shipped
 //! backbone, from an ImageFolder directory or a MedMNIST `.npz`.
 //!
 //! - [`data`]: the loaders (ImageFolder with train/val/test or one folder split by seed; npz);
@@ -7,24 +7,18 @@
 //!   `melo predict` sees;
 //! - [`metrics`]: accuracy, macro F1, one-vs-rest macro AUC (ties as half), per-class
 //!   sensitivity / specificity, confusion matrix;
-//! - [`backprop`]: LoRA training on the frozen backbone with a hand-written backward pass
-//!   (activation gradients and low-rank factor gradients only), what `--method lora` runs;
-//! - [`grad`]: a differentiable forward pass of the backbone on candle's autograd, with the
-//!   frozen matrices behind an op that never computes their gradient (full fine-tuning, and
-//!   the reference the hand-written pass is tested against);
 //! - [`augment`]: flips and the small random affine transform of training images;
-//! - [`trainer`]: AdamW, cosine schedule, label smoothing, class weights, augmentation,
+//! - [`trainer`]: the training pass of `model::core` for LoRA and full fine-tuning, AdamW,
+//!   cosine schedule, label smoothing, class weights, augmentation,
 //!   per-epoch validation, best-epoch selection, checkpoints for `--resume`, atomic saves;
 //! - [`cli`]: the `melo train` arguments.
 //!
 //! Nothing here depends on egui.
 
 pub mod augment;
-pub mod backprop;
 pub mod calibrate;
 pub mod cli;
 pub mod data;
-pub mod grad;
 pub mod metrics;
 pub mod trainer;
 
@@ -68,12 +62,13 @@ impl Error {
     }
 }
 
-/// The CLI reports every failure through the library error type.
+/// The CLI reports every failure through the library error type (model errors by the model's
+/// own conversion).
 impl From<Error> for crate::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::Melo(inner) => inner,
             Error::Model(inner) => inner.into(),
+            Error::Melo(inner) => inner,
             Error::Io(e) => crate::Error::Io(e),
             other => crate::Error::Invalid(other.to_string()),
         }

@@ -8,13 +8,18 @@
 //! weights are evaluated once on the test split — through the engine's own inference path for
 //! adapters, so the recorded metrics are what `melo predict` reproduces.
 //!
-//! - `lora`: MeLo — rank-r updates of q and v in every block + a head; backbone frozen.
+//! - `lora`: MeLo — rank-r updates of q and v (or, with `--targets`, of the fused qkv map and
+//!   the MLP's two maps) in every block + a head; backbone frozen.
 //! - `linear`: a linear probe — backbone frozen, head only. The features of the (flipped)
 //!   training images are computed once, by the engine's inference pass, then the head is
 //!   trained on them.
 //! - `full`: every backbone weight but the position embedding (frozen: it is resized
 //!   bicubically to each input grid) and the head. The result is a whole model (not an adapter:
 //!   the engine keeps one shared backbone), written with its metrics for comparison.
+//!
+//! LoRA and full fine-tuning run the backbone through `model::core`'s training pass (forward
+//! with a tape, hand-written backward for exactly the trained tensors); the head and the loss
+//! stay on candle (tiny), and AdamW is one fused pass per tensor on plain buffers.
 //!
 //! Checkpoints (`OUT` with extension `.ckpt`) are written atomically after every epoch; with
 //! `--resume` a run continues after the last finished epoch and ends exactly as an
@@ -24,20 +29,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{backprop::GradStore, DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub use super::augment::Augment;
 use super::augment::Transform;
-use super::backprop::{FrozenBackbone, LoraFactors};
 use super::calibrate;
 use super::data::{DataSource, Prepared, Split, SplitFractions};
-use super::grad::{uniform, GradVit, Trainable};
 use super::metrics::{evaluate, Evaluation};
 use super::{Error, Result};
 use crate::model::calibration::Calibration;
+use crate::model::core::{Backbone, Grads, Lora, Named, Tape, Weights};
 use crate::model::lora::{DataSetSummary, LoraTarget, TrainingSummary};
 use crate::model::ood::{OodSummary, THRESHOLD_QUANTILE};
 use crate::model::vit::{LowRank, QkvLora};
@@ -66,6 +70,10 @@ pub struct TrainOptions {
     pub method: Method,
     pub rank: usize,
     pub alpha: f64,
+    /// Where LoRA acts (q and v unless asked otherwise; not written when q and v, so that
+    /// reports and checkpoints of earlier runs read the same).
+    #[serde(default, skip_serializing_if = "LoraTarget::is_qv")]
+    pub targets: LoraTarget,
     pub epochs: usize,
     pub lr: f64,
     /// Final learning rate of the cosine schedule.
@@ -245,49 +253,58 @@ struct CheckpointMeta {
     train_seconds: f64,
 }
 
-/// AdamW with its moments exposed (for checkpoints). Public so that the tests can compare its
-/// steps with `torch.optim.AdamW`'s.
+/// AdamW with its moments exposed (for checkpoints), on plain buffers: one fused pass per
+/// tensor (candle's ops took a dozen passes and allocations per tensor, which for full
+/// fine-tuning's 22 M parameters cost as much as a forward pass at 56 px). Public so that the
+/// tests can compare its steps with `torch.optim.AdamW`'s.
 pub struct AdamW {
-    params: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     step: usize,
     weight_decay: f64,
 }
 
 impl AdamW {
-    const BETA1: f64 = 0.9;
-    const BETA2: f64 = 0.999;
-    const EPS: f64 = 1e-8;
+    const BETA1: f32 = 0.9;
+    const BETA2: f32 = 0.999;
+    const EPS: f32 = 1e-8;
 
-    /// Zero moments for `params` (named); `weight_decay` applies to matrices only.
-    pub fn new(params: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
-        let m = params.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
-        Ok(Self { params, m, v, step: 0, weight_decay })
+    /// Zero moments for tensors of `sizes` values each.
+    pub fn new(sizes: &[usize], weight_decay: f64) -> Self {
+        let m: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+        Self { v: m.clone(), m, step: 0, weight_decay }
     }
 
-    /// One update of every parameter that has a gradient in `grads`, at learning rate `lr`.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update of every tensor (`params[i]` with gradient `grads[i]`) at learning rate
+    /// `lr`; decoupled weight decay on matrices (2-D shapes) only, not biases, norms, tokens.
+    pub fn step(&mut self, params: &mut [Named], grads: &[Named], lr: f64) -> Result<()> {
+        use rayon::prelude::*;
+        if params.len() != self.m.len() || grads.len() != params.len() {
+            return Err(Error::Options("optimiser: parameter and gradient lists do not match".into()));
+        }
         self.step += 1;
         let t = self.step as i32;
-        let bc1 = 1.0 - Self::BETA1.powi(t);
-        let bc2 = 1.0 - Self::BETA2.powi(t);
-        for (i, (_, var)) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
-            // Gradients carry the op graph of the backward pass (and through it the step's
-            // activations); the moments must not, or every step's graph stays alive.
-            let g = g.detach();
-            let g = &g;
-            let m = ((&self.m[i] * Self::BETA1)? + (g * (1.0 - Self::BETA1))?)?;
-            let v = ((&self.v[i] * Self::BETA2)? + (g.sqr()? * (1.0 - Self::BETA2))?)?;
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + Self::EPS)?)?;
-            // Decoupled weight decay on matrices only (not biases, norms, tokens).
-            let decay = if var.rank() >= 2 { self.weight_decay } else { 0.0 };
-            let theta = (var.as_tensor() * (1.0 - lr * decay))?;
-            var.set(&(theta - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+        let (bc1, bc2) = (1.0 - Self::BETA1.powi(t), 1.0 - Self::BETA2.powi(t));
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            if p.values.len() != g.values.len() || p.values.len() != self.m[i].len() {
+                return Err(Error::Options(format!("optimiser: {} changed size", p.name)));
+            }
+            let decay = if p.shape.len() == 2 { self.weight_decay as f32 } else { 0.0 };
+            let (lr, keep) = (lr as f32, 1.0 - lr as f32 * decay);
+            const CHUNK: usize = 1 << 14;
+            p.values
+                .par_chunks_mut(CHUNK)
+                .zip(g.values.par_chunks(CHUNK))
+                .zip(self.m[i].par_chunks_mut(CHUNK))
+                .zip(self.v[i].par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| {
+                    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                        *m = Self::BETA1 * *m + (1.0 - Self::BETA1) * g;
+                        *v = Self::BETA2 * *v + (1.0 - Self::BETA2) * g * g;
+                        let update = (*m / bc1) / ((*v / bc2).sqrt() + Self::EPS);
+                        *p = *p * keep - update * lr;
+                    }
+                });
         }
         Ok(())
     }
@@ -358,40 +375,194 @@ fn batch_pixels(data: &Prepared, idx: &[usize], transforms: &[Transform]) -> Res
     Ok(Tensor::from_vec(out, (idx.len(), 3, s, s), &Device::Cpu)?)
 }
 
-/// The head: weight [C, F], bias [C].
-struct Head {
-    weight: Var,
-    bias: Var,
+/// Samples U(−bound, bound) with a seeded generator.
+pub fn uniform(rng: &mut impl Rng, n: usize, bound: f64) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect()
 }
 
-impl Head {
-    fn new(classes: usize, features: usize, rng: &mut impl Rng) -> Result<Self> {
-        // PyTorch's Linear initialisation: U(±1/√F) for weight and bias.
-        let bound = 1.0 / (features as f64).sqrt();
-        Ok(Self {
-            weight: Var::from_tensor(&uniform(rng, (classes, features), bound)?)?,
-            bias: Var::from_tensor(&uniform(rng, (1, classes), bound)?.flatten_all()?)?,
-        })
+/// What a run trains: the head (weight [C, F], bias [C]), the LoRA factors (none for the
+/// linear probe and full fine-tuning) and, for full fine-tuning, the backbone's weights. Also
+/// the type of their gradients.
+#[derive(Clone)]
+struct Params {
+    head_weight: Vec<f32>,
+    head_bias: Vec<f32>,
+    classes: usize,
+    lora: Lora,
+    weights: Option<Weights>,
+}
+
+impl Params {
+    /// Every tensor with its name and shape, in a fixed order (optimiser, checkpoints).
+    fn named(&mut self) -> Vec<Named<'_>> {
+        let (c, f) = (self.classes, self.head_weight.len() / self.classes.max(1));
+        let mut out = vec![
+            Named { name: "head.weight".into(), shape: vec![c, f], values: &mut self.head_weight },
+            Named { name: "head.bias".into(), shape: vec![c], values: &mut self.head_bias },
+        ];
+        out.extend(self.lora.named());
+        if let Some(w) = &mut self.weights {
+            out.extend(w.named());
+        }
+        out
     }
 
-    fn forward(&self, features: &Tensor) -> Result<Tensor> {
-        Ok(features.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())?)
+    fn head_tensors(&self) -> Result<(Tensor, Tensor)> {
+        let f = self.head_weight.len() / self.classes.max(1);
+        Ok((
+            Tensor::from_slice(&self.head_weight, (self.classes, f), &Device::Cpu)?,
+            Tensor::from_slice(&self.head_bias, self.classes, &Device::Cpu)?,
+        ))
     }
 
-    fn vars(&self) -> Vec<(String, Var)> {
-        vec![("head.weight".into(), self.weight.clone()), ("head.bias".into(), self.bias.clone())]
+    fn logits(&self, features: &Tensor) -> Result<Tensor> {
+        let (w, b) = self.head_tensors()?;
+        Ok(features.matmul(&w.t()?)?.broadcast_add(&b)?)
+    }
+
+    /// The loss of a batch, the head's gradients written into `grads`, and the features'
+    /// gradient when asked (candle's autograd: the head and the loss are tiny).
+    fn loss(
+        &self,
+        features: &Tensor,
+        labels: &[usize],
+        weights: &[f32],
+        o: &TrainOptions,
+        grads: &mut Params,
+        d_features: bool,
+    ) -> Result<(f64, Option<Vec<f32>>)> {
+        let (w, b) = self.head_tensors()?;
+        let (w, b, f) = (Var::from_tensor(&w)?, Var::from_tensor(&b)?, Var::from_tensor(features)?);
+        let logits = f.as_tensor().matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+        let loss = smoothed_cross_entropy(&logits, labels, weights, o.label_smoothing)?;
+        let g = loss.backward()?;
+        let get = |v: &Var| -> Result<Vec<f32>> {
+            let t = g.get(v.as_tensor()).ok_or_else(|| Error::Options("no gradient reached the head".into()))?;
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
+        grads.head_weight = get(&w)?;
+        grads.head_bias = get(&b)?;
+        let df = if d_features { Some(get(&f)?) } else { None };
+        Ok((f64::from(loss.to_scalar::<f32>()?), df))
     }
 }
 
-/// The model being trained, per method.
-enum Model {
-    /// Frozen features of train (plain, h-flipped, v-flipped, both), val, test: [N, F] each.
-    Linear {
-        train: [Option<Tensor>; 4],
-        val: Tensor,
-        test: Tensor,
-    },
-    Backbone(GradVit),
+/// One training batch: items of the training split, their augmentation and labels.
+struct Batch<'a> {
+    idx: &'a [usize],
+    transforms: &'a [Transform],
+    labels: Vec<usize>,
+}
+
+/// What differs between the three methods: how one batch's loss and gradients are computed,
+/// and how a split is predicted. The loop, schedule, optimiser, checkpoints and evaluation are
+/// shared ([`train_prepared_with_progress`]).
+trait Learner {
+    /// The batch's loss; every trained tensor's gradient is written into `grads`.
+    fn step(&mut self, params: &Params, batch: &Batch, loss: &LossSpec, grads: &mut Params) -> Result<f64>;
+    /// Probabilities [n × C] on the validation or test split with the current parameters.
+    fn predict(&mut self, params: &Params, data: &Prepared, split: Split) -> Result<Vec<f32>>;
+}
+
+/// The loss's class weights and options.
+struct LossSpec<'a> {
+    weights: &'a [f32],
+    options: &'a TrainOptions,
+}
+
+/// Linear probe: the head on frozen features of train (plain, h-flipped, v-flipped, both), val
+/// and test ([N, F] each), computed once by the engine's inference pass.
+struct LinearProbe {
+    train: [Option<Tensor>; 4],
+    val: Tensor,
+    test: Tensor,
+}
+
+impl Learner for LinearProbe {
+    fn step(&mut self, params: &Params, batch: &Batch, loss: &LossSpec, grads: &mut Params) -> Result<f64> {
+        // Per-sample flip variant: gather rows from the matching feature table.
+        let rows: Vec<Tensor> = (batch.idx.iter().zip(batch.transforms))
+            .map(|(&i, t)| {
+                let k = usize::from(t.hflip) | (usize::from(t.vflip) << 1);
+                let table = self.train[k].as_ref().or(self.train[0].as_ref());
+                table.ok_or_else(|| Error::Options("no training features".into()))?.get(i).map_err(Error::from)
+            })
+            .collect::<Result<_>>()?;
+        Ok(params.loss(&Tensor::stack(&rows, 0)?, &batch.labels, loss.weights, loss.options, grads, false)?.0)
+    }
+
+    fn predict(&mut self, params: &Params, _data: &Prepared, split: Split) -> Result<Vec<f32>> {
+        softmax_rows(&params.logits(if split == Split::Test { &self.test } else { &self.val })?)
+    }
+}
+
+/// LoRA and full fine-tuning: the backbone through `model::core`'s training pass. `frozen`:
+/// the backbone's weights when they are not trained (LoRA; full fine-tuning trains
+/// `Params::weights`).
+struct Backprop<'a> {
+    vit: &'a VisionTransformer,
+    options: &'a TrainOptions,
+    train_set: &'a Prepared,
+    arch: Backbone,
+    frozen: Option<Weights>,
+    tape: Tape,
+    pos: Tensor,
+}
+
+impl Backprop<'_> {
+    /// Pooled features [B, F] of items `idx` of `data`, the activations kept in the tape.
+    fn features(
+        &mut self,
+        params: &Params,
+        data: &Prepared,
+        idx: &[usize],
+        transforms: &[Transform],
+    ) -> Result<Tensor> {
+        let pixels = batch_pixels(data, idx, transforms)?;
+        let w = self
+            .frozen
+            .as_ref()
+            .or(params.weights.as_ref())
+            .ok_or_else(|| Error::Options("no backbone weights".into()))?;
+        let features =
+            self.arch.forward(w, &params.lora, (&pixels, &self.pos, self.options.pooling), &mut self.tape)?;
+        let f = features.len() / idx.len().max(1);
+        Ok(Tensor::from_vec(features, (idx.len(), f), &Device::Cpu)?)
+    }
+}
+
+impl Learner for Backprop<'_> {
+    fn step(&mut self, params: &Params, batch: &Batch, loss: &LossSpec, grads: &mut Params) -> Result<f64> {
+        let features = self.features(params, self.train_set, batch.idx, batch.transforms)?;
+        let (value, df) = params.loss(&features, &batch.labels, loss.weights, loss.options, grads, true)?;
+        let df = df.ok_or_else(|| Error::Options("no gradient reached the pooled features".into()))?;
+        let w = self
+            .frozen
+            .as_ref()
+            .or(params.weights.as_ref())
+            .ok_or_else(|| Error::Options("no backbone weights".into()))?;
+        let g = Grads { weights: grads.weights.as_mut(), lora: &mut grads.lora };
+        self.arch.backward(w, &params.lora, &mut self.tape, &df, g)?;
+        Ok(value)
+    }
+
+    fn predict(&mut self, params: &Params, data: &Prepared, _split: Split) -> Result<Vec<f32>> {
+        let o = self.options;
+        let idx: Vec<usize> = (0..data.len()).collect();
+        let mut probs = Vec::with_capacity(data.len() * params.classes);
+        for chunk in idx.chunks(32) {
+            let features = if self.frozen.is_some() {
+                // Adapters: the engine's own inference path, so the recorded metrics are what
+                // `melo predict` reproduces.
+                let (lora, _, _) = current_lora(params, self.vit, o.targets, o.alpha / o.rank.max(1) as f64)?;
+                self.vit.forward(&batch_pixels(data, chunk, &[])?, Some(&lora))?.pooled(o.pooling)?
+            } else {
+                self.features(params, data, chunk, &[])?
+            };
+            probs.extend(softmax_rows(&params.logits(&features)?)?);
+        }
+        Ok(probs)
+    }
 }
 
 fn check_options(o: &TrainOptions) -> Result<()> {
@@ -533,6 +704,59 @@ pub fn train_prepared(
     classes: &[String],
     splits: &Splits,
 ) -> Result<TrainReport> {
+    train_prepared_with_progress(o, data_set, engine, classes, splits, &mut print_progress)
+}
+
+/// What a run reports while it goes (the terminal prints it; a window can show it).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A note or warning (a class without training images, resuming, no calibration fitted).
+    Note(String),
+    /// The head-only phase ended, keeping the head of this validation AUC.
+    HeadPhase { epochs: usize, val_auc: f64 },
+    /// An epoch ended; `best`: its validation AUC is the best so far.
+    Epoch { record: EpochRecord, epochs: usize, best: bool },
+    /// The run ended with the kept epoch's test evaluation.
+    Finished { best_epoch: usize, best_val_auc: f64, test: Evaluation },
+}
+
+/// `melo train`'s progress lines on standard error.
+pub fn print_progress(p: Progress) {
+    let auc = |a: Option<f64>| a.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into());
+    match p {
+        Progress::Note(text) => eprintln!("{text}"),
+        Progress::HeadPhase { epochs, val_auc } => {
+            eprintln!("head phase: {epochs} epochs on frozen features, kept val AUC {val_auc:.4}")
+        }
+        Progress::Epoch { record: r, epochs, best } => eprintln!(
+            "epoch {:>3}/{epochs}  train loss {:.4}  val AUC {}  acc {:.4}  loss {:.4}  {:.1} img/s  {:.0} s{}",
+            r.epoch,
+            r.train_loss,
+            auc(r.val_macro_auc),
+            r.val_accuracy,
+            r.val_loss,
+            r.train_images_per_second,
+            r.seconds,
+            if best { "  *best" } else { "" }
+        ),
+        Progress::Finished { best_epoch, best_val_auc, test } => eprintln!(
+            "best epoch {best_epoch} (val AUC {best_val_auc:.4}); test: accuracy {:.4}, macro F1 {:.4}, macro AUC {}",
+            test.accuracy,
+            test.macro_f1,
+            auc(test.macro_auc)
+        ),
+    }
+}
+
+/// [`train_prepared`], reporting progress to `progress` instead of standard error.
+pub fn train_prepared_with_progress(
+    o: &TrainOptions,
+    data_set: &DataSetInfo,
+    engine: &Engine,
+    classes: &[String],
+    splits: &Splits,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<TrainReport> {
     check_options(o)?;
     let vit = engine.backbone();
     let cfg = vit.config().clone();
@@ -550,27 +774,48 @@ pub fn train_prepared(
     }
     for (k, &n) in counts.iter().enumerate() {
         if n == 0 {
-            eprintln!("warning: class '{}' has no training images", classes[k]);
+            progress(Progress::Note(format!("warning: class '{}' has no training images", classes[k])));
         }
     }
     if o.progress {
-        eprintln!("train counts {counts:?}");
+        progress(Progress::Note(format!("train counts {counts:?}")));
     }
     let weights = if o.class_weights { class_weights(&counts) } else { vec![1.0; c] };
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
     let feature_dim = o.pooling.feature_dim(cfg.embed_dim);
-    let head = Head::new(c, feature_dim, &mut rng)?;
-    let lora_scale = o.alpha / o.rank.max(1) as f64;
-    let trainable = match o.method {
-        Method::Lora => Trainable::Lora { rank: o.rank, scale: lora_scale },
-        Method::Linear => Trainable::Head,
-        Method::Full => Trainable::Full,
+    // PyTorch's Linear initialisation: U(±1/√F) for weight and bias.
+    let bound = 1.0 / (feature_dim as f64).sqrt();
+    let (head_weight, head_bias) = (uniform(&mut rng, c * feature_dim, bound), uniform(&mut rng, c, bound));
+    let lora = match o.method {
+        // A kaiming-uniform (a = √5, i.e. U(±1/√in), as PyTorch's Linear and PEFT), B zero.
+        Method::Lora => Lora::new(
+            cfg.depth,
+            o.targets.targets(),
+            o.rank,
+            (o.alpha / o.rank.max(1) as f64) as f32,
+            (cfg.embed_dim, cfg.mlp_hidden_dim()),
+            |n, inputs| uniform(&mut rng, n, 1.0 / (inputs as f64).sqrt()),
+        ),
+        _ => Lora::none(cfg.depth),
     };
+    let lora_scale = o.alpha / o.rank.max(1) as f64;
+    let trained_backbone = if o.method == Method::Full { Some(vit.weights().clone()) } else { None };
+    let mut params = Params { head_weight, head_bias, classes: c, lora, weights: trained_backbone };
     let backbone_parameters = count_backbone_parameters(vit)?;
 
     let t_train = Instant::now();
-    let model = match o.method {
+    let pos = vit.position_embedding(o.size / cfg.patch_size, o.size / cfg.patch_size)?;
+    let backprop = |frozen| Backprop {
+        vit,
+        options: o,
+        train_set,
+        arch: vit.arch(),
+        frozen,
+        tape: Tape::default(),
+        pos: pos.clone(),
+    };
+    let mut learner: Box<dyn Learner> = match o.method {
         Method::Linear => {
             let bar = progress_bar(
                 o.progress,
@@ -585,30 +830,30 @@ pub fn train_prepared(
             let val = frozen_features(vit, val_set, Transform::default(), o.pooling, &bar)?;
             let test = frozen_features(vit, test_set, Transform::default(), o.pooling, &bar)?;
             bar.finish_and_clear();
-            Model::Linear { train: variants, val, test }
+            Box::new(LinearProbe { train: variants, val, test })
         }
-        _ => Model::Backbone(GradVit::new(vit, trainable, &mut rng)?),
+        Method::Lora => Box::new(backprop(Some(vit.weights().clone()))),
+        Method::Full => Box::new(backprop(None)),
     };
-    let fast = if o.method == Method::Lora { Some(FrozenBackbone::new(vit)?) } else { None };
     let ckpt = checkpoint_path(&o.out);
     let resuming = o.resume && ckpt.is_file();
     let mut head_phase_val_auc = None;
     if o.method != Method::Linear && o.head_epochs > 0 && !resuming {
-        head_phase_val_auc = head_phase(&head, vit, train_set, val_set, &classes, &weights, o)?;
+        head_phase_val_auc = head_phase(&mut params, vit, train_set, val_set, &classes, &weights, o)?;
+        if let Some(val_auc) = head_phase_val_auc {
+            progress(Progress::HeadPhase { epochs: o.head_epochs, val_auc });
+        }
     }
     let feature_seconds = t_train.elapsed().as_secs_f64();
 
-    let mut params: Vec<(String, Var)> = head.vars();
-    if let Model::Backbone(g) = &model {
-        params.extend(g.lora_vars());
-        params.extend(g.backbone_vars.iter().cloned());
-    }
-    let trainable_parameters: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
-    let mut opt = AdamW::new(params.clone(), o.weight_decay)?;
+    let sizes: Vec<usize> = params.named().iter().map(|n| n.values.len()).collect();
+    let trainable_parameters: usize = sizes.iter().sum();
+    let mut opt = AdamW::new(&sizes, o.weight_decay);
+    let mut grads = params.clone();
+    let loss_spec = LossSpec { weights: &weights, options: o };
 
     let steps_per_epoch = train_set.len().div_ceil(o.batch);
     let total_steps = steps_per_epoch * o.epochs;
-    let pos = vit.position_embedding(o.size / cfg.patch_size, o.size / cfg.patch_size)?;
 
     // Resume.
     let fp = fingerprint(o, vit.sha256());
@@ -622,16 +867,18 @@ pub fn train_prepared(
         history: Vec::new(),
         train_seconds: feature_seconds,
     };
-    let mut best: HashMap<String, Tensor> = HashMap::new();
+    let mut best: HashMap<String, Vec<f32>> = HashMap::new();
     if o.resume {
         if ckpt.is_file() {
-            let (m, b) = load_checkpoint(&ckpt, &fp, &mut opt)?;
+            let (m, b) = load_checkpoint(&ckpt, &fp, &mut params, &mut opt)?;
             meta = m;
             meta.train_seconds += feature_seconds;
             best = b;
-            eprintln!("resuming {} after epoch {} of {}", ckpt.display(), meta.epochs_done, o.epochs);
+            let done = meta.epochs_done;
+            progress(Progress::Note(format!("resuming {} after epoch {done} of {}", ckpt.display(), o.epochs)));
         } else {
-            eprintln!("--resume: no checkpoint at {}; starting from the beginning", ckpt.display());
+            let note = format!("--resume: no checkpoint at {}; starting from the beginning", ckpt.display());
+            progress(Progress::Note(note));
         }
     }
 
@@ -652,59 +899,12 @@ pub fn train_prepared(
         for (s, chunk) in order.chunks(o.batch).enumerate() {
             let fl = &transforms[s * o.batch..s * o.batch + chunk.len()];
             let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
-            let (loss, grads) = if let (Model::Backbone(g), Some(fast)) = (&model, &fast) {
-                // LoRA: the hand-written backward pass; candle only for head and loss.
-                let factors = LoraFactors::of(g.lora())?;
-                let pixels = batch_pixels(train_set, chunk, fl)?;
-                let (features, tape) = fast.forward(&pixels, &pos, &factors, lora_scale as f32, o.pooling)?;
-                let features = Var::from_tensor(&features)?;
-                let logits = head.forward(features.as_tensor())?;
-                let loss = smoothed_cross_entropy(&logits, &labels, &weights, o.label_smoothing)?;
-                let mut grads = loss.backward()?;
-                let d_features = grads
-                    .remove(features.as_tensor())
-                    .ok_or_else(|| Error::Options("no gradient reached the pooled features".into()))?;
-                let lora_grads = fast.backward(tape, &factors, &d_features)?;
-                let d = cfg.embed_dim;
-                for (l, gr) in g.lora().iter().zip(lora_grads) {
-                    let r = gr.q_a.len() / d;
-                    for (var, grad, shape) in [
-                        (&l.q_a, gr.q_a, (r, d)),
-                        (&l.q_b, gr.q_b, (d, r)),
-                        (&l.v_a, gr.v_a, (r, d)),
-                        (&l.v_b, gr.v_b, (d, r)),
-                    ] {
-                        grads.insert(var.as_tensor(), Tensor::from_vec(grad, shape, &Device::Cpu)?);
-                    }
-                }
-                (loss, grads)
-            } else {
-                let features = match &model {
-                    Model::Linear { train, .. } => {
-                        // Per-sample flip variant: gather rows from the matching feature table.
-                        let rows: Vec<Tensor> = chunk
-                            .iter()
-                            .zip(fl)
-                            .map(|(&i, t)| {
-                                let k = usize::from(t.hflip) | (usize::from(t.vflip) << 1);
-                                train[k].as_ref().unwrap_or_else(|| train[0].as_ref().expect("plain features")).get(i)
-                            })
-                            .collect::<candle_core::Result<_>>()?;
-                        Tensor::stack(&rows, 0)?
-                    }
-                    Model::Backbone(g) => g.features(&batch_pixels(train_set, chunk, fl)?, &pos, o.pooling)?,
-                };
-                let logits = head.forward(&features)?;
-                let loss = smoothed_cross_entropy(&logits, &labels, &weights, o.label_smoothing)?;
-                let grads = loss.backward()?;
-                (loss, grads)
-            };
+            let loss = learner.step(&params, &Batch { idx: chunk, transforms: fl, labels }, &loss_spec, &mut grads)?;
             lr = learning_rate(meta.step, total_steps, o.lr, o.min_lr, o.warmup);
-            opt.step(&grads, lr)?;
+            opt.step(&mut params.named(), &grads.named(), lr)?;
             meta.step += 1;
-            let l = f64::from(loss.to_scalar::<f32>()?);
-            check_finite_loss(l, epoch, lr)?;
-            loss_sum += l * chunk.len() as f64;
+            check_finite_loss(loss, epoch, lr)?;
+            loss_sum += loss * chunk.len() as f64;
             let done = (s * o.batch + chunk.len()) as f64;
             bar.set_message(format!(
                 "loss {:.4}  {:.1} img/s",
@@ -717,7 +917,7 @@ pub fn train_prepared(
         let train_seconds = t_epoch.elapsed().as_secs_f64();
         meta.train_seconds += train_seconds;
 
-        let val_probs = predict_split(&model, &head, vit, val_set, Split::Val, o, lora_scale, &pos)?;
+        let val_probs = learner.predict(&params, val_set, Split::Val)?;
         let val = evaluate(&val_probs, &val_set.labels, &classes);
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -731,49 +931,31 @@ pub fn train_prepared(
         };
         let auc = val.macro_auc.unwrap_or(val.accuracy);
         let improved = auc > meta.best_val_auc || (auc == meta.best_val_auc && val.loss < meta.best_val_loss);
-        eprintln!(
-            "epoch {:>3}/{}  train loss {:.4}  val AUC {}  acc {:.4}  loss {:.4}  {:.1} img/s  {:.0} s{}",
-            epoch + 1,
-            o.epochs,
-            record.train_loss,
-            val.macro_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
-            val.accuracy,
-            val.loss,
-            record.train_images_per_second,
-            train_seconds,
-            if improved { "  *best" } else { "" }
-        );
+        progress(Progress::Epoch { record: record.clone(), epochs: o.epochs, best: improved });
         if improved {
             meta.best_val_auc = auc;
             meta.best_val_loss = val.loss;
             meta.best_epoch = epoch + 1;
-            best = opt.params.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect::<Result<_>>()?;
+            best = params.named().into_iter().map(|n| (n.name, n.values.clone())).collect();
         }
         meta.history.push(record);
         meta.epochs_done = epoch + 1;
-        save_checkpoint(&ckpt, &meta, &opt, &best)?;
+        save_checkpoint(&ckpt, &meta, &mut params, &opt, &best)?;
     }
 
     // Restore the best epoch's weights.
-    for (name, var) in &opt.params {
-        if let Some(t) = best.get(name) {
-            var.set(t)?;
+    for n in params.named() {
+        if let Some(t) = best.get(&n.name) {
+            n.values.clone_from(t);
         }
     }
-    let val_probs = predict_split(&model, &head, vit, val_set, Split::Val, o, lora_scale, &pos)?;
+    let val_probs = learner.predict(&params, val_set, Split::Val)?;
     let val = evaluate(&val_probs, &val_set.labels, &classes);
-    let test_probs = predict_split(&model, &head, vit, test_set, Split::Test, o, lora_scale, &pos)?;
+    let test_probs = learner.predict(&params, test_set, Split::Test)?;
     let test = evaluate(&test_probs, &test_set.labels, &classes);
     let test_probabilities_head: Vec<Vec<f32>> =
         test_probs.chunks(c).take(REPORT_TEST_HEAD).map(<[f32]>::to_vec).collect();
-    eprintln!(
-        "best epoch {} (val AUC {:.4}); test: accuracy {:.4}, macro F1 {:.4}, macro AUC {}",
-        meta.best_epoch,
-        meta.best_val_auc,
-        test.accuracy,
-        test.macro_f1,
-        test.macro_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
-    );
+    progress(Progress::Finished { best_epoch: meta.best_epoch, best_val_auc: meta.best_val_auc, test: test.clone() });
 
     let class_counts = [(Split::Train, &train_set), (Split::Val, &val_set), (Split::Test, &test_set)]
         .iter()
@@ -814,7 +996,7 @@ pub fn train_prepared(
 
     match o.method {
         Method::Lora | Method::Linear => {
-            let mut adapter = build_adapter(&model, &head, vit, o, &report, lora_scale)?;
+            let mut adapter = build_adapter(&params, vit, o, &report, lora_scale)?;
             // Same fit as `melo calibrate`, on the chosen epoch's weights.
             let fit_options = calibrate::FitOptions { pass_rate: o.ood_pass_rate, ..Default::default() };
             match calibrate::fit(vit, &adapter, train_set, val_set, test_set, fit_options) {
@@ -824,12 +1006,14 @@ pub fn train_prepared(
                     adapter.set_calibration(fitted.calibration, Some((fitted.ood, fitted.stats)))?;
                 }
                 Err(e) => {
-                    eprintln!("warning: no calibration or OOD statistics fitted ({e}); the adapter is uncalibrated")
+                    let note =
+                        format!("warning: no calibration or OOD statistics fitted ({e}); the adapter is uncalibrated");
+                    progress(Progress::Note(note))
                 }
             }
             adapter.save(&o.out)?;
         }
-        Method::Full => save_full(&opt, o, &report)?,
+        Method::Full => save_full(&mut params, o, &report)?,
     }
     report.file_bytes = std::fs::metadata(&o.out).map_err(|e| Error::io(&o.out, e))?.len();
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Options(format!("report: {e}")))?;
@@ -842,7 +1026,7 @@ pub fn train_prepared(
 /// The head-only phase: the head trained on frozen features (of the training images in every
 /// flip the augmentation uses), best validation macro AUC kept. Returns that AUC.
 fn head_phase(
-    head: &Head,
+    params: &mut Params,
     vit: &VisionTransformer,
     train_set: &Prepared,
     val_set: &Prepared,
@@ -857,10 +1041,16 @@ fn head_phase(
         .collect::<Result<_>>()?;
     let val = frozen_features(vit, val_set, Transform::default(), o.pooling, &bar)?;
     bar.finish_and_clear();
-    let mut opt = AdamW::new(head.vars(), o.weight_decay)?;
+    // The head alone: a copy of the parameters without LoRA factors or backbone weights.
+    let mut head =
+        Params { lora: Lora::none(0), weights: None, head_weight: Vec::new(), head_bias: Vec::new(), ..params.clone() };
+    head.head_weight.clone_from(&params.head_weight);
+    head.head_bias.clone_from(&params.head_bias);
+    let mut grads = head.clone();
+    let mut opt = AdamW::new(&[head.head_weight.len(), head.head_bias.len()], o.weight_decay);
     let steps_per_epoch = train_set.len().div_ceil(o.batch);
     let total = steps_per_epoch * o.head_epochs;
-    let mut best: Option<(f64, f64, Vec<Tensor>)> = None;
+    let mut best: Option<(f64, f64, Params)> = None;
     for epoch in 0..o.head_epochs {
         let mut erng = rand::rngs::StdRng::seed_from_u64(
             o.seed ^ 0xA5A5_5A5A ^ (epoch as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
@@ -873,26 +1063,19 @@ fn head_phase(
                 .map(|&i| train[erng.random_range(0..variants)].get(i))
                 .collect::<candle_core::Result<_>>()?;
             let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
-            let loss =
-                smoothed_cross_entropy(&head.forward(&Tensor::stack(&rows, 0)?)?, &labels, weights, o.label_smoothing)?;
+            head.loss(&Tensor::stack(&rows, 0)?, &labels, weights, o, &mut grads, false)?;
             let lr = learning_rate(epoch * steps_per_epoch + s, total, o.head_lr, o.min_lr, o.warmup);
-            opt.step(&loss.backward()?, lr)?;
+            opt.step(&mut head.named(), &grads.named(), lr)?;
         }
-        let e = evaluate(&softmax_rows(&head.forward(&val)?)?, &val_set.labels, classes);
+        let e = evaluate(&softmax_rows(&head.logits(&val)?)?, &val_set.labels, classes);
         let auc = e.macro_auc.unwrap_or(e.accuracy);
         if best.as_ref().is_none_or(|(a, l, _)| auc > *a || (auc == *a && e.loss < *l)) {
-            best = Some((
-                auc,
-                e.loss,
-                head.vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?,
-            ));
+            best = Some((auc, e.loss, head.clone()));
         }
     }
-    let Some((auc, _, tensors)) = best else { return Ok(None) };
-    for ((_, var), t) in head.vars().iter().zip(&tensors) {
-        var.set(t)?;
-    }
-    eprintln!("head phase: {} epochs on frozen features, kept val AUC {auc:.4}", o.head_epochs);
+    let Some((auc, _, kept)) = best else { return Ok(None) };
+    params.head_weight = kept.head_weight;
+    params.head_bias = kept.head_bias;
     Ok(Some(auc))
 }
 
@@ -921,18 +1104,7 @@ fn count_backbone_parameters(vit: &VisionTransformer) -> Result<usize> {
 /// The backbone parameters full fine-tuning trains: all but the position embedding, which is
 /// kept frozen (it is resized bicubically to each input grid).
 fn count_trained_backbone_parameters(vit: &VisionTransformer) -> usize {
-    let w = vit.weights();
-    let lin =
-        |l: &crate::model::vit::LinearWeights| l.weight_t.elem_count() + l.bias.as_ref().map_or(0, Tensor::elem_count);
-    let norm = |n: &crate::model::vit::NormWeights| n.weight.elem_count() + n.bias.elem_count();
-    w.patch_weight.elem_count()
-        + w.patch_bias.elem_count()
-        + w.cls_token.elem_count()
-        + w.blocks
-            .iter()
-            .map(|b| norm(&b.norm1) + lin(&b.qkv) + lin(&b.proj) + norm(&b.norm2) + lin(&b.fc1) + lin(&b.fc2))
-            .sum::<usize>()
-        + norm(&w.norm)
+    vit.weights().len()
 }
 
 /// Pooled frozen features [N, F] of a prepared split, by the engine's inference pass.
@@ -954,76 +1126,46 @@ fn frozen_features(
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// The LoRA blocks of the current variables (or zero rank-1 blocks for a linear probe).
-fn current_lora(model: &Model, vit: &VisionTransformer, scale: f64) -> Result<(Vec<QkvLora>, usize, f64)> {
-    match model {
-        Model::Backbone(g) if !g.lora().is_empty() => {
-            let blocks = g
-                .lora()
-                .iter()
-                .map(|l| {
-                    Ok(QkvLora::QV {
-                        q: LowRank::new(l.q_a.as_tensor().copy()?, l.q_b.as_tensor().copy()?, scale)?,
-                        v: LowRank::new(l.v_a.as_tensor().copy()?, l.v_b.as_tensor().copy()?, scale)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let rank = g.lora()[0].q_a.dim(0)?;
-            Ok((blocks, rank, scale * rank as f64))
-        }
-        _ => {
-            // A linear probe has no low-rank update; the format wants one per block, so the
-            // adapter carries rank-1 zero factors (their delta is exactly 0).
-            let d = vit.embed_dim();
-            let zero = |shape: (usize, usize)| Tensor::zeros(shape, DType::F32, &Device::Cpu);
-            let blocks = (0..vit.depth())
-                .map(|_| {
-                    Ok(QkvLora::QV {
-                        q: LowRank::new(zero((1, d))?, zero((d, 1))?, 1.0)?,
-                        v: LowRank::new(zero((1, d))?, zero((d, 1))?, 1.0)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok((blocks, 1, 1.0))
-        }
-    }
-}
-
-/// Probabilities [n × C] on a prepared split with the current weights. Adapters (LoRA, linear)
-/// go through the engine's inference path; full fine-tuning through the differentiable one.
-#[allow(clippy::too_many_arguments)]
-fn predict_split(
-    model: &Model,
-    head: &Head,
+/// The LoRA blocks of the current factors (or zero rank-1 blocks for a linear probe).
+fn current_lora(
+    params: &Params,
     vit: &VisionTransformer,
-    data: &Prepared,
-    split: Split,
-    o: &TrainOptions,
+    target: LoraTarget,
     scale: f64,
-    pos: &Tensor,
-) -> Result<Vec<f32>> {
-    let idx: Vec<usize> = (0..data.len()).collect();
-    let mut probs = Vec::with_capacity(data.len() * 8);
-    match model {
-        Model::Linear { val, test, .. } if split != Split::Train => {
-            let feats = if split == Split::Val { val } else { test };
-            probs.extend(softmax_rows(&head.forward(feats)?)?);
-        }
-        Model::Backbone(g) if o.method == Method::Full => {
-            for chunk in idx.chunks(32) {
-                let f = g.features(&batch_pixels(data, chunk, &[])?, pos, o.pooling)?.detach();
-                probs.extend(softmax_rows(&head.forward(&f)?)?);
-            }
-        }
-        _ => {
-            let (lora, _, _) = current_lora(model, vit, scale)?;
-            for chunk in idx.chunks(32) {
-                let out = vit.forward(&batch_pixels(data, chunk, &[])?, Some(&lora))?;
-                probs.extend(softmax_rows(&head.forward(&out.pooled(o.pooling)?)?)?);
-            }
-        }
+) -> Result<(Vec<QkvLora>, usize, f64)> {
+    let d = vit.embed_dim();
+    let factor = |v: &[f32], shape: (usize, usize)| Tensor::from_slice(v, shape, &Device::Cpu);
+    if params.lora.blocks.iter().all(Vec::is_empty) {
+        // A linear probe has no low-rank update; the format wants one per block, so the
+        // adapter carries rank-1 zero factors (their delta is exactly 0).
+        let zero = |shape: (usize, usize)| Tensor::zeros(shape, DType::F32, &Device::Cpu);
+        let blocks = (0..vit.depth())
+            .map(|_| {
+                Ok(QkvLora::QV {
+                    q: LowRank::new(zero((1, d))?, zero((d, 1))?, 1.0)?,
+                    v: LowRank::new(zero((1, d))?, zero((d, 1))?, 1.0)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok((blocks, 1, 1.0));
     }
-    Ok(probs)
+    let rank = params.lora.blocks[0].first().map_or(0, |u| u.rank);
+    let blocks = params
+        .lora
+        .blocks
+        .iter()
+        .map(|ups| {
+            let parts = ups
+                .iter()
+                .map(|u| {
+                    let (inputs, outputs) = (u.a.len() / u.rank, u.b.len() / u.rank);
+                    Ok(LowRank::new(factor(&u.a, (u.rank, inputs))?, factor(&u.b, (outputs, u.rank))?, scale)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(target.block(parts)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((blocks, rank, scale * rank as f64))
 }
 
 fn metrics_map(report: &TrainReport) -> BTreeMap<String, f64> {
@@ -1060,19 +1202,18 @@ fn metrics_map(report: &TrainReport) -> BTreeMap<String, f64> {
 }
 
 fn build_adapter(
-    model: &Model,
-    head: &Head,
+    params: &Params,
     vit: &VisionTransformer,
     o: &TrainOptions,
     report: &TrainReport,
     scale: f64,
 ) -> Result<Adapter> {
-    let (blocks, rank, alpha) = current_lora(model, vit, scale)?;
+    let (blocks, rank, alpha) = current_lora(params, vit, o.targets, scale)?;
     let mut metadata = AdapterMetadata::for_backbone(&o.task, report.classes.clone(), vit);
     metadata.description = o.description.clone();
     metadata.rank = rank;
     metadata.alpha = alpha;
-    metadata.target = LoraTarget::QV;
+    metadata.target = if o.method == Method::Lora { o.targets } else { LoraTarget::QV };
     metadata.input_size = o.size;
     metadata.modality = o.modality.clone();
     metadata.pooling = o.pooling;
@@ -1115,18 +1256,26 @@ fn build_adapter(
         &confusion,
         report.test.macro_auc,
     );
-    Ok(Adapter::new(metadata, blocks, head.weight.as_tensor().copy()?, head.bias.as_tensor().copy()?)?)
+    let (weight, bias) = params.head_tensors()?;
+    Ok(Adapter::new(metadata, blocks, weight, bias)?)
 }
 
 /// A fully fine-tuned model: every trained tensor (matrices as [in, out], LayerScale folded)
 /// and the head, with the report as metadata. Not an adapter: kept for comparison.
-fn save_full(opt: &AdamW, o: &TrainOptions, report: &TrainReport) -> Result<()> {
-    let tensors: Vec<(String, Tensor)> = opt.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+fn save_full(params: &mut Params, o: &TrainOptions, report: &TrainReport) -> Result<()> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "melo-full-finetune".to_string());
     meta.insert("metrics".to_string(), serde_json::to_string(&metrics_map(report)).unwrap_or_default());
     meta.insert("task".to_string(), o.task.clone());
-    write_safetensors(&o.out, tensors, meta)
+    write_safetensors(&o.out, tensors(params.named(), "")?, meta)
+}
+
+/// Tensors of named buffers, each name prefixed.
+fn tensors(named: Vec<Named>, prefix: &str) -> Result<Vec<(String, Tensor)>> {
+    named
+        .into_iter()
+        .map(|n| Ok((format!("{prefix}{}", n.name), Tensor::from_slice(n.values, n.shape.as_slice(), &Device::Cpu)?)))
+        .collect()
 }
 
 fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, metadata: HashMap<String, String>) -> Result<()> {
@@ -1136,25 +1285,33 @@ fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, metadata: Hash
     Ok(())
 }
 
-fn save_checkpoint(path: &Path, meta: &CheckpointMeta, opt: &AdamW, best: &HashMap<String, Tensor>) -> Result<()> {
-    let mut tensors = Vec::new();
-    for (i, (name, var)) in opt.params.iter().enumerate() {
-        tensors.push((format!("var.{name}"), var.as_tensor().clone()));
-        tensors.push((format!("m.{name}"), opt.m[i].clone()));
-        tensors.push((format!("v.{name}"), opt.v[i].clone()));
-        if let Some(b) = best.get(name) {
-            tensors.push((format!("best.{name}"), b.clone()));
+fn save_checkpoint(
+    path: &Path,
+    meta: &CheckpointMeta,
+    params: &mut Params,
+    opt: &AdamW,
+    best: &HashMap<String, Vec<f32>>,
+) -> Result<()> {
+    let mut out = Vec::new();
+    for (i, n) in params.named().into_iter().enumerate() {
+        let shape = n.shape.as_slice();
+        out.push((format!("var.{}", n.name), Tensor::from_slice(n.values, shape, &Device::Cpu)?));
+        out.push((format!("m.{}", n.name), Tensor::from_slice(&opt.m[i], shape, &Device::Cpu)?));
+        out.push((format!("v.{}", n.name), Tensor::from_slice(&opt.v[i], shape, &Device::Cpu)?));
+        if let Some(b) = best.get(&n.name) {
+            out.push((format!("best.{}", n.name), Tensor::from_slice(b, shape, &Device::Cpu)?));
         }
     }
     let json = serde_json::to_string(meta).map_err(|e| Error::Options(format!("checkpoint: {e}")))?;
-    write_safetensors(path, tensors, HashMap::from([("checkpoint".to_string(), json)]))
+    write_safetensors(path, out, HashMap::from([("checkpoint".to_string(), json)]))
 }
 
 fn load_checkpoint(
     path: &Path,
     fingerprint: &str,
+    params: &mut Params,
     opt: &mut AdamW,
-) -> Result<(CheckpointMeta, HashMap<String, Tensor>)> {
+) -> Result<(CheckpointMeta, HashMap<String, Vec<f32>>)> {
     let fail = |reason: String| Error::Resume { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, header) =
@@ -1172,25 +1329,22 @@ fn load_checkpoint(
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| fail(e.to_string()))?;
     let mut best = HashMap::new();
-    for (i, (name, var)) in opt.params.iter().enumerate() {
-        let get = |prefix: &str| -> Result<Tensor> {
+    for (i, n) in params.named().into_iter().enumerate() {
+        let get = |prefix: &str| -> Result<Vec<f32>> {
+            let name = &n.name;
             let t = tensors
                 .get(&format!("{prefix}.{name}"))
                 .ok_or_else(|| fail(format!("tensor {prefix}.{name} missing")))?;
-            if t.dims() != var.dims() {
-                return Err(fail(format!(
-                    "tensor {prefix}.{name} has shape {:?}, expected {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
+            if t.dims() != n.shape.as_slice() {
+                return Err(fail(format!("tensor {prefix}.{name} has shape {:?}, expected {:?}", t.dims(), n.shape)));
             }
-            Ok(t.clone())
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
         };
-        var.set(&get("var")?)?;
+        *n.values = get("var")?;
         opt.m[i] = get("m")?;
         opt.v[i] = get("v")?;
         if let Ok(b) = get("best") {
-            best.insert(name.clone(), b);
+            best.insert(n.name.clone(), b);
         }
     }
     opt.step = meta.step;

@@ -51,6 +51,7 @@ pub fn train_options(data: PathBuf, out: PathBuf) -> melo::train::trainer::Train
         method: melo::train::trainer::Method::Lora,
         rank: 2,
         alpha: 2.0,
+        targets: Default::default(),
         epochs: 1,
         lr: 2e-3,
         min_lr: 1e-6,

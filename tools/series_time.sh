@@ -2,6 +2,9 @@
 # Opening the 20-slice MR series and stepping through it in the real window under Xvfb (needs
 # xvfb and xdotool; input is sent with the X test extension, libXtst, from python3 ctypes).
 #   tools/series_time.sh [RUNS] [BINARY]      defaults: 5 runs, ./target/release/melo
+#   MELO_SERIES_NO_DIAGNOSIS=1 tools/series_time.sh ...   the viewer alone: MELO_BACKBONE names
+#       a missing folder, so no model loads and no slice is diagnosed (by default the diagnosis
+#       panel predicts every slice shown, a ViT forward on the same cores).
 # Each run starts a fresh window on assets/samples/mr_brain_series with MELO_FRAME_LOG, waits for
 # the whole series, then steps through it with the Down arrow (one key, then a pause), and back
 # up. From the app's frame-log notes (wall-clock times) it prints, per run and as medians / p95:
@@ -34,6 +37,7 @@ for run in $(seq 1 "$runs"); do
     done
     log=$out/run_$run.csv
     launch=$(date +%s.%N)
+    if [ -n "${MELO_SERIES_NO_DIAGNOSIS:-}" ]; then export MELO_BACKBONE=$out/no-backbone; fi
     DISPLAY=$display WINIT_UNIX_BACKEND=x11 MELO_FRAME_LOG=$log "$bin" assets/samples/mr_brain_series &
     app=$!
     # Until the whole series is in (or 30 s).

@@ -329,7 +329,14 @@ fn load_series_job(
         if due || done == total {
             any_displayable |= !batch.is_empty();
             let images = std::mem::take(&mut batch);
-            send(LoaderEvent::Slices { job, series_index, description: series.description.clone(), images, done, total });
+            send(LoaderEvent::Slices {
+                job,
+                series_index,
+                description: series.description.clone(),
+                images,
+                done,
+                total,
+            });
             last_sent = Some(Instant::now());
         }
     }

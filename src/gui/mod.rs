@@ -579,13 +579,9 @@ impl MeloApp {
             Command::SelectSeries(index) => {
                 // Clicking the series on screen again would only decode it again; unless its
                 // load stopped before the end (another series was picked, and failed).
-                let whole_or_coming = self
-                    .viewer
-                    .stack
-                    .as_ref()
-                    .is_none_or(|stack| {
-                        stack.complete || (self.loader.is_current_series(stack.id) && self.loader.is_running(stack.id))
-                    });
+                let whole_or_coming = self.viewer.stack.as_ref().is_none_or(|stack| {
+                    stack.complete || (self.loader.is_current_series(stack.id) && self.loader.is_running(stack.id))
+                });
                 if self.shown_series == Some(index) && self.selected_series == Some(index) && whole_or_coming {
                     return;
                 }
@@ -1053,7 +1049,9 @@ impl eframe::App for MeloApp {
                 // The frame that drew the slice has been painted and swapped: this one could
                 // only start after. Its UI + tessellation + paint time, from eframe.
                 let cpu_ms = frame.info().cpu_usage.map_or(f32::NAN, |s| s * 1e3);
-                log.note(&format!("slice_on_screen unix={start_unix:.6} stack={stack} slice={slice} cpu_ms={cpu_ms:.3}"));
+                log.note(&format!(
+                    "slice_on_screen unix={start_unix:.6} stack={stack} slice={slice} cpu_ms={cpu_ms:.3}"
+                ));
             }
         }
         self.show(ui);

@@ -1058,8 +1058,7 @@ impl eframe::App for MeloApp {
         if let Some(log) = self.frame_log.as_mut() {
             log.record(start, self.privacy.is_running(), self.diagnosis.is_busy());
             let drawn = self.viewer.drawn_slice();
-            if drawn.is_some() && drawn != self.last_drawn {
-                let (stack, slice) = drawn.unwrap_or_default();
+            if let Some((stack, slice)) = drawn.filter(|_| drawn != self.last_drawn) {
                 log.note(&format!(
                     "slice_drawn unix={:.6} frame_start_unix={start_unix:.6} stack={stack} slice={slice} count={}",
                     unix_now(),

@@ -9,7 +9,7 @@ use egui::{Event, Key, Modifiers, MouseWheelUnit, PointerButton, Pos2, Vec2};
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 use melo::display::WindowPreset;
-use melo::gui::{Command, MeloApp, MessageLevel, ViewerCommand};
+use melo::gui::{Command, MeloApp, MessageLevel, SliceStack, ViewerCommand};
 
 /// A committed fixture (relative to the crate root); a missing one fails the test that needs it.
 fn fixture(relative: &str) -> PathBuf {
@@ -379,4 +379,96 @@ fn error_messages_show_no_folder_names_while_patient_details_are_hidden() {
     harness.get_by_label("Hide patient details").click();
     harness.run();
     assert!(label_shown(&harness, "DOE^JANE 1970"), "shown in full when details are shown");
+}
+
+/// The MR series' files decoded in series order, as the loader sends them.
+fn decoded_mr_series() -> Vec<melo::image::MedicalImage> {
+    let scan = melo::series::scan_folder(&mr_series_folder()).expect("scan the MR folder");
+    let files = &scan.series[0].files;
+    assert_eq!(files.len(), MR_SERIES_SLICES);
+    files
+        .iter()
+        .map(|path| melo::image::load_image(path, &melo::image::LoadOptions::default()).expect("decode"))
+        .collect()
+}
+
+/// A series still loading (the loader streams decoded files in; see the loader's own tests
+/// for the order of its events): its first slice is on screen at once, the slider grows as
+/// files arrive without moving what is shown, and MPR (which needs the whole volume) waits
+/// for the end; with MPR on, the slices are shown until then.
+#[test]
+fn a_series_is_shown_from_its_first_slice_while_the_rest_decodes() {
+    let mut images = decoded_mr_series();
+    let rest = images.split_off(1);
+    let (middle, rest) = {
+        let mut rest = rest;
+        let tail = rest.split_off(9);
+        (rest, tail)
+    };
+    let mut harness = harness(MeloApp::with_paths(Vec::new()));
+    harness.run();
+    // MPR left on from an earlier series: a loading one must still show its slices.
+    harness.state_mut().viewer.mpr.on = true;
+    let id = 7;
+    harness.state_mut().viewer.set_stack(SliceStack::loading(id, "MR".into(), images));
+    harness.run();
+    let app = harness.state();
+    assert_eq!(app.viewer.slice_count(), 1);
+    assert!(app.viewer.image_rect.is_some(), "the first slice is drawn before the others are decoded");
+    assert_eq!(app.viewer.drawn_slice(), Some((id, 0)));
+    assert!(label_shown(&harness, "Slice 1/1"));
+    assert!(app.viewer.mpr.availability().is_none(), "no MPR check on a partial series");
+    assert!(app.viewer.mpr.plane_rects.iter().all(Option::is_none), "no MPR planes yet");
+
+    // Nine more files: the slider appears and the arrow keys page through what is there.
+    harness.state_mut().viewer.extend_stack(id, middle);
+    harness.run();
+    assert_eq!(harness.state().viewer.slice_count(), 10);
+    assert_eq!(harness.state().viewer.state.slice, 0, "what is shown stays");
+    assert_eq!(slider_value(&harness), Some(1.0));
+    harness.key_press(Key::ArrowDown);
+    harness.run();
+    assert_eq!(harness.state().viewer.drawn_slice(), Some((id, 1)));
+    assert!(label_shown(&harness, "Slice 2/10"));
+    // Files of another load are not added.
+    harness.state_mut().viewer.extend_stack(id + 1, decoded_mr_series());
+    assert_eq!(harness.state().viewer.slice_count(), 10);
+
+    // The rest, then the end of the load: the volume is checked and MPR takes the view.
+    harness.state_mut().viewer.extend_stack(id, rest);
+    harness.run();
+    assert_eq!(harness.state().viewer.slice_count(), MR_SERIES_SLICES);
+    assert!(label_shown(&harness, &format!("Slice 2/{MR_SERIES_SLICES}")));
+    assert!(harness.state().viewer.mpr.plane_rects.iter().all(Option::is_none));
+    harness.state_mut().viewer.finish_stack(id);
+    harness.run();
+    let app = harness.state();
+    assert!(matches!(app.viewer.mpr.availability(), Some(Ok(_))), "{:?}", app.viewer.mpr.availability());
+    assert!(app.viewer.mpr.plane_rects.iter().all(Option::is_some), "the three planes are drawn");
+    assert_eq!(app.viewer.state.slice, 1, "MPR starts from the slice on screen");
+}
+
+/// The real window on the MR folder, frame by frame: whatever part of the series has arrived,
+/// a frame with a stack draws a slice, and the end is the whole series with nothing reported.
+#[test]
+fn every_frame_while_a_series_loads_draws_a_slice() {
+    let mut harness = harness(MeloApp::with_paths(vec![mr_series_folder()]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut counts = Vec::new();
+    while harness.state().is_busy() {
+        assert!(std::time::Instant::now() < deadline, "loading did not finish within the time limit");
+        harness.step();
+        let viewer = &harness.state().viewer;
+        if let Some(stack) = viewer.stack.as_ref() {
+            assert!(viewer.image_rect.is_some(), "a frame with {} slices drew none", stack.len());
+            counts.push((stack.len(), stack.complete));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    harness.run();
+    let viewer = &harness.state().viewer;
+    assert!(viewer.stack.as_ref().is_some_and(|s| s.complete));
+    assert_eq!(viewer.slice_count(), MR_SERIES_SLICES);
+    assert!(harness.state().messages.is_empty(), "{:?}", harness.state().messages);
+    assert!(counts.windows(2).all(|w| w[0].0 <= w[1].0), "the stack only grows: {counts:?}");
 }

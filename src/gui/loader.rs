@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use egui::ColorImage;
 
-use super::stack::{render_color_image, SliceStack};
+use super::stack::{is_displayable, render_color_image};
 use crate::display::default_voi;
-use crate::image::{load_image, LoadOptions};
+use crate::image::{load_image, LoadOptions, MedicalImage};
 use crate::report::content::SrDocument;
 use crate::series::{scan_folder, Series};
 
@@ -41,16 +42,23 @@ pub enum LoaderEvent {
         series_index: usize,
         image: ColorImage,
     },
-    Progress {
+    /// The next decoded files of the series being loaded, in series order. The first of these
+    /// events of a job carries the first displayable file, sent as soon as it is decoded so
+    /// the viewer can show it while the rest decode; the others batch what was decoded since.
+    /// `done` of `total` files have been read (decoded or failed).
+    Slices {
         job: JobId,
+        series_index: usize,
+        description: String,
+        images: Vec<MedicalImage>,
         done: usize,
         total: usize,
     },
-    /// A series decoded; `problems` lists files of it that could not be read.
+    /// Every file of the series has been read: the stack sent as [`LoaderEvent::Slices`] is
+    /// complete (and, say, MPR may build its volume). `problems` lists the files of it that
+    /// could not be read.
     Loaded {
         job: JobId,
-        series_index: usize,
-        stack: SliceStack,
         problems: Vec<String>,
     },
     /// A series with no image but structured reports (an SR has no pixel data): their content,
@@ -71,6 +79,10 @@ pub enum LoaderEvent {
         job: JobId,
     },
 }
+
+/// After the first slice, decoded files are sent at most this often: each event wakes the
+/// window for a frame, and frames take CPU from the decoding.
+const SLICE_BATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Tells a worker whether a newer job of its kind has replaced it.
 #[derive(Clone)]
@@ -116,9 +128,20 @@ impl Loader {
         !self.running.is_empty()
     }
 
+    /// True until `job`'s `Finished` has been received.
+    pub fn is_running(&self, job: JobId) -> bool {
+        self.running.contains(&job)
+    }
+
     /// True if `job` is the newest open job or the newest series load (older ones are stale).
     pub fn is_current(&self, job: JobId) -> bool {
         job == self.latest_open.load(Ordering::Relaxed) || job == self.latest_series.load(Ordering::Relaxed)
+    }
+
+    /// True if `job` is the newest series load: an open job decoding its first series, until
+    /// another series is picked.
+    pub fn is_current_series(&self, job: JobId) -> bool {
+        job == self.latest_series.load(Ordering::Relaxed)
     }
 
     /// Events received since the last call; bookkeeping of finished jobs is done here.
@@ -132,7 +155,8 @@ impl Loader {
         events
     }
 
-    /// Scans `paths` (folders become series, files one series each), then renders thumbnails.
+    /// Scans `paths` (folders become series, files one series each), decodes the first series
+    /// (as [`Loader::load_series`] would, under this job's id), then renders thumbnails.
     /// Supersedes any running open job and series load.
     pub fn open(&mut self, paths: Vec<PathBuf>, ctx: &egui::Context) -> JobId {
         let job = self.start();
@@ -140,7 +164,9 @@ impl Loader {
         // A new set of series: whatever series was decoding belongs to the old set.
         self.latest_series.store(job, Ordering::Relaxed);
         let superseded = Superseded { latest: self.latest_open.clone(), job };
-        self.spawn(job, ctx, move |send| open_job(job, &paths, &superseded, send));
+        // Picking another series while the first one decodes stops that decoding only.
+        let series_superseded = Superseded { latest: self.latest_series.clone(), job };
+        self.spawn(job, ctx, move |send| open_job(job, &paths, &superseded, &series_superseded, send));
         job
     }
 
@@ -191,7 +217,13 @@ pub fn short_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-fn open_job(job: JobId, paths: &[PathBuf], superseded: &Superseded, send: &dyn Fn(LoaderEvent)) {
+fn open_job(
+    job: JobId,
+    paths: &[PathBuf],
+    superseded: &Superseded,
+    series_superseded: &Superseded,
+    send: &dyn Fn(LoaderEvent),
+) {
     let mut series = Vec::new();
     let mut problems = Vec::new();
     let mut folder = None;
@@ -225,7 +257,14 @@ fn open_job(job: JobId, paths: &[PathBuf], superseded: &Superseded, send: &dyn F
         }
     }
     let for_thumbnails: Vec<Vec<PathBuf>> = series.iter().map(|s| s.files.clone()).collect();
+    let first = series.first().cloned();
     send(LoaderEvent::Scanned { job, series, folder, problems });
+    // The first series is shown at once: decoding it here, not in a job the window starts
+    // when it sees `Scanned`, saves waiting for a frame (the first one of a window takes
+    // hundreds of milliseconds to paint). Its slices come before any thumbnail.
+    if let Some(first) = first {
+        load_series_job(job, 0, &first, series_superseded, send);
+    }
     for (series_index, files) in for_thumbnails.iter().enumerate() {
         if superseded.yes() {
             return;
@@ -265,46 +304,69 @@ fn load_series_job(
     send: &dyn Fn(LoaderEvent),
 ) {
     let total = series.files.len();
-    let mut images = Vec::with_capacity(total);
+    let mut batch: Vec<MedicalImage> = Vec::new();
+    let mut any_displayable = false;
+    let mut last_sent: Option<Instant> = None;
     let mut problems = Vec::new();
-    for (done, path) in series.files.iter().enumerate() {
+    for (index, path) in series.files.iter().enumerate() {
         if superseded.yes() {
             return;
         }
-        send(LoaderEvent::Progress { job, done, total });
         match catch_unwind(|| load_image(path, &LoadOptions::default())) {
-            Ok(Ok(image)) => images.push(image),
+            // Files whose pixels cannot be sliced are left out here, as `SliceStack::new` would:
+            // the stack on screen only ever grows at its end, so slice numbers never shift.
+            Ok(Ok(image)) if is_displayable(&image) => batch.push(image),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => problems.push(format!("cannot open {}: {}", short_name(path), one_line(&e.to_string()))),
             Err(_) => problems.push(format!("cannot open {}: the decoder failed", short_name(path))),
         }
-    }
-    let stack = SliceStack::new(job, series.description.clone(), images);
-    if stack.is_empty() {
-        // No pixels: structured reports are shown as their content, not as an error.
-        let documents: Vec<SrDocument> = series
-            .files
-            .iter()
-            .filter_map(|path| catch_unwind(|| crate::report::content::read(path)).ok().and_then(Result::ok))
-            .collect();
-        if !documents.is_empty() {
-            // What failed for the reports themselves was only "no pixel data".
-            let mut problems = problems;
-            problems
-                .retain(|p| !documents.iter().any(|d| p.starts_with(&format!("cannot open {}:", short_name(&d.path)))));
-            send(LoaderEvent::Documents { job, series_index, documents, problems });
-            return;
-        }
-        let message = match problems.first() {
-            Some(first) if problems.len() == 1 => capitalise(first),
-            Some(first) => format!("{} (and {} more files)", capitalise(first), problems.len() - 1),
-            // Not the series description: messages are shown whatever "hide patient details" says,
-            // and a description (or the file name it falls back to) can identify the patient.
-            None => format!("{}: no displayable images", series.strip_label(series_index, true).replace('\n', " ")),
+        let done = index + 1;
+        // The first slice goes at once (it is what the user waits for); later ones in batches.
+        let due = match last_sent {
+            None => !batch.is_empty(),
+            Some(at) => at.elapsed() >= SLICE_BATCH_INTERVAL,
         };
-        send(LoaderEvent::Failed { job, message });
-    } else {
-        send(LoaderEvent::Loaded { job, series_index, stack, problems });
+        if due || done == total {
+            any_displayable |= !batch.is_empty();
+            let images = std::mem::take(&mut batch);
+            send(LoaderEvent::Slices {
+                job,
+                series_index,
+                description: series.description.clone(),
+                images,
+                done,
+                total,
+            });
+            last_sent = Some(Instant::now());
+        }
     }
+    if superseded.yes() {
+        return;
+    }
+    if any_displayable {
+        send(LoaderEvent::Loaded { job, problems });
+        return;
+    }
+    // No pixels: structured reports are shown as their content, not as an error.
+    let documents: Vec<SrDocument> = series
+        .files
+        .iter()
+        .filter_map(|path| catch_unwind(|| crate::report::content::read(path)).ok().and_then(Result::ok))
+        .collect();
+    if !documents.is_empty() {
+        // What failed for the reports themselves was only "no pixel data".
+        problems.retain(|p| !documents.iter().any(|d| p.starts_with(&format!("cannot open {}:", short_name(&d.path)))));
+        send(LoaderEvent::Documents { job, series_index, documents, problems });
+        return;
+    }
+    let message = match problems.first() {
+        Some(first) if problems.len() == 1 => capitalise(first),
+        Some(first) => format!("{} (and {} more files)", capitalise(first), problems.len() - 1),
+        // Not the series description: messages are shown whatever "hide patient details" says,
+        // and a description (or the file name it falls back to) can identify the patient.
+        None => format!("{}: no displayable images", series.strip_label(series_index, true).replace('\n', " ")),
+    };
+    send(LoaderEvent::Failed { job, message });
 }
 
 /// Error texts from decoders can span lines; a message row shows one.
@@ -315,4 +377,117 @@ pub fn one_line(text: &str) -> String {
 fn capitalise(text: &str) -> String {
     let mut chars = text.chars();
     chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped 20-slice MR series.
+    fn mr_series() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/mr_brain_series")
+    }
+
+    /// Every event of `job`, up to its `Finished`.
+    fn events_of(loader: &mut Loader, job: JobId) -> Vec<LoaderEvent> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut events = Vec::new();
+        while loader.is_running(job) {
+            assert!(Instant::now() < deadline, "job {job} did not finish in time");
+            events.extend(loader.poll());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        events
+    }
+
+    fn kind(event: &LoaderEvent) -> &'static str {
+        match event {
+            LoaderEvent::Scanned { .. } => "scanned",
+            LoaderEvent::Thumbnail { .. } => "thumbnail",
+            LoaderEvent::Slices { .. } => "slices",
+            LoaderEvent::Loaded { .. } => "loaded",
+            LoaderEvent::Documents { .. } => "documents",
+            LoaderEvent::Failed { .. } => "failed",
+            LoaderEvent::Finished { .. } => "finished",
+        }
+    }
+
+    /// The decoded files of the `Slices` events, in order, each with (done, total) of its event.
+    fn slices(events: &[LoaderEvent]) -> Vec<(Vec<Option<PathBuf>>, usize, usize)> {
+        events
+            .iter()
+            .filter_map(|event| match event {
+                LoaderEvent::Slices { images, done, total, .. } => {
+                    Some((images.iter().map(|i| i.meta.source.clone()).collect(), *done, *total))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What makes the window show a series before all of it is decoded: the first decoded file
+    /// travels alone, right after the scan, and the rest follow in order; `Loaded` (the
+    /// stack is complete) only after the last one.
+    #[test]
+    fn opening_a_series_sends_its_first_slice_alone_then_the_rest_in_order() {
+        let mut loader = Loader::default();
+        let job = loader.open(vec![mr_series()], &egui::Context::default());
+        let events = events_of(&mut loader, job);
+        let kinds: Vec<&str> = events.iter().map(kind).collect();
+        let LoaderEvent::Scanned { series, .. } = &events[0] else { panic!("scan first: {kinds:?}") };
+        assert_eq!(series.len(), 1, "{kinds:?}");
+        let files = &series[0].files;
+        assert_eq!(files.len(), 20);
+
+        let batches = slices(&events);
+        let (first, done, total) = &batches[0];
+        assert_eq!(kinds[1], "slices", "{kinds:?}");
+        assert_eq!((first.len(), *done, *total), (1, 1, 20), "the first slice is sent on its own");
+        assert_eq!(first[0].as_ref(), Some(&files[0]));
+        // Every file once, in series order; the counts only grow.
+        let sent: Vec<PathBuf> = batches.iter().flat_map(|(paths, _, _)| paths.iter().flatten().cloned()).collect();
+        assert_eq!(&sent, files);
+        assert!(batches.windows(2).all(|w| w[0].1 < w[1].1), "done grows");
+        assert_eq!(batches.last().map(|b| b.1), Some(20));
+
+        let loaded = kinds.iter().position(|k| *k == "loaded").expect("a loaded event");
+        let last_slices = kinds.iter().rposition(|k| *k == "slices").expect("slices");
+        assert!(last_slices < loaded, "the stack completes after its last slice: {kinds:?}");
+        assert!(matches!(&events[loaded], LoaderEvent::Loaded { problems, .. } if problems.is_empty()));
+        // The thumbnail waits for the series on screen; `Finished` ends the job.
+        let thumbnail = kinds.iter().position(|k| *k == "thumbnail").expect("a thumbnail");
+        assert!(thumbnail > loaded, "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&"finished"));
+    }
+
+    /// Picking a series (after the open job) streams it the same way.
+    #[test]
+    fn a_series_load_sends_its_first_slice_alone() {
+        let series = scan_folder(&mr_series()).expect("scan").series.remove(0);
+        let mut loader = Loader::default();
+        let job = loader.load_series(0, series.clone(), &egui::Context::default());
+        let events = events_of(&mut loader, job);
+        let kinds: Vec<&str> = events.iter().map(kind).collect();
+        assert_eq!(kinds.first(), Some(&"slices"), "{kinds:?}");
+        let batches = slices(&events);
+        assert_eq!(batches[0].0.len(), 1);
+        assert_eq!(batches.iter().map(|b| b.0.len()).sum::<usize>(), series.files.len());
+        assert_eq!(&kinds[kinds.len() - 2..], ["loaded", "finished"]);
+    }
+
+    /// A newer series load makes the open job stop decoding its first series: nothing of it
+    /// counts as current, and it sends no `Loaded` once it noticed.
+    #[test]
+    fn picking_another_series_supersedes_the_open_jobs_decoding() {
+        let mut loader = Loader::default();
+        let ctx = egui::Context::default();
+        let open = loader.open(vec![mr_series()], &ctx);
+        let series = scan_folder(&mr_series()).expect("scan").series.remove(0);
+        let picked = loader.load_series(0, series, &ctx);
+        assert!(!loader.is_current_series(open));
+        assert!(loader.is_current(open), "its scan and thumbnails still count");
+        assert!(loader.is_current_series(picked));
+        let events = events_of(&mut loader, picked);
+        assert!(events.iter().any(|e| matches!(e, LoaderEvent::Loaded { job, .. } if *job == picked)));
+    }
 }

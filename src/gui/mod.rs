@@ -261,6 +261,12 @@ pub struct MeloApp {
     frame_log: Option<frame_log::FrameLog>,
     /// Scripted runs (`MELO_GUI_EXPORT`): export the audit here once it and its gallery are done.
     auto_export: Option<PathBuf>,
+    /// With a frame log: the slice the last frame drew, and one drawn for the first time whose
+    /// time on screen the next frame notes (`tools/series_time.sh` reads them).
+    last_drawn: Option<(u64, usize)>,
+    drawn_logged: Option<(u64, usize)>,
+    /// With a frame log: (an audit report is shown, an audit is running) as last noted.
+    logged_audit_state: (bool, bool),
 }
 
 impl MeloApp {
@@ -415,6 +421,9 @@ impl MeloApp {
             next_message_id: 1,
             frame_log: None,
             auto_export: None,
+            last_drawn: None,
+            drawn_logged: None,
+            logged_audit_state: (false, false),
         };
         if !paths.is_empty() {
             app.commands.push(Command::OpenPaths(paths));
@@ -458,8 +467,13 @@ impl MeloApp {
         let ctx = ui.ctx().clone();
         self.receive_loader_events(&ctx);
         self.receive_dropped_files(&ctx);
-        if let Some(message) = self.diagnosis.start(&ctx) {
-            self.push_message(MessageLevel::Error, message, Vec::new());
+        // The model loads once the first slice is on screen (or nothing is loading): on two
+        // cores its loading would otherwise compete with the decoding the user waits for.
+        let first_slice_waited_for = self.viewer.stack.is_none() && self.is_busy();
+        if !first_slice_waited_for {
+            if let Some(message) = self.diagnosis.start(&ctx) {
+                self.push_message(MessageLevel::Error, message, Vec::new());
+            }
         }
         let answered = self.dialogs.answers();
         self.commands.extend(answered);
@@ -470,6 +484,14 @@ impl MeloApp {
             self.push_message(level, text, Vec::new());
         }
         self.studies.receive();
+        if let Some(log) = self.frame_log.as_mut() {
+            // When the report arrives (what `melo audit` ends with), and when the gallery after it.
+            let state = (self.privacy.report.is_some(), self.privacy.is_running());
+            if state != self.logged_audit_state {
+                log.note(&format!("audit_state unix={:.6} report={} running={}", unix_now(), state.0, state.1));
+                self.logged_audit_state = state;
+            }
+        }
         if let Some(latency) = self.privacy.fresh_cancel_latency.take() {
             if let Some(log) = self.frame_log.as_mut() {
                 log.note(&format!("cancel_latency_s={:.3}", latency.as_secs_f64()));
@@ -546,6 +568,9 @@ impl MeloApp {
     pub fn handle_command(&mut self, command: Command, ctx: &egui::Context) {
         match command {
             Command::OpenPaths(paths) => {
+                if let Some(log) = self.frame_log.as_mut() {
+                    log.note(&format!("open unix={:.6}", unix_now()));
+                }
                 if !paths.is_empty() {
                     self.loader.open(paths, ctx);
                 }
@@ -553,8 +578,12 @@ impl MeloApp {
             Command::PickFiles => self.pick_with_dialog(false, ctx),
             Command::PickFolder => self.pick_with_dialog(true, ctx),
             Command::SelectSeries(index) => {
-                // Clicking the series on screen again would only decode it again.
-                if self.shown_series == Some(index) && self.selected_series == Some(index) {
+                // Clicking the series on screen again would only decode it again; unless its
+                // load stopped before the end (another series was picked, and failed).
+                let whole_or_coming = self.viewer.stack.as_ref().is_none_or(|stack| {
+                    stack.complete || (self.loader.is_current_series(stack.id) && self.loader.is_running(stack.id))
+                });
+                if self.shown_series == Some(index) && self.selected_series == Some(index) && whole_or_coming {
                     return;
                 }
                 if let Some(entry) = self.series.get(index) {
@@ -638,6 +667,11 @@ impl MeloApp {
                 }
             }
             Command::Privacy(command) => {
+                if command == PrivacyCommand::Run {
+                    if let Some(log) = self.frame_log.as_mut() {
+                        log.note(&format!("audit_run unix={:.6}", unix_now()));
+                    }
+                }
                 for (level, text) in self.privacy.apply(command, ctx) {
                     self.push_message(level, text, Vec::new());
                 }
@@ -706,11 +740,19 @@ impl MeloApp {
                         entry.thumbnail = Some(ctx.load_texture(name, image, TextureOptions::LINEAR));
                     }
                 }
-                LoaderEvent::Progress { job, done, total } if self.loader.is_current(job) => {
+                LoaderEvent::Slices { job, series_index, description, images, done, total }
+                    if self.loader.is_current_series(job) =>
+                {
                     self.progress = Some((done, total));
-                }
-                LoaderEvent::Loaded { job, series_index, stack, problems } if self.loader.is_current(job) => {
-                    self.progress = None;
+                    if images.is_empty() {
+                        continue;
+                    }
+                    if self.viewer.stack.as_ref().is_some_and(|s| s.id == job) {
+                        self.viewer.extend_stack(job, images);
+                        continue;
+                    }
+                    // The first decoded slice: shown now, while the rest of the series decodes.
+                    let stack = SliceStack::loading(job, description, images);
                     self.shown_series = Some(series_index);
                     if let Some(entry) = self.series.get_mut(series_index) {
                         // Single files are listed before they are read; now their modality is known.
@@ -722,12 +764,24 @@ impl MeloApp {
                     }
                     self.documents = None;
                     self.viewer.set_stack(stack);
+                    if let Some(log) = self.frame_log.as_mut() {
+                        log.note(&format!("first_slices_received unix={:.6} job={job}", unix_now()));
+                    }
+                }
+                LoaderEvent::Loaded { job, problems } if self.loader.is_current_series(job) => {
+                    self.progress = None;
+                    self.viewer.finish_stack(job);
+                    if let Some(log) = self.frame_log.as_mut() {
+                        log.note(&format!("series_complete unix={:.6} job={job}", unix_now()));
+                    }
                     if !problems.is_empty() {
                         let text = format!("{} file(s) of this series could not be read", problems.len());
                         self.push_message(MessageLevel::Warning, text, problems);
                     }
                 }
-                LoaderEvent::Documents { job, series_index, documents, problems } if self.loader.is_current(job) => {
+                LoaderEvent::Documents { job, series_index, documents, problems }
+                    if self.loader.is_current_series(job) =>
+                {
                     self.progress = None;
                     self.shown_series = Some(series_index);
                     self.viewer.clear();
@@ -770,8 +824,10 @@ impl MeloApp {
             self.push_message(MessageLevel::Warning, "No images found", Vec::new());
         }
         self.series = series.into_iter().map(|series| SeriesEntry { series, thumbnail: None }).collect();
-        if !self.series.is_empty() {
-            self.commands.push(Command::SelectSeries(0));
+        // The open job decodes the first series itself (see `Loader::open`).
+        if let Some(first) = self.series.first() {
+            self.selected_series = Some(0);
+            self.progress = Some((0, first.series.files.len()));
         }
     }
 
@@ -846,7 +902,8 @@ impl MeloApp {
             }
             if self.loader.is_busy() {
                 ui.separator();
-                ui.spinner();
+                // No spinner: it would repaint every frame, taking CPU from the decoding; each
+                // decoded batch wakes the window and moves the count.
                 match self.progress {
                     Some((done, total)) if total > 1 => ui.label(format!("Loading {done}/{total}…")),
                     _ => ui.label("Loading…"),
@@ -962,6 +1019,11 @@ pub fn drawable(ctx: &egui::Context, text: &str) -> String {
     })
 }
 
+/// Wall-clock seconds, for frame-log notes that scripts line up with the input they sent.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// While files are dragged over the window, say that dropping opens them.
 fn files_hovered_ui(ctx: &egui::Context) {
     if ctx.input(|i| i.raw.hovered_files.is_empty()) {
@@ -980,11 +1042,34 @@ fn files_hovered_ui(ctx: &egui::Context) {
 }
 
 impl eframe::App for MeloApp {
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         let start = std::time::Instant::now();
+        let start_unix = unix_now();
+        if let Some(log) = self.frame_log.as_mut() {
+            if let Some((stack, slice)) = self.drawn_logged.take() {
+                // The frame that drew the slice has been painted and swapped: this one could
+                // only start after. Its UI + tessellation + paint time, from eframe.
+                let cpu_ms = frame.info().cpu_usage.map_or(f32::NAN, |s| s * 1e3);
+                log.note(&format!(
+                    "slice_on_screen unix={start_unix:.6} stack={stack} slice={slice} cpu_ms={cpu_ms:.3}"
+                ));
+            }
+        }
         self.show(ui);
         if let Some(log) = self.frame_log.as_mut() {
             log.record(start, self.privacy.is_running(), self.diagnosis.is_busy());
+            let drawn = self.viewer.drawn_slice();
+            if let Some((stack, slice)) = drawn.filter(|_| drawn != self.last_drawn) {
+                log.note(&format!(
+                    "slice_drawn unix={:.6} frame_start_unix={start_unix:.6} stack={stack} slice={slice} count={}",
+                    unix_now(),
+                    self.viewer.slice_count()
+                ));
+                self.drawn_logged = drawn;
+                // One more frame at once, so the next line says when this one was on screen.
+                ui.ctx().request_repaint();
+            }
+            self.last_drawn = drawn;
         }
     }
 

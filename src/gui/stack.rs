@@ -27,19 +27,41 @@ pub struct SliceStack {
     /// The decoded files, in series order (only those that can be displayed).
     pub images: Vec<MedicalImage>,
     pub slices: Vec<SliceRef>,
+    /// False while the series is still being decoded: slices are added at the end as their
+    /// files arrive, so the indices of those already shown never change. Whatever needs the
+    /// whole series (the MPR volume) waits for this.
+    pub complete: bool,
 }
 
 impl SliceStack {
     /// Builds a stack from decoded files; files whose pixel buffer does not match their
     /// declared size are left out (they would make slicing panic), and so are empty ones.
     pub fn new(id: u64, description: String, images: Vec<MedicalImage>) -> Self {
-        let images: Vec<MedicalImage> = images.into_iter().filter(is_displayable).collect();
-        let slices = images
-            .iter()
-            .enumerate()
-            .flat_map(|(image, decoded)| (0..decoded.frames).map(move |frame| SliceRef { image, frame }))
-            .collect();
-        Self { id, description, images, slices }
+        let mut stack = Self::loading(id, description, images);
+        stack.complete = true;
+        stack
+    }
+
+    /// The first decoded files of a series whose other files are still being decoded; more
+    /// come with [`SliceStack::extend`], the end with [`SliceStack::finish`].
+    pub fn loading(id: u64, description: String, images: Vec<MedicalImage>) -> Self {
+        let mut stack = Self { id, description, images: Vec::new(), slices: Vec::new(), complete: false };
+        stack.extend(images);
+        stack
+    }
+
+    /// Adds the next decoded files of the series at the end (undisplayable ones are left out).
+    pub fn extend(&mut self, images: Vec<MedicalImage>) {
+        for decoded in images.into_iter().filter(is_displayable) {
+            let image = self.images.len();
+            self.slices.extend((0..decoded.frames).map(|frame| SliceRef { image, frame }));
+            self.images.push(decoded);
+        }
+    }
+
+    /// Every file of the series has been decoded.
+    pub fn finish(&mut self) {
+        self.complete = true;
     }
 
     pub fn len(&self) -> usize {
@@ -123,6 +145,22 @@ mod tests {
         assert_eq!(stack.len(), 4);
         assert_eq!(stack.slices[3], SliceRef { image: 1, frame: 0 });
         assert!(stack.slice(4).is_none());
+    }
+
+    #[test]
+    fn a_loading_stack_grows_at_its_end_and_keeps_its_slice_numbers() {
+        let mut stack = SliceStack::loading(1, "s".into(), vec![grey(2, 2, 2)]);
+        assert!(!stack.complete);
+        assert_eq!(stack.len(), 2);
+        let mut short = grey(2, 2, 1);
+        short.values.truncate(1);
+        stack.extend(vec![short, grey(2, 2, 1)]);
+        assert_eq!(stack.len(), 3, "the broken file is left out");
+        assert_eq!(stack.slices[..2], [SliceRef { image: 0, frame: 0 }, SliceRef { image: 0, frame: 1 }]);
+        assert_eq!(stack.slices[2], SliceRef { image: 1, frame: 0 });
+        stack.finish();
+        assert!(stack.complete);
+        assert!(SliceStack::new(2, "s".into(), vec![grey(2, 2, 1)]).complete);
     }
 
     #[test]

@@ -269,9 +269,35 @@ impl Viewer {
             }
             _ => self.preferred_preset,
         };
-        self.mpr.set_stack(&stack);
+        // MPR needs every slice: a series still loading is checked once it is complete.
+        if stack.complete {
+            self.mpr.set_stack(&stack);
+        } else {
+            self.mpr.clear();
+        }
         self.stack = Some(stack);
         self.use_preset(preset);
+    }
+
+    /// Adds the next decoded files of the series being loaded (see [`SliceStack::loading`]);
+    /// what is on screen stays as it is, the slider's range grows.
+    pub fn extend_stack(&mut self, stack_id: u64, images: Vec<MedicalImage>) {
+        if let Some(stack) = self.stack.as_mut().filter(|s| s.id == stack_id && !s.complete) {
+            stack.extend(images);
+        }
+    }
+
+    /// Every file of the series being loaded has arrived: MPR can check it for a volume now.
+    pub fn finish_stack(&mut self, stack_id: u64) {
+        if let Some(stack) = self.stack.as_mut().filter(|s| s.id == stack_id && !s.complete) {
+            stack.finish();
+            self.mpr.set_stack(stack);
+        }
+    }
+
+    /// The (stack id, slice) whose image the last frame drew, if it drew one: what is on screen.
+    pub fn drawn_slice(&self) -> Option<(u64, usize)> {
+        self.texture.as_ref().filter(|_| self.image_rect.is_some()).map(|(key, _)| (key.stack_id, key.slice))
     }
 
     /// Forgets the shown series (e.g. when another folder is opened).
@@ -467,7 +493,8 @@ impl Viewer {
             commands.push(Command::Viewer(ViewerCommand::ToggleMpr));
         }
         egui::CentralPanel::no_frame().show(ui, |ui| {
-            if self.mpr.on && self.stack.is_some() {
+            // A series still loading shows its slices one by one until MPR has its volume.
+            if self.mpr.on && self.stack.as_ref().is_some_and(|s| s.complete) {
                 self.mpr_ui(ui, commands);
             } else {
                 self.image_ui(ui, hide_patient_details, commands);
@@ -516,6 +543,7 @@ impl Viewer {
             let (mpr_ok, mpr_why) = match self.mpr.availability() {
                 Some(Ok(_)) => (true, String::new()),
                 Some(Err(reason)) => (false, format!("Not a volume: {reason}")),
+                None if self.stack.is_some() => (false, "Waiting for every slice of the series".to_string()),
                 None => (false, "Open a series first".to_string()),
             };
             let button = ui

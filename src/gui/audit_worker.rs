@@ -118,9 +118,25 @@ impl AuditRun {
     }
 }
 
+/// The fastest progress reports reach the window: each one wakes it for a frame, and the
+/// audit reports every batch (8 frames a second measured in the window, where the shown
+/// numbers change far less often).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
 fn work(config: &AuditConfig, cancel: &AtomicBool, send: &dyn Fn(AuditEvent)) {
-    let mut progress =
-        |p: audit::Progress| send(AuditEvent::Progress { message: p.message, done: p.done, total: p.total });
+    // A new phase (message) or the end of one is always sent; counts within a phase at most
+    // every PROGRESS_INTERVAL.
+    let mut last: Option<(Instant, String)> = None;
+    let mut progress = |p: audit::Progress| {
+        let due = match &last {
+            Some((at, message)) => *message != p.message || p.done >= p.total || at.elapsed() >= PROGRESS_INTERVAL,
+            None => true,
+        };
+        if due {
+            last = Some((Instant::now(), p.message.clone()));
+            send(AuditEvent::Progress { message: p.message, done: p.done, total: p.total });
+        }
+    };
     let report = match audit::run(config, &mut progress, cancel) {
         Ok(report) => report,
         Err(audit::Error::Cancelled) => return send(AuditEvent::Cancelled),

@@ -15,7 +15,7 @@ mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dicom_dictionary_std::tags;
 use egui::Vec2;
@@ -47,25 +47,8 @@ fn harness(app: MeloApp) -> Harness<'static, MeloApp> {
         .build_ui_state(|ui, app: &mut MeloApp| app.show(ui), app)
 }
 
-/// Frames until `done` holds (workers report over channels between frames).
 fn wait_for(harness: &mut Harness<'_, MeloApp>, what: &str, done: impl Fn(&MeloApp) -> bool) {
-    let deadline = Instant::now() + LONG;
-    loop {
-        harness.step();
-        if done(harness.state()) {
-            break;
-        }
-        let app = harness.state();
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {LONG:?}; results: {:?}, studies: {:?}, messages: {:?}",
-            app.diagnosis.results.status,
-            app.studies.status,
-            app.messages.iter().map(|m| &m.text).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    harness.run_steps(4);
+    common::wait_for(harness, what, LONG, done);
 }
 
 fn shown(harness: &Harness<'_, MeloApp>, text: &str) -> bool {

@@ -9,7 +9,7 @@
 mod common;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eframe::App;
 use egui::Vec2;
@@ -32,23 +32,8 @@ fn harness(app: MeloApp) -> Harness<'static, MeloApp> {
         .build_ui_state(|ui, app: &mut MeloApp| app.show(ui), app)
 }
 
-/// Frames until `done` holds (the workers report over channels between frames).
 fn wait_for(harness: &mut Harness<'_, MeloApp>, what: &str, done: impl Fn(&MeloApp) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        harness.step();
-        if done(harness.state()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 120 s; status: {:?}, messages: {:?}",
-            harness.state().studies.status,
-            harness.state().messages.iter().map(|m| &m.text).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    harness.run_steps(4);
+    common::wait_for(harness, what, Duration::from_secs(120), done);
 }
 
 fn shown(harness: &Harness<'_, MeloApp>, text: &str) -> bool {

@@ -115,3 +115,30 @@ pub fn wait_until_loaded(harness: &mut egui_kittest::Harness<'_, melo::gui::Melo
     }
     harness.run();
 }
+
+/// Frames until `done` holds (workers report over channels between frames), then four more;
+/// fails after `limit`, naming what did not happen and the window's status lines.
+pub fn wait_for(
+    harness: &mut egui_kittest::Harness<'_, melo::gui::MeloApp>,
+    what: &str,
+    limit: std::time::Duration,
+    done: impl Fn(&melo::gui::MeloApp) -> bool,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        harness.step();
+        if done(harness.state()) {
+            break;
+        }
+        let app = harness.state();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within {limit:?}; results: {:?}, studies: {:?}, messages: {:?}",
+            app.diagnosis.results.status,
+            app.studies.status,
+            app.messages.iter().map(|m| &m.text).collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    harness.run_steps(4);
+}

@@ -389,7 +389,11 @@ pub fn rmia_scores(target: &[Vec<f64>], shadow_phi: &[Vec<Vec<f64>>], shadow_in:
     if k < 2 || k != shadow_in.len() {
         return Err(Error::Params(format!("RMIA needs at least 2 shadows, got {k}")));
     }
-    let sigmoid = |phi: f64| 1.0 / (1.0 + (-phi).exp());
+    // p_y = sigmoid(φ), once per image, query and model.
+    let probabilities = |phi: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        phi.iter().map(|row| row.iter().map(|&f| 1.0 / (1.0 + (-f).exp())).collect()).collect()
+    };
+    let p_shadow: Vec<Vec<Vec<f64>>> = shadow_phi.iter().map(|phi| probabilities(phi)).collect();
     // Per image and query: p_y averaged over the references (all / OUT only), leaving out one
     // shadow when it plays the target.
     let reference_means = |skip: Option<usize>| -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
@@ -400,8 +404,7 @@ pub fn rmia_scores(target: &[Vec<f64>], shadow_phi: &[Vec<Vec<f64>>], shadow_in:
             let refs: Vec<usize> = (0..k).filter(|&r| Some(r) != skip).collect();
             let outs: Vec<usize> = refs.iter().copied().filter(|&r| !shadow_in[r][i]).collect();
             for j in 0..q {
-                let mean =
-                    |set: &[usize]| set.iter().map(|&r| sigmoid(shadow_phi[r][i][j])).sum::<f64>() / set.len() as f64;
+                let mean = |set: &[usize]| set.iter().map(|&r| p_shadow[r][i][j]).sum::<f64>() / set.len() as f64;
                 all[i][j] = mean(&refs);
                 out[i][j] = if outs.is_empty() { all[i][j] } else { mean(&outs) };
             }
@@ -418,9 +421,7 @@ pub fn rmia_scores(target: &[Vec<f64>], shadow_phi: &[Vec<Vec<f64>>], shadow_in:
     for &a in &RMIA_A_GRID {
         let mut auc_sum = 0.0;
         for (s, out_s) in pseudo_out.iter().enumerate() {
-            let p_s: Vec<Vec<f64>> =
-                shadow_phi[s].iter().map(|row| row.iter().map(|&f| sigmoid(f)).collect()).collect();
-            let scores = rmia_dominance(&p_s, &offline_pr(out_s, a), RMIA_GAMMA);
+            let scores = rmia_dominance(&p_shadow[s], &offline_pr(out_s, a), RMIA_GAMMA);
             let (mut pos, mut neg) = (Vec::new(), Vec::new());
             for (i, &score) in scores.iter().enumerate() {
                 if shadow_in[s][i] {
@@ -437,7 +438,7 @@ pub fn rmia_scores(target: &[Vec<f64>], shadow_phi: &[Vec<Vec<f64>>], shadow_in:
             (best_a, best_auc) = (a, auc);
         }
     }
-    let p_target: Vec<Vec<f64>> = target.iter().map(|row| row.iter().map(|&f| sigmoid(f)).collect()).collect();
+    let p_target = probabilities(target);
     Ok(RmiaScores {
         online: rmia_dominance(&p_target, &all, RMIA_GAMMA),
         offline: rmia_dominance(&p_target, &offline_pr(&out, best_a), RMIA_GAMMA),

@@ -33,6 +33,22 @@ pub fn rank_auc(positives: &[f64], negatives: &[f64]) -> f64 {
     rank_auc_with(positives, negatives, &mut Vec::new())
 }
 
+/// The median of some readings (the mean of the middle two for an even count; non-finite
+/// readings left out; NaN when none is left).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

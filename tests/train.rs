@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var, D};
-use melo::model::core::{Grads, Lora, Named, Tape, Target, Weights};
+use melo::model::core::{Grads, Lora, Named, ShardedTape, Tape, Target, Weights};
 use melo::model::{Adapter, Engine, Pooling};
 use melo::train::data::{DataSource, Split, SplitFractions};
 use melo::train::metrics::{binary_auc, evaluate};
@@ -632,7 +632,28 @@ fn check_against_autograd(lora: &mut Lora, full: bool, pooling: Pooling, rng: &m
     if full {
         ours.extend(gw.named());
     }
-    compare_grads(&what, &reference, &grads, ours, GRAD_TOL)
+    let mut worst = compare_grads(&what, &reference, &grads, ours, GRAD_TOL);
+
+    // The trainer's data-parallel pass (3 images: shards of 2 and 1) against the same
+    // reference, twice: the second pass reuses the shards' gradient buffers, which must be
+    // overwritten, not added to.
+    let mut st = ShardedTape::default();
+    for pass in 0..2 {
+        let got = arch.forward_sharded(&weights, lora, (&pixels, &pos, pooling), &mut st).unwrap();
+        let got = Tensor::from_vec(got, want.dims(), &Device::Cpu).unwrap();
+        let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-4 * top, "{pooling:?} sharded features: max |diff| {diff} vs max |ref| {top}");
+        let (mut gw, mut gl) = (weights.clone(), lora.clone());
+        let g = Grads { weights: full.then_some(&mut gw), lora: &mut gl };
+        arch.backward_sharded(&weights, lora, &mut st, &df, g).unwrap();
+        let mut ours = gl.named();
+        if full {
+            ours.extend(gw.named());
+        }
+        let what = format!("{what}, sharded, pass {pass}");
+        worst = worst.max(compare_grads(&what, &reference, &grads, ours, GRAD_TOL));
+    }
+    worst
 }
 
 /// Gradients agree to 1e-4 of each tensor's largest entry: f32 sums over ~10⁴ terms in two

@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::kernels::{
-    erf_f32, exp_f32, gelu_erf_f32, gemm_raw, matmul, rows_per_task, simd, softmax_rows, SharedMut, View,
+    erf_f32, exp_f32, gelu_erf_f32, gemm_raw, matmul, rows_per_task, simd, softmax_rows, with_serial_gemm, SharedMut,
+    View,
 };
 use super::Pooling;
 
@@ -646,6 +647,36 @@ pub struct Tape {
     pooling: Pooling,
 }
 
+/// Training batches are split into this many shards that run at once, one per core (see
+/// [`Backbone::forward_sharded`]). A constant, not the machine's core count, so that a run's
+/// sums, and so its weights, do not depend on the machine it ran on.
+pub const SHARDS: usize = 2;
+
+/// The tapes of a data-parallel training pass, one per shard, and the gradient buffers of
+/// the shards after the first (summed into the caller's after the backward pass).
+#[derive(Default)]
+pub struct ShardedTape {
+    tapes: Vec<Tape>,
+    /// Images per shard in the last forward pass.
+    sizes: Vec<usize>,
+    spare: Vec<(Option<Weights>, Lora)>,
+}
+
+/// Images per shard for a batch of `b`: as even as possible, never an empty shard.
+fn shard_sizes(b: usize) -> Vec<usize> {
+    let k = SHARDS.min(b).max(1);
+    (0..k).map(|i| b / k + usize::from(i < b % k)).collect()
+}
+
+/// `dst += src`, tensor by tensor (the same layout on both sides).
+fn add_named(dst: Vec<Named<'_>>, src: Vec<Named<'_>>) {
+    for (d, s) in dst.into_iter().zip(src) {
+        d.values.par_chunks_mut(1 << 14).zip(s.values.par_chunks(1 << 14)).for_each(|(d, s)| {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+        });
+    }
+}
+
 /// Where the backward pass writes gradients: the backbone's weights (full fine-tuning; `None`
 /// when frozen) and the LoRA factors (same layout as the factors).
 pub struct Grads<'a> {
@@ -907,6 +938,84 @@ impl Backbone {
                 rows.copy_from_slice(&img[d..]);
             }
             linear_backward(patches, dh, b * n, &w.patch, Some(&mut gw.patch), (&[], &[], &mut []), None);
+        }
+        Ok(())
+    }
+}
+
+impl Backbone {
+    /// [`forward`](Self::forward) on the batch split into [`SHARDS`] shards that run at once;
+    /// the same features up to the order of floating-point sums. When the thread pool has no
+    /// more threads than shards, each shard's matrix products run on its own thread.
+    pub fn forward_sharded(
+        &self,
+        w: &Weights,
+        lora: &Lora,
+        (pixels, pos, pooling): (&Tensor, &Tensor, Pooling),
+        st: &mut ShardedTape,
+    ) -> Result<Vec<f32>> {
+        let sizes = shard_sizes(pixels.dim(0)?);
+        let mut parts = Vec::with_capacity(sizes.len());
+        let mut first = 0;
+        for &n in &sizes {
+            parts.push(pixels.narrow(0, first, n)?);
+            first += n;
+        }
+        st.tapes.resize_with(sizes.len(), Tape::default);
+        let serial = rayon::current_num_threads() <= sizes.len();
+        let features: Vec<Result<Vec<f32>>> = st.tapes[..sizes.len()]
+            .par_iter_mut()
+            .zip(parts.par_iter())
+            .map(|(tape, px)| with_serial_gemm(serial, || self.forward(w, lora, (px, pos, pooling), tape)))
+            .collect();
+        st.sizes = sizes;
+        Ok(features.into_iter().collect::<Result<Vec<_>>>()?.concat())
+    }
+
+    /// [`backward`](Self::backward) of the last [`forward_sharded`](Self::forward_sharded):
+    /// each shard's gradients at once, then summed into `grads`.
+    pub fn backward_sharded(
+        &self,
+        w: &Weights,
+        lora: &Lora,
+        st: &mut ShardedTape,
+        d_features: &[f32],
+        grads: Grads,
+    ) -> Result<()> {
+        let ShardedTape { tapes, sizes, spare } = st;
+        let b: usize = sizes.iter().sum();
+        if b == 0 || d_features.len() % b != 0 {
+            return Err(Error::weights(
+                "ViT",
+                format!("feature gradient of {} values for {b} images", d_features.len()),
+            ));
+        }
+        let f = d_features.len() / b;
+        let Grads { mut weights, lora: lora_grads } = grads;
+        if spare.len() + 1 != sizes.len() {
+            spare.resize_with(sizes.len() - 1, || (weights.as_deref().cloned(), lora_grads.clone()));
+        }
+        let mut parts = Vec::with_capacity(sizes.len());
+        let mut rest = d_features;
+        for &n in sizes.iter() {
+            let (part, tail) = rest.split_at(n * f);
+            parts.push(part);
+            rest = tail;
+        }
+        let targets = std::iter::once(Grads { weights: weights.as_deref_mut(), lora: &mut *lora_grads })
+            .chain(spare.iter_mut().map(|(w, l)| Grads { weights: w.as_mut(), lora: l }));
+        let serial = rayon::current_num_threads() <= sizes.len();
+        let jobs: Vec<_> = tapes.iter_mut().zip(parts).zip(targets).collect();
+        let done: Vec<Result<()>> = jobs
+            .into_par_iter()
+            .map(|((tape, df), g)| with_serial_gemm(serial, || self.backward(w, lora, tape, df, g)))
+            .collect();
+        done.into_iter().collect::<Result<()>>()?;
+        for (w_spare, l_spare) in spare.iter_mut() {
+            if let (Some(g), Some(s)) = (weights.as_deref_mut(), w_spare.as_mut()) {
+                add_named(g.named(), s.named());
+            }
+            add_named(lora_grads.named(), l_spare.named());
         }
         Ok(())
     }

@@ -356,14 +356,31 @@ impl<'a> View<'a> {
     }
 }
 
+thread_local! {
+    static SERIAL_GEMM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`matmul`] single-threaded on this thread when `serial`. For data-parallel
+/// shards, one per core: measured on the 2-core machine at 56 px, two single-threaded
+/// products on half the rows each did 1.3× the work per second of both cores on one product
+/// (gemm's split of a 544-row product over two threads reaches ~60 % of their peak).
+pub(crate) fn with_serial_gemm<R>(serial: bool, f: impl FnOnce() -> R) -> R {
+    let before = SERIAL_GEMM.with(|s| s.replace(serial));
+    let out = f();
+    SERIAL_GEMM.with(|s| s.set(before));
+    out
+}
+
 /// `dst = beta · a · b` (or `dst += beta · a · b` when `accumulate`), dst row-major with row
-/// stride `dst_rs` starting at `dst[0]`; on the rayon pool.
+/// stride `dst_rs` starting at `dst[0]`; on the rayon pool (on this thread alone inside
+/// [`with_serial_gemm`]).
 pub(crate) fn matmul(dst: &mut [f32], dst_rs: usize, a: View, b: View, accumulate: bool, beta: f32) {
     let (m, n) = (a.rows, b.cols);
     assert!(a.cols == b.rows && a.fits() && b.fits(), "matmul: operand shapes or strides do not fit");
     assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(), "matmul: destination too small");
+    let par = if SERIAL_GEMM.with(std::cell::Cell::get) { Parallelism::None } else { Parallelism::Rayon(0) };
     // SAFETY: the asserts above keep every element gemm reads or writes inside its slice.
-    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, beta, Parallelism::Rayon(0)) }
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, beta, par) }
 }
 
 /// # Safety

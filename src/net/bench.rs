@@ -125,20 +125,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// The median of some readings (the mean of the middle two for an even count).
-pub fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+pub use crate::stats::median;
 
 #[cfg(test)]
 mod tests {

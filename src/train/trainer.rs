@@ -41,7 +41,7 @@ use super::data::{DataSource, Prepared, Split, SplitFractions};
 use super::metrics::{evaluate, Evaluation};
 use super::{Error, Result};
 use crate::model::calibration::Calibration;
-use crate::model::core::{Backbone, Grads, Lora, Named, Tape, Weights};
+use crate::model::core::{Backbone, Grads, Lora, Named, ShardedTape, Weights};
 use crate::model::lora::{DataSetSummary, LoraTarget, TrainingSummary};
 use crate::model::ood::{OodSummary, THRESHOLD_QUANTILE};
 use crate::model::vit::{LowRank, QkvLora};
@@ -146,7 +146,16 @@ pub struct EpochRecord {
     pub seconds: f64,
     pub train_images_per_second: f64,
     pub learning_rate: f64,
+    /// Median seconds of one full-batch step (forward, backward, update) in this epoch, the
+    /// run's first [`WARM_UP_STEPS`] steps left out: the measure the PyTorch peer reports
+    /// (`benches/torch_train.py`), free of first-touch page faults and of validation.
+    #[serde(default)]
+    pub step_seconds_median: Option<f64>,
 }
+
+/// Steps at the start of a run (or of a resumed run) left out of the step timings: the first
+/// steps allocate the tape and the optimiser's moments.
+pub const WARM_UP_STEPS: usize = 2;
 
 /// The name and licence a run records for its data (never its path).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +226,11 @@ pub struct TrainReport {
     pub train_seconds: f64,
     /// Training images processed per second of `train_seconds` (forward + backward + update).
     pub train_images_per_second: f64,
+    /// Batch size ÷ the median full-batch step time over all epochs, warm-up steps left out
+    /// (see [`EpochRecord::step_seconds_median`]); `None` for linear probes and for runs
+    /// too short to time.
+    #[serde(default)]
+    pub step_images_per_second: Option<f64>,
     pub best_epoch: usize,
     pub history: Vec<EpochRecord>,
     /// Validation macro AUC of the head-only phase's kept head (`head_epochs` > 0), i.e. of
@@ -505,7 +519,7 @@ struct Backprop<'a> {
     train_set: &'a Prepared,
     arch: Backbone,
     frozen: Option<Weights>,
-    tape: Tape,
+    tape: ShardedTape,
     pos: Tensor,
 }
 
@@ -525,7 +539,7 @@ impl Backprop<'_> {
             .or(params.weights.as_ref())
             .ok_or_else(|| Error::Options("no backbone weights".into()))?;
         let features =
-            self.arch.forward(w, &params.lora, (&pixels, &self.pos, self.options.pooling), &mut self.tape)?;
+            self.arch.forward_sharded(w, &params.lora, (&pixels, &self.pos, self.options.pooling), &mut self.tape)?;
         let f = features.len() / idx.len().max(1);
         Ok(Tensor::from_vec(features, (idx.len(), f), &Device::Cpu)?)
     }
@@ -542,7 +556,7 @@ impl Learner for Backprop<'_> {
             .or(params.weights.as_ref())
             .ok_or_else(|| Error::Options("no backbone weights".into()))?;
         let g = Grads { weights: grads.weights.as_mut(), lora: &mut grads.lora };
-        self.arch.backward(w, &params.lora, &mut self.tape, &df, g)?;
+        self.arch.backward_sharded(w, &params.lora, &mut self.tape, &df, g)?;
         Ok(value)
     }
 
@@ -812,7 +826,7 @@ pub fn train_prepared_with_progress(
         train_set,
         arch: vit.arch(),
         frozen,
-        tape: Tape::default(),
+        tape: ShardedTape::default(),
         pos: pos.clone(),
     };
     let mut learner: Box<dyn Learner> = match o.method {
@@ -883,6 +897,8 @@ pub fn train_prepared_with_progress(
     }
 
     let first_epoch = meta.epochs_done;
+    let steps_before_run = meta.step;
+    let mut run_steps: Vec<f64> = Vec::new();
     for epoch in meta.epochs_done..o.epochs {
         if o.stop_after.is_some_and(|n| epoch >= first_epoch + n) {
             return Err(Error::Stopped { epochs_done: epoch, checkpoint: ckpt });
@@ -896,12 +912,17 @@ pub fn train_prepared_with_progress(
         let bar = progress_bar(o.progress, steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, o.epochs));
         let mut loss_sum = 0.0;
         let mut lr = o.lr;
+        let mut epoch_steps = Vec::new();
         for (s, chunk) in order.chunks(o.batch).enumerate() {
             let fl = &transforms[s * o.batch..s * o.batch + chunk.len()];
             let labels: Vec<usize> = chunk.iter().map(|&i| train_set.labels[i]).collect();
+            let t_step = Instant::now();
             let loss = learner.step(&params, &Batch { idx: chunk, transforms: fl, labels }, &loss_spec, &mut grads)?;
             lr = learning_rate(meta.step, total_steps, o.lr, o.min_lr, o.warmup);
             opt.step(&mut params.named(), &grads.named(), lr)?;
+            if chunk.len() == o.batch && meta.step >= steps_before_run + WARM_UP_STEPS {
+                epoch_steps.push(t_step.elapsed().as_secs_f64());
+            }
             meta.step += 1;
             check_finite_loss(loss, epoch, lr)?;
             loss_sum += loss * chunk.len() as f64;
@@ -928,7 +949,9 @@ pub fn train_prepared_with_progress(
             seconds: train_seconds,
             train_images_per_second: train_set.len() as f64 / train_seconds,
             learning_rate: lr,
+            step_seconds_median: finite_median(&epoch_steps),
         };
+        run_steps.extend(epoch_steps);
         let auc = val.macro_auc.unwrap_or(val.accuracy);
         let improved = auc > meta.best_val_auc || (auc == meta.best_val_auc && val.loss < meta.best_val_loss);
         progress(Progress::Epoch { record: record.clone(), epochs: o.epochs, best: improved });
@@ -983,6 +1006,7 @@ pub fn train_prepared_with_progress(
         train_seconds: meta.train_seconds,
         train_images_per_second: (train_set.len() * meta.history.len()) as f64
             / meta.history.iter().map(|h| h.seconds).sum::<f64>().max(1e-9),
+        step_images_per_second: finite_median(&run_steps).map(|s| o.batch as f64 / s),
         best_epoch: meta.best_epoch,
         history: meta.history.clone(),
         head_phase_val_auc,
@@ -1349,4 +1373,9 @@ fn load_checkpoint(
     }
     opt.step = meta.step;
     Ok((meta, best))
+}
+
+/// The median of step timings, `None` when there are none.
+fn finite_median(seconds: &[f64]) -> Option<f64> {
+    Some(crate::stats::median(seconds)).filter(|m| m.is_finite())
 }

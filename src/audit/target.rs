@@ -28,7 +28,8 @@ pub enum Conditioning {
     Empty,
 }
 
-pub trait AuditTarget {
+/// `Sync`: the query runner evaluates two batches at once (see `QueryRunner::eps_with`).
+pub trait AuditTarget: Sync {
     fn schedule(&self) -> &NoiseSchedule;
     /// ε̂ for `x`, whose rows are candidates `rows` (in the audit's order: members, then
     /// non-members), at timestep `t`.

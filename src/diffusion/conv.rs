@@ -103,66 +103,64 @@ impl Conv2d {
         // Taken out of the thread-local, not borrowed: rayon may run another convolution on this
         // thread while this one waits for its parallel loops (a RefCell borrow would panic).
         let (mut cols, mut out) = CONV_SCRATCH.with_borrow_mut(std::mem::take);
-        {
-            while start < b {
-                let n = chunk.min(b - start);
-                let pixels = n * plane;
-                // cols[(ci, kh, kw), (img, oy, ox)]
-                cols.resize(kk * pixels, 0.0);
-                cols[..kk * pixels].par_chunks_mut(pixels).enumerate().for_each(|(row, dst)| {
-                    let (ci, kh, kw) = (row / (k * k), (row / k) % k, row % k);
-                    for img in 0..n {
-                        let src = &data[((start + img) * c + ci) * h * w..][..h * w];
-                        for oy in 0..oh {
-                            let dst_row = &mut dst[(img * oh + oy) * ow..][..ow];
-                            let iy = (oy * s + kh) as isize - p as isize;
-                            if iy < 0 || iy >= h as isize {
-                                dst_row.fill(0.0); // zero padding
-                                continue;
+        while start < b {
+            let n = chunk.min(b - start);
+            let pixels = n * plane;
+            // cols[(ci, kh, kw), (img, oy, ox)]
+            cols.resize(kk * pixels, 0.0);
+            cols[..kk * pixels].par_chunks_mut(pixels).enumerate().for_each(|(row, dst)| {
+                let (ci, kh, kw) = (row / (k * k), (row / k) % k, row % k);
+                for img in 0..n {
+                    let src = &data[((start + img) * c + ci) * h * w..][..h * w];
+                    for oy in 0..oh {
+                        let dst_row = &mut dst[(img * oh + oy) * ow..][..ow];
+                        let iy = (oy * s + kh) as isize - p as isize;
+                        if iy < 0 || iy >= h as isize {
+                            dst_row.fill(0.0); // zero padding
+                            continue;
+                        }
+                        let src_row = &src[iy as usize * w..][..w];
+                        if s == 1 {
+                            // ix = ox + kw − p: a shifted contiguous copy, zeros outside
+                            let lo = p.saturating_sub(kw).min(ow);
+                            let hi = (w + p - kw).min(ow).max(lo);
+                            dst_row[..lo].fill(0.0);
+                            dst_row[hi..].fill(0.0);
+                            if lo < hi {
+                                let src_lo = lo + kw - p;
+                                dst_row[lo..hi].copy_from_slice(&src_row[src_lo..src_lo + (hi - lo)]);
                             }
-                            let src_row = &src[iy as usize * w..][..w];
-                            if s == 1 {
-                                // ix = ox + kw − p: a shifted contiguous copy, zeros outside
-                                let lo = p.saturating_sub(kw).min(ow);
-                                let hi = (w + p - kw).min(ow).max(lo);
-                                dst_row[..lo].fill(0.0);
-                                dst_row[hi..].fill(0.0);
-                                if lo < hi {
-                                    let src_lo = lo + kw - p;
-                                    dst_row[lo..hi].copy_from_slice(&src_row[src_lo..src_lo + (hi - lo)]);
-                                }
-                            } else {
-                                for (ox, d) in dst_row.iter_mut().enumerate() {
-                                    let ix = (ox * s + kw) as isize - p as isize;
-                                    *d = if ix >= 0 && (ix as usize) < w { src_row[ix as usize] } else { 0.0 };
-                                }
+                        } else {
+                            for (ox, d) in dst_row.iter_mut().enumerate() {
+                                let ix = (ox * s + kw) as isize - p as isize;
+                                *d = if ix >= 0 && (ix as usize) < w { src_row[ix as usize] } else { 0.0 };
                             }
                         }
                     }
-                });
-                // out [C_out, n·oh·ow] = weight [C_out, kk] · cols [kk, n·oh·ow]
-                out.resize(self.cout * pixels, 0.0);
-                matmul(
-                    &mut out[..self.cout * pixels],
-                    pixels,
-                    View::rows(&self.weight, self.cout, kk),
-                    View::rows(&cols[..kk * pixels], kk, pixels),
-                    false,
-                    1.0,
-                );
-                // Back to [B, C_out, oh, ow] with the bias added, in one pass (no candle binary
-                // op: its thread pool spin-waits after each op and competes with gemm's threads).
-                let dst = &mut result[start * self.cout * plane..(start + n) * self.cout * plane];
-                let out = &out[..self.cout * pixels];
-                dst.par_chunks_mut(plane).enumerate().for_each(|(i, d)| {
-                    let (img, co) = (i / self.cout, i % self.cout);
-                    let src = &out[co * pixels + img * plane..][..plane];
-                    for (o, &v) in d.iter_mut().zip(src) {
-                        *o = v + bias[co];
-                    }
-                });
-                start += n;
-            }
+                }
+            });
+            // out [C_out, n·oh·ow] = weight [C_out, kk] · cols [kk, n·oh·ow]
+            out.resize(self.cout * pixels, 0.0);
+            matmul(
+                &mut out[..self.cout * pixels],
+                pixels,
+                View::rows(&self.weight, self.cout, kk),
+                View::rows(&cols[..kk * pixels], kk, pixels),
+                false,
+                1.0,
+            );
+            // Back to [B, C_out, oh, ow] with the bias added, in one pass (no candle binary
+            // op: its thread pool spin-waits after each op and competes with gemm's threads).
+            let dst = &mut result[start * self.cout * plane..(start + n) * self.cout * plane];
+            let out = &out[..self.cout * pixels];
+            dst.par_chunks_mut(plane).enumerate().for_each(|(i, d)| {
+                let (img, co) = (i / self.cout, i % self.cout);
+                let src = &out[co * pixels + img * plane..][..plane];
+                for (o, &v) in d.iter_mut().zip(src) {
+                    *o = v + bias[co];
+                }
+            });
+            start += n;
         }
         CONV_SCRATCH.with_borrow_mut(|scratch| *scratch = (cols, out));
         Tensor::from_vec(result, (b, self.cout, oh, ow), device)

@@ -679,8 +679,14 @@ fn split_batch(pixels: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
     Ok(parts)
 }
 
-/// Final-norm tokens and per-block attention of one shard (see [`Backbone::tokens`]).
-type ShardTokens = (Vec<f32>, Vec<Vec<f32>>);
+/// Final-norm tokens and per-block attention (see [`Backbone::tokens`]).
+type Tokens = (Vec<f32>, Vec<Vec<f32>>);
+
+/// Runs one shard's work `f`; its matrix products stay on its own thread when the pool has no
+/// more threads than there are shards (one shard per core).
+fn on_shard<R>(shards: usize, f: impl FnOnce() -> R) -> R {
+    with_serial_gemm(rayon::current_num_threads() <= shards, f)
+}
 
 /// `dst += src`, tensor by tensor (the same layout on both sides).
 fn add_named(dst: Vec<Named<'_>>, src: Vec<Named<'_>>) {
@@ -825,17 +831,16 @@ impl Backbone {
         lora: &Lora,
         (pixels, pos): (&Tensor, &Tensor),
         keep_attention: bool,
-    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    ) -> Result<Tokens> {
         let sizes = shard_sizes(pixels.dim(0)?);
         if sizes.len() == 1 {
             return self.tokens_of_shard(w, lora, (pixels, pos), keep_attention);
         }
         // As in training: the batch in shards at once, one per core (measured at batch 8).
         let parts = split_batch(pixels, &sizes)?;
-        let serial = rayon::current_num_threads() <= sizes.len();
-        let shards: Vec<Result<ShardTokens>> = parts
+        let shards: Vec<Result<Tokens>> = parts
             .par_iter()
-            .map(|px| with_serial_gemm(serial, || self.tokens_of_shard(w, lora, (px, pos), keep_attention)))
+            .map(|px| on_shard(sizes.len(), || self.tokens_of_shard(w, lora, (px, pos), keep_attention)))
             .collect();
         let shards = shards.into_iter().collect::<Result<Vec<_>>>()?;
         let tokens = shards.iter().flat_map(|(t, _)| t.iter().copied()).collect();
@@ -850,7 +855,7 @@ impl Backbone {
         lora: &Lora,
         (pixels, pos): (&Tensor, &Tensor),
         keep_attention: bool,
-    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    ) -> Result<Tokens> {
         let mut tape = Tape::default();
         let mut attention = Vec::new();
         self.run(w, lora, (pixels, pos), &mut tape, false, keep_attention.then_some(&mut attention))?;
@@ -996,11 +1001,10 @@ impl Backbone {
         let sizes = shard_sizes(pixels.dim(0)?);
         let parts = split_batch(pixels, &sizes)?;
         st.tapes.resize_with(sizes.len(), Tape::default);
-        let serial = rayon::current_num_threads() <= sizes.len();
         let features: Vec<Result<Vec<f32>>> = st.tapes[..sizes.len()]
             .par_iter_mut()
             .zip(parts.par_iter())
-            .map(|(tape, px)| with_serial_gemm(serial, || self.forward(w, lora, (px, pos, pooling), tape)))
+            .map(|(tape, px)| on_shard(sizes.len(), || self.forward(w, lora, (px, pos, pooling), tape)))
             .collect();
         st.sizes = sizes;
         Ok(features.into_iter().collect::<Result<Vec<_>>>()?.concat())
@@ -1038,11 +1042,11 @@ impl Backbone {
         }
         let targets = std::iter::once(Grads { weights: weights.as_deref_mut(), lora: &mut *lora_grads })
             .chain(spare.iter_mut().map(|(w, l)| Grads { weights: w.as_mut(), lora: l }));
-        let serial = rayon::current_num_threads() <= sizes.len();
+        let shards = sizes.len();
         let jobs: Vec<_> = tapes.iter_mut().zip(parts).zip(targets).collect();
         let done: Vec<Result<()>> = jobs
             .into_par_iter()
-            .map(|((tape, df), g)| with_serial_gemm(serial, || self.backward(w, lora, tape, df, g)))
+            .map(|((tape, df), g)| on_shard(shards, || self.backward(w, lora, tape, df, g)))
             .collect();
         done.into_iter().collect::<Result<()>>()?;
         for (w_spare, l_spare) in spare.iter_mut() {

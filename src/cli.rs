@@ -34,6 +34,10 @@ pub enum Command {
         /// Also print patient name, ID and birth date (hidden by default).
         #[arg(long)]
         show_patient: bool,
+        /// Then decode the file N more times in this process and print the median decode time
+        /// (file read included), the measure benches/pydicom_decode.py takes of pydicom.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        time_decode: usize,
     },
     /// Convert a DICOM/PNG/JPEG file: `.npy` = float32 values after the modality LUT (all
     /// frames); `.png` = the windowed display image of one frame.
@@ -134,6 +138,32 @@ pub fn info(file: &std::path::Path, show_patient: bool) -> Result<InfoReport> {
     })
 }
 
+fn info_command(file: &std::path::Path, json: bool, show_patient: bool, time_decode: usize) -> Result<()> {
+    let r = info(file, show_patient)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        print_info(&r);
+    }
+    if time_decode > 0 {
+        let ms = median_decode_ms(file, time_decode)?;
+        println!("decode: median {ms:.1} ms over {time_decode} runs");
+    }
+    Ok(())
+}
+
+/// Median wall time of `runs` loads of `file` (read, parse, decode, modality LUT), in ms.
+pub fn median_decode_ms(file: &std::path::Path, runs: usize) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = std::time::Instant::now();
+        let image = load_image(file, &LoadOptions::default())?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        drop(image);
+    }
+    Ok(crate::stats::median(&times))
+}
+
 pub fn convert(input: &std::path::Path, output: &std::path::Path, frame: usize, window: Option<Window>) -> Result<()> {
     let ext = output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     if ext.as_deref() != Some("npy") && ext.as_deref() != Some("png") {
@@ -164,13 +194,7 @@ pub fn run(command: Command) -> i32 {
         return 2;
     }
     let result = match command {
-        Command::Info { file, json, show_patient } => info(&file, show_patient).map(|r| {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                print_info(&r);
-            }
-        }),
+        Command::Info { file, json, show_patient, time_decode } => info_command(&file, json, show_patient, time_decode),
         Command::Convert { input, output, frame, window } => convert(&input, &output, frame, window),
         Command::Predict(args) => crate::model::cli::predict(&args).map_err(Into::into),
         Command::Adapters(args) => crate::model::cli::adapters(&args).map_err(Into::into),

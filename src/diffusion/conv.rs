@@ -144,20 +144,21 @@ impl Conv2d {
                     let (img, oy) = (row / oh, row % oh);
                     let image = &channel_last[img * h * w * c..][..h * w * c];
                     for (ox, patch) in dst.chunks_exact_mut(kk).enumerate() {
+                        // The k taps of one kernel row are k neighbouring pixels, contiguous in
+                        // the channel-last input: one copy of up to k·C_in values per row.
+                        let ix0 = (ox * s) as isize - p as isize;
+                        let lo = (-ix0).clamp(0, k as isize) as usize;
+                        let hi = (w as isize - ix0).clamp(lo as isize, k as isize) as usize;
                         for (kh, taps) in patch.chunks_exact_mut(k * c).enumerate() {
                             let iy = (oy * s + kh) as isize - p as isize;
-                            if iy < 0 || iy >= h as isize {
+                            if iy < 0 || iy >= h as isize || lo == hi {
                                 taps.fill(0.0); // zero padding
                                 continue;
                             }
-                            for (kw, tap) in taps.chunks_exact_mut(c).enumerate() {
-                                let ix = (ox * s + kw) as isize - p as isize;
-                                if ix < 0 || ix >= w as isize {
-                                    tap.fill(0.0);
-                                } else {
-                                    tap.copy_from_slice(&image[(iy as usize * w + ix as usize) * c..][..c]);
-                                }
-                            }
+                            taps[..lo * c].fill(0.0);
+                            taps[hi * c..].fill(0.0);
+                            let first = (iy as usize * w) as isize + ix0 + lo as isize;
+                            taps[lo * c..hi * c].copy_from_slice(&image[first as usize * c..][..(hi - lo) * c]);
                         }
                     }
                 });

@@ -832,6 +832,18 @@ impl Backbone {
         (pixels, pos): (&Tensor, &Tensor),
         keep_attention: bool,
     ) -> Result<Tokens> {
+        // On a rayon worker, so that the kernels' parallel loops start on this thread instead of
+        // being handed to the pool and waited for (see `UNet2DModel::forward`).
+        rayon::scope(|_| self.tokens_on_pool(w, lora, (pixels, pos), keep_attention))
+    }
+
+    fn tokens_on_pool(
+        &self,
+        w: &Weights,
+        lora: &Lora,
+        (pixels, pos): (&Tensor, &Tensor),
+        keep_attention: bool,
+    ) -> Result<Tokens> {
         let sizes = shard_sizes(pixels.dim(0)?);
         if sizes.len() == 1 {
             return self.tokens_of_shard(w, lora, (pixels, pos), keep_attention);

@@ -737,27 +737,8 @@ impl UNet2DModel {
     /// Checks that a batch `[B, C, H, W]` is something this model takes.
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let dims = x.dims();
-        if dims.len() != 4 {
-            return Err(Error::Input(format!("expected an image batch [B, C, H, W], got shape {dims:?}")));
-        }
-        let (b, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
-        if b == 0 {
-            return Err(Error::Input("empty batch".into()));
-        }
-        if c != self.config.in_channels {
-            return Err(Error::Input(format!(
-                "the model takes {} channel(s), the images have {c}",
-                self.config.in_channels
-            )));
-        }
-        let f = self.config.downsample_factor();
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
-            return Err(Error::Input(format!(
-                "image size {h}×{w} is not a multiple of {f} (the model halves the resolution {} times)",
-                self.config.block_out_channels.len() - 1
-            )));
-        }
-        Ok(())
+        let c = &self.config;
+        check_batch(dims, BatchKind::Image, c.in_channels, c.block_out_channels.len() - 1)
     }
 
     /// Predicts the noise ε_θ(x, t): `x` is `[B, C, H, W]` f32, `timesteps` one per sample (or
@@ -771,15 +752,7 @@ impl UNet2DModel {
 
     fn forward_on_pool(&self, x: &Tensor, timesteps: &[f64]) -> Result<Tensor> {
         self.check_input(x)?;
-        let b = x.dim(0)?;
-        let ts: Vec<f64> = match timesteps.len() {
-            1 => vec![timesteps[0]; b],
-            n if n == b => timesteps.to_vec(),
-            n => return Err(Error::Input(format!("{n} timesteps for a batch of {b} (need 1 or {b})"))),
-        };
-        if let Some(t) = ts.iter().find(|t| !t.is_finite()) {
-            return Err(Error::Input(format!("timestep {t} is not finite")));
-        }
+        let ts = per_sample_timesteps(timesteps, x.dim(0)?)?;
         let x = x.to_dtype(DType::F32)?;
         let x = if self.config.center_input_sample { ((x * 2.0)? - 1.0)? } else { x };
         let temb = self.timestep_features(&ts)?;
@@ -832,6 +805,54 @@ impl UNet2DModel {
 
 /// Sinusoidal timestep features `[B, dim]` (diffusers' `get_timestep_embedding` with
 /// `downscale_freq_shift = freq_shift`), computed in f32 as diffusers does.
+/// What a UNet's input batch holds, for its error messages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum BatchKind {
+    /// Pixels (the pixel-space DDPM).
+    Image,
+    /// VAE latents (Stable Diffusion).
+    Latent,
+}
+
+/// Checks that a `[B, C, H, W]` batch fits a UNet with `in_channels` inputs that halves the
+/// resolution `halvings` times (both UNets take the same shapes).
+pub(crate) fn check_batch(dims: &[usize], kind: BatchKind, in_channels: usize, halvings: usize) -> Result<()> {
+    let noun = match kind {
+        BatchKind::Image => "image",
+        BatchKind::Latent => "latent",
+    };
+    let [b, c, h, w] = dims else {
+        return Err(Error::Input(format!("expected a batch of {noun}s [B, C, H, W], got shape {dims:?}")));
+    };
+    if *b == 0 {
+        return Err(Error::Input("empty batch".into()));
+    }
+    if *c != in_channels {
+        return Err(Error::Input(format!("the UNet takes {in_channels} {noun} channel(s), the batch has {c}")));
+    }
+    let f = 1 << halvings;
+    if *h == 0 || *w == 0 || h % f != 0 || w % f != 0 {
+        return Err(Error::Input(format!(
+            "{noun} size {h}×{w} is not a multiple of {f} (the UNet halves the resolution {halvings} times)"
+        )));
+    }
+    Ok(())
+}
+
+/// One timestep per sample of a batch of `b`: `timesteps` holds one for the whole batch or one
+/// per sample, all finite.
+pub(crate) fn per_sample_timesteps(timesteps: &[f64], b: usize) -> Result<Vec<f64>> {
+    let ts = match timesteps.len() {
+        1 => vec![timesteps[0]; b],
+        n if n == b => timesteps.to_vec(),
+        n => return Err(Error::Input(format!("{n} timesteps for a batch of {b} (need 1 or {b})"))),
+    };
+    match ts.iter().find(|t| !t.is_finite()) {
+        Some(t) => Err(Error::Input(format!("timestep {t} is not finite"))),
+        None => Ok(ts),
+    }
+}
+
 pub(crate) fn timestep_features(
     timesteps: &[f64],
     dim: usize,

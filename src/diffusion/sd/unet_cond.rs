@@ -26,7 +26,8 @@ use super::weights::{self, Variant, Weights, DIFFUSERS_WEIGHTS};
 use crate::diffusion::conv::{Conv2d, GroupNorm};
 use crate::diffusion::error::{Error, Result};
 use crate::diffusion::unet::{
-    block_kinds, timestep_features, BlockKind, Downsample, ResnetBlock, TimeScaleShift, TrackedTensors,
+    block_kinds, check_batch, per_sample_timesteps, timestep_features, BatchKind, BlockKind, Downsample, ResnetBlock,
+    TimeScaleShift, TrackedTensors,
 };
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -656,27 +657,9 @@ impl UNet2DConditionModel {
 
     /// Checks a latent batch `[B, C, H, W]` and its text states `[B, S, cross_attention_dim]`.
     pub fn check_input(&self, x: &Tensor, text: &Tensor) -> Result<()> {
-        let dims = x.dims();
-        if dims.len() != 4 {
-            return Err(Error::Input(format!("expected a latent batch [B, C, H, W], got shape {dims:?}")));
-        }
-        let (b, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
-        if b == 0 {
-            return Err(Error::Input("empty batch".into()));
-        }
-        if c != self.config.in_channels {
-            return Err(Error::Input(format!(
-                "the UNet takes {} latent channel(s), the batch has {c}",
-                self.config.in_channels
-            )));
-        }
-        let f = self.config.downsample_factor();
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
-            return Err(Error::Input(format!(
-                "latent size {h}×{w} is not a multiple of {f} (the UNet halves the resolution {} times)",
-                self.config.block_out_channels.len() - 1
-            )));
-        }
+        let c = &self.config;
+        check_batch(x.dims(), BatchKind::Latent, c.in_channels, c.block_out_channels.len() - 1)?;
+        let b = x.dim(0)?;
         let td = text.dims();
         if td.len() != 3 || td[0] != b || td[1] == 0 || td[2] != self.text_dim {
             return Err(Error::Input(format!(
@@ -692,15 +675,7 @@ impl UNet2DConditionModel {
     /// states `text` [B, S, cross_attention_dim]. Returns `[B, out_channels, H, W]` f32.
     pub fn forward(&self, x: &Tensor, timesteps: &[f64], text: &Tensor) -> Result<Tensor> {
         self.check_input(x, text)?;
-        let b = x.dim(0)?;
-        let ts: Vec<f64> = match timesteps.len() {
-            1 => vec![timesteps[0]; b],
-            n if n == b => timesteps.to_vec(),
-            n => return Err(Error::Input(format!("{n} timesteps for a batch of {b} (need 1 or {b})"))),
-        };
-        if let Some(t) = ts.iter().find(|t| !t.is_finite()) {
-            return Err(Error::Input(format!("timestep {t} is not finite")));
-        }
+        let ts = per_sample_timesteps(timesteps, x.dim(0)?)?;
         let c = &self.config;
         let x = x.to_dtype(DType::F32)?;
         let x = if c.center_input_sample { ((x * 2.0)? - 1.0)? } else { x };

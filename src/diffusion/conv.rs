@@ -183,11 +183,11 @@ impl Conv2d {
             const CHANNELS_PER_TASK: usize = 16;
             dst.par_chunks_mut(cout * plane).zip(product.par_chunks(plane * cout)).for_each(|(d, src)| {
                 d.par_chunks_mut(CHANNELS_PER_TASK * plane).enumerate().for_each(|(block, planes)| {
-                    let first = block * CHANNELS_PER_TASK;
-                    let bias = &self.bias[first..];
+                    let channels = block * CHANNELS_PER_TASK..block * CHANNELS_PER_TASK + planes.len() / plane;
+                    let bias = &self.bias[channels.clone()];
                     for (i, pixel) in src.chunks_exact(cout).enumerate() {
-                        for ((co, &v), bias) in pixel[first..].iter().enumerate().zip(bias).take(planes.len() / plane) {
-                            planes[co * plane + i] = v + bias;
+                        for (co, (&v, b)) in pixel[channels.clone()].iter().zip(bias).enumerate() {
+                            planes[co * plane + i] = v + b;
                         }
                     }
                 });

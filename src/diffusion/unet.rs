@@ -737,8 +737,7 @@ impl UNet2DModel {
     /// Checks that a batch `[B, C, H, W]` is something this model takes.
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let dims = x.dims();
-        let c = &self.config;
-        check_batch(dims, BatchKind::Image, c.in_channels, c.block_out_channels.len() - 1)
+        check_batch(dims, BatchKind::Image, self.config.in_channels, self.config.downsample_factor())
     }
 
     /// Predicts the noise ε_θ(x, t): `x` is `[B, C, H, W]` f32, `timesteps` one per sample (or
@@ -803,8 +802,6 @@ impl UNet2DModel {
     }
 }
 
-/// Sinusoidal timestep features `[B, dim]` (diffusers' `get_timestep_embedding` with
-/// `downscale_freq_shift = freq_shift`), computed in f32 as diffusers does.
 /// What a UNet's input batch holds, for its error messages.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum BatchKind {
@@ -814,9 +811,10 @@ pub(crate) enum BatchKind {
     Latent,
 }
 
-/// Checks that a `[B, C, H, W]` batch fits a UNet with `in_channels` inputs that halves the
-/// resolution `halvings` times (both UNets take the same shapes).
-pub(crate) fn check_batch(dims: &[usize], kind: BatchKind, in_channels: usize, halvings: usize) -> Result<()> {
+/// Checks that a `[B, C, H, W]` batch fits a UNet with `in_channels` inputs whose lowest
+/// resolution is `1 / factor` of the input's (`Config::downsample_factor`, a power of two; both
+/// UNets take the same shapes).
+pub(crate) fn check_batch(dims: &[usize], kind: BatchKind, in_channels: usize, factor: usize) -> Result<()> {
     let noun = match kind {
         BatchKind::Image => "image",
         BatchKind::Latent => "latent",
@@ -830,10 +828,10 @@ pub(crate) fn check_batch(dims: &[usize], kind: BatchKind, in_channels: usize, h
     if *c != in_channels {
         return Err(Error::Input(format!("the UNet takes {in_channels} {noun} channel(s), the batch has {c}")));
     }
-    let f = 1 << halvings;
-    if *h == 0 || *w == 0 || h % f != 0 || w % f != 0 {
+    if *h == 0 || *w == 0 || h % factor != 0 || w % factor != 0 {
         return Err(Error::Input(format!(
-            "{noun} size {h}×{w} is not a multiple of {f} (the UNet halves the resolution {halvings} times)"
+            "{noun} size {h}×{w} is not a multiple of {factor} (the UNet halves the resolution {} times)",
+            factor.trailing_zeros()
         )));
     }
     Ok(())
@@ -853,6 +851,8 @@ pub(crate) fn per_sample_timesteps(timesteps: &[f64], b: usize) -> Result<Vec<f6
     }
 }
 
+/// Sinusoidal timestep features `[B, dim]` (diffusers' `get_timestep_embedding` with
+/// `downscale_freq_shift = freq_shift`), computed in f32 as diffusers does.
 pub(crate) fn timestep_features(
     timesteps: &[f64],
     dim: usize,

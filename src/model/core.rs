@@ -832,21 +832,12 @@ impl Backbone {
         (pixels, pos): (&Tensor, &Tensor),
         keep_attention: bool,
     ) -> Result<Tokens> {
-        // On a rayon worker, so that the kernels' parallel loops start on this thread instead of
-        // being handed to the pool and waited for (see `UNet2DModel::forward`).
-        rayon::scope(|_| self.tokens_on_pool(w, lora, (pixels, pos), keep_attention))
-    }
-
-    fn tokens_on_pool(
-        &self,
-        w: &Weights,
-        lora: &Lora,
-        (pixels, pos): (&Tensor, &Tensor),
-        keep_attention: bool,
-    ) -> Result<Tokens> {
         let sizes = shard_sizes(pixels.dim(0)?);
         if sizes.len() == 1 {
-            return self.tokens_of_shard(w, lora, (pixels, pos), keep_attention);
+            // On a rayon worker, so that the kernels' parallel loops start on this thread
+            // instead of being handed to the pool and waited for (see `UNet2DModel::forward`).
+            // (Two or more shards already run on workers, from the parallel loop below.)
+            return rayon::scope(|_| self.tokens_of_shard(w, lora, (pixels, pos), keep_attention));
         }
         // As in training: the batch in shards at once, one per core (measured at batch 8).
         let parts = split_batch(pixels, &sizes)?;

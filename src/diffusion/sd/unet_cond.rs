@@ -657,8 +657,7 @@ impl UNet2DConditionModel {
 
     /// Checks a latent batch `[B, C, H, W]` and its text states `[B, S, cross_attention_dim]`.
     pub fn check_input(&self, x: &Tensor, text: &Tensor) -> Result<()> {
-        let c = &self.config;
-        check_batch(x.dims(), BatchKind::Latent, c.in_channels, c.block_out_channels.len() - 1)?;
+        check_batch(x.dims(), BatchKind::Latent, self.config.in_channels, self.config.downsample_factor())?;
         let b = x.dim(0)?;
         let td = text.dims();
         if td.len() != 3 || td[0] != b || td[1] == 0 || td[2] != self.text_dim {
